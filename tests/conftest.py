@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny random checkpoints built once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a model hub: everything they load is built here.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny-models")
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_paths(tiny_models_dir) -> dict[str, Path]:
+    """Folders of the tiny LLaVA checkpoints, one per template family ("llama", "qwen2")."""
+    from tests.tiny_models import build_all
+
+    return build_all(tiny_models_dir / "llava")
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_qwen2(tiny_llava_paths) -> Path:
+    return tiny_llava_paths["qwen2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_llama(tiny_llava_paths) -> Path:
+    return tiny_llava_paths["llama"]
+
+
+@pytest.fixture(scope="session", params=["llama", "qwen2"])
+def tiny_llava_any(request, tiny_llava_paths) -> Path:
+    return tiny_llava_paths[request.param]
