@@ -41,3 +41,20 @@ def tiny_llava_llama(tiny_llava_paths) -> Path:
 @pytest.fixture(scope="session", params=["llama", "qwen2"])
 def tiny_llava_any(request, tiny_llava_paths) -> Path:
     return tiny_llava_paths[request.param]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_data_dir(tmp_path_factory):
+    """Keep every test away from the user's real data and config folders."""
+    data_dir = tmp_path_factory.mktemp("llava-agent-data")
+    old = {k: os.environ.get(k) for k in ("LLAVA_AGENT_DATA_DIR", "LLAVA_AGENT_CONFIG")}
+    os.environ["LLAVA_AGENT_DATA_DIR"] = str(data_dir)
+    empty_config = data_dir / "config.toml"
+    empty_config.write_text("")
+    os.environ["LLAVA_AGENT_CONFIG"] = str(empty_config)
+    yield data_dir
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install the test dependencies (system packages and Python packages) and run the whole test suite.
+# Usage: ./scripts/test.sh [pytest arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v espeak-ng >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  if command -v apt-get >/dev/null 2>&1; then
+    $SUDO apt-get update -q && $SUDO apt-get install -y -q espeak-ng
+  elif command -v brew >/dev/null 2>&1; then
+    brew install espeak-ng
+  else
+    echo "Install espeak-ng with your package manager, then run this again." >&2
+    exit 1
+  fi
+fi
+
+python -m pip install -q -e ".[test]"
+python -m ruff check .
+python -m pytest "$@"
