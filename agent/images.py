@@ -1,0 +1,255 @@
+"""Decode and validate the images found in chat messages.
+
+One function, :func:`load_image`, turns whatever a caller put in a message into an RGB
+``PIL.Image``: a PIL image, raw bytes, a base64 string, a ``data:`` URL, a local path or
+``file://`` URL, or (only when explicitly allowed) an ``http(s)://`` URL.
+
+Every failure raises :class:`agent.errors.ImageError` naming where the image was
+(``message 2, block 1``), what was wrong and what to do. Images over
+:data:`DEFAULT_MAX_PIXELS` are refused before their pixels are decoded, so a
+decompression bomb never reaches memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+from agent.errors import ImageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 50_000_000
+"""Largest image (width x height) accepted; larger ones are refused as possible decompression bombs."""
+
+REMOTE_TIMEOUT_S = 20.0
+MAX_REMOTE_BYTES = 64 * 1024 * 1024
+
+SUPPORTED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "MPO", "ICO", "PPM")
+_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,", re.I)
+_BASE64_CHARS = re.compile(r"^[A-Za-z0-9+/=\s_-]+$")  # no ".": paths have one, base64 never
+
+
+@dataclass(frozen=True)
+class ImageLocation:
+    """Where an image sits in a conversation, used to word errors."""
+
+    message_index: int | None = None
+    block_index: int | None = None
+
+    def describe(self) -> str:
+        parts = []
+        if self.message_index is not None:
+            parts.append(f"message {self.message_index}")
+        if self.block_index is not None:
+            parts.append(f"block {self.block_index}")
+        return ", ".join(parts) if parts else "image input"
+
+
+def _fail(location: ImageLocation, problem: str, advice: str) -> ImageError:
+    return ImageError(f"{location.describe()}: {problem}; {advice}")
+
+
+def _preview(value: str, limit: int = 60) -> str:
+    return value if len(value) <= limit else value[:limit] + "..."
+
+
+def load_image(
+    source: Any,
+    *,
+    location: ImageLocation | None = None,
+    allow_remote: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    mime_type: str | None = None,
+) -> Image.Image:
+    """Return ``source`` as a validated RGB ``PIL.Image``.
+
+    ``source`` may be a ``PIL.Image.Image``, ``bytes``, a base64 string, a ``data:`` URL, a
+    local path (``str`` or ``os.PathLike``), a ``file://`` URL, or an ``http(s)://`` URL when
+    ``allow_remote`` is true. ``mime_type``, when given, must name an image type.
+    """
+    from PIL import Image
+
+    location = location or ImageLocation()
+    if mime_type is not None and not str(mime_type).lower().startswith("image/"):
+        raise _fail(location, f"mime type {mime_type!r} is not an image type", "send an image/png or image/jpeg")
+    if isinstance(source, Image.Image):
+        return _validated(source, location, max_pixels, "PIL image")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _decode_bytes(bytes(source), location, max_pixels, "image bytes")
+    if isinstance(source, os.PathLike):
+        return _read_file(Path(source), location, max_pixels)
+    if not isinstance(source, str):
+        raise _fail(
+            location,
+            f"an image of type {type(source).__name__} is not supported",
+            "pass a PIL image, bytes, base64 text, a data URL or a file path",
+        )
+    text = source.strip()
+    if not text:
+        raise _fail(location, "the image reference is empty", "pass image data, a data URL or a file path")
+    data_url = _DATA_URL.match(text)
+    if data_url:
+        mime = (data_url.group("mime") or "").lower()
+        if mime and not mime.startswith("image/"):
+            raise _fail(location, f"data URL of type {mime!r} is not an image", "send an image/png or image/jpeg")
+        payload = text[data_url.end() :]
+        if data_url.group("b64"):
+            raw = _b64decode(payload, location)
+        else:
+            raw = unquote(payload).encode("latin-1", errors="replace")
+        return _decode_bytes(raw, location, max_pixels, "data URL")
+    scheme = urlparse(text).scheme.lower()
+    if scheme in ("http", "https"):
+        if not allow_remote:
+            raise _fail(
+                location,
+                f"fetching the remote image {_preview(text)!r} is disabled",
+                "download it and pass a local path or base64 data, or enable allow_remote_images",
+            )
+        return _decode_bytes(_fetch(text, location), location, max_pixels, text)
+    if scheme == "file":
+        return _read_file(Path(unquote(urlparse(text).path)), location, max_pixels)
+    if len(scheme) > 1 and "://" in text:
+        raise _fail(location, f"URL scheme {scheme!r} in {_preview(text)!r} is not supported", "use a path, data: or http(s)")
+    path = Path(text).expanduser()
+    if len(text) < 4096 and path.is_file():
+        return _read_file(path, location, max_pixels)
+    if len(text) >= 32 and _BASE64_CHARS.match(text):
+        return _decode_bytes(_b64decode(text, location), location, max_pixels, "base64 data")
+    return _read_file(path, location, max_pixels)
+
+
+def _b64decode(payload: str, location: ImageLocation) -> bytes:
+    cleaned = re.sub(r"\s+", "", payload)
+    try:
+        if "-" in cleaned or "_" in cleaned:
+            return base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4))
+        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise _fail(
+            location,
+            f"the image data {_preview(payload)!r} is neither valid base64 nor an existing file",
+            "send base64-encoded image bytes, a data URL or the path of an image file",
+        ) from None
+
+
+def _read_file(path: Path, location: ImageLocation, max_pixels: int) -> Image.Image:
+    if not path.exists():
+        raise _fail(location, f"image file {str(path)!r} does not exist", "check the path")
+    if not path.is_file():
+        raise _fail(location, f"{str(path)!r} is not a file", "pass the path of an image file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise _fail(location, f"image file {str(path)!r} cannot be read ({exc})", "check its permissions") from None
+    return _decode_bytes(raw, location, max_pixels, str(path))
+
+
+def _fetch(url: str, location: ImageLocation) -> bytes:
+    import urllib.request
+
+    logger.info("Fetching remote image %s", url)
+    request = urllib.request.Request(url, headers={"User-Agent": "llava-agent"})
+    try:
+        with urllib.request.urlopen(request, timeout=REMOTE_TIMEOUT_S) as response:  # noqa: S310 (scheme checked)
+            raw = response.read(MAX_REMOTE_BYTES + 1)
+    except OSError as exc:
+        raise _fail(location, f"the image at {url!r} cannot be fetched ({exc})", "check the URL or pass a local file") from None
+    if len(raw) > MAX_REMOTE_BYTES:
+        raise _fail(location, f"the image at {url!r} is over {MAX_REMOTE_BYTES} bytes", "download and shrink it first")
+    return raw
+
+
+def _decode_bytes(raw: bytes, location: ImageLocation, max_pixels: int, origin: str) -> Image.Image:
+    from PIL import Image, UnidentifiedImageError
+
+    if not raw:
+        raise _fail(location, f"the image from {_preview(origin)} is empty (0 bytes)", "send a non-empty image file")
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel limit below replaces PIL's warning-or-error heuristics.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(raw))
+    except UnidentifiedImageError:
+        raise _fail(
+            location,
+            f"the data from {_preview(origin)} is not an image in a supported format",
+            f"send one of {', '.join(SUPPORTED_FORMATS)}",
+        ) from None
+    except Image.DecompressionBombError as exc:
+        raise _fail(location, f"the image from {_preview(origin)} is too large ({exc})", "resize it") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise _fail(location, f"the image from {_preview(origin)} is corrupt ({exc})", "re-save or re-encode it") from None
+    if image.format and image.format.upper() not in SUPPORTED_FORMATS:
+        raise _fail(
+            location,
+            f"image format {image.format} from {_preview(origin)} is not supported",
+            f"convert it to one of {', '.join(SUPPORTED_FORMATS)}",
+        )
+    _check_size(image.size, location, max_pixels, origin)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image.load()
+    except Image.DecompressionBombError as exc:
+        raise _fail(location, f"the image from {_preview(origin)} is too large ({exc})", "resize it") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise _fail(
+            location, f"the image from {_preview(origin)} is corrupt or truncated ({exc})", "re-save or re-encode it"
+        ) from None
+    return _validated(image, location, max_pixels, origin)
+
+
+def _check_size(size: tuple[int, int], location: ImageLocation, max_pixels: int, origin: str) -> None:
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise _fail(location, f"the image from {_preview(origin)} has no pixels ({width}x{height})", "send a real image")
+    if width * height > max_pixels:
+        raise _fail(
+            location,
+            f"the image from {_preview(origin)} is {width}x{height} = {width * height:,} pixels, over the "
+            f"limit of {max_pixels:,} (a possible decompression bomb)",
+            "resize it before sending",
+        )
+
+
+def _validated(image: Image.Image, location: ImageLocation, max_pixels: int, origin: str) -> Image.Image:
+    _check_size(image.size, location, max_pixels, origin)
+    if image.mode != "RGB":
+        try:
+            image = image.convert("RGBA").convert("RGB") if "A" in image.getbands() or image.mode == "P" else image.convert("RGB")
+        except (OSError, ValueError) as exc:
+            raise _fail(location, f"the image from {_preview(origin)} cannot be converted to RGB ({exc})", "re-save it") from None
+    return image
+
+
+def image_name(source: Any) -> str | None:
+    """A short human name for an image source (a file name), used in text references to it."""
+    if isinstance(source, os.PathLike):
+        return Path(source).name
+    if isinstance(source, str):
+        text = source.strip()
+        if text.startswith("data:") or len(text) > 2048:
+            return None
+        parsed = urlparse(text)
+        if parsed.scheme in ("http", "https", "file"):
+            name = Path(unquote(parsed.path)).name
+            return name or None
+        if os.sep in text or "." in text[-6:]:
+            return Path(text).name or None
+        return None
+    filename = getattr(source, "filename", None)
+    return Path(filename).name if filename else None
