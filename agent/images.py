@@ -38,7 +38,9 @@ REMOTE_TIMEOUT_S = 20.0
 MAX_REMOTE_BYTES = 64 * 1024 * 1024
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "MPO", "ICO", "PPM")
-_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,", re.I)
+_DATA_URL = re.compile(
+    r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,", re.I
+)
 _BASE64_CHARS = re.compile(r"^[A-Za-z0-9+/=\s_-]+$")  # no ".": paths have one, base64 never
 
 
@@ -84,7 +86,9 @@ def load_image(
 
     location = location or ImageLocation()
     if mime_type is not None and not str(mime_type).lower().startswith("image/"):
-        raise _fail(location, f"mime type {mime_type!r} is not an image type", "send an image/png or image/jpeg")
+        raise _fail(
+            location, f"mime type {mime_type!r} is not an image type", "send an image/png or image/jpeg"
+        )
     if isinstance(source, Image.Image):
         return _validated(source, location, max_pixels, "PIL image")
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -104,7 +108,9 @@ def load_image(
     if data_url:
         mime = (data_url.group("mime") or "").lower()
         if mime and not mime.startswith("image/"):
-            raise _fail(location, f"data URL of type {mime!r} is not an image", "send an image/png or image/jpeg")
+            raise _fail(
+                location, f"data URL of type {mime!r} is not an image", "send an image/png or image/jpeg"
+            )
         payload = text[data_url.end() :]
         if data_url.group("b64"):
             raw = _b64decode(payload, location)
@@ -123,7 +129,11 @@ def load_image(
     if scheme == "file":
         return _read_file(Path(unquote(urlparse(text).path)), location, max_pixels)
     if len(scheme) > 1 and "://" in text:
-        raise _fail(location, f"URL scheme {scheme!r} in {_preview(text)!r} is not supported", "use a path, data: or http(s)")
+        raise _fail(
+            location,
+            f"URL scheme {scheme!r} in {_preview(text)!r} is not supported",
+            "use a path, data: or http(s)",
+        )
     path = Path(text).expanduser()
     if len(text) < 4096 and path.is_file():
         return _read_file(path, location, max_pixels)
@@ -154,7 +164,9 @@ def _read_file(path: Path, location: ImageLocation, max_pixels: int) -> Image.Im
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise _fail(location, f"image file {str(path)!r} cannot be read ({exc})", "check its permissions") from None
+        raise _fail(
+            location, f"image file {str(path)!r} cannot be read ({exc})", "check its permissions"
+        ) from None
     return _decode_bytes(raw, location, max_pixels, str(path))
 
 
@@ -167,9 +179,13 @@ def _fetch(url: str, location: ImageLocation) -> bytes:
         with urllib.request.urlopen(request, timeout=REMOTE_TIMEOUT_S) as response:  # noqa: S310 (scheme checked)
             raw = response.read(MAX_REMOTE_BYTES + 1)
     except OSError as exc:
-        raise _fail(location, f"the image at {url!r} cannot be fetched ({exc})", "check the URL or pass a local file") from None
+        raise _fail(
+            location, f"the image at {url!r} cannot be fetched ({exc})", "check the URL or pass a local file"
+        ) from None
     if len(raw) > MAX_REMOTE_BYTES:
-        raise _fail(location, f"the image at {url!r} is over {MAX_REMOTE_BYTES} bytes", "download and shrink it first")
+        raise _fail(
+            location, f"the image at {url!r} is over {MAX_REMOTE_BYTES} bytes", "download and shrink it first"
+        )
     return raw
 
 
@@ -177,7 +193,9 @@ def _decode_bytes(raw: bytes, location: ImageLocation, max_pixels: int, origin: 
     from PIL import Image, UnidentifiedImageError
 
     if not raw:
-        raise _fail(location, f"the image from {_preview(origin)} is empty (0 bytes)", "send a non-empty image file")
+        raise _fail(
+            location, f"the image from {_preview(origin)} is empty (0 bytes)", "send a non-empty image file"
+        )
     try:
         with warnings.catch_warnings():
             # Our own pixel limit below replaces PIL's warning-or-error heuristics.
@@ -190,9 +208,13 @@ def _decode_bytes(raw: bytes, location: ImageLocation, max_pixels: int, origin: 
             f"send one of {', '.join(SUPPORTED_FORMATS)}",
         ) from None
     except Image.DecompressionBombError as exc:
-        raise _fail(location, f"the image from {_preview(origin)} is too large ({exc})", "resize it") from None
+        raise _fail(
+            location, f"the image from {_preview(origin)} is too large ({exc})", "resize it"
+        ) from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise _fail(location, f"the image from {_preview(origin)} is corrupt ({exc})", "re-save or re-encode it") from None
+        raise _fail(
+            location, f"the image from {_preview(origin)} is corrupt ({exc})", "re-save or re-encode it"
+        ) from None
     if image.format and image.format.upper() not in SUPPORTED_FORMATS:
         raise _fail(
             location,
@@ -205,10 +227,14 @@ def _decode_bytes(raw: bytes, location: ImageLocation, max_pixels: int, origin: 
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image.load()
     except Image.DecompressionBombError as exc:
-        raise _fail(location, f"the image from {_preview(origin)} is too large ({exc})", "resize it") from None
+        raise _fail(
+            location, f"the image from {_preview(origin)} is too large ({exc})", "resize it"
+        ) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise _fail(
-            location, f"the image from {_preview(origin)} is corrupt or truncated ({exc})", "re-save or re-encode it"
+            location,
+            f"the image from {_preview(origin)} is corrupt or truncated ({exc})",
+            "re-save or re-encode it",
         ) from None
     return _validated(image, location, max_pixels, origin)
 
@@ -216,7 +242,11 @@ def _decode_bytes(raw: bytes, location: ImageLocation, max_pixels: int, origin: 
 def _check_size(size: tuple[int, int], location: ImageLocation, max_pixels: int, origin: str) -> None:
     width, height = size
     if width <= 0 or height <= 0:
-        raise _fail(location, f"the image from {_preview(origin)} has no pixels ({width}x{height})", "send a real image")
+        raise _fail(
+            location,
+            f"the image from {_preview(origin)} has no pixels ({width}x{height})",
+            "send a real image",
+        )
     if width * height > max_pixels:
         raise _fail(
             location,
@@ -230,9 +260,17 @@ def _validated(image: Image.Image, location: ImageLocation, max_pixels: int, ori
     _check_size(image.size, location, max_pixels, origin)
     if image.mode != "RGB":
         try:
-            image = image.convert("RGBA").convert("RGB") if "A" in image.getbands() or image.mode == "P" else image.convert("RGB")
+            image = (
+                image.convert("RGBA").convert("RGB")
+                if "A" in image.getbands() or image.mode == "P"
+                else image.convert("RGB")
+            )
         except (OSError, ValueError) as exc:
-            raise _fail(location, f"the image from {_preview(origin)} cannot be converted to RGB ({exc})", "re-save it") from None
+            raise _fail(
+                location,
+                f"the image from {_preview(origin)} cannot be converted to RGB ({exc})",
+                "re-save it",
+            ) from None
     return image
 
 

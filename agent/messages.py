@@ -29,10 +29,26 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # Block types that are part of a message's record but not of what the model reads.
 SKIPPED_BLOCK_TYPES = frozenset(
-    {"tool_call", "tool_call_chunk", "server_tool_call", "server_tool_result", "reasoning", "thinking", "tool_use"}
+    {
+        "tool_call",
+        "tool_call_chunk",
+        "server_tool_call",
+        "server_tool_result",
+        "reasoning",
+        "thinking",
+        "tool_use",
+    }
 )
 _ROLE_OF_TYPE = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}
-_CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "human": "user", "assistant": "assistant", "ai": "assistant", "tool": "tool"}
+_CHAT_ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "ai": "assistant",
+    "tool": "tool",
+}
 
 
 def messages_to_turns(
@@ -93,7 +109,9 @@ def _content_blocks(
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
     if not isinstance(content, list):
-        raise InputError(f"message {message_index}: content of type {type(content).__name__} is not supported")
+        raise InputError(
+            f"message {message_index}: content of type {type(content).__name__} is not supported"
+        )
     blocks: list[dict[str, Any]] = []
     for block_index, block in enumerate(content):
         location = ImageLocation(message_index, block_index)
@@ -124,7 +142,9 @@ def _convert_block(
         ref = block.get("image_url")
         url = ref.get("url") if isinstance(ref, dict) else ref
         if not url:
-            raise InputError(f"{location.describe()}: image_url block has no URL; use {{'image_url': {{'url': ...}}}}")
+            raise InputError(
+                f"{location.describe()}: image_url block has no URL; use {{'image_url': {{'url': ...}}}}"
+            )
         return _image_block(url, location, allow_remote=allow_remote, max_pixels=max_pixels)
     if kind == "image":
         mime = block.get("mime_type")
@@ -149,7 +169,9 @@ def _convert_block(
                 f"{location.describe()}: image block has none of 'base64', 'url', 'path' or 'image'; "
                 "use {'type': 'image', 'base64': ..., 'mime_type': 'image/png'}"
             )
-        return _image_block(source, location, allow_remote=allow_remote, max_pixels=max_pixels, mime_type=mime)
+        return _image_block(
+            source, location, allow_remote=allow_remote, max_pixels=max_pixels, mime_type=mime
+        )
     if kind in SKIPPED_BLOCK_TYPES:
         return None
     if kind == "json":

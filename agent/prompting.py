@@ -119,7 +119,9 @@ def render_prompt(
     image_token = getattr(processor, "image_token", None) or DEFAULT_IMAGE_TOKEN
     if max_images is None:
         model_config = config if config is not None else getattr(processor, "model_config", None)
-        max_images = image_capacity(model_config) if model_config is not None else UNKNOWN_MODEL_IMAGE_CAPACITY
+        max_images = (
+            image_capacity(model_config) if model_config is not None else UNKNOWN_MODEL_IMAGE_CAPACITY
+        )
     if max_images < 0:
         raise InputError(f"max_images must be >= 0, got {max_images}")
 
@@ -127,7 +129,9 @@ def render_prompt(
     if tools or any(t["role"] == "tool" or t.get("tool_calls") for t in prepared):
         from agent.tool_protocol import to_template_turns
 
-        prepared = [_normalise_turn(t, image_token) for t in to_template_turns(prepared, list(tools or []) or None)]
+        prepared = [
+            _normalise_turn(t, image_token) for t in to_template_turns(prepared, list(tools or []) or None)
+        ]
     prepared, images, dropped = _apply_image_policy(prepared, max_images)
     if prepared and prepared[0]["role"] == "system" and not template_supports_system(processor):
         prepared = _fold_system_turn(prepared)
@@ -162,7 +166,9 @@ def _validate_turns(turns: Sequence[Mapping[str, Any]]) -> None:
         raise InputError("the conversation is empty; pass at least one user turn")
     for index, turn in enumerate(turns):
         if not isinstance(turn, Mapping):
-            raise InputError(f"turn {index} must be a dict with 'role' and 'content', got {type(turn).__name__}")
+            raise InputError(
+                f"turn {index} must be a dict with 'role' and 'content', got {type(turn).__name__}"
+            )
         role = turn.get("role")
         if role not in ROLES:
             raise InputError(f"turn {index} has role {role!r}; use one of {', '.join(ROLES)}")
@@ -212,7 +218,9 @@ def _normalise_turn(turn: Mapping[str, Any], image_token: str) -> dict[str, Any]
 def _apply_image_policy(
     turns: list[dict[str, Any]], max_images: int
 ) -> tuple[list[dict[str, Any]], list[Image.Image], int]:
-    positions = [(ti, bi) for ti, t in enumerate(turns) for bi, b in enumerate(t["content"]) if b["type"] == "image"]
+    positions = [
+        (ti, bi) for ti, t in enumerate(turns) for bi, b in enumerate(t["content"]) if b["type"] == "image"
+    ]
     keep = set(positions[len(positions) - max_images :]) if max_images else set()
     images: list[Image.Image] = []
     dropped = 0
@@ -233,7 +241,9 @@ def _apply_image_policy(
                 blocks.append({"type": "text", "text": reference})
         out.append({**turn, "content": blocks})
     if dropped:
-        logger.debug("Kept %d image(s) as pixels, replaced %d older one(s) by references", len(images), dropped)
+        logger.debug(
+            "Kept %d image(s) as pixels, replaced %d older one(s) by references", len(images), dropped
+        )
     return out, images, dropped
 
 
