@@ -114,14 +114,21 @@ class MemorySection(_Section):
     memory_collection: str = "memories"
     text_embedder: str = "sentence-transformers/all-MiniLM-L6-v2"
     recall_k: int = Field(3, ge=0)
+    recall_min_score: float = Field(
+        0.3, ge=-1.0, le=1.0, description="Cosine similarity a memory needs to be added to the prompt automatically."
+    )
     max_context_tokens: int | None = Field(None, gt=0, description="None reads the model's context length.")
 
 
 class AgentSection(_Section):
     """The agent loop."""
 
-    recursion_limit: int = Field(12, ge=2)
-    system_prompt: str | None = None
+    recursion_limit: int = Field(12, ge=2, description="Graph steps per turn before the agent stops with a message.")
+    system_prompt: str | None = Field(None, description="Text appended to the built-in system prompt.")
+    tool_choice: str | None = Field(
+        None, description="Force the first model call of each turn: 'any' or a tool name; None lets the model choose."
+    )
+    long_term_memory: bool = Field(True, description="Add remember/recall tools and recalled facts to the prompt.")
 
 
 class AppConfig(_Section):

@@ -1,0 +1,522 @@
+"""``MultimodalAgent``: a LangGraph agent over any LangChain chat model and tools, with memory.
+
+The agent is ``langchain.agents.create_agent`` plus:
+
+* a SQLite checkpointer (:mod:`memory.conversations`) so threads survive restarts;
+* tool failures turned into error ``ToolMessage`` s the model can read and recover from;
+* the context policy (:mod:`memory.context`): older images become text references, long
+  threads are trimmed to the model's context;
+* long-term memory (:mod:`memory.long_term`): ``remember``/``recall`` tools and relevant facts
+  added to the system prompt automatically;
+* a step limit that ends a turn with a clear message instead of looping.
+
+``chat`` returns an :class:`AgentReply`; ``stream`` yields typed events as they happen
+(:class:`TokenEvent`, :class:`ToolCallEvent`, :class:`ToolResultEvent`, :class:`ReplyEvent`);
+``achat``/``astream`` are their async twins. ``stop()`` ends the current generation early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+from agent.config import AppConfig, load_config
+from agent.errors import ImageError, InputError
+
+if TYPE_CHECKING:
+    from langchain.agents.middleware import AgentMiddleware, ToolCallRequest
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.messages import BaseMessage, HumanMessage
+    from langchain_core.tools import BaseTool
+
+    from memory.conversations import ConversationStore
+    from memory.long_term import LongTermMemory
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONTEXT_TOKENS = 4096
+LIMIT_MESSAGE = (
+    "I stopped after {limit} agent steps without reaching an answer (the step limit). "
+    "Ask again with a narrower request, or raise agent.recursion_limit in the config."
+)
+_IMAGE_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp", "BMP": "image/bmp"}
+
+
+@dataclass
+class AgentReply:
+    """The outcome of one turn."""
+
+    text: str
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    """Each call made this turn: ``name``, ``args``, ``id`` and ``status`` (success/error)."""
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    """What tools produced (image and audio paths, search hits), each with its ``tool`` name."""
+    thread_id: str = ""
+    stopped: bool = False
+    """True when the turn was interrupted with :meth:`MultimodalAgent.stop`."""
+    limit_reached: bool = False
+    """True when the step limit ended the turn."""
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """A piece of the model's answer, as it is generated."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallEvent:
+    """The model asked for a tool; it is about to run."""
+
+    name: str
+    args: dict[str, Any]
+    call_id: str
+
+
+@dataclass(frozen=True)
+class ToolResultEvent:
+    """A tool finished (or failed: ``is_error``); ``artifact`` holds files and hits it produced."""
+
+    name: str
+    content: str
+    artifact: Any
+    call_id: str
+    is_error: bool = False
+
+
+@dataclass(frozen=True)
+class ReplyEvent:
+    """The turn is over; always the last event of a stream."""
+
+    reply: AgentReply
+
+
+AgentEvent = Union[TokenEvent, ToolCallEvent, ToolResultEvent, ReplyEvent]
+
+
+def tool_error_message(exc: BaseException, request: ToolCallRequest) -> str:
+    """How a tool failure is worded for the model, so it can fix the call or choose another tool."""
+    name = request.tool_call["name"]
+    args = json.dumps(request.tool_call.get("args", {}), ensure_ascii=False, default=str)
+    logger.warning("tool %s failed: %s", name, exc, exc_info=logger.isEnabledFor(logging.DEBUG))
+    return f"Error running {name} with arguments {args}: {exc} Please try again or use another tool."
+
+
+def save_attachment(path: str | os.PathLike[str], folder: Path) -> tuple[Path, str, bytes]:
+    """Check an image file and keep a copy in ``folder``; returns (saved path, mime type, bytes).
+
+    The copy is named by content hash, so attaching the same image twice stores it once, and
+    tools can always read it (the data folder is an allowed folder).
+    """
+    source = Path(path).expanduser()
+    if not source.exists():
+        raise ImageError(f"image {str(path)!r} does not exist; check the path (relative paths start at {Path.cwd()})")
+    if not source.is_file():
+        raise ImageError(f"image {str(path)!r} is not a file; give the path of an image file")
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"image {str(path)!r} cannot be read ({exc.strerror}); check its permissions") from None
+    if not data:
+        raise ImageError(f"image {str(path)!r} is empty; give a PNG, JPEG, GIF, WEBP or BMP file")
+    from io import BytesIO
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(BytesIO(data)) as image:
+            image_format = image.format or ""
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(
+            f"file {str(path)!r} is not a readable image ({exc}); give a PNG, JPEG, GIF, WEBP or BMP file"
+        ) from None
+    mime = _IMAGE_MIME.get(image_format)
+    if mime is None:
+        raise ImageError(f"image {str(path)!r} is a {image_format} file; give a PNG, JPEG, GIF, WEBP or BMP file")
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    target = folder / f"{digest}-{source.name}"
+    if not target.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    return target.resolve(), mime, data
+
+
+def build_user_message(text: str, images: Sequence[str | os.PathLike[str]], attachments_dir: Path) -> HumanMessage:
+    """A user turn: the text, one ``[attached image: PATH]`` line per image, then the images."""
+    import base64
+
+    from langchain_core.messages import HumanMessage
+
+    if not isinstance(text, str):
+        raise InputError(f"message must be a str, got {type(text).__name__}; pass the user's text")
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    if not text.strip() and not images:
+        raise InputError("the message is empty; type some text or attach an image")
+    saved = [save_attachment(path, attachments_dir) for path in images]
+    lines = [text.strip()] if text.strip() else []
+    lines += [f"[attached image: {path}]" for path, _, _ in saved]
+    blocks: list[str | dict[str, Any]] = [{"type": "text", "text": "\n".join(lines)}]
+    for path, mime, data in saved:
+        blocks.append(
+            {
+                "type": "image",
+                "base64": base64.b64encode(data).decode("ascii"),
+                "mime_type": mime,
+                "extras": {"path": str(path)},
+            }
+        )
+    return HumanMessage(content=blocks if saved else blocks[0]["text"])  # type: ignore[index]
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    parts = [b.get("text", "") if isinstance(b, dict) else str(b) for b in content or []]
+    return "".join(p for p in parts if isinstance(p, str))
+
+
+class _TurnCollector:
+    """Turns LangGraph stream parts into agent events and gathers the reply."""
+
+    def __init__(self, thread_id: str) -> None:
+        self.thread_id = thread_id
+        self.tokens: list[str] = []
+        self.final_text: str | None = None
+        self.tool_calls: list[dict[str, Any]] = []
+        self.artifacts: list[dict[str, Any]] = []
+        self.stopped = False
+        self.limit_reached = False
+
+    def consume(self, mode: str, data: Any) -> Iterator[AgentEvent]:
+        from langchain_core.messages import AIMessage, AIMessageChunk, ToolMessage
+
+        if mode == "messages":
+            chunk, metadata = data
+            if isinstance(chunk, AIMessageChunk) and metadata.get("langgraph_node") == "model":
+                text = _content_text(chunk.content)
+                if text:
+                    self.tokens.append(text)
+                    yield TokenEvent(text)
+            return
+        if mode != "updates" or not isinstance(data, Mapping):
+            return
+        for node, update in data.items():
+            messages = update.get("messages", []) if isinstance(update, Mapping) else []
+            for message in messages if isinstance(messages, list) else [messages]:
+                if isinstance(message, AIMessage) and node == "model":
+                    self.tokens.clear()
+                    self.final_text = _content_text(message.content)
+                    for call in message.tool_calls:
+                        self.tool_calls.append(
+                            {"name": call["name"], "args": call["args"], "id": call.get("id") or "", "status": "pending"}
+                        )
+                        yield ToolCallEvent(call["name"], dict(call["args"]), call.get("id") or "")
+                elif isinstance(message, ToolMessage):
+                    yield self._tool_result(message)
+
+    def _tool_result(self, message: Any) -> ToolResultEvent:
+        is_error = message.status == "error"
+        for call in self.tool_calls:
+            if call["id"] == message.tool_call_id:
+                call["status"] = "error" if is_error else "success"
+        name = message.name or ""
+        artifact = message.artifact
+        if artifact is not None and not is_error:
+            items = artifact if isinstance(artifact, list) else [artifact]
+            for item in items:
+                self.artifacts.append({"tool": name, **item} if isinstance(item, dict) else {"tool": name, "value": item})
+        return ToolResultEvent(name, _content_text(message.content), artifact, message.tool_call_id, is_error)
+
+    def reply(self, limit_text: str) -> AgentReply:
+        if self.limit_reached:
+            text = limit_text
+        elif self.stopped or self.final_text is None:
+            text = "".join(self.tokens)
+        else:
+            text = self.final_text
+        return AgentReply(
+            text=text.strip(),
+            tool_calls=self.tool_calls,
+            artifacts=self.artifacts,
+            thread_id=self.thread_id,
+            stopped=self.stopped,
+            limit_reached=self.limit_reached,
+        )
+
+
+class _FirstCallToolChoice:
+    """Middleware factory: force ``tool_choice`` on the first model call of each turn only."""
+
+    @staticmethod
+    def create(tool_choice: str) -> AgentMiddleware:
+        from langchain.agents.middleware import AgentMiddleware
+        from langchain_core.messages import HumanMessage
+
+        class FirstCallToolChoiceMiddleware(AgentMiddleware):
+            def _prepare(self, request):
+                if request.tools and request.messages and isinstance(request.messages[-1], HumanMessage):
+                    return request.override(tool_choice=tool_choice)
+                return request
+
+            def wrap_model_call(self, request, handler):
+                return handler(self._prepare(request))
+
+            async def awrap_model_call(self, request, handler):
+                return await handler(self._prepare(request))
+
+        return FirstCallToolChoiceMiddleware()
+
+
+def _model_max_images(model: Any, config: AppConfig) -> int | None:
+    if config.model.max_images is not None:
+        return config.model.max_images
+    probe = getattr(model, "max_images_per_prompt", None)
+    value = probe() if callable(probe) else probe
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _model_context_tokens(model: Any, config: AppConfig) -> int:
+    if config.memory.max_context_tokens is not None:
+        return config.memory.max_context_tokens
+    probe = getattr(model, "context_length", None)
+    value = probe() if callable(probe) else probe
+    return value if isinstance(value, int) and value > 0 else DEFAULT_CONTEXT_TOKENS
+
+
+class MultimodalAgent:
+    """A chat agent over a LangChain chat model and tools, with persistent threads and memory.
+
+    Args:
+        model: any LangChain chat model that supports ``bind_tools``; default ``ChatLlava``
+            built from ``config.model``.
+        tools: LangChain tools; default ``tools.build_tools(config)``.
+        config: an :class:`~agent.config.AppConfig`, a TOML path or a dict (see ``load_config``).
+        conversations: the thread store; default one at ``config.conversations_db``.
+        memory: long-term memory whose ``remember``/``recall`` tools are added and whose
+            relevant facts go into the system prompt; ``None`` for none.
+        system_prompt: replaces the built-in prompt (``agent.system_prompt`` in the config adds to it).
+        middleware: extra LangChain agent middleware, run inside ours.
+    """
+
+    def __init__(
+        self,
+        model: BaseChatModel | None = None,
+        tools: Sequence[BaseTool] | None = None,
+        *,
+        config: AppConfig | str | os.PathLike[str] | Mapping[str, Any] | None = None,
+        conversations: ConversationStore | None = None,
+        memory: LongTermMemory | None = None,
+        system_prompt: str | None = None,
+        middleware: Sequence[AgentMiddleware] = (),
+    ) -> None:
+        from langchain.agents import create_agent
+        from langchain.agents.middleware import ToolErrorMiddleware
+
+        from agent.prompts import build_system_prompt
+        from memory.context import ContextPolicyMiddleware
+        from memory.conversations import ConversationStore
+
+        self.config = config if isinstance(config, AppConfig) else load_config(config)
+        if model is None:
+            from agent.chat_model import ChatLlava
+
+            model = ChatLlava.from_config(self.config.model)
+        if tools is None:
+            from tools import build_tools
+
+            tools = build_tools(self.config)
+        self.model = model
+        self.memory = memory
+        self.tools: list[BaseTool] = list(tools) + (memory.tools() if memory is not None else [])
+        names = [t.name for t in self.tools]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise InputError(f"tool names must be unique; {', '.join(duplicates)} appear twice; rename or drop one")
+        self.conversations = conversations or ConversationStore(self.config.conversations_db)
+        self.recursion_limit = self.config.agent.recursion_limit
+        self.system_prompt = system_prompt or build_system_prompt(self.tools, self.config.agent.system_prompt)
+        self.max_images = _model_max_images(model, self.config)
+        self.context_tokens = _model_context_tokens(model, self.config)
+        reserved = getattr(model, "max_new_tokens", None)
+        stack: list[AgentMiddleware] = [ToolErrorMiddleware(on_error=tool_error_message)]
+        if memory is not None:
+            stack.append(memory.middleware(self.config.memory.recall_k))
+        stack.append(
+            ContextPolicyMiddleware(
+                max_images=self.max_images,
+                max_tokens=self.context_tokens,
+                reserved_tokens=reserved if isinstance(reserved, int) else 512,
+            )
+        )
+        if self.config.agent.tool_choice:
+            stack.append(_FirstCallToolChoice.create(self.config.agent.tool_choice))
+        stack.extend(middleware)
+        self.graph = create_agent(
+            model,
+            self.tools,
+            system_prompt=self.system_prompt,
+            middleware=stack,
+            checkpointer=self.conversations.checkpointer,
+        )
+        self._stop_lock = threading.Lock()
+        self._active_stops: set[threading.Event] = set()
+
+    @classmethod
+    def from_config(
+        cls, source: AppConfig | str | os.PathLike[str] | Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> MultimodalAgent:
+        """The agent the CLI runs: ChatLlava, the configured tools, threads and long-term memory."""
+        config = source if isinstance(source, AppConfig) else load_config(source)
+        if "memory" not in kwargs and config.agent.long_term_memory:
+            from memory.long_term import LongTermMemory
+
+            kwargs["memory"] = LongTermMemory(config)
+        return cls(config=config, **kwargs)
+
+    @property
+    def attachments_dir(self) -> Path:
+        return self.config.data_dir.expanduser() / "attachments"
+
+    def new_thread(self, title: str = "") -> str:
+        """Start a thread and return its id."""
+        return self.conversations.new_thread(title).thread_id
+
+    def history(self, thread_id: str) -> list[BaseMessage]:
+        """The stored messages of a thread (raises ``InputError`` for an unknown one)."""
+        return self.conversations.messages(thread_id)
+
+    def stop(self) -> None:
+        """Stop every generation in progress; their replies come back with ``stopped=True``."""
+        with self._stop_lock:
+            for event in self._active_stops:
+                event.set()
+        stop_generation = getattr(self.model, "stop_generation", None)
+        if callable(stop_generation):
+            stop_generation()
+
+    def chat(
+        self, message: str, images: Sequence[str | os.PathLike[str]] = (), thread_id: str | None = None
+    ) -> AgentReply:
+        """Run one turn and return the final reply (a new thread when ``thread_id`` is None)."""
+        reply: AgentReply | None = None
+        for event in self.stream(message, images=images, thread_id=thread_id):
+            if isinstance(event, ReplyEvent):
+                reply = event.reply
+        assert reply is not None  # stream always ends with a ReplyEvent
+        return reply
+
+    def stream(
+        self, message: str, images: Sequence[str | os.PathLike[str]] = (), thread_id: str | None = None
+    ) -> Iterator[AgentEvent]:
+        """Run one turn, yielding events as they happen; the last one is a :class:`ReplyEvent`."""
+        from langgraph.errors import GraphRecursionError
+
+        human = build_user_message(message, images, self.attachments_dir)
+        thread_id = thread_id or self.new_thread()
+        self.conversations.touch(thread_id, human.text)
+        run_config = {"configurable": {"thread_id": thread_id}, "recursion_limit": self.recursion_limit}
+        collector = _TurnCollector(thread_id)
+        stop = threading.Event()
+        with self._stop_lock:
+            self._active_stops.add(stop)
+        parts = self.graph.stream({"messages": [human]}, run_config, stream_mode=["messages", "updates"])
+        try:
+            for mode, data in parts:
+                if stop.is_set():
+                    collector.stopped = True
+                    break
+                yield from collector.consume(mode, data)
+                if stop.is_set():
+                    collector.stopped = True
+                    break
+        except GraphRecursionError:
+            collector.limit_reached = True
+        finally:
+            parts.close()
+            with self._stop_lock:
+                self._active_stops.discard(stop)
+        text = LIMIT_MESSAGE.format(limit=self.recursion_limit)
+        if collector.limit_reached or collector.stopped:
+            self._close_turn(run_config, text if collector.limit_reached else "".join(collector.tokens))
+        yield ReplyEvent(collector.reply(text))
+
+    def _close_turn(self, run_config: dict[str, Any], text: str) -> None:
+        """Leave the thread well formed after an interrupted turn: no unanswered tool calls."""
+        from langchain_core.messages import AIMessage, ToolMessage
+
+        messages = self.graph.get_state(run_config).values.get("messages", [])
+        answered = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}
+        pending = [
+            call for m in messages if isinstance(m, AIMessage) for call in m.tool_calls if call.get("id") not in answered
+        ]
+        closing: list[Any] = [
+            ToolMessage(content="Not run: the turn ended first.", tool_call_id=c["id"], name=c["name"], status="error")
+            for c in pending
+        ]
+        if text.strip():
+            closing.append(AIMessage(content=text.strip()))
+        if closing:
+            self.graph.update_state(run_config, {"messages": closing}, as_node="model")
+
+    async def achat(
+        self, message: str, images: Sequence[str | os.PathLike[str]] = (), thread_id: str | None = None
+    ) -> AgentReply:
+        """Async :meth:`chat` (the turn runs in a worker thread; the event loop stays free)."""
+        reply: AgentReply | None = None
+        async for event in self.astream(message, images=images, thread_id=thread_id):
+            if isinstance(event, ReplyEvent):
+                reply = event.reply
+        assert reply is not None
+        return reply
+
+    async def astream(
+        self, message: str, images: Sequence[str | os.PathLike[str]] = (), thread_id: str | None = None
+    ) -> AsyncIterator[AgentEvent]:
+        """Async :meth:`stream`: events are handed over from a worker thread as they happen."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        done = object()
+
+        def produce() -> None:
+            try:
+                for event in self.stream(message, images=images, thread_id=thread_id):
+                    loop.call_soon_threadsafe(queue.put_nowait, event)
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, done)
+
+        worker = threading.Thread(target=produce, name="agent-turn", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = await queue.get()
+                if item is done:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if worker.is_alive():
+                self.stop()
+                await asyncio.to_thread(worker.join)
+
+    def close(self) -> None:
+        self.conversations.close()

@@ -1,0 +1,188 @@
+"""Context policy: what of a long conversation the model gets to see on each call.
+
+Two rules, applied before every model call of the agent (the stored thread is never changed):
+
+* **Images**: only the most recent ``max_images`` images stay as pixels. Older ones become a
+  text reference, ``[earlier image: PATH — caption: ...]``, with the caption when a
+  ``caption_image`` call in the thread described that path. A single-image model thus always
+  sees the image the user is talking about now, and can still name earlier ones.
+* **Length**: when the conversation no longer fits ``max_tokens``, the oldest turns are dropped
+  whole (a turn starts at a user message, so a tool call is never separated from its result)
+  and a short note listing what the user asked in them is added to the system message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from langchain.agents.middleware import AgentMiddleware
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+
+if TYPE_CHECKING:
+    from langchain.agents.middleware import ModelRequest, ModelResponse
+
+logger = logging.getLogger(__name__)
+
+IMAGE_TOKENS = 600
+"""Tokens one image is assumed to take when estimating (LLaVA-1.5: 576 patch tokens)."""
+
+CAPTION_TOOL = "caption_image"
+_IMAGE_ARG_NAMES = ("image", "image_path", "path")
+NOTE_HEADER = "Earlier turns were left out to fit the context window. In them the user asked:"
+
+
+def is_image_block(block: Any) -> bool:
+    return isinstance(block, dict) and block.get("type") in ("image", "image_url")
+
+
+def image_reference(block: dict[str, Any]) -> str:
+    """How an image block is named in text: its file path when known."""
+    extras = block.get("extras") or {}
+    if extras.get("path"):
+        return str(extras["path"])
+    url = block.get("url")
+    if isinstance(block.get("image_url"), dict):
+        url = block["image_url"].get("url")
+    if isinstance(url, str) and not url.startswith("data:"):
+        return url
+    return "an image without a file name"
+
+
+def collect_captions(messages: Sequence[BaseMessage]) -> dict[str, str]:
+    """Map image path -> caption from the ``caption_image`` calls and results in a thread."""
+    call_paths: dict[str, str] = {}
+    for message in messages:
+        if isinstance(message, AIMessage):
+            for call in message.tool_calls:
+                if call.get("name") != CAPTION_TOOL:
+                    continue
+                for name in _IMAGE_ARG_NAMES:
+                    if isinstance(call["args"].get(name), str):
+                        call_paths[call.get("id") or ""] = call["args"][name]
+                        break
+    captions: dict[str, str] = {}
+    for message in messages:
+        if isinstance(message, ToolMessage) and message.status != "error" and message.tool_call_id in call_paths:
+            text = message.content if isinstance(message.content, str) else message.text
+            artifact = message.artifact if isinstance(message.artifact, dict) else {}
+            caption = artifact.get("caption") if isinstance(artifact.get("caption"), str) else text
+            if caption:
+                captions[call_paths[message.tool_call_id]] = " ".join(caption.split())
+    return captions
+
+
+def apply_image_policy(
+    messages: Sequence[BaseMessage], max_images: int | None, captions: dict[str, str] | None = None
+) -> list[BaseMessage]:
+    """Keep the newest ``max_images`` image blocks; older ones become text references."""
+    if max_images is None:
+        return list(messages)
+    captions = captions if captions is not None else collect_captions(messages)
+    kept = 0
+    out: list[BaseMessage] = []
+    for message in reversed(messages):
+        if not isinstance(message.content, list) or not any(is_image_block(b) for b in message.content):
+            out.append(message)
+            continue
+        blocks: list[Any] = []
+        for block in reversed(message.content):
+            if not is_image_block(block):
+                blocks.append(block)
+            elif kept < max_images:
+                kept += 1
+                blocks.append(block)
+            else:
+                path = image_reference(block)
+                caption = captions.get(path)
+                text = f"[earlier image: {path}" + (f" — caption: {caption}]" if caption else "]")
+                blocks.append({"type": "text", "text": text})
+        blocks.reverse()
+        out.append(message.model_copy(update={"content": blocks}))
+    out.reverse()
+    return out
+
+
+def estimate_tokens(message: BaseMessage) -> int:
+    """A cheap, model-independent token estimate (about three characters per token)."""
+    total = 4
+    content = message.content
+    parts = [content] if isinstance(content, str) else content
+    for part in parts:
+        if isinstance(part, str):
+            total += len(part) // 3 + 1
+        elif is_image_block(part):
+            total += IMAGE_TOKENS
+        elif isinstance(part, dict):
+            total += len(str(part.get("text", ""))) // 3 + 1
+    if isinstance(message, AIMessage):
+        total += sum(len(str(call.get("args", ""))) // 3 + 8 for call in message.tool_calls)
+    return total
+
+
+def _turn_starts(messages: Sequence[BaseMessage]) -> list[int]:
+    return [i for i, m in enumerate(messages) if isinstance(m, HumanMessage)] or [0]
+
+
+def _first_words(message: BaseMessage, limit: int = 80) -> str:
+    text = " ".join(message.text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def fit_to_context(
+    messages: Sequence[BaseMessage],
+    max_tokens: int,
+    *,
+    reserved_tokens: int = 0,
+    count: Callable[[BaseMessage], int] = estimate_tokens,
+) -> tuple[list[BaseMessage], str | None]:
+    """Drop the oldest whole turns until the rest fits; returns (messages, note or None).
+
+    The latest turn is always kept, even when it alone is too long: the model then reports
+    the context error itself, which is clearer than an empty prompt.
+    """
+    budget = max_tokens - reserved_tokens
+    sizes = [count(m) for m in messages]
+    if sum(sizes) <= budget:
+        return list(messages), None
+    starts = _turn_starts(messages)
+    keep_from = starts[-1]
+    for start in reversed(starts):
+        if sum(sizes[start:]) > budget:
+            break
+        keep_from = start
+    dropped = [m for m in messages[:keep_from] if isinstance(m, HumanMessage)]
+    note = NOTE_HEADER + "\n" + "\n".join(f"- {_first_words(m)}" for m in dropped[-10:])
+    logger.info("context: left out %d of %d messages to fit %d tokens", keep_from, len(messages), budget)
+    return list(messages[keep_from:]), note
+
+
+class ContextPolicyMiddleware(AgentMiddleware):
+    """Applies the image policy and the length policy to every model call of an agent."""
+
+    def __init__(self, *, max_images: int | None, max_tokens: int, reserved_tokens: int = 0) -> None:
+        super().__init__()
+        self.max_images = max_images
+        self.max_tokens = max_tokens
+        self.reserved_tokens = reserved_tokens
+
+    def prepare(self, request: ModelRequest) -> ModelRequest:
+        messages = apply_image_policy(request.messages, self.max_images)
+        system_tokens = estimate_tokens(request.system_message) if request.system_message else 0
+        messages, note = fit_to_context(
+            messages, self.max_tokens, reserved_tokens=self.reserved_tokens + system_tokens
+        )
+        system = request.system_message
+        if note:
+            base = system.text if system is not None else ""
+            system = SystemMessage(content=f"{base}\n\n{note}".strip())
+        return request.override(messages=messages, system_message=system)
+
+    def wrap_model_call(
+        self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
+    ) -> ModelResponse:
+        return handler(self.prepare(request))
+
+    async def awrap_model_call(self, request: ModelRequest, handler: Any) -> ModelResponse:
+        return await handler(self.prepare(request))

@@ -1,0 +1,184 @@
+"""Conversations that survive restarts: a LangGraph SQLite checkpointer plus thread titles.
+
+The checkpointer (``langgraph-checkpoint-sqlite``) stores every turn of every thread in
+``config.conversations_db``. Titles, creation and update times live in a small table of our
+own (``llava_agent_threads``) in the same database file, so one file holds a user's whole
+history and deleting a thread removes both.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.errors import InputError, StoreError
+
+if TYPE_CHECKING:
+    from langchain_core.messages import BaseMessage
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+logger = logging.getLogger(__name__)
+
+TITLE_LENGTH = 60
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS llava_agent_threads (
+    thread_id TEXT PRIMARY KEY,
+    title TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True)
+class ThreadInfo:
+    """One conversation thread as the user sees it."""
+
+    thread_id: str
+    title: str
+    created_at: float
+    updated_at: float
+
+
+def title_from_message(text: str) -> str:
+    """A one-line title from the first user message of a thread."""
+    line = " ".join(text.split())
+    return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1].rstrip() + "…"
+
+
+class ConversationStore:
+    """Threads of conversation in one SQLite file: the LangGraph checkpointer and thread titles.
+
+    Safe to share between threads of one process (one connection guarded by a lock, as
+    ``SqliteSaver`` does itself).
+    """
+
+    def __init__(self, db_path: str | Path) -> None:
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        self.db_path = Path(db_path).expanduser()
+        try:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(str(self.db_path), check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(_SCHEMA)
+            self._conn.commit()
+            self._saver = SqliteSaver(self._conn)
+            self._saver.setup()
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(
+                f"conversation database {self.db_path} cannot be opened ({exc}); check that the folder "
+                "is writable and the file is a SQLite database, or set data_dir in the config"
+            ) from None
+        self._lock = threading.Lock()
+
+    @property
+    def checkpointer(self) -> SqliteSaver:
+        """The LangGraph checkpointer to compile an agent graph with."""
+        return self._saver
+
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                rows = self._conn.execute(sql, params).fetchall()
+                self._conn.commit()
+            except sqlite3.Error as exc:
+                raise StoreError(f"conversation database {self.db_path} failed ({exc}); check disk space") from None
+        return rows
+
+    def new_thread(self, title: str = "") -> ThreadInfo:
+        """Create an empty thread with a fresh short id."""
+        while True:
+            thread_id = uuid.uuid4().hex[:8]
+            if not self._execute("SELECT 1 FROM llava_agent_threads WHERE thread_id = ?", (thread_id,)):
+                break
+        now = time.time()
+        self._execute(
+            "INSERT INTO llava_agent_threads (thread_id, title, created_at, updated_at) VALUES (?, ?, ?, ?)",
+            (thread_id, title, now, now),
+        )
+        return ThreadInfo(thread_id, title, now, now)
+
+    def touch(self, thread_id: str, first_message: str = "") -> None:
+        """Record activity on a thread, creating its row and title when it is new."""
+        now = time.time()
+        self._execute(
+            "INSERT INTO llava_agent_threads (thread_id, title, created_at, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(thread_id) DO UPDATE SET updated_at = excluded.updated_at, "
+            "title = CASE WHEN llava_agent_threads.title = '' THEN excluded.title "
+            "ELSE llava_agent_threads.title END",
+            (thread_id, title_from_message(first_message), now, now),
+        )
+
+    def list_threads(self) -> list[ThreadInfo]:
+        """All threads, most recently active first."""
+        rows = self._execute(
+            "SELECT thread_id, title, created_at, updated_at FROM llava_agent_threads ORDER BY updated_at DESC"
+        )
+        return [ThreadInfo(*row) for row in rows]
+
+    def get(self, thread_id: str) -> ThreadInfo:
+        """The thread with this id, or the only one whose id starts with it."""
+        thread_id = str(thread_id).strip()
+        rows = self._execute(
+            "SELECT thread_id, title, created_at, updated_at FROM llava_agent_threads WHERE thread_id = ?",
+            (thread_id,),
+        )
+        if not rows and thread_id:
+            rows = self._execute(
+                "SELECT thread_id, title, created_at, updated_at FROM llava_agent_threads "
+                "WHERE thread_id LIKE ? ESCAPE '\\'",
+                (thread_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%",),
+            )
+        if len(rows) == 1:
+            return ThreadInfo(*rows[0])
+        if len(rows) > 1:
+            ids = ", ".join(row[0] for row in rows)
+            raise InputError(f"thread id {thread_id!r} is ambiguous (matches {ids}); type more of it")
+        raise InputError(
+            f"unknown thread {thread_id!r}; list the threads with `llava-agent threads` (or /threads in the chat)"
+        )
+
+    def exists(self, thread_id: str) -> bool:
+        return bool(self._execute("SELECT 1 FROM llava_agent_threads WHERE thread_id = ?", (thread_id,)))
+
+    def rename(self, thread_id: str, title: str) -> ThreadInfo:
+        """Give a thread a new title."""
+        title = title_from_message(title)
+        if not title:
+            raise InputError("a thread title cannot be empty; give some words")
+        info = self.get(thread_id)
+        self._execute("UPDATE llava_agent_threads SET title = ? WHERE thread_id = ?", (title, info.thread_id))
+        return ThreadInfo(info.thread_id, title, info.created_at, info.updated_at)
+
+    def delete(self, thread_id: str) -> ThreadInfo:
+        """Delete a thread: its title row and every checkpoint of it."""
+        info = self.get(thread_id)
+        self._saver.delete_thread(info.thread_id)
+        self._execute("DELETE FROM llava_agent_threads WHERE thread_id = ?", (info.thread_id,))
+        return info
+
+    def messages(self, thread_id: str) -> list[BaseMessage]:
+        """The messages of a thread's latest checkpoint (empty for a thread with no turn yet)."""
+        info = self.get(thread_id)
+        checkpoint = self._saver.get_tuple({"configurable": {"thread_id": info.thread_id}})
+        if checkpoint is None:
+            return []
+        return list(checkpoint.checkpoint.get("channel_values", {}).get("messages", []))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> ConversationStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
