@@ -1,0 +1,125 @@
+"""The one place that builds a Chroma client.
+
+Embedded mode (default) opens a ``PersistentClient`` in ``<data_dir>/chroma``; server mode
+(``memory.chroma_url = "http://host:port"``) opens an ``HttpClient``. Telemetry is always off.
+
+Chroma's embedded client is not safe for several processes writing one folder, so a writer
+takes an exclusive lock file in the folder (held until the process exits or
+:func:`release_writer_lock` is called); a second process asking to write gets a
+:class:`StoreError` naming the folder and the pid holding it. Readers take no lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from agent.errors import ConfigError, StoreError
+
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+
+    from agent.config import AppConfig
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILE_NAME = "llava-agent-writer.lock"
+_held_locks: dict[Path, Any] = {}
+_locks_guard = threading.Lock()
+
+
+def _settings():
+    from chromadb.config import Settings
+
+    return Settings(anonymized_telemetry=False, allow_reset=False)
+
+
+def acquire_writer_lock(folder: Path) -> None:
+    """Take the single-writer lock of an embedded store (a no-op if this process holds it already)."""
+    import fcntl
+
+    folder = Path(folder).expanduser().resolve()
+    with _locks_guard:
+        if folder in _held_locks:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        lock_path = folder / LOCK_FILE_NAME
+        handle = open(lock_path, "a+")  # held open for the life of the lock
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise StoreError(
+                f"the Chroma store in {folder} is already open for writing by another process (pid {holder}); "
+                "close that process first, use another data_dir, or share one Chroma server "
+                "(memory.chroma_url) between processes"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        _held_locks[folder] = handle
+
+
+def release_writer_lock(folder: Path) -> None:
+    """Release the writer lock this process holds on ``folder`` (if any)."""
+    folder = Path(folder).expanduser().resolve()
+    with _locks_guard:
+        handle = _held_locks.pop(folder, None)
+    if handle is not None:
+        handle.close()
+
+
+def open_chroma_client(*, path: Path | None = None, url: str | None = None, write: bool = False) -> ClientAPI:
+    """Open an embedded store at ``path`` or a server at ``url`` (exactly one of them)."""
+    import chromadb
+
+    if (path is None) == (url is None):
+        raise ConfigError("give exactly one of a Chroma folder (embedded) or memory.chroma_url (server)")
+    if url is not None:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ConfigError(f"memory.chroma_url = {url!r} is not an http(s)://host:port URL")
+        port = parsed.port or (443 if parsed.scheme == "https" else 8000)
+        try:
+            client = chromadb.HttpClient(
+                host=parsed.hostname, port=port, ssl=parsed.scheme == "https", settings=_settings()
+            )
+            client.heartbeat()
+        except Exception as exc:  # chromadb raises several transport errors
+            raise StoreError(
+                f"cannot reach the Chroma server at {url} ({type(exc).__name__}: {exc}); start it with "
+                "`chroma run --path <folder> --port <port>` or fix memory.chroma_url"
+            ) from None
+        return client
+    folder = Path(path).expanduser()
+    if write:
+        acquire_writer_lock(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(folder), settings=_settings())
+    except Exception as exc:
+        raise StoreError(
+            f"cannot open the Chroma store in {folder} ({type(exc).__name__}: {exc}); check the folder's "
+            "permissions and free space, or move it aside to start a new store"
+        ) from None
+
+
+def get_chroma_client(config: AppConfig | None = None, *, write: bool = False) -> ClientAPI:
+    """The Chroma client the configuration asks for: a server when ``memory.chroma_url`` is set, else embedded.
+
+    ``write=True`` takes the single-writer lock of an embedded store (no lock for a server,
+    which serialises writes itself).
+    """
+    from agent.config import load_config
+
+    config = config or load_config()
+    if config.memory.chroma_url:
+        return open_chroma_client(url=config.memory.chroma_url)
+    return open_chroma_client(path=config.chroma_dir, write=write)

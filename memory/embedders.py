@@ -1,0 +1,161 @@
+"""Embedders: turn images and text into normalised float32 vectors for the Chroma stores.
+
+* :class:`ClipEmbedder` embeds images and text into one CLIP space (transformers ``CLIPModel``),
+  for the image index: text→image and image→image search.
+
+Every model is obtained through the shared model manager, so an embedder and a tool asking for
+the same checkpoint on the same device share one copy of the weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from agent.errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+    from tools.model_manager import ModelManager
+
+logger = logging.getLogger(__name__)
+
+
+def _normalise(vectors: Any) -> np.ndarray:
+    import numpy as np
+
+    array = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return array / np.maximum(norms, 1e-12)
+
+
+def _features(output: Any) -> Any:
+    """transformers v5 returns a model output whose ``pooler_output`` holds the projected features."""
+    return getattr(output, "pooler_output", output)
+
+
+class ClipEmbedder:
+    """CLIP image and text embeddings (normalised float32), batched.
+
+    Args:
+        model: hub id or local folder of a CLIP checkpoint (``openai/clip-vit-base-patch32``).
+        device: ``auto``, ``cpu``, ``cuda``...
+        manager: the model manager; None uses the process-wide one.
+    """
+
+    def __init__(self, model: str = "openai/clip-vit-base-patch32", device: str = "auto",
+                 manager: ModelManager | None = None) -> None:
+        from tools.model_manager import get_model_manager, resolve_device
+
+        self.model_id = model
+        self.device = resolve_device(device)
+        self.manager = manager or get_model_manager()
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return ("clip", self.model_id, self.device)
+
+    def _load(self) -> tuple[Any, Any]:
+        import torch
+        from transformers import CLIPModel, CLIPProcessor
+
+        dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        model = CLIPModel.from_pretrained(self.model_id, dtype=dtype).to(self.device).eval()
+        processor = CLIPProcessor.from_pretrained(self.model_id)
+        return model, processor
+
+    def _use(self):
+        from tools.model_manager import checkpoint_size_bytes
+
+        return self.manager.use(self.key, self._load, device=self.device,
+                                size_bytes=checkpoint_size_bytes(self.model_id))
+
+    @property
+    def dimension(self) -> int:
+        with self._use() as (model, _):
+            return int(model.config.projection_dim)
+
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Embed RGB images; returns an array of shape ``(len(images), dimension)``."""
+        import numpy as np
+        import torch
+
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        if not images:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        chunks = []
+        with self._use() as (model, processor), torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                batch = processor(images=list(images[start : start + batch_size]), return_tensors="pt")
+                pixels = batch["pixel_values"].to(self.device, dtype=model.dtype)
+                chunks.append(_features(model.get_image_features(pixel_values=pixels)).float().cpu().numpy())
+        return _normalise(np.concatenate(chunks))
+
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Embed texts (truncated to CLIP's 77 tokens); returns ``(len(texts), dimension)``."""
+        import numpy as np
+        import torch
+
+        if any(not isinstance(t, str) or not t.strip() for t in texts):
+            raise InputError("every text to embed must be a non-empty string; got an empty one")
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        chunks = []
+        with self._use() as (model, processor), torch.inference_mode():
+            max_length = min(77, int(model.config.text_config.max_position_embeddings))
+            for start in range(0, len(texts), batch_size):
+                batch = processor.tokenizer(
+                    list(texts[start : start + batch_size]), padding=True, truncation=True,
+                    max_length=max_length, return_tensors="pt",
+                ).to(self.device)
+                chunks.append(_features(model.get_text_features(**batch)).float().cpu().numpy())
+        return _normalise(np.concatenate(chunks))
+
+
+_clip_function_class: type | None = None
+
+
+def clip_embedding_function(model: str, device: str = "auto", manager: ModelManager | None = None) -> Any:
+    """A Chroma embedding function embedding query/document texts with CLIP (registered with Chroma).
+
+    Collections are always created with an explicit embedding function, never Chroma's default
+    (which downloads a model).
+    """
+    global _clip_function_class
+    if _clip_function_class is None:
+        from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
+        from chromadb.utils.embedding_functions import register_embedding_function
+
+        @register_embedding_function
+        class ClipTextEmbeddingFunction(EmbeddingFunction[Documents]):
+            def __init__(self, model: str, device: str = "auto", manager: ModelManager | None = None) -> None:
+                self.model = model
+                self.device = device
+                self._embedder = ClipEmbedder(model, device, manager)
+
+            def __call__(self, input: Documents) -> Embeddings:
+                return list(self._embedder.embed_texts(list(input)))
+
+            @staticmethod
+            def name() -> str:
+                return "llava_agent_clip"
+
+            def default_space(self) -> str:
+                return "cosine"
+
+            def supported_spaces(self) -> list[str]:
+                return ["cosine"]
+
+            def get_config(self) -> dict[str, Any]:
+                return {"model": self.model, "device": self.device}
+
+            @staticmethod
+            def build_from_config(config: dict[str, Any]) -> ClipTextEmbeddingFunction:
+                return ClipTextEmbeddingFunction(config["model"], config.get("device", "auto"))
+
+        _clip_function_class = ClipTextEmbeddingFunction
+    return _clip_function_class(model, device, manager)

@@ -1,0 +1,341 @@
+"""The CLIP image index behind ``search_images``: a Chroma collection of image embeddings.
+
+:func:`index_images` walks a folder recursively and is incremental: each file's SHA-256 is
+stored, so new files are added, changed files re-embedded, deleted files removed, and unchanged
+files (same size and modification time, or same hash) cost nothing. Images are embedded in
+batches with a progress bar while the next batch is read from disk; unreadable files are
+skipped and listed in the returned :class:`IndexReport`.
+
+The CLIP model id is stored in the collection's metadata: indexing into or querying a
+collection with another model is refused with a message saying which model it was built with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.errors import ImageError, InputError, LlavaAgentError, StoreError
+from memory.embedders import ClipEmbedder, clip_embedding_function
+from tools.paths import IMAGE_SUFFIXES, load_image, open_image_file, resolve_allowed_path
+
+if TYPE_CHECKING:
+    import numpy as np
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
+
+    from agent.config import AppConfig
+    from tools.model_manager import ModelManager
+
+logger = logging.getLogger(__name__)
+
+MAX_K = 100
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: str
+    reason: str
+
+
+@dataclass
+class IndexReport:
+    """What one :func:`index_images` run did; counts are numbers of files."""
+
+    folder: str
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    skipped: list[SkippedFile] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def embedded(self) -> int:
+        return self.added + self.updated
+
+    def summary(self) -> str:
+        text = (
+            f"{self.folder}: {self.added} added, {self.updated} updated, {self.removed} removed, "
+            f"{self.unchanged} unchanged, {len(self.skipped)} skipped in {self.seconds:.1f} s"
+        )
+        return text + "".join(f"\n  skipped {s.path}: {s.reason}" for s in self.skipped)
+
+
+@dataclass(frozen=True)
+class ImageHit:
+    """One search result: the image's path and its cosine similarity to the query."""
+
+    path: str
+    score: float
+    caption: str | None = None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ImageIndex:
+    """A Chroma collection of CLIP image embeddings, keyed by each image's resolved path.
+
+    Give either ``chroma_dir`` (embedded store), ``chroma_url`` (server) or an open ``client``.
+    """
+
+    def __init__(
+        self,
+        *,
+        collection: str = "images",
+        clip_model: str = "openai/clip-vit-base-patch32",
+        device: str = "auto",
+        chroma_dir: str | os.PathLike[str] | None = None,
+        chroma_url: str | None = None,
+        client: ClientAPI | None = None,
+        allowed_dirs: Iterable[str | os.PathLike[str]] | None = None,
+        max_image_pixels: int = 50_000_000,
+        manager: ModelManager | None = None,
+    ) -> None:
+        if client is None and (chroma_dir is None) == (chroma_url is None):
+            raise InputError("ImageIndex needs exactly one of chroma_dir, chroma_url or client")
+        self.collection_name = collection
+        self.clip_model = clip_model
+        self.chroma_dir = Path(chroma_dir).expanduser() if chroma_dir is not None else None
+        self.chroma_url = chroma_url
+        self.allowed_dirs = [Path(d) for d in allowed_dirs] if allowed_dirs is not None else [Path.cwd()]
+        self.max_image_pixels = max_image_pixels
+        self.embedder = ClipEmbedder(clip_model, device, manager)
+        self._client = client
+        self._collection: Collection | None = None
+        self._writer = False
+
+    @classmethod
+    def from_config(cls, config: AppConfig | None = None, manager: ModelManager | None = None) -> ImageIndex:
+        from agent.config import load_config
+
+        config = config or load_config()
+        return cls(
+            collection=config.memory.image_collection,
+            clip_model=config.tools.clip_model,
+            device=config.tools.device,
+            chroma_dir=None if config.memory.chroma_url else config.chroma_dir,
+            chroma_url=config.memory.chroma_url,
+            allowed_dirs=config.allowed_dirs,
+            max_image_pixels=config.tools.max_image_pixels,
+            manager=manager,
+        )
+
+    # -- the store -------------------------------------------------------------------------------
+    def _get_client(self, write: bool) -> ClientAPI:
+        from memory.chroma import acquire_writer_lock, open_chroma_client
+
+        if write and not self._writer and self.chroma_dir is not None:
+            acquire_writer_lock(self.chroma_dir)
+            self._writer = True
+        if self._client is None:
+            if self.chroma_url is not None:
+                self._client = open_chroma_client(url=self.chroma_url)
+            else:
+                self._client = open_chroma_client(path=self.chroma_dir)
+        return self._client
+
+    def _open_collection(self, *, write: bool) -> Collection | None:
+        """The collection (created when writing), checked to hold embeddings of our CLIP model."""
+        if self._collection is None or write:
+            client = self._get_client(write)
+            function = clip_embedding_function(self.clip_model, self.embedder.device, self.embedder.manager)
+            try:
+                if write:
+                    collection = client.get_or_create_collection(
+                        self.collection_name,
+                        embedding_function=function,
+                        metadata={"clip_model": self.clip_model, "hnsw:space": "cosine"},
+                    )
+                else:
+                    names = {getattr(c, "name", c) for c in client.list_collections()}
+                    if self.collection_name not in names:
+                        return None
+                    collection = client.get_collection(self.collection_name, embedding_function=function)
+            except LlavaAgentError:
+                raise
+            except Exception as exc:
+                raise StoreError(
+                    f"cannot open the image collection {self.collection_name!r} ({type(exc).__name__}: {exc}); "
+                    "check the Chroma store or re-index into another collection (memory.image_collection)"
+                ) from None
+            self._check_model(collection)
+            self._collection = collection
+        return self._collection
+
+    def _check_model(self, collection: Collection) -> None:
+        stored = (collection.metadata or {}).get("clip_model")
+        if stored != self.clip_model:
+            raise StoreError(
+                f"the image collection {self.collection_name!r} holds embeddings of CLIP model {stored!r}, not "
+                f"{self.clip_model!r}; set tools.clip_model = {stored!r} to use it, or index into another "
+                "collection (memory.image_collection) with the new model"
+            )
+
+    def count(self) -> int:
+        collection = self._open_collection(write=False)
+        return 0 if collection is None else collection.count()
+
+    # -- indexing --------------------------------------------------------------------------------
+    def index_folder(
+        self, folder: str | os.PathLike[str], *, batch_size: int = 32, captioner: Any = None, progress: bool = True
+    ) -> IndexReport:
+        """Bring the collection up to date with the images under ``folder`` (recursively).
+
+        ``captioner`` (e.g. a :class:`tools.caption.CaptionImageTool`) stores a caption per image.
+        """
+        from tqdm.auto import tqdm
+
+        started = time.perf_counter()
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        root = resolve_allowed_path(folder, self.allowed_dirs)
+        if not root.is_dir():
+            raise InputError(f"{str(folder)!r} is not a folder; give the folder of images to index")
+        collection = self._open_collection(write=True)
+        report = IndexReport(folder=str(root))
+
+        existing: dict[str, dict[str, Any]] = {}
+        stored = collection.get(include=["metadatas"])
+        prefix = str(root) + os.sep
+        for item_id, metadata in zip(stored["ids"], stored["metadatas"] or [], strict=False):
+            if item_id.startswith(prefix):
+                existing[item_id] = dict(metadata or {})
+
+        to_embed: list[tuple[Path, dict[str, Any]]] = []
+        seen: set[str] = set()
+        for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+            try:
+                resolved = resolve_allowed_path(path, self.allowed_dirs)
+                if not resolved.is_file():
+                    continue
+                stat = resolved.stat()
+            except (LlavaAgentError, OSError) as exc:
+                report.skipped.append(SkippedFile(str(path), str(exc)))
+                continue
+            item_id = str(path)  # the path inside the folder; a symlink keeps its own name
+            seen.add(item_id)
+            old = existing.get(item_id)
+            if old and old.get("size") == stat.st_size and old.get("mtime_ns") == stat.st_mtime_ns:
+                report.unchanged += 1
+                continue
+            if stat.st_size == 0:
+                report.skipped.append(SkippedFile(item_id, "empty file (0 bytes)"))
+                continue
+            metadata = {"path": item_id, "sha256": file_sha256(resolved), "size": stat.st_size,
+                        "mtime_ns": stat.st_mtime_ns}
+            if old and old.get("sha256") == metadata["sha256"]:
+                collection.update(ids=[item_id], metadatas=[{**old, **metadata}])
+                report.unchanged += 1
+                continue
+            to_embed.append((resolved, {**metadata, "_new": old is None}))
+
+        removed = [item_id for item_id in existing if item_id not in seen]
+        for start in range(0, len(removed), 1000):
+            collection.delete(ids=removed[start : start + 1000])
+        report.removed = len(removed)
+
+        def read_batch(batch: Sequence[tuple[Path, dict[str, Any]]]) -> list[tuple[Any, dict[str, Any] | str]]:
+            out: list[tuple[Any, dict[str, Any] | str]] = []
+            for resolved, metadata in batch:
+                try:
+                    out.append((open_image_file(resolved, self.max_image_pixels, label=metadata["path"]), metadata))
+                except ImageError as exc:
+                    out.append((None, str(exc)))
+            return out
+
+        batches = [to_embed[i : i + batch_size] for i in range(0, len(to_embed), batch_size)]
+        bar = tqdm(total=len(to_embed), desc="Indexing images", unit="img", disable=not progress or not to_embed)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-reader") as reader:
+            pending = reader.submit(read_batch, batches[0]) if batches else None
+            for number in range(len(batches)):
+                loaded = pending.result()
+                pending = reader.submit(read_batch, batches[number + 1]) if number + 1 < len(batches) else None
+                images, metadatas = [], []
+                for (_resolved, original), (image, metadata) in zip(batches[number], loaded, strict=True):
+                    if image is None:
+                        report.skipped.append(SkippedFile(original["path"], str(metadata)))
+                        if not original["_new"]:  # a file that became unreadable leaves the index
+                            collection.delete(ids=[original["path"]])
+                            report.removed += 1
+                        continue
+                    images.append(image)
+                    metadatas.append(metadata)
+                if images:
+                    self._store_batch(collection, images, metadatas, captioner, report)
+                bar.update(len(batches[number]))
+        bar.close()
+        report.seconds = time.perf_counter() - started
+        logger.info("Indexed %s", report.summary())
+        return report
+
+    def _store_batch(self, collection: Collection, images: list[Any], metadatas: list[dict[str, Any]],
+                     captioner: Any, report: IndexReport) -> None:
+        vectors = self.embedder.embed_images(images, batch_size=len(images))
+        captions = captioner.caption_images(images) if captioner is not None else [""] * len(images)
+        for metadata in metadatas:
+            if metadata.pop("_new"):
+                report.added += 1
+            else:
+                report.updated += 1
+        collection.upsert(
+            ids=[m["path"] for m in metadatas], embeddings=vectors, metadatas=metadatas, documents=captions
+        )
+
+    # -- searching -------------------------------------------------------------------------------
+    def embed_query(self, query: str | os.PathLike[str]) -> np.ndarray:
+        """Embed a text query, or an image query when ``query`` names an image file (by its suffix)."""
+        if isinstance(query, os.PathLike) or (isinstance(query, str) and Path(query).suffix.lower() in IMAGE_SUFFIXES):
+            image, _ = load_image(query, self.allowed_dirs, self.max_image_pixels)
+            return self.embedder.embed_images([image])[0]
+        if not isinstance(query, str) or not query.strip():
+            raise InputError("the search query is empty; describe the images to find, or give an image path")
+        return self.embedder.embed_texts([query])[0]
+
+    def search(self, query: str | os.PathLike[str] | Sequence[float], k: int = 5) -> list[ImageHit]:
+        """The ``k`` indexed images most similar to a text, an image path, or a query vector."""
+        if not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise InputError(f"k = {k!r} must be an integer from 1 to {MAX_K}")
+        collection = self._open_collection(write=False)
+        if collection is None:
+            return []
+        vector = self.embed_query(query) if isinstance(query, (str, os.PathLike)) else query
+        try:
+            result = collection.query(
+                query_embeddings=[vector], n_results=k, include=["distances", "metadatas", "documents"]
+            )
+        except Exception as exc:
+            raise StoreError(
+                f"the image collection {self.collection_name!r} could not be queried ({type(exc).__name__}: "
+                f"{exc}); re-index it with the current CLIP model"
+            ) from None
+        documents = (result.get("documents") or [[]])[0] or [None] * len(result["ids"][0])
+        return [
+            ImageHit(path=str(meta.get("path", item_id)), score=1.0 - float(distance), caption=doc or None)
+            for item_id, meta, distance, doc in zip(
+                result["ids"][0], result["metadatas"][0], result["distances"][0], documents, strict=False
+            )
+        ]
+
+
+def index_images(folder: str | os.PathLike[str], config: AppConfig | None = None, **kwargs: Any) -> IndexReport:
+    """Index (incrementally) the images under ``folder`` into the configured collection."""
+    return ImageIndex.from_config(config).index_folder(folder, **kwargs)
+
+
+def search(query: str | os.PathLike[str], k: int = 5, config: AppConfig | None = None) -> list[ImageHit]:
+    """Search the configured image collection with a text or an image path."""
+    return ImageIndex.from_config(config).search(query, k)

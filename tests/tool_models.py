@@ -1,0 +1,270 @@
+"""Tiny, randomly initialised checkpoints for the tools: BLIP, CLIP, Stable Diffusion and VITS.
+
+Each builder saves with ``save_pretrained`` so tests load the result through the same
+``from_pretrained`` path users take with real checkpoints. Tokenizers are built on the spot
+(no download). ``build_clip(..., size="base")`` writes a CLIP at the real ViT-B/32 size with
+random weights for the benchmarks.
+
+Run as a script to write all of them to a folder::
+
+    python tests/tool_models.py ./tiny-tool-models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+_WORDS = (
+    "a photo of the cat dog red green blue yellow square circle car tree house sky sea "
+    "picture image drawing painting small large dark bright sunset beach mountain"
+).split()
+
+
+def _byte_level_alphabet() -> list[str]:
+    """The 256 printable stand-ins GPT-2/CLIP byte-level BPE uses for raw bytes."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+def clip_tokenizer_files() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A small CLIP BPE vocabulary and merge list: every byte, plus whole-word merges for a few words."""
+    alphabet = _byte_level_alphabet()
+    vocab_tokens = alphabet + [c + "</w>" for c in alphabet]
+    merges: list[tuple[str, str]] = []
+    for word in _WORDS:
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merges.append((pieces[0], pieces[1]))
+            merged = pieces[0] + pieces[1]
+            if merged not in vocab_tokens:
+                vocab_tokens.append(merged)
+            pieces = [merged] + pieces[2:]
+    unique_merges = list(dict.fromkeys(merges))
+    vocab_tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(vocab_tokens))}
+    return vocab, unique_merges
+
+
+def build_clip_tokenizer():
+    from transformers import CLIPTokenizer
+
+    vocab, merges = clip_tokenizer_files()
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def build_clip(output_dir: str | Path, *, size: str = "tiny", seed: int = 0) -> Path:
+    """A CLIP model + processor; ``size="tiny"`` for tests, ``"base"`` for ViT-B/32 dimensions."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    output_dir = Path(output_dir)
+    tokenizer = build_clip_tokenizer()
+    if size == "tiny":
+        config = CLIPConfig(
+            text_config=dict(
+                vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=77,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            ),
+            vision_config=dict(
+                hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                image_size=32, patch_size=8,
+            ),
+            projection_dim=32,
+        )
+        image_size = 32
+    elif size == "base":
+        config = CLIPConfig(  # the defaults are ViT-B/32
+            text_config=dict(
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            ),
+            projection_dim=512,
+        )
+        image_size = 224
+    else:
+        raise ValueError(f"size {size!r} is not 'tiny' or 'base'")
+    torch.manual_seed(seed)
+    model = CLIPModel(config).eval()
+    model.save_pretrained(output_dir, safe_serialization=True)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(output_dir)
+    return output_dir
+
+
+def build_blip(output_dir: str | Path, *, seed: int = 0) -> Path:
+    """A tiny BLIP captioning model with a WordPiece tokenizer."""
+    import torch
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    output_dir = Path(output_dir)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    tokens = specials + _WORDS + letters + ["##" + c for c in letters] + [".", ","]
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+    tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=64)
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+    config = BlipConfig(
+        text_config=dict(
+            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=64, encoder_hidden_size=32,
+            bos_token_id=vocab["[DEC]"], pad_token_id=vocab["[PAD]"], sep_token_id=vocab["[SEP]"],
+            eos_token_id=vocab["[SEP]"],
+        ),
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+            image_size=32, patch_size=8,
+        ),
+        projection_dim=32,
+    )
+    torch.manual_seed(seed)
+    model = BlipForConditionalGeneration(config).eval()
+    model.generation_config.bos_token_id = vocab["[DEC]"]
+    model.generation_config.decoder_start_token_id = vocab["[DEC]"]
+    model.generation_config.pad_token_id = vocab["[PAD]"]
+    model.generation_config.eos_token_id = vocab["[SEP]"]
+    model.save_pretrained(output_dir, safe_serialization=True)
+    image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
+    BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(output_dir)
+    return output_dir
+
+
+def build_stable_diffusion(output_dir: str | Path, *, seed: int = 0) -> Path:
+    """A tiny Stable Diffusion pipeline (UNet, VAE, CLIP text encoder, tokenizer, Euler scheduler)."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    output_dir = Path(output_dir)
+    tokenizer = build_clip_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 8, 8),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=77, projection_dim=32,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    ).eval()
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="trailing", steps_offset=1
+    )
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(output_dir, safe_serialization=True)
+    return output_dir
+
+
+def build_vits(output_dir: str | Path, *, size: str = "tiny", seed: int = 0) -> Path:
+    """A VITS text-to-speech model with a character vocabulary; ``size="mms"`` is mms-tts-eng sized."""
+    import torch
+    from transformers import VitsConfig, VitsModel, VitsTokenizer
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    characters = ["<pad>", "<unk>"] + list("abcdefghijklmnopqrstuvwxyz '-.,?!") + ["0123456789"[i] for i in range(10)]
+    vocab = {char: index for index, char in enumerate(dict.fromkeys(characters))}
+    vocab_path = output_dir / "vocab.json"
+    vocab_path.write_text(json.dumps(vocab), encoding="utf-8")
+    tokenizer = VitsTokenizer(vocab_file=str(vocab_path), add_blank=True, normalize=True, phonemize=False)
+    if size == "tiny":
+        config = VitsConfig(
+            vocab_size=len(vocab),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            ffn_dim=32,
+            flow_size=16,
+            spectrogram_bins=33,
+            upsample_initial_channel=16,
+            upsample_rates=[8, 8],
+            upsample_kernel_sizes=[16, 16],
+            resblock_kernel_sizes=[3],
+            resblock_dilation_sizes=[[1, 3]],
+            prior_encoder_num_flows=1,
+            prior_encoder_num_wavenet_layers=1,
+            duration_predictor_filter_channels=16,
+            duration_predictor_num_flows=1,
+            depth_separable_num_layers=1,
+            sampling_rate=16000,
+        )
+    elif size == "mms":
+        config = VitsConfig(vocab_size=len(vocab), sampling_rate=16000)  # defaults are the MMS-TTS sizes
+    else:
+        raise ValueError(f"size {size!r} is not 'tiny' or 'mms'")
+    torch.manual_seed(seed)
+    model = VitsModel(config).eval()
+    model.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+    return output_dir
+
+
+def build_all(output_dir: str | Path) -> dict[str, Path]:
+    output_dir = Path(output_dir)
+    return {
+        "blip": build_blip(output_dir / "blip-tiny"),
+        "clip": build_clip(output_dir / "clip-tiny"),
+        "stable_diffusion": build_stable_diffusion(output_dir / "sd-tiny"),
+        "vits": build_vits(output_dir / "vits-tiny"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Write tiny random tool checkpoints for offline tries.")
+    parser.add_argument("output_dir", type=Path)
+    args = parser.parse_args()
+    for name, path in build_all(args.output_dir).items():
+        print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Where tools may read and write: allowed-folder checks, image loading, artifact files.
+
+Every path a tool reads is resolved fully (``..`` segments and symlinks included) before it is
+compared with the allowed folders, so ``../secret.png``, ``/etc/passwd`` and a symlink pointing
+out of an allowed folder are all refused the same way. Files a tool writes go into the artifacts
+folder under a fresh name, written to a temporary file first and then linked into place, so an
+existing file is never overwritten and a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agent.errors import ImageError, InputError, PathNotAllowedError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
+def _describe(folders: Iterable[Path]) -> str:
+    return ", ".join(str(f) for f in folders) or "(none configured)"
+
+
+def resolve_allowed_path(path: str | os.PathLike[str], allowed_dirs: Iterable[str | os.PathLike[str]]) -> Path:
+    """Resolve ``path`` (relative to the working directory) and check it lies in an allowed folder.
+
+    Symlinks are followed before the check, so a link inside an allowed folder that points
+    outside of it is refused. Raises :class:`PathNotAllowedError` naming the path and the folders.
+    """
+    if path is None or str(path).strip() == "":
+        raise InputError("the path is empty; give the path of a file under one of the allowed folders")
+    raw = Path(os.fspath(path)).expanduser()
+    resolved = raw.resolve(strict=False)
+    allowed = [Path(d).expanduser().resolve(strict=False) for d in allowed_dirs]
+    for folder in allowed:
+        if resolved == folder or resolved.is_relative_to(folder):
+            return resolved
+    hint = f" (it resolves to {resolved})" if str(resolved) != str(raw) else ""
+    raise PathNotAllowedError(
+        f"path {str(path)!r} is outside the allowed folders{hint}; use a path under {_describe(allowed)} "
+        "or add its folder to tools.allowed_dirs"
+    )
+
+
+def check_readable_file(path: str | os.PathLike[str], allowed_dirs: Iterable[str | os.PathLike[str]]) -> Path:
+    """Resolve and check a path: allowed, exists, is a regular file, is not empty."""
+    allowed = list(allowed_dirs)
+    resolved = resolve_allowed_path(path, allowed)
+    if not resolved.exists():
+        raise InputError(
+            f"file {str(path)!r} does not exist; give the path of an existing file under {_describe(allowed)}"
+        )
+    if resolved.is_dir():
+        raise InputError(f"{str(path)!r} is a directory, not a file; give the path of one file inside it")
+    if not resolved.is_file():
+        raise InputError(f"{str(path)!r} is not a regular file; give the path of an image file")
+    if resolved.stat().st_size == 0:
+        raise ImageError(f"file {str(path)!r} is empty (0 bytes); give a file that holds an image")
+    return resolved
+
+
+def open_image_file(path: Path, max_pixels: int, *, label: str | None = None) -> Image.Image:
+    """Decode an image file into RGB, refusing corrupt files and images over ``max_pixels``.
+
+    The size is read from the header before any pixel is decoded, so a file claiming huge
+    dimensions is refused without allocating memory for it.
+    """
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    label = label or str(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageError(
+                        f"image {label!r} is {width}x{height} = {width * height} pixels, over the limit of "
+                        f"{max_pixels}; resize it or raise tools.max_image_pixels"
+                    )
+                return image.convert("RGB")
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(
+            f"image {label!r} is too large to decode safely ({exc}); resize it or raise tools.max_image_pixels"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(
+            f"file {label!r} is not a readable image ({type(exc).__name__}: {exc}); give a PNG, JPEG, WebP, "
+            "BMP, GIF or TIFF file"
+        ) from None
+
+
+def load_image(
+    path: str | os.PathLike[str], allowed_dirs: Iterable[str | os.PathLike[str]], max_pixels: int
+) -> tuple[Image.Image, Path]:
+    """Check a path and decode the image it names; returns the RGB image and its resolved path."""
+    resolved = check_readable_file(path, allowed_dirs)
+    return open_image_file(resolved, max_pixels, label=str(path)), resolved
+
+
+def slugify(text: str, max_length: int = 40) -> str:
+    """A short file-name-safe version of ``text`` (lowercase words joined by hyphens)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:max_length].rstrip("-") or "untitled"
+
+
+def write_new_artifact(
+    artifacts_dir: str | os.PathLike[str], stem: str, suffix: str, write: Callable[[Path], None]
+) -> Path:
+    """Write a new file into ``artifacts_dir`` without ever overwriting one; returns its path.
+
+    ``write(tmp_path)`` writes the whole content into a hidden temporary file; the file then gets
+    a name ``<time>-<stem><suffix>`` (``-2``, ``-3``... appended if taken) with a hard link, which
+    fails instead of replacing an existing file. If ``write`` raises, nothing is left behind.
+    """
+    folder = Path(artifacts_dir).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{slugify(stem)}.{os.getpid()}.{time.monotonic_ns()}.tmp{suffix}"
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{slugify(stem)}"
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        for attempt in range(1, 10_000):
+            target = folder / (f"{base}{suffix}" if attempt == 1 else f"{base}-{attempt}{suffix}")
+            try:
+                os.link(tmp, target)
+                return target
+            except FileExistsError:
+                continue
+            except OSError:
+                # Filesystems without hard links: reserve the name exclusively, then move into it.
+                try:
+                    os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    continue
+                os.replace(tmp, target)
+                return target
+        raise InputError(f"could not find a free file name for {base}{suffix} in {folder}; clean the folder up")
+    finally:
+        tmp.unlink(missing_ok=True)
