@@ -56,7 +56,7 @@ class AgentReply:
 
     text: str
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
-    """Each call made this turn: ``name``, ``args``, ``id`` and ``status`` (success/error)."""
+    """Each call made this turn: ``name``, ``args``, ``id`` and ``status`` (success, error, not_run)."""
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     """What tools produced (image and audio paths, search hits), each with its ``tool`` name."""
     thread_id: str = ""
@@ -101,6 +101,30 @@ class ReplyEvent:
 
 
 AgentEvent = Union[TokenEvent, ToolCallEvent, ToolResultEvent, ReplyEvent]
+
+
+class GenerationStopped(Exception):
+    """Raised inside a model call to end it early when :meth:`MultimodalAgent.stop` is called."""
+
+
+def _stop_callback(stop: threading.Event) -> Any:
+    """A callback that ends the model's token loop once ``stop`` is set.
+
+    Streaming chat models report each token through ``on_llm_new_token`` from inside their
+    generation loop; raising there unwinds that loop, and a model that generates in a worker
+    (``ChatLlava``'s stopping criteria) cancels it as its generator closes.
+    """
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class StopOnFlag(BaseCallbackHandler):
+        raise_error = True
+        run_inline = True
+
+        def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+            if stop.is_set():
+                raise GenerationStopped("generation stopped by the user")
+
+    return StopOnFlag()
 
 
 def tool_error_message(exc: BaseException, request: ToolCallRequest) -> str:
@@ -245,6 +269,9 @@ class _TurnCollector:
         return ToolResultEvent(name, _content_text(message.content), artifact, message.tool_call_id, is_error)
 
     def reply(self, limit_text: str) -> AgentReply:
+        for call in self.tool_calls:
+            if call["status"] == "pending":
+                call["status"] = "not_run"
         if self.limit_reached:
             text = limit_text
         elif self.stopped or self.final_text is None:
@@ -285,19 +312,31 @@ class _FirstCallToolChoice:
 
 
 def _model_max_images(model: Any, config: AppConfig) -> int | None:
+    """Images kept as pixels per prompt: the config, else what the model says (``image_capacity()``)."""
     if config.model.max_images is not None:
         return config.model.max_images
-    probe = getattr(model, "max_images_per_prompt", None)
+    probe = getattr(model, "image_capacity", None)
     value = probe() if callable(probe) else probe
-    return value if isinstance(value, int) and value > 0 else None
+    return value if isinstance(value, int) and value >= 0 else None
 
 
 def _model_context_tokens(model: Any, config: AppConfig) -> int:
+    """The model's context window: the config, else the loaded model's, else a safe default."""
     if config.memory.max_context_tokens is not None:
         return config.memory.max_context_tokens
-    probe = getattr(model, "context_length", None)
-    value = probe() if callable(probe) else probe
+    loaded = getattr(model, "loaded", None) if hasattr(type(model), "loaded") else None
+    value = getattr(loaded, "context_length", None)
     return value if isinstance(value, int) and value > 0 else DEFAULT_CONTEXT_TOKENS
+
+
+class _DropStopNoise(logging.Filter):
+    """LangChain logs a callback that raises; a user's stop is not an error worth a log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "GenerationStopped" not in record.getMessage()
+
+
+logging.getLogger("langchain_core.callbacks.manager").addFilter(_DropStopNoise())
 
 
 class MultimodalAgent:
@@ -352,16 +391,14 @@ class MultimodalAgent:
         self.conversations = conversations or ConversationStore(self.config.conversations_db)
         self.recursion_limit = self.config.agent.recursion_limit
         self.system_prompt = system_prompt or build_system_prompt(self.tools, self.config.agent.system_prompt)
-        self.max_images = _model_max_images(model, self.config)
-        self.context_tokens = _model_context_tokens(model, self.config)
         reserved = getattr(model, "max_new_tokens", None)
         stack: list[AgentMiddleware] = [ToolErrorMiddleware(on_error=tool_error_message)]
         if memory is not None:
             stack.append(memory.middleware(self.config.memory.recall_k))
         stack.append(
             ContextPolicyMiddleware(
-                max_images=self.max_images,
-                max_tokens=self.context_tokens,
+                max_images=lambda: _model_max_images(model, self.config),
+                max_tokens=lambda: _model_context_tokens(model, self.config),
                 reserved_tokens=reserved if isinstance(reserved, int) else 512,
             )
         )
@@ -428,15 +465,26 @@ class MultimodalAgent:
         """Run one turn, yielding events as they happen; the last one is a :class:`ReplyEvent`."""
         from langgraph.errors import GraphRecursionError
 
+        from memory.conversations import title_from_message
+
         human = build_user_message(message, images, self.attachments_dir)
-        thread_id = thread_id or self.new_thread()
-        self.conversations.touch(thread_id, human.text)
-        run_config = {"configurable": {"thread_id": thread_id}, "recursion_limit": self.recursion_limit}
-        collector = _TurnCollector(thread_id)
+        if thread_id is None:
+            thread_id = self.conversations.new_thread(title_from_message(human.text)).thread_id
+        else:
+            self.conversations.touch(thread_id, human.text)
         stop = threading.Event()
+        run_config = {
+            "configurable": {"thread_id": thread_id},
+            "recursion_limit": self.recursion_limit,
+            "callbacks": [_stop_callback(stop)],
+        }
+        collector = _TurnCollector(thread_id)
         with self._stop_lock:
             self._active_stops.add(stop)
-        parts = self.graph.stream({"messages": [human]}, run_config, stream_mode=["messages", "updates"])
+        # durability="exit": the turn is written once, when it ends (also when stopped or limited).
+        parts = self.graph.stream(
+            {"messages": [human]}, run_config, stream_mode=["messages", "updates"], durability="exit"
+        )
         try:
             for mode, data in parts:
                 if stop.is_set():
@@ -448,6 +496,8 @@ class MultimodalAgent:
                     break
         except GraphRecursionError:
             collector.limit_reached = True
+        except GenerationStopped:
+            collector.stopped = True
         finally:
             parts.close()
             with self._stop_lock:
@@ -470,7 +520,9 @@ class MultimodalAgent:
             ToolMessage(content="Not run: the turn ended first.", tool_call_id=c["id"], name=c["name"], status="error")
             for c in pending
         ]
-        if text.strip():
+        last = messages[-1] if messages else None
+        answered_already = isinstance(last, AIMessage) and not last.tool_calls
+        if text.strip() and (pending or not answered_already):
             closing.append(AIMessage(content=text.strip()))
         if closing:
             self.graph.update_state(run_config, {"messages": closing}, as_node="model")

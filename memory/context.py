@@ -161,11 +161,30 @@ def fit_to_context(
 class ContextPolicyMiddleware(AgentMiddleware):
     """Applies the image policy and the length policy to every model call of an agent."""
 
-    def __init__(self, *, max_images: int | None, max_tokens: int, reserved_tokens: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        max_images: int | None | Callable[[], int | None],
+        max_tokens: int | Callable[[], int],
+        reserved_tokens: int = 0,
+    ) -> None:
+        """Limits may be callables, read on the first model call (so a model loads only when used)."""
         super().__init__()
-        self.max_images = max_images
-        self.max_tokens = max_tokens
+        self._max_images = max_images
+        self._max_tokens = max_tokens
         self.reserved_tokens = reserved_tokens
+
+    @property
+    def max_images(self) -> int | None:
+        if callable(self._max_images):
+            self._max_images = self._max_images()
+        return self._max_images
+
+    @property
+    def max_tokens(self) -> int:
+        if callable(self._max_tokens):
+            self._max_tokens = self._max_tokens()
+        return self._max_tokens
 
     def prepare(self, request: ModelRequest) -> ModelRequest:
         messages = apply_image_policy(request.messages, self.max_images)

@@ -68,6 +68,7 @@ class ConversationStore:
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(str(self.db_path), check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a crash loses at most the last turn
             self._conn.execute(_SCHEMA)
             self._conn.commit()
             self._saver = SqliteSaver(self._conn)
