@@ -286,8 +286,8 @@ def image_name(source: Any) -> str | None:
         if parsed.scheme in ("http", "https", "file"):
             name = Path(unquote(parsed.path)).name
             return name or None
-        if os.sep in text or "." in text[-6:]:
-            return Path(text).name or None
-        return None
+        name = Path(text).name
+        # base64 data has no ".", so a dotted last component is a file name
+        return name if len(text) < 1024 and "." in name else None
     filename = getattr(source, "filename", None)
     return Path(filename).name if filename else None

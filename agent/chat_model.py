@@ -1,0 +1,377 @@
+"""``ChatLlava``: a LangChain chat model running a local LLaVA-family checkpoint.
+
+>>> from agent import ChatLlava
+>>> llm = ChatLlava(model="llava-hf/llava-interleave-qwen-0.5b-hf", max_new_tokens=64)
+>>> llm.invoke("Say hello").content  # doctest: +SKIP
+
+The model loads on first use and is shared by every ``ChatLlava`` (and every ``bind_tools``
+binding) with the same (model, quantization, dtype, device, adapter) in the process.
+``_stream`` is the single generation path: ``generate()`` runs in a background thread and
+tokens are yielded as they are produced; ``invoke`` sums the streamed chunks.
+
+With tools bound, decoding is constrained (:mod:`agent.constrained`) so every tool call the
+model writes is valid JSON for its tool's schema; free text still streams token by token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from langchain_core.language_models.chat_models import BaseChatModel, generate_from_stream
+from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field, PrivateAttr
+
+from agent.errors import ContextLengthError, InputError, LlavaAgentError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from langchain_core.callbacks import CallbackManagerForLLMRun
+    from langchain_core.language_models import LanguageModelInput
+    from langchain_core.messages import AIMessage
+    from langchain_core.runnables import Runnable
+
+    from agent.config import ModelSection
+    from agent.loading import LoadedModel, ModelSpec
+
+logger = logging.getLogger(__name__)
+
+TOOL_CHOICE_KEYWORDS = ("auto", "any", "required", "none")
+
+
+class GenerationTimeoutError(LlavaAgentError, TimeoutError):
+    """Generation hit ``timeout`` in the middle of a tool call, so no valid call can be returned."""
+
+
+class ChatLlava(BaseChatModel):
+    """A LangChain chat model for local LLaVA-family checkpoints (llava-1.5, next, interleave, onevision).
+
+    Images in messages (standard ``image`` blocks, OpenAI ``image_url`` blocks, PIL images) are
+    decoded and shown to the model following its image capability. Tool calling, structured
+    output, streaming, async and stop sequences are supported.
+
+    When ``timeout`` runs out, generation stops and the text produced so far is returned with
+    ``response_metadata["finish_reason"] == "timeout"``; if it ran out inside a tool call,
+    :class:`GenerationTimeoutError` is raised instead, since half a call is not a call.
+    """
+
+    model_config = ConfigDict(populate_by_name=True, protected_namespaces=())
+
+    model: str | None = Field(
+        default=None,
+        alias="model_name",
+        description="Hub id or local folder of the checkpoint. None: llava-1.5-7b on CUDA, "
+        "llava-interleave-qwen-0.5b elsewhere.",
+    )
+    quantization: Literal["auto", "4bit", "8bit", "none"] = Field(
+        default="auto", description="auto: 4-bit NF4 on CUDA, none on CPU. 4bit/8bit use bitsandbytes."
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        default="auto",
+        description="Weights/compute dtype. auto: bf16 on CUDA and on CPUs with bf16, else fp32.",
+    )
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps.")
+    max_new_tokens: int = Field(
+        default=512, gt=0, alias="max_tokens", description="Most tokens generated per reply."
+    )
+    temperature: float = Field(default=0.2, ge=0.0, le=5.0, description="0 decodes greedily.")
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    seed: int | None = Field(
+        default=None, description="Seed set before each generation for reproducible sampling."
+    )
+    adapter: str | None = Field(default=None, description="Folder of a LoRA adapter applied at load time.")
+    stop: list[str] | None = Field(
+        default=None, description="Stop sequences; the reply ends before the first one."
+    )
+    timeout: float | None = Field(default=None, gt=0, description="Seconds one generation may run.")
+    max_retries: int = Field(
+        default=0, ge=0, description="Kept for API compatibility; local calls are not retried."
+    )
+    max_images: int | None = Field(
+        default=None,
+        ge=0,
+        description="Images kept as pixels per prompt; None follows the model's capability.",
+    )
+    allow_remote_images: bool = Field(
+        default=False, description="Fetch http(s) image URLs found in messages."
+    )
+    max_image_pixels: int = Field(default=50_000_000, gt=0, description="Larger images are refused.")
+    trust_remote_code: bool = Field(
+        default=False, description="Run code shipped with a checkpoint (off by default)."
+    )
+    streaming: bool = Field(default=False, description="Stream by default when invoked.")
+
+    _spec: ModelSpec | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_config(cls, section: ModelSection, **overrides: Any) -> ChatLlava:
+        """Build from the ``[model]`` section of the application configuration."""
+        values = section.model_dump()
+        values.update(overrides)
+        return cls(**values)
+
+    # ----- LangChain plumbing -----------------------------------------------------------------
+
+    @property
+    def _llm_type(self) -> str:
+        return "chat-llava"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "quantization": self.quantization,
+            "dtype": self.dtype,
+            "device": self.device,
+            "adapter": self.adapter,
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        model = kwargs.get("model")
+        params: dict[str, Any] = {
+            "ls_provider": "llava",
+            "ls_model_name": model if isinstance(model, str) else (self.model or "default"),
+            "ls_model_type": "chat",
+            "ls_temperature": kwargs.get("temperature", self.temperature),
+            "ls_max_tokens": kwargs.get("max_new_tokens", self.max_new_tokens),
+        }
+        stops = stop or self.stop
+        if stops:
+            params["ls_stop"] = list(stops)
+        return params
+
+    # ----- model access -----------------------------------------------------------------------
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The concrete (model, quantization, dtype, device, adapter) this object uses."""
+        if self._spec is None:
+            from agent.loading import resolve_spec
+
+            self._spec = resolve_spec(
+                self.model,
+                quantization=self.quantization,
+                dtype=self.dtype,
+                device=self.device,
+                adapter=self.adapter,
+                trust_remote_code=self.trust_remote_code,
+            )
+        return self._spec
+
+    @property
+    def loaded(self) -> LoadedModel:
+        """The loaded model and processor (loaded on first access, shared per process)."""
+        from agent.loading import load_model
+
+        return load_model(self.spec)
+
+    def image_capacity(self) -> int:
+        """How many images one prompt keeps as pixels (``max_images`` or the model's capability)."""
+        from agent.prompting import image_capacity
+
+        return self.max_images if self.max_images is not None else image_capacity(self.loaded.config)
+
+    # ----- tools ------------------------------------------------------------------------------
+
+    def bind_tools(
+        self,
+        tools: Sequence[Any],
+        *,
+        tool_choice: str | bool | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools (LangChain tools, pydantic models, functions, OpenAI dicts) to the model.
+
+        ``tool_choice``: None/"auto" (the model chooses), "any"/"required"/True (at least one
+        call), "none" (no calls), a tool name or ``{"type": "function", "function": {"name": ...}}``
+        (that tool). Calls are constrained to be valid for their tool's schema.
+        """
+        from agent.tool_protocol import tool_schemas
+
+        schemas = tool_schemas(tools)
+        choice = normalise_tool_choice(tool_choice, [s["function"]["name"] for s in schemas])
+        return self.bind(tools=schemas, tool_choice=choice, **kwargs)
+
+    # ----- generation -------------------------------------------------------------------------
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return generate_from_stream(self._stream(messages, stop=stop, run_manager=run_manager, **kwargs))
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        from agent.messages import messages_to_turns
+        from agent.prompting import render_prompt
+
+        tools = kwargs.pop("tools", None) or None
+        tool_choice = kwargs.pop("tool_choice", None)
+        options = self._call_options(kwargs)
+        stops = [s for s in (stop if stop is not None else self.stop) or [] if s]
+        if tools:
+            tool_choice = normalise_tool_choice(tool_choice, [s["function"]["name"] for s in tools])
+        use_tools = bool(tools) and tool_choice != "none"
+
+        turns = messages_to_turns(
+            messages, allow_remote_images=self.allow_remote_images, max_image_pixels=self.max_image_pixels
+        )
+        loaded = self.loaded
+        rendered = render_prompt(
+            loaded.processor,
+            turns,
+            tools=tools if use_tools else None,
+            max_images=self.max_images,
+            config=loaded.config,
+        )
+        inputs = rendered.encode(loaded.processor)
+        prompt_tokens = int(inputs["input_ids"].shape[1])
+        limit = loaded.context_length
+        if limit is not None and prompt_tokens + options["max_new_tokens"] > limit:
+            raise ContextLengthError(
+                f"the prompt is {prompt_tokens} tokens and max_new_tokens is {options['max_new_tokens']}, "
+                f"together over the model's context of {limit} tokens; shorten the conversation (or send "
+                "fewer images) or lower max_new_tokens"
+            )
+        constraint_processor = None
+        if use_tools:
+            from agent.constrained import ToolCallConstraint
+
+            constraint = ToolCallConstraint.build(loaded.tokenizer, tools, tool_choice or "auto")
+            constraint_processor = constraint.logits_processor(options["max_new_tokens"])
+
+        from agent.streaming import stream_generate
+
+        emitted: list[str] = []
+        result = None
+        for event in stream_generate(
+            loaded,
+            inputs,
+            options=options,
+            stops=stops,
+            timeout=self.timeout,
+            constraint_processor=constraint_processor,
+        ):
+            if isinstance(event, str):
+                emitted.append(event)
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=event))
+                if run_manager:
+                    run_manager.on_llm_new_token(event, chunk=chunk)
+                yield chunk
+            else:
+                result = event
+        assert result is not None
+        yield self._final_chunk(result, "".join(emitted), prompt_tokens, run_manager)
+
+    def _final_chunk(
+        self, result: Any, emitted: str, prompt_tokens: int, run_manager: CallbackManagerForLLMRun | None
+    ) -> ChatGenerationChunk:
+        tool_call_chunks: list[dict[str, Any]] = []
+        remaining = result.text[len(emitted) :] if result.text.startswith(emitted) else ""
+        finish_reason = result.finish_reason
+        if result.mode == "tool_call":
+            from agent.tool_protocol import parse_tool_calls
+
+            if finish_reason == "timeout":
+                raise GenerationTimeoutError(
+                    f"generation ran past timeout={self.timeout}s in the middle of a tool call "
+                    f"({result.text!r:.200}); raise the timeout or lower max_new_tokens"
+                )
+            remaining, calls = parse_tool_calls(result.text)
+            tool_call_chunks = [
+                {
+                    "type": "tool_call_chunk",
+                    "name": call["name"],
+                    "args": json.dumps(call["args"], ensure_ascii=False),
+                    "id": call["id"],
+                    "index": index,
+                }
+                for index, call in enumerate(calls)
+            ]
+            if calls:
+                finish_reason = "tool_calls"
+        if finish_reason == "timeout":
+            logger.warning(
+                "Generation stopped by timeout=%ss after %d tokens", self.timeout, result.output_tokens
+            )
+        message = AIMessageChunk(
+            content=remaining,
+            tool_call_chunks=tool_call_chunks,
+            usage_metadata={
+                "input_tokens": prompt_tokens,
+                "output_tokens": result.output_tokens,
+                "total_tokens": prompt_tokens + result.output_tokens,
+            },
+            response_metadata={"finish_reason": finish_reason, "model_name": self.spec.model},
+            chunk_position="last",
+        )
+        chunk = ChatGenerationChunk(message=message, generation_info={"finish_reason": finish_reason})
+        if run_manager and remaining:
+            run_manager.on_llm_new_token(remaining, chunk=chunk)
+        return chunk
+
+    def _call_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Per-call generation settings: the fields, overridden by invoke()/bind() kwargs."""
+        options = {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+        }
+        aliases = {"max_tokens": "max_new_tokens"}
+        for key, value in kwargs.items():
+            name = aliases.get(key, key)
+            if name in options:
+                options[name] = value
+            elif key not in ("ls_structured_output_format", "stream"):
+                logger.debug("Ignoring unsupported generation option %r", key)
+        if not isinstance(options["max_new_tokens"], int) or options["max_new_tokens"] <= 0:
+            raise InputError(f"max_new_tokens must be a positive integer, got {options['max_new_tokens']!r}")
+        return options
+
+
+def normalise_tool_choice(tool_choice: Any, tool_names: Sequence[str]) -> str | None:
+    """Turn the tool_choice forms LangChain callers use into None, a keyword or a tool name."""
+    if tool_choice is None:
+        return None
+    if tool_choice is True:
+        return "any"
+    if tool_choice is False:
+        return "none"
+    if isinstance(tool_choice, dict):
+        function = (
+            tool_choice.get("function") if isinstance(tool_choice.get("function"), dict) else tool_choice
+        )
+        name = function.get("name")
+        if not isinstance(name, str):
+            raise InputError(
+                f"tool_choice {tool_choice!r} names no tool; use {{'type': 'function', 'function': {{'name': ...}}}}"
+            )
+        tool_choice = name
+    if not isinstance(tool_choice, str):
+        raise InputError(f"tool_choice {tool_choice!r} is not supported; use auto, any, none or a tool name")
+    if tool_choice == "required":
+        return "any"
+    if tool_choice in TOOL_CHOICE_KEYWORDS:
+        return tool_choice
+    if tool_choice not in tool_names:
+        bound = ", ".join(tool_names) or "(none)"
+        raise InputError(
+            f"tool_choice {tool_choice!r} is not one of the bound tools ({bound}) nor one of "
+            f"{', '.join(TOOL_CHOICE_KEYWORDS)}"
+        )
+    return tool_choice
