@@ -1,0 +1,148 @@
+"""Loading the base model for fine-tuning and choosing what LoRA adapts.
+
+Everything is read from the model itself (its config and module tree), never from its name:
+the language model is the module ``get_decoder()`` returns, the projector is the model's
+``multi_modal_projector``, and LoRA targets the linear layers inside the language model only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from agent.errors import ConfigError, ModelLoadError, ModelNotFoundError, QuantizationError
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+# transformers v5 module names of the parts a 4-bit LLaVA keeps in full precision.
+KEEP_FULL_PRECISION = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and how the base model runs during training."""
+
+    device: str
+    dtype: str
+    quantization: str
+
+
+def resolve_placement(device: str, dtype: str, quantization: str) -> Placement:
+    """Turn ``auto`` settings into concrete ones: QLoRA in bf16 on CUDA, LoRA in fp32 on CPU."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
+    if dtype == "auto":
+        dtype = "bfloat16" if device == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if quantization == "auto":
+        quantization = "4bit" if device == "cuda" else "none"
+    return Placement(device, dtype, quantization)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_processor(model: str) -> Any:
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(model)
+    except OSError as exc:
+        raise ModelNotFoundError(
+            f"no processor found for model {model!r} ({exc}); pass a local checkpoint folder or a Hub id "
+            "that is in the local cache (downloads need network access)"
+        ) from None
+
+
+def load_base_model(model: str, placement: Placement) -> Any:
+    """Load the LLaVA-family base model for training, 4-bit NF4 when the placement says so."""
+    from transformers import AutoModelForImageTextToText
+
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(placement.dtype)}
+    if placement.quantization == "4bit":
+        kwargs["quantization_config"] = nf4_config(placement.dtype)
+    if placement.device == "cuda":
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    try:
+        loaded = AutoModelForImageTextToText.from_pretrained(model, **kwargs)
+    except OSError as exc:
+        raise ModelNotFoundError(
+            f"base model {model!r} cannot be found ({exc}); pass a local checkpoint folder or a cached Hub id"
+        ) from None
+    except (ImportError, RuntimeError) as exc:
+        error = QuantizationError if placement.quantization == "4bit" else ModelLoadError
+        raise error(f"base model {model!r} cannot be loaded ({exc}); try --quantization none") from exc
+    if not hasattr(loaded, "get_decoder"):
+        raise ModelLoadError(f"model {model!r} has no language model to adapt (no get_decoder())")
+    return loaded
+
+
+def nf4_config(dtype: str) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch_dtype(dtype),
+        llm_int8_skip_modules=KEEP_FULL_PRECISION,
+    )
+
+
+def _qualified_name(model: Any, module: Any) -> str:
+    for name, candidate in model.named_modules():
+        if candidate is module:
+            return name
+    raise ModelLoadError("the language model is not a submodule of the model")
+
+
+def language_model_linears(model: Any) -> tuple[str, list[str]]:
+    """The language model's qualified name and the sorted leaf names of its linear layers."""
+    import torch
+
+    decoder = model.get_decoder()
+    prefix = _qualified_name(model, decoder)
+    leaves = sorted(
+        {name.rsplit(".", 1)[-1] for name, module in decoder.named_modules() if isinstance(module, torch.nn.Linear)}
+    )
+    if not leaves:
+        raise ModelLoadError("the language model has no linear layers for LoRA to adapt")
+    return prefix, leaves
+
+
+def lora_target_pattern(model: Any, target_modules: list[str] | None) -> str:
+    """A regex matching the chosen linear layers inside the language model, and nothing else.
+
+    The vision tower, the projector and ``lm_head`` are outside the language model, so they are
+    never adapted even when they share layer names (CLIP also has ``q_proj``).
+    """
+    prefix, leaves = language_model_linears(model)
+    chosen = leaves if target_modules is None else list(target_modules)
+    unknown = [name for name in chosen if name not in leaves]
+    if unknown:
+        raise ConfigError(
+            f"target_modules {unknown} are not linear layers of the language model; choose from {', '.join(leaves)}"
+        )
+    names = "|".join(re.escape(name) for name in chosen)
+    return rf"{re.escape(prefix)}\.(?:.*\.)?(?:{names})"
+
+
+def projector_name(model: Any) -> str:
+    """Qualified name of the multimodal projector (trained in full when asked)."""
+    inner = getattr(model, "model", model)
+    projector = getattr(inner, "multi_modal_projector", None)
+    if projector is None:
+        raise ConfigError("this model has no multi_modal_projector; drop --train-projector")
+    return _qualified_name(model, projector)
