@@ -221,7 +221,7 @@ def _apply_image_policy(
     positions = [
         (ti, bi) for ti, t in enumerate(turns) for bi, b in enumerate(t["content"]) if b["type"] == "image"
     ]
-    keep = set(positions[len(positions) - max_images :]) if max_images else set()
+    keep = set(positions[max(0, len(positions) - max_images) :]) if max_images else set()
     images: list[Image.Image] = []
     dropped = 0
     out = []
@@ -250,9 +250,13 @@ def _apply_image_policy(
 _SYSTEM_PROBE = "\u2063system-probe\u2063"
 
 
+_SYSTEM_SUPPORT: dict[str, bool] = {}
+
+
 def template_supports_system(processor: Any) -> bool:
-    """Whether the processor's chat template renders a system turn (probed once per processor)."""
-    cached = getattr(processor, "_llava_agent_supports_system", None)
+    """Whether the processor's chat template renders a system turn (probed once per template)."""
+    key = repr(getattr(processor, "chat_template", None))
+    cached = _SYSTEM_SUPPORT.get(key)
     if cached is not None:
         return cached
     probe = [
@@ -264,10 +268,7 @@ def template_supports_system(processor: Any) -> bool:
         supported = _SYSTEM_PROBE in rendered
     except Exception:  # templates raise on roles they do not know
         supported = False
-    try:
-        processor._llava_agent_supports_system = supported
-    except AttributeError:  # pragma: no cover - processors with slots
-        pass
+    _SYSTEM_SUPPORT[key] = supported
     return supported
 
 
