@@ -1,0 +1,5 @@
+"""``python -m finetune validate|train|merge|eval ...``"""
+
+from finetune.cli import main
+
+raise SystemExit(main())

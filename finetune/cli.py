@@ -1,0 +1,183 @@
+"""The ``finetune`` command: ``validate``, ``train``, ``merge`` and ``eval`` sub-commands.
+
+``register(subparsers)`` adds the command to a parent CLI (``llava-agent finetune ...``);
+``main()`` runs it alone (``python -m finetune ...``). This layer only parses and prints:
+library errors become one line on stderr (a traceback with ``--verbose``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from agent.errors import LlavaAgentError
+from finetune.config import FORMAT_CHOICES, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_TRAIN_OPTIONS = ("model", "data", "output_dir")
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    """One option per :class:`TrainConfig` field, its help text taken from the field's metadata."""
+    for spec in dataclasses.fields(TrainConfig):
+        flag = "--" + spec.name.replace("_", "-")
+        kind = str(spec.type).replace(" ", "")
+        default = None if spec.default is dataclasses.MISSING else spec.default
+        help_text = spec.metadata.get("help", "")
+        common: dict[str, Any] = {"dest": spec.name, "help": help_text}
+        if spec.name in REQUIRED_TRAIN_OPTIONS:
+            parser.add_argument(flag, required=True, **common)
+        elif kind == "bool":
+            parser.add_argument(flag, action="store_true", default=default, **common)
+        elif kind == "bool|None":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, **common)
+        elif kind.startswith("list[str]"):
+            parser.add_argument(flag, nargs="+", default=default, metavar="NAME", **common)
+        else:
+            base = kind.split("|")[0]
+            convert = {"int": int, "float": float}.get(base, str)
+            extra: dict[str, Any] = {"choices": FORMAT_CHOICES} if spec.name == "format" else {}
+            parser.add_argument(flag, type=convert, default=default, **extra, **common)
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``finetune`` command (with its sub-commands) to a parent CLI's sub-parsers."""
+    parser = subparsers.add_parser(
+        "finetune",
+        help="Fine-tune LoRA/QLoRA adapters on your own data",
+        description="Validate data, train an adapter, merge it into its base, evaluate it.",
+    )
+    parser.add_argument(
+        "--verbose", dest="finetune_verbose", action="store_true", help="Debug logging and full tracebacks"
+    )
+    commands = parser.add_subparsers(dest="finetune_command", metavar="{validate,train,merge,eval}")
+    commands.required = True
+
+    check = commands.add_parser("validate", help="Report every bad sample of a dataset")
+    check.add_argument("data", help="A .json/.jsonl file or a datasets folder")
+    check.add_argument("--image-folder", help="Folder image paths are relative to")
+    check.add_argument("--format", default="auto", choices=FORMAT_CHOICES)
+    check.add_argument("--model", help="Base model; adds the token-length check (image tokens included)")
+    check.add_argument("--max-length", type=int, default=2048, help="Longest sample in tokens (with --model)")
+    check.add_argument("--skip-invalid", action="store_true", help="Report bad samples without failing")
+    check.add_argument("--json", action="store_true", help="Print the data summary as JSON")
+    check.set_defaults(func=run_validate)
+
+    fit = commands.add_parser("train", help="Train a LoRA/QLoRA adapter")
+    _add_train_options(fit)
+    fit.set_defaults(func=run_train)
+
+    fold = commands.add_parser("merge", help="Merge an adapter into a full-precision copy of its base")
+    fold.add_argument("--adapter", required=True, help="Adapter folder written by train")
+    fold.add_argument("--output-dir", required=True, help="Folder of the standalone merged model")
+    fold.add_argument("--base", help="Full-precision base model (default: the one the adapter names)")
+    fold.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    fold.add_argument("--overwrite", action="store_true", help="Replace an existing output folder")
+    fold.set_defaults(func=run_merge)
+
+    score = commands.add_parser("eval", help="Loss and exact-match accuracy on a held-out file")
+    score.add_argument("data", help="Held-out .json/.jsonl file or datasets folder")
+    score.add_argument("--model", required=True, help="Base model (or a merged model folder)")
+    score.add_argument("--adapter", help="Adapter folder applied to the model")
+    score.add_argument("--image-folder", help="Folder image paths are relative to")
+    score.add_argument("--format", default="auto", choices=FORMAT_CHOICES)
+    score.add_argument("--max-new-tokens", type=int, default=32, help="Tokens generated per answer")
+    score.add_argument("--ignore-case", action="store_true", help="Compare answers without case")
+    score.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    score.add_argument("--quantization", default="none", choices=("auto", "4bit", "8bit", "none"))
+    score.add_argument("--skip-invalid", action="store_true", help="Leave out invalid samples")
+    score.add_argument("--json", action="store_true", help="Print the result (and every prediction) as JSON")
+    score.set_defaults(func=run_eval)
+    return parser
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from finetune.validate import validate
+
+    encoder = None
+    if args.model:
+        from transformers import AutoConfig
+
+        from finetune.collator import ConversationEncoder
+        from finetune.modeling import load_processor
+
+        encoder = ConversationEncoder(
+            load_processor(args.model),
+            model_config=AutoConfig.from_pretrained(args.model),
+            max_length=args.max_length,
+            image_folder=args.image_folder,
+        )
+    report = validate(
+        args.data, image_folder=args.image_folder, format=args.format, encoder=encoder, skip_invalid=args.skip_invalid
+    )
+    _write(json.dumps(report.summary(), indent=2, default=str) if args.json else report.render())
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from finetune.train import train
+
+    options = {spec.name: getattr(args, spec.name) for spec in dataclasses.fields(TrainConfig)}
+    result = train(TrainConfig(**options))
+    loss = "n/a" if result.train_loss is None else f"{result.train_loss:.4f}"
+    line = f"adapter saved to {result.adapter_dir} ({result.global_step} steps, train loss {loss}"
+    if result.eval_loss is not None:
+        line += f", eval loss {result.eval_loss:.4f}"
+    _write(line + f", {result.seconds:.1f} s)")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from finetune.merge import merge
+
+    folder = merge(args.adapter, args.output_dir, base=args.base, dtype=args.dtype, overwrite=args.overwrite)
+    _write(f"merged model saved to {folder}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from finetune.evaluate import evaluate
+
+    result = evaluate(
+        args.data,
+        model=args.model,
+        adapter=args.adapter,
+        image_folder=args.image_folder,
+        format=args.format,
+        max_new_tokens=args.max_new_tokens,
+        case_sensitive=not args.ignore_case,
+        device=args.device,
+        quantization=args.quantization,
+        skip_invalid=args.skip_invalid,
+    )
+    if args.json:
+        _write(json.dumps(result.to_dict() | {"predictions": result.predictions}, indent=2))
+    else:
+        _write(f"loss {result.loss:.4f}, exact match {100 * result.accuracy:.1f}% of {result.samples} samples")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m finetune``: the ``finetune`` command on its own."""
+    parser = argparse.ArgumentParser(prog="python -m", description="LoRA/QLoRA fine-tuning")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["finetune", *(sys.argv[1:] if argv is None else argv)])
+    verbose = args.finetune_verbose
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except LlavaAgentError as exc:
+        if verbose:
+            raise
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
