@@ -58,3 +58,23 @@ def _isolated_data_dir(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+# -- tiny tool checkpoints (BLIP, CLIP, Stable Diffusion, VITS) and a tool workspace ------------
+@pytest.fixture(scope="session")
+def tool_model_paths() -> dict[str, Path]:
+    """Folders of the tiny tool checkpoints: keys blip, clip, stable_diffusion, vits."""
+    from tests.tool_models import session_tool_models
+
+    return session_tool_models()
+
+
+@pytest.fixture
+def tool_workspace(tmp_path) -> dict[str, Path]:
+    """An allowed folder for tool inputs, an artifacts folder, and a folder outside both."""
+    allowed = tmp_path / "allowed"
+    artifacts = tmp_path / "artifacts"
+    outside = tmp_path / "outside"
+    for folder in (allowed, artifacts, outside):
+        folder.mkdir()
+    return {"allowed": allowed, "artifacts": artifacts, "outside": outside, "root": tmp_path}

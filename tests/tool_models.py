@@ -13,7 +13,11 @@ Run as a script to write all of them to a folder::
 from __future__ import annotations
 
 import argparse
+import atexit
+import functools
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 _WORDS = (
@@ -256,6 +260,18 @@ def build_all(output_dir: str | Path) -> dict[str, Path]:
         "stable_diffusion": build_stable_diffusion(output_dir / "sd-tiny"),
         "vits": build_vits(output_dir / "vits-tiny"),
     }
+
+
+@functools.lru_cache(maxsize=1)
+def session_tool_models() -> dict[str, Path]:
+    """The tiny checkpoints, built once per process into a temporary folder removed at exit.
+
+    Shared by the pytest fixtures and the ``langchain_tests`` suites (whose constructor
+    parameters are class properties and cannot take fixtures).
+    """
+    folder = Path(tempfile.mkdtemp(prefix="llava-agent-tool-models-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return build_all(folder)
 
 
 def main() -> None:

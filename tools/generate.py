@@ -72,7 +72,7 @@ class GenerateImageTool(LlavaTool):
 
         device = self.resolved_device()
         kwargs: dict[str, Any] = {
-            "torch_dtype": torch.float16 if device.startswith("cuda") else torch.float32,
+            "dtype": torch.float16 if device.startswith("cuda") else torch.float32,
             "use_safetensors": True,
         }
         if not self.safety_checker:

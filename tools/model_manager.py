@@ -127,16 +127,16 @@ class ModelManager:
                 raise ConfigError(
                     f"tools.memory_budget_gb[{device!r}] = {gigabytes!r} must be a positive number of GiB"
                 )
-            budgets[_device_key(device)] = int(gigabytes * GIB)
+            budgets[device] = int(gigabytes * GIB)
         with self._lock:
             self._budgets = budgets
 
     def budget_bytes(self, device: str) -> int | None:
         """The budget of ``device`` in bytes (``cuda:1`` falls back to a ``cuda`` budget), None if unlimited."""
-        key = _device_key(device)
-        if key in self._budgets:
-            return self._budgets[key]
-        return self._budgets.get(key.split(":")[0])
+        for candidate in (device, _device_key(device), device.split(":")[0]):
+            if candidate in self._budgets:
+                return self._budgets[candidate]
+        return None
 
     def used_bytes(self, device: str) -> int:
         key = _device_key(device)

@@ -92,7 +92,8 @@ def open_image_file(path: Path, max_pixels: int, *, label: str | None = None) ->
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(
-            f"image {label!r} is too large to decode safely ({exc}); resize it or raise tools.max_image_pixels"
+            f"image {label!r} is over the limit of {max_pixels} pixels ({exc}); resize it or raise "
+            "tools.max_image_pixels"
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(

@@ -96,7 +96,7 @@ def espeak_voices(executable: str = "espeak-ng") -> tuple[str, ...]:
     for line in output.splitlines()[1:]:
         columns = line.split()
         if len(columns) >= 5:
-            names.extend([columns[1], columns[4]])
+            names.extend([columns[1], columns[4], columns[4].rsplit("/", 1)[-1]])
     return tuple(dict.fromkeys(names))
 
 

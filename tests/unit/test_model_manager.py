@@ -1,0 +1,209 @@
+"""The model manager with small real torch modules: budget, LRU eviction, sharing, threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from agent.errors import ConfigError, ModelLoadError
+from tools.model_manager import GIB, ModelManager, get_model_manager, model_size_bytes
+
+LINEAR_BYTES = (256 * 256 + 256) * 4  # nn.Linear(256, 256) in float32
+
+
+def linear_loader(calls: list[str] | None = None, name: str = "", delay: float = 0.0):
+    def load() -> torch.nn.Module:
+        if delay:
+            time.sleep(delay)
+        if calls is not None:
+            calls.append(name)
+        return torch.nn.Linear(256, 256)
+
+    return load
+
+
+def budget_for(models: float) -> dict[str, float]:
+    return {"cpu": models * LINEAR_BYTES / GIB}
+
+
+def test_model_size_counts_parameters_buffers_and_containers():
+    module = torch.nn.BatchNorm1d(10)  # 20 parameters + 21 buffer values (running stats + counter)
+    assert model_size_bytes(torch.nn.Linear(256, 256)) == LINEAR_BYTES
+    assert model_size_bytes((torch.nn.Linear(256, 256), "processor")) == LINEAR_BYTES
+    assert model_size_bytes(module) == 20 * 4 + 20 * 4 + 8
+
+
+def test_same_key_loads_once_and_is_shared():
+    manager = ModelManager()
+    calls: list[str] = []
+    first = manager.get("a", linear_loader(calls, "a"), device="cpu")
+    second = manager.get("a", linear_loader(calls, "a"), device="cpu")
+    assert first is second
+    assert calls == ["a"] and manager.load_count["a"] == 1
+    assert manager.used_bytes("cpu") == LINEAR_BYTES
+
+
+def test_least_recently_used_idle_model_is_evicted_first():
+    manager = ModelManager(budget_for(2.5))
+    manager.get("a", linear_loader(), device="cpu")
+    manager.get("b", linear_loader(), device="cpu")
+    manager.get("a", linear_loader(), device="cpu")  # a is now more recent than b
+    manager.get("c", linear_loader(), device="cpu")
+    assert manager.evictions == ["b"]
+    assert manager.loaded_keys() == ["a", "c"]
+    manager.get("d", linear_loader(), device="cpu")
+    assert manager.evictions == ["b", "a"]
+    assert manager.used_bytes("cpu") <= 2.5 * LINEAR_BYTES
+
+
+def test_model_in_use_is_never_evicted():
+    manager = ModelManager(budget_for(2.5))
+    with manager.use("held", linear_loader(), device="cpu") as held:
+        manager.get("b", linear_loader(), device="cpu")
+        manager.get("c", linear_loader(), device="cpu")  # must evict b, not the held model
+        assert "held" in manager and manager.evictions == ["b"]
+        assert manager.get("held", linear_loader(), device="cpu") is held
+
+
+def test_no_room_when_every_model_is_in_use():
+    manager = ModelManager(budget_for(1.5))
+    with manager.use("held", linear_loader(), device="cpu"):
+        with pytest.raises(ModelLoadError, match="in use"):
+            manager.get("other", linear_loader(), device="cpu")
+    assert manager.loaded_keys() == ["held"]
+
+
+def test_model_larger_than_the_budget_is_refused_before_loading():
+    manager = ModelManager(budget_for(0.5))
+    calls: list[str] = []
+    with pytest.raises(ModelLoadError, match="raise tools.memory_budget_gb"):
+        manager.get("big", linear_loader(calls, "big"), device="cpu", size_bytes=LINEAR_BYTES)
+    assert calls == []
+
+
+def test_measured_size_over_budget_is_refused_after_loading():
+    manager = ModelManager(budget_for(0.5))
+    with pytest.raises(ModelLoadError, match="needs"):
+        manager.get("big", linear_loader(), device="cpu")
+    assert manager.loaded_keys() == []
+
+
+def test_budgets_are_per_device():
+    manager = ModelManager({"cpu": 1.5 * LINEAR_BYTES / GIB, "meta": 1.5 * LINEAR_BYTES / GIB})
+
+    def meta_loader():
+        return torch.nn.Linear(256, 256, device="meta")
+
+    manager.get("cpu-model", linear_loader(), device="cpu")
+    manager.get("meta-model", meta_loader, device="meta")
+    assert manager.evictions == []
+    manager.get("cpu-model-2", linear_loader(), device="cpu")
+    assert manager.evictions == ["cpu-model"]
+    assert "meta-model" in manager
+
+
+def test_cuda_and_cuda0_share_one_budget():
+    manager = ModelManager({"cuda": 4})
+    assert manager.budget_bytes("cuda:0") == manager.budget_bytes("cuda") == 4 * GIB
+    assert manager.budget_bytes("cuda:1") == 4 * GIB  # falls back to the device type's budget
+    assert manager.budget_bytes("cpu") is None
+
+
+@pytest.mark.parametrize("bad", [0, -1, "8"])
+def test_bad_budget_is_a_config_error(bad):
+    with pytest.raises(ConfigError, match="memory_budget_gb"):
+        ModelManager({"cpu": bad})
+
+
+def test_concurrent_first_use_loads_once():
+    manager = ModelManager()
+    calls: list[str] = []
+    results: list[torch.nn.Module] = []
+    barrier = threading.Barrier(8)
+
+    def worker() -> None:
+        barrier.wait()
+        with manager.use("shared", linear_loader(calls, "shared", delay=0.2), device="cpu") as model:
+            results.append(model)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert calls == ["shared"]
+    assert len(results) == 8 and all(r is results[0] for r in results)
+
+
+def test_concurrent_different_keys_stay_within_budget():
+    manager = ModelManager(budget_for(3.5))
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        try:
+            for round_ in range(5):
+                manager.get(f"m{(index + round_) % 6}", linear_loader(delay=0.01), device="cpu")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert errors == []
+    assert manager.used_bytes("cpu") <= 3.5 * LINEAR_BYTES
+
+
+def test_failed_load_is_reported_to_waiters_and_retried():
+    manager = ModelManager()
+    attempts: list[int] = []
+
+    def flaky():
+        attempts.append(1)
+        if len(attempts) == 1:
+            time.sleep(0.1)
+            raise OSError("weights missing")
+        return torch.nn.Linear(256, 256)
+
+    outcomes: list[str] = []
+
+    def worker() -> None:
+        try:
+            manager.get("flaky", flaky, device="cpu")
+            outcomes.append("ok")
+        except ModelLoadError as exc:
+            outcomes.append("error" if "weights missing" in str(exc) else "other")
+
+    first = threading.Thread(target=worker)
+    first.start()
+    time.sleep(0.02)
+    second = threading.Thread(target=worker)
+    second.start()
+    first.join()
+    second.join()
+    assert outcomes.count("error") >= 1
+    assert isinstance(manager.get("flaky", flaky, device="cpu"), torch.nn.Linear)
+
+
+def test_evict_and_clear_only_drop_idle_models():
+    manager = ModelManager()
+    manager.get("idle", linear_loader(), device="cpu")
+    with manager.use("busy", linear_loader(), device="cpu"):
+        assert manager.evict("busy") is False
+        manager.clear()
+        assert manager.loaded_keys() == ["busy"]
+    assert manager.evict("busy") is True and manager.loaded_keys() == []
+
+
+def test_default_manager_is_one_per_process_and_takes_config_budgets():
+    from agent.config import load_config
+
+    config = load_config({"tools": {"memory_budget_gb": {"cpu": 3}}})
+    manager = get_model_manager(config)
+    assert manager is get_model_manager()
+    assert manager.budget_bytes("cpu") == 3 * GIB
+    manager.set_budgets({})

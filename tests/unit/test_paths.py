@@ -1,0 +1,154 @@
+"""Allowed-folder checks, image loading limits and never-overwriting artifact writes."""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from agent.errors import ImageError, InputError, PathNotAllowedError
+from tools.paths import (
+    check_readable_file,
+    load_image,
+    open_image_file,
+    resolve_allowed_path,
+    slugify,
+    write_new_artifact,
+)
+
+
+def png_claiming_size(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims ``width`` x ``height`` pixels but holds no real pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture
+def allowed(tmp_path) -> Path:
+    folder = tmp_path / "allowed"
+    (folder / "sub").mkdir(parents=True)
+    Image.new("RGB", (8, 6), (1, 2, 3)).save(folder / "sub" / "ok.png")
+    (tmp_path / "secret.txt").write_text("secret")
+    return folder
+
+
+def test_path_inside_allowed_folder_resolves(allowed):
+    assert resolve_allowed_path(allowed / "sub" / "ok.png", [allowed]) == (allowed / "sub" / "ok.png").resolve()
+
+
+def test_relative_path_resolves_against_working_directory(allowed, monkeypatch):
+    monkeypatch.chdir(allowed)
+    assert resolve_allowed_path("sub/ok.png", [allowed]) == (allowed / "sub" / "ok.png").resolve()
+
+
+@pytest.mark.parametrize("escape", ["../secret.txt", "sub/../../secret.txt", "/etc/passwd"])
+def test_paths_escaping_the_allowed_folders_are_refused(allowed, monkeypatch, escape):
+    monkeypatch.chdir(allowed)
+    with pytest.raises(PathNotAllowedError, match="outside the allowed folders") as info:
+        resolve_allowed_path(escape, [allowed])
+    assert escape in str(info.value) and str(allowed.resolve()) in str(info.value)
+
+
+def test_symlink_pointing_outside_is_refused(allowed, tmp_path):
+    link = allowed / "link.txt"
+    link.symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(PathNotAllowedError, match="resolves to"):
+        resolve_allowed_path(link, [allowed])
+
+
+def test_symlink_inside_allowed_folder_is_accepted(allowed):
+    link = allowed / "alias.png"
+    link.symlink_to(allowed / "sub" / "ok.png")
+    assert resolve_allowed_path(link, [allowed]) == (allowed / "sub" / "ok.png").resolve()
+
+
+def test_sibling_folder_with_common_prefix_is_refused(tmp_path, allowed):
+    sibling = tmp_path / "allowed-but-not-really"
+    sibling.mkdir()
+    (sibling / "x.png").write_bytes(b"x")
+    with pytest.raises(PathNotAllowedError):
+        resolve_allowed_path(sibling / "x.png", [allowed])
+
+
+def test_empty_path_is_refused(allowed):
+    with pytest.raises(InputError, match="empty"):
+        resolve_allowed_path("  ", [allowed])
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda d: d / "missing.png", InputError, "does not exist"),
+        (lambda d: d / "sub", InputError, "is a directory"),
+        (lambda d: (d / "empty.png").write_bytes(b"") or d / "empty.png", ImageError, "empty"),
+    ],
+    ids=["nonexistent", "directory", "zero-byte"],
+)
+def test_bad_files_get_clear_errors(allowed, make, error, message):
+    with pytest.raises(error, match=message):
+        check_readable_file(make(allowed), [allowed])
+
+
+def test_corrupt_image_is_refused(allowed):
+    corrupt = allowed / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png body")
+    with pytest.raises(ImageError, match="not a readable image"):
+        load_image(corrupt, [allowed], max_pixels=10_000)
+
+
+def test_truncated_jpeg_is_refused(allowed):
+    full = allowed / "full.jpg"
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(full)
+    truncated = allowed / "truncated.jpg"
+    truncated.write_bytes(full.read_bytes()[:200])
+    with pytest.raises(ImageError):
+        load_image(truncated, [allowed], max_pixels=10_000)
+
+
+def test_image_over_pixel_limit_is_refused_from_its_header(allowed):
+    huge = png_claiming_size(allowed / "huge.png", 100_000, 100_000)
+    with pytest.raises(ImageError, match="over the limit of 50000000 pixels"):
+        open_image_file(huge, max_pixels=50_000_000)
+
+
+def test_image_over_a_small_pixel_limit_names_its_size(allowed):
+    big = png_claiming_size(allowed / "big.png", 300, 200)
+    with pytest.raises(ImageError, match="300x200 = 60000 pixels, over the limit of 10000"):
+        open_image_file(big, max_pixels=10_000)
+
+
+def test_good_image_loads_as_rgb(allowed):
+    image, resolved = load_image(allowed / "sub" / "ok.png", [allowed], max_pixels=1000)
+    assert image.mode == "RGB" and image.size == (8, 6) and resolved.name == "ok.png"
+
+
+def test_artifacts_never_overwrite(tmp_path):
+    paths = [write_new_artifact(tmp_path, "A cat!", ".txt", lambda p, n=n: p.write_text(str(n))) for n in range(3)]
+    assert len(set(paths)) == 3
+    assert sorted(p.read_text() for p in paths) == ["0", "1", "2"]
+    assert all(p.name.endswith(".txt") and "a-cat" in p.name for p in paths)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_failed_artifact_write_leaves_nothing(tmp_path):
+    def fail(path: Path) -> None:
+        path.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_new_artifact(tmp_path, "x", ".png", fail)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(("text", "slug"), [("A Red Cat!", "a-red-cat"), ("???", "untitled"), ("x" * 99, "x" * 40)])
+def test_slugify(text, slug):
+    assert slugify(text) == slug
