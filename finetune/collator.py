@@ -11,7 +11,9 @@ generation prompt, ``turns[:i+1]`` without): what the second adds to the first i
 assistant's reply, for any template whose rendering grows by appending. A reply ends with the
 tokenizer's end-of-sequence token, so the model learns to stop: templates that write it
 (ChatML's ``<|im_end|>``) get it labelled where it stands; templates that do not (llava-1.5's
-``USER: ... ASSISTANT: ...``) get it inserted after the reply, as the original LLaVA training did.
+``USER: ... ASSISTANT: ...``) get it inserted after every reply, as the original LLaVA training did
+(so, for those templates only, earlier replies in a multi-turn sample carry an EOS that
+``ChatLlava``'s rendering of the same history does not show).
 
 Image tokens are never cut: a sample longer than ``max_length`` raises
 :class:`SampleTooLongError`, which validation reports before training starts.

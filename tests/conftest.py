@@ -78,3 +78,52 @@ def tool_workspace(tmp_path) -> dict[str, Path]:
     for folder in (allowed, artifacts, outside):
         folder.mkdir()
     return {"allowed": allowed, "artifacts": artifacts, "outside": outside, "root": tmp_path}
+
+
+# -- fine-tuning: a synthetic visual task (solid shapes in one of four colours) ------------------
+SHAPE_COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 40, 220), "yellow": (235, 215, 30)}
+
+
+def write_colour_shapes(folder: Path, count: int, seed: int, name: str) -> Path:
+    """Write ``count`` images of one solid shape in one of four colours, and a LLaVA JSON asking its colour."""
+    import json
+    import random
+
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index in range(count):
+        colour = rng.choice(sorted(SHAPE_COLOURS))
+        image = Image.new("RGB", (48, 48), (250, 250, 250))
+        draw = ImageDraw.Draw(image)
+        x, y, size = rng.randint(0, 16), rng.randint(0, 16), rng.randint(20, 30)
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape([x, y, x + size, y + size], fill=SHAPE_COLOURS[colour])
+        relative = f"images/{name}-{index}.png"
+        image.save(folder / relative)
+        rows.append(
+            {
+                "id": f"{name}-{index}",
+                "image": relative,
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat colour is the shape?"},
+                    {"from": "gpt", "value": colour},
+                ],
+            }
+        )
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def colour_shapes(tmp_path_factory) -> dict[str, Path]:
+    """Train (256) and held-out (40) colour-question datasets; keys train, test, image_folder."""
+    folder = tmp_path_factory.mktemp("colour-shapes")
+    return {
+        "train": write_colour_shapes(folder, 256, seed=0, name="train"),
+        "test": write_colour_shapes(folder, 40, seed=1, name="test"),
+        "image_folder": folder,
+    }
