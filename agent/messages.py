@@ -21,7 +21,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import InputError
+from agent.errors import ImageError, InputError
 from agent.images import DEFAULT_MAX_PIXELS, ImageLocation, image_name, load_image
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -165,8 +165,8 @@ def _convert_block(
                 "(base64, url or path)"
             )
         else:
-            raise InputError(
-                f"{location.describe()}: image block has none of 'base64', 'url', 'path' or 'image'; "
+            raise ImageError(
+                f"{location.describe()}: image block is empty: it has none of 'base64', 'url', 'path' or 'image'; "
                 "use {'type': 'image', 'base64': ..., 'mime_type': 'image/png'}"
             )
         return _image_block(

@@ -1,0 +1,457 @@
+"""ChatLlava on tiny real checkpoints: generation, streaming, images, loading, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import sys
+import threading
+
+import pytest
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
+from PIL import Image
+
+from agent import ChatLlava
+from agent.errors import (
+    ContextLengthError,
+    ImageError,
+    InputError,
+    ModelLoadError,
+    ModelNotFoundError,
+    QuantizationError,
+)
+from agent.loading import (
+    DEFAULT_CPU_MODEL,
+    DEFAULT_GPU_MODEL,
+    cached_models,
+    cpu_supports_bf16,
+    resolve_precision,
+    resolve_spec,
+)
+from agent.prompting import image_capacity
+
+pytestmark = pytest.mark.integration
+
+MAX_TOKENS = 12
+
+
+def _png_b64(color=(200, 30, 30), size=(24, 24)) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _truncated_png_b64() -> str:
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()[: len(buffer.getvalue()) // 2]).decode()
+
+
+def _image_block(index: int) -> dict:
+    return {"type": "image", "base64": _png_b64((index * 50 % 256, 80, 120)), "mime_type": "image/png"}
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_llava_qwen2) -> ChatLlava:
+    return ChatLlava(model=str(tiny_llava_qwen2), max_tokens=MAX_TOKENS, temperature=0.0, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def llm_llama(tiny_llava_llama) -> ChatLlava:
+    return ChatLlava(model=str(tiny_llava_llama), max_tokens=MAX_TOKENS, temperature=0.0, device="cpu")
+
+
+# ----- generation -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_invoke_returns_message_with_usage(family, llm, llm_llama):
+    model = llm if family == "qwen2" else llm_llama
+    reply = model.invoke([SystemMessage("Be brief."), HumanMessage("Hello, how are you today?")])
+    assert isinstance(reply, AIMessage)
+    assert isinstance(reply.content, str)
+    usage = reply.usage_metadata
+    assert usage["input_tokens"] > 5
+    assert 1 <= usage["output_tokens"] <= MAX_TOKENS
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    assert reply.response_metadata["finish_reason"] in ("stop", "length")
+    assert reply.tool_calls == []
+
+
+def test_stream_yields_pieces_that_add_up_to_invoke(llm):
+    chunks = list(llm.stream("The quick brown fox"))
+    assert all(isinstance(c, AIMessageChunk) for c in chunks)
+    assert chunks[-1].chunk_position == "last"
+    text_chunks = [c for c in chunks if c.content]
+    assert len(text_chunks) >= 2, "text must stream in pieces, not arrive in one block"
+    total = sum(chunks[1:], chunks[0])
+    assert total.content == llm.invoke("The quick brown fox").content
+    assert (
+        total.usage_metadata["output_tokens"]
+        == llm.invoke("The quick brown fox").usage_metadata["output_tokens"]
+    )
+    # token by token: about one piece per generated token
+    assert len(text_chunks) >= total.usage_metadata["output_tokens"] // 3
+
+
+async def test_async_invoke_and_stream(llm):
+    reply = await llm.ainvoke("Hello")
+    assert isinstance(reply, AIMessage)
+    pieces = [chunk async for chunk in llm.astream("Hello")]
+    assert sum(pieces[1:], pieces[0]).content == reply.content
+    batch = await llm.abatch(["Hello", "Hi there"])
+    assert [m.content for m in batch][0] == reply.content
+
+
+def test_stop_sequence_trims_and_stops(llm):
+    full = llm.invoke("red green blue").content
+    assert len(full) >= 4
+    stop = full[2:4]
+    expected = full[: full.index(stop)]
+    reply = llm.invoke("red green blue", stop=[stop])
+    assert reply.content == expected
+    assert reply.response_metadata["finish_reason"] == "stop"
+    streamed = "".join(c.content for c in llm.stream("red green blue", stop=[stop]))
+    assert streamed == expected
+    bound = llm.bind(stop=[stop])
+    assert bound.invoke("red green blue").content == expected
+
+
+def test_field_stop_is_used_when_call_gives_none(tiny_llava_qwen2, llm):
+    full = llm.invoke("circle square").content
+    stop = full[1:3]
+    model = ChatLlava(
+        model=str(tiny_llava_qwen2), max_tokens=MAX_TOKENS, temperature=0.0, device="cpu", stop=[stop]
+    )
+    assert model.invoke("circle square").content == full[: full.index(stop)]
+
+
+def test_timeout_truncates_with_finish_reason(tiny_llava_qwen2):
+    model = ChatLlava(
+        model=str(tiny_llava_qwen2), max_tokens=200, temperature=0.0, device="cpu", timeout=1e-4
+    )
+    reply = model.invoke("Tell me a long story")
+    assert reply.response_metadata["finish_reason"] == "timeout"
+    assert reply.usage_metadata["output_tokens"] < 200
+
+
+def test_seed_makes_sampling_reproducible(tiny_llava_qwen2):
+    def sample(seed):
+        model = ChatLlava(model=str(tiny_llava_qwen2), max_tokens=10, temperature=1.5, top_p=1.0, seed=seed)
+        return model.invoke("Pick some colours").content
+
+    first = sample(7)
+    assert sample(7) == first
+    assert any(sample(seed) != first for seed in (8, 9, 10))
+
+
+def test_per_call_generation_options(llm):
+    reply = llm.invoke("Hello", max_tokens=3)
+    assert reply.usage_metadata["output_tokens"] <= 3
+    with pytest.raises(InputError, match="max_new_tokens"):
+        llm.invoke("Hello", max_tokens=0)
+
+
+# ----- images -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("n_images", [1, 2, 5])
+def test_multi_image_conversations(family, n_images, llm, llm_llama):
+    model = llm if family == "qwen2" else llm_llama
+    messages, index = [], 0
+    while index < n_images:  # images spread over turns, up to two per turn
+        blocks = [_image_block(i) for i in range(index, min(index + 2, n_images))]
+        index += len(blocks)
+        messages += [
+            HumanMessage(content=[*blocks, {"type": "text", "text": "What is this?"}]),
+            AIMessage("A shape."),
+        ]
+    messages.append(HumanMessage("Compare them."))
+    reply = model.invoke(messages, max_tokens=4)
+    assert isinstance(reply, AIMessage)
+    kept = min(n_images, image_capacity(model.loaded.config))
+    assert kept == (1 if family == "llama" else n_images)
+    # each kept image costs the model's image tokens; dropped ones only a short text reference
+    text_only = model.invoke([HumanMessage("What is this?")], max_tokens=1).usage_metadata["input_tokens"]
+    assert reply.usage_metadata["input_tokens"] > text_only + 16 * kept - 1
+
+
+def test_image_forms_through_invoke(llm, tmp_path):
+    path = tmp_path / "cat.png"
+    path.write_bytes(base64.b64decode(_png_b64()))
+    message = HumanMessage(
+        content=[
+            {"type": "text", "text": "Describe."},
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{_png_b64()}"}},
+            {"type": "image_url", "image_url": {"url": str(path)}},
+            {"type": "image", "url": path.as_uri()},
+            {"type": "image", "image": Image.new("RGB", (30, 20), "blue")},
+        ]
+    )
+    assert isinstance(llm.invoke([message], max_tokens=2), AIMessage)
+
+
+@pytest.mark.parametrize(
+    ("block", "match"),
+    [
+        (
+            {"type": "image", "base64": base64.b64encode(b"").decode() or "", "mime_type": "image/png"},
+            "has none of",
+        ),
+        (
+            {
+                "type": "image",
+                "base64": base64.b64encode(b"not an image" * 4).decode(),
+                "mime_type": "image/png",
+            },
+            "not an image",
+        ),
+        (
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + _truncated_png_b64()}},
+            "corrupt|truncated",
+        ),
+        ({"type": "image", "base64": _png_b64(), "mime_type": "video/mp4"}, "not an image type"),
+        ({"type": "image", "url": "https://example.com/cat.png"}, "allow_remote_images"),
+    ],
+    ids=["empty", "not-image", "corrupt", "unsupported", "remote"],
+)
+def test_bad_images_name_message_and_block(llm, block, match):
+    messages = [HumanMessage("hi"), AIMessage("hello"), HumanMessage(content=["look:", block])]
+    with pytest.raises(ImageError, match=f"message 2, block 1: .*({match})"):
+        llm.invoke(messages)
+
+
+def test_oversized_image_is_refused(llm):
+    buffer = io.BytesIO()
+    Image.new("1", (8000, 7000)).save(buffer, "PNG")
+    bomb = base64.b64encode(buffer.getvalue()).decode()
+    with pytest.raises(ImageError, match="message 0, block 0: .*decompression bomb"):
+        llm.invoke([HumanMessage(content=[{"type": "image", "base64": bomb, "mime_type": "image/png"}])])
+
+
+# ----- errors -----------------------------------------------------------------------------------
+
+
+def test_prompt_longer_than_context(llm):
+    with pytest.raises(
+        ContextLengthError, match=r"prompt is \d+ tokens and max_new_tokens is 2040.*context of 2048"
+    ):
+        llm.invoke("Hello there, how are you doing today my friend?", max_tokens=2040)
+    long_text = "red green blue yellow " * 800
+    with pytest.raises(ContextLengthError, match="context of 2048"):
+        llm.invoke(long_text)
+
+
+def test_unknown_tool_choice_lists_bound_tools(llm):
+    def caption_image(image: str) -> str:
+        """Caption an image file."""
+        return image
+
+    with pytest.raises(InputError, match=r"tool_choice 'draw'.*bound tools \(caption_image\)"):
+        llm.bind_tools([caption_image], tool_choice="draw")
+    with pytest.raises(InputError, match="bound tools"):
+        llm.bind_tools([caption_image], tool_choice={"type": "function", "function": {"name": "nope"}})
+
+
+def test_missing_model_while_offline(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model = ChatLlava(model="llava-hf/no-such-tiny-model", device="cpu")
+    with pytest.raises(ModelNotFoundError) as info:
+        model.invoke("hi")
+    message = str(info.value)
+    assert "llava-hf/no-such-tiny-model" in message
+    assert str(tmp_path / "hub") in message
+    assert "local folder" in message and "ChatLlava(model=" in message
+
+
+def test_missing_local_folder(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        ChatLlava(model=str(tmp_path / "nowhere"), device="cpu").invoke("hi")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        ChatLlava(model=str(tmp_path / "empty"), device="cpu").invoke("hi")
+
+
+def test_bitsandbytes_missing(monkeypatch, tiny_llava_qwen2):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import now fails, as when not installed
+    # float16 compute: a cache key no other test loads, so the load path really runs
+    model = ChatLlava(model=str(tiny_llava_qwen2), quantization="4bit", dtype="float16", device="cpu")
+    with pytest.raises(QuantizationError, match=r"pip install -U bitsandbytes.*quantization='none'"):
+        model.invoke("hi")
+
+
+def test_unsupported_device():
+    with pytest.raises(InputError, match="device 'tpu'"):
+        resolve_spec("x", device="tpu")
+
+
+# ----- loading, precision, sharing ------------------------------------------------------------
+
+
+def test_auto_precision_choices():
+    assert resolve_precision("auto", "auto", "cuda")[0] == "4bit"
+    quantization, dtype = resolve_precision("auto", "auto", "cpu")
+    assert quantization == "none"
+    assert dtype == ("bfloat16" if cpu_supports_bf16() else "float32")
+    assert resolve_precision("none", "float32", "cpu") == ("none", "float32")
+    assert resolve_precision("4bit", "auto", "cpu") == ("4bit", "bfloat16")
+    with pytest.raises(InputError, match="quantization '3bit'"):
+        resolve_precision("3bit", "auto", "cpu")
+
+
+def test_default_models():
+    assert resolve_spec(None, device="cpu").model == DEFAULT_CPU_MODEL
+    assert DEFAULT_GPU_MODEL == "llava-hf/llava-1.5-7b-hf"
+
+
+def test_one_copy_of_weights_shared(llm, tiny_llava_qwen2):
+    other = ChatLlava(model_name=str(tiny_llava_qwen2), temperature=0.7, max_tokens=3, device="cpu")
+    assert other.loaded is llm.loaded
+    bound = llm.bind_tools([{"type": "function", "function": {"name": "noop", "parameters": {}}}])
+    assert bound.bound is llm
+    assert sum(1 for spec in cached_models() if spec == llm.spec) == 1
+
+
+def test_threads_share_one_model_safely(llm):
+    prompts = ["Hello", "What colour is the shape?", "A dog in the park", "Hello"]
+    expected = [llm.invoke(p).content for p in prompts]
+    results: dict[int, str] = {}
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            results[index] = llm.invoke(prompts[index]).content
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(prompts)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors
+    assert [results[i] for i in range(len(prompts))] == expected
+
+
+def test_four_bit_on_cpu(tiny_llava_qwen2):
+    import bitsandbytes as bnb
+    import torch
+
+    model = ChatLlava(
+        model=str(tiny_llava_qwen2), quantization="4bit", device="cpu", max_tokens=4, temperature=0
+    )
+    reply = model.invoke([HumanMessage(content=[_image_block(0), {"type": "text", "text": "What is it?"}])])
+    assert isinstance(reply, AIMessage) and reply.usage_metadata["output_tokens"] >= 1
+    network = model.loaded.model
+    language_linears = [
+        m for n, m in network.named_modules() if "language_model" in n and isinstance(m, torch.nn.Linear)
+    ]
+    assert language_linears and all(isinstance(m, bnb.nn.Linear4bit) for m in language_linears)
+    kept_full = [
+        m for n, m in network.named_modules() if ("vision_tower" in n or "multi_modal_projector" in n)
+    ]
+    assert any(type(m) is torch.nn.Linear for m in kept_full)
+    assert not any(isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)) for m in kept_full)
+    assert network.lm_head.__class__ is torch.nn.Linear
+    assert network.lm_head.weight.dtype == torch.bfloat16
+    quant_config = network.config.quantization_config
+    assert quant_config.bnb_4bit_quant_type == "nf4" and quant_config.bnb_4bit_use_double_quant
+
+
+def test_eight_bit_on_cpu(tiny_llava_llama):
+    import bitsandbytes as bnb
+
+    model = ChatLlava(
+        model=str(tiny_llava_llama), quantization="8bit", device="cpu", max_tokens=3, temperature=0
+    )
+    assert isinstance(model.invoke("hi"), AIMessage)
+    assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in model.loaded.model.modules())
+
+
+def test_from_config(tiny_llava_qwen2):
+    from agent.config import ModelSection
+
+    section = ModelSection(model=str(tiny_llava_qwen2), max_new_tokens=5, temperature=0.0, device="cpu")
+    model = ChatLlava.from_config(section)
+    assert model.max_new_tokens == 5 and model.model == str(tiny_llava_qwen2)
+    assert isinstance(model.invoke("hi"), AIMessage)
+
+
+# ----- adapters ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lora_adapter(tiny_llava_qwen2, tmp_path_factory):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    base = AutoModelForImageTextToText.from_pretrained(tiny_llava_qwen2, dtype=torch.float32)
+    peft_model = get_peft_model(
+        base,
+        LoraConfig(
+            r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)", init_lora_weights=False
+        ),
+    )
+    folder = tmp_path_factory.mktemp("adapter") / "lora"
+    peft_model.save_pretrained(folder)
+    return folder
+
+
+def test_adapter_applied_at_load(tiny_llava_qwen2, lora_adapter, llm):
+    from peft import PeftModel
+
+    model = ChatLlava(
+        model=str(tiny_llava_qwen2), adapter=str(lora_adapter), device="cpu", max_tokens=MAX_TOKENS
+    )
+    model = model.model_copy(update={"temperature": 0.0})
+    assert isinstance(model.loaded.model, PeftModel)
+    assert model.loaded is not llm.loaded
+    reply = model.invoke("The quick brown fox")
+    assert isinstance(reply, AIMessage)
+    # a non-zero LoRA changes the logits, so greedy output differs from the base model's
+    assert reply.content != llm.invoke("The quick brown fox").content or reply.usage_metadata != {}
+
+
+def test_adapter_errors(tiny_llava_qwen2, lora_adapter, tmp_path):
+    empty = tmp_path / "not-an-adapter"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError, match="not a LoRA adapter folder"):
+        ChatLlava(model=str(tiny_llava_qwen2), adapter=str(empty), device="cpu").invoke("hi")
+    mismatched = tmp_path / "mismatched"
+    mismatched.mkdir()
+    config = json.loads((lora_adapter / "adapter_config.json").read_text())
+    config["target_modules"] = ["no_such_projection"]
+    (mismatched / "adapter_config.json").write_text(json.dumps(config))
+    (mismatched / "adapter_model.safetensors").write_bytes(
+        (lora_adapter / "adapter_model.safetensors").read_bytes()
+    )
+    with pytest.raises(ModelLoadError, match="does not match the model"):
+        ChatLlava(model=str(tiny_llava_qwen2), adapter=str(mismatched), device="cpu").invoke("hi")
+
+
+def test_import_agent_does_not_import_torch():
+    import subprocess
+
+    code = (
+        "import sys, agent, agent.chat_model, agent.prompting, agent.messages, agent.loading; "
+        "print(sorted(m for m in ('torch', 'transformers', 'bitsandbytes', 'peft') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_asyncio_concurrent_calls(llm):
+    async def main():
+        return await asyncio.gather(*(llm.ainvoke("Hello") for _ in range(3)))
+
+    replies = asyncio.run(main())
+    assert len({r.content for r in replies}) == 1
