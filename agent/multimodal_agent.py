@@ -467,11 +467,15 @@ class MultimodalAgent:
 
         from memory.conversations import title_from_message
 
+        if isinstance(images, (str, os.PathLike)):
+            images = [images]
         human = build_user_message(message, images, self.attachments_dir)
+        title = message.strip() or (f"image {Path(images[0]).name}" if images else "")
+        created = thread_id is None
         if thread_id is None:
-            thread_id = self.conversations.new_thread(title_from_message(human.text)).thread_id
+            thread_id = self.conversations.new_thread(title_from_message(title)).thread_id
         else:
-            self.conversations.touch(thread_id, human.text)
+            self.conversations.touch(thread_id, title)
         stop = threading.Event()
         run_config = {
             "configurable": {"thread_id": thread_id},
@@ -498,6 +502,10 @@ class MultimodalAgent:
             collector.limit_reached = True
         except GenerationStopped:
             collector.stopped = True
+        except BaseException:
+            if created and not self.graph.get_state(run_config).values.get("messages"):
+                self.conversations.delete(thread_id)  # a failed first turn leaves no empty thread behind
+            raise
         finally:
             parts.close()
             with self._stop_lock:

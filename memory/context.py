@@ -69,7 +69,10 @@ def collect_captions(messages: Sequence[BaseMessage]) -> dict[str, str]:
             artifact = message.artifact if isinstance(message.artifact, dict) else {}
             caption = artifact.get("caption") if isinstance(artifact.get("caption"), str) else text
             if caption:
-                captions[call_paths[message.tool_call_id]] = " ".join(caption.split())
+                caption = " ".join(caption.split())
+                captions[call_paths[message.tool_call_id]] = caption
+                if isinstance(artifact.get("image"), str):  # the resolved path the tool read
+                    captions[artifact["image"]] = caption
     return captions
 
 

@@ -1,0 +1,176 @@
+"""``llava-agent doctor``: what this machine has, and what to do about what it lacks.
+
+Each check is a small function returning a :class:`Check`; they are listed in :data:`CHECKS`
+and run in order. No check downloads anything or loads a model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from agent.config import AppConfig
+
+AUDIO_PLAYERS = ("paplay", "aplay", "ffplay", "afplay")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Literal["ok", "warn", "missing"]
+    detail: str
+    advice: str = ""
+    required: bool = False
+
+
+def _version(module: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(module)
+    except PackageNotFoundError:
+        return None
+
+
+def check_python(config: AppConfig) -> Check:
+    ok = sys.version_info >= (3, 10)
+    return Check("python", "ok" if ok else "missing", sys.version.split()[0], "use Python 3.10 or newer", True)
+
+
+def check_torch(config: AppConfig) -> Check:
+    if importlib.util.find_spec("torch") is None:
+        return Check("torch", "missing", "not installed", "pip install torch (see https://pytorch.org)", True)
+    import torch
+
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        return Check("torch", "ok", f"{torch.__version__}, CUDA {torch.version.cuda}: {names}")
+    return Check(
+        "torch",
+        "warn",
+        f"{torch.__version__}, no CUDA GPU: the model runs on the CPU (slower, no 4-bit by default)",
+        "for a GPU, install a CUDA build of torch and an NVIDIA driver",
+    )
+
+
+def check_bitsandbytes(config: AppConfig) -> Check:
+    version = _version("bitsandbytes")
+    if version is None:
+        return Check("bitsandbytes", "missing", "not installed: no 4-bit/8-bit quantization",
+                     "pip install bitsandbytes, or set model.quantization = \"none\"")
+    return Check("bitsandbytes", "ok", version)
+
+
+def check_espeak(config: AppConfig) -> Check:
+    path = shutil.which("espeak-ng") or shutil.which("espeak")
+    if path is None:
+        return Check("espeak-ng", "missing", "not found: the speak tool cannot run",
+                     "sudo apt-get install espeak-ng (Debian/Ubuntu) or brew install espeak-ng (macOS)")
+    return Check("espeak-ng", "ok", path)
+
+
+def check_audio_player(config: AppConfig) -> Check:
+    for player in AUDIO_PLAYERS:
+        if shutil.which(player):
+            return Check("audio player", "ok", player)
+    return Check("audio player", "warn", "none found: /speak writes audio files but cannot play them",
+                 "install pulseaudio-utils (paplay), alsa-utils (aplay) or ffmpeg (ffplay)")
+
+
+def check_chroma(config: AppConfig) -> Check:
+    if importlib.util.find_spec("chromadb") is None:
+        return Check("chroma", "missing", "chromadb not installed", "pip install chromadb", True)
+    from agent.errors import LlavaAgentError
+    from memory.chroma import get_chroma_client
+
+    where = config.memory.chroma_url or str(config.chroma_dir)
+    try:
+        client = get_chroma_client(config)
+        names = [getattr(c, "name", str(c)) for c in client.list_collections()]
+    except LlavaAgentError as exc:
+        return Check("chroma", "missing", str(exc), "fix memory.chroma_url or data_dir in the config", True)
+    return Check("chroma", "ok", f"{where} (collections: {', '.join(names) or 'none yet'})")
+
+
+def _model_status(name: str, model: str) -> Check:
+    from agent.errors import ModelNotFoundError
+    from agent.loading import check_model_available
+
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return Check(name, "ok", f"local folder {folder}")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = isinstance(try_to_load_from_cache(model, "config.json"), str)
+    except Exception:  # a malformed id: the availability check below explains
+        cached = False
+    if cached:
+        return Check(name, "ok", f"{model} (in the Hugging Face cache)")
+    try:
+        check_model_available(model)
+    except ModelNotFoundError as exc:
+        return Check(name, "missing", str(exc).split(". ")[0],
+                     f"download once while online (hf download {model}) or set a local folder in the config")
+    return Check(name, "warn", f"{model} is not cached yet: it downloads on first use",
+                 f"download now with `hf download {model}` to work offline later")
+
+
+def check_chat_model(config: AppConfig) -> Check:
+    from agent.loading import default_model, resolve_device
+
+    model = config.model.model or default_model(resolve_device(config.model.device))
+    return _model_status("chat model", model)
+
+
+def check_tool_models(config: AppConfig) -> Iterator[Check]:
+    tools = config.tools
+    wanted = {
+        "caption_image": ("caption model", tools.caption_model),
+        "generate_image": ("image model", tools.image_model),
+        "search_images": ("CLIP model", tools.clip_model),
+    }
+    for tool, (name, model) in wanted.items():
+        if tool in tools.enabled:
+            yield _model_status(name, model)
+
+
+def check_text_embedder(config: AppConfig) -> Check:
+    from memory.embedders import resolve_text_embedder
+
+    if importlib.util.find_spec("sentence_transformers") is None:
+        return Check("text embedder", "missing", "sentence-transformers not installed: no long-term memory",
+                     "pip install 'llava-agent[embeddings]'")
+    source = resolve_text_embedder(config.memory.text_embedder)
+    if Path(source).is_dir():
+        return Check("text embedder", "ok", f"{config.memory.text_embedder} -> {source}")
+    return _model_status("text embedder", source)
+
+
+CHECKS: list[Callable[[AppConfig], Check | Iterator[Check]]] = [
+    check_python,
+    check_torch,
+    check_bitsandbytes,
+    check_espeak,
+    check_audio_player,
+    check_chroma,
+    check_chat_model,
+    check_tool_models,
+    check_text_embedder,
+]
+
+
+def run_checks(config: AppConfig) -> Iterator[Check]:
+    """Run every check in order, yielding results as they come."""
+    for check in CHECKS:
+        result = check(config)
+        if isinstance(result, Check):
+            yield result
+        else:
+            yield from result

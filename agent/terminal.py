@@ -1,0 +1,416 @@
+"""The terminal chat (``llava-agent chat``), built on prompt_toolkit.
+
+The prompt appears at once; the agent and its model load in a background thread while the
+user types. Tokens print as they are generated; tool calls and their results are shown as they
+happen; generated images are previewed inline in terminals that support it (kitty, iTerm2,
+WezTerm) and otherwise named by path. Ctrl-C during a reply stops that reply (the model's
+generation is cancelled) and returns to the prompt; Ctrl-D or ``/quit`` leaves.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import queue
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from agent.errors import ImageError, InputError, LlavaAgentError
+
+if TYPE_CHECKING:
+    from agent.config import AppConfig
+    from agent.multimodal_agent import AgentReply, MultimodalAgent
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp"}
+AUDIO_PLAYERS = (("paplay",), ("aplay", "-q"), ("ffplay", "-nodisp", "-autoexit", "-loglevel", "quiet"), ("afplay",))
+HELP = """\
+Commands:
+  /image PATH      attach an image to your next message (or paste an image path)
+  /new             start a new conversation
+  /threads         list conversations
+  /resume ID       continue a conversation
+  /tools           list the tools the agent can call
+  /speak on|off    read replies aloud
+  /help            this help
+  /quit            leave (Ctrl-D works too)
+Ctrl-C stops the reply being generated."""
+_DONE = object()
+
+
+def inline_image_protocol(environ: dict[str, str] | os._Environ[str] | None = None) -> str | None:
+    """Which inline-image protocol the terminal speaks: ``kitty``, ``iterm2`` or None."""
+    env = os.environ if environ is None else environ
+    if env.get("KITTY_WINDOW_ID") or "kitty" in env.get("TERM", ""):
+        return "kitty"
+    if env.get("TERM_PROGRAM") in ("iTerm.app", "WezTerm") or env.get("LC_TERMINAL") == "iTerm2":
+        return "iterm2"
+    return None
+
+
+def inline_image_escape(path: Path, protocol: str) -> str:
+    """The escape sequence that shows the image at ``path`` inline with ``protocol``."""
+    data = path.read_bytes()
+    if protocol == "iterm2":
+        payload = base64.b64encode(data).decode("ascii")
+        return f"\x1b]1337;File=name={base64.b64encode(path.name.encode()).decode()};size={len(data)};inline=1:{payload}\x07\n"
+    if not data.startswith(b"\x89PNG"):
+        from io import BytesIO
+
+        from PIL import Image
+
+        buffer = BytesIO()
+        with Image.open(path) as image:
+            image.save(buffer, format="PNG")
+        data = buffer.getvalue()
+    payload = base64.b64encode(data).decode("ascii")
+    chunks = [payload[i : i + 4096] for i in range(0, len(payload), 4096)]
+    parts = []
+    for index, chunk in enumerate(chunks):
+        more = 1 if index < len(chunks) - 1 else 0
+        head = f"a=T,f=100,m={more}" if index == 0 else f"m={more}"
+        parts.append(f"\x1b_G{head};{chunk}\x1b\\")
+    return "".join(parts) + "\n"
+
+
+def find_audio_player() -> list[str] | None:
+    for command in AUDIO_PLAYERS:
+        if shutil.which(command[0]):
+            return list(command)
+    return None
+
+
+def split_image_paths(text: str) -> tuple[list[Path], list[str]]:
+    """Split a line into the existing image files it names (pasted paths) and its other words."""
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        words = text.split()
+    paths, others = [], []
+    for word in words:
+        candidate = Path(word.strip("'\"")).expanduser()
+        if candidate.suffix.lower() in IMAGE_SUFFIXES and candidate.is_file():
+            paths.append(candidate)
+        else:
+            others.append(word)
+    return paths, others
+
+
+class TerminalChat:
+    """The interactive chat loop. ``run()`` returns the exit code."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        *,
+        thread_id: str | None = None,
+        verbose: bool = False,
+        output: TextIO | None = None,
+    ) -> None:
+        self.config = config
+        self.verbose = verbose
+        self.out = output or sys.stdout
+        self.thread_id: str | None = None
+        self.resume_id = thread_id
+        self.pending_images: list[Path] = []
+        self.speak_replies = False
+        self._agent: MultimodalAgent | None = None
+        self._load_error: BaseException | None = None
+        self._loader = threading.Thread(target=self._load_agent, name="agent-loader", daemon=True)
+
+    # ----- output ------------------------------------------------------------------------------
+
+    def say(self, text: str = "", end: str = "\n") -> None:
+        self.out.write(text + end)
+        self.out.flush()
+
+    def error(self, exc: BaseException) -> None:
+        from agent.cli import one_line
+
+        if self.verbose:
+            import traceback
+
+            traceback.print_exception(exc, file=self.out)
+        self.say(f"error: {one_line(str(exc)) or type(exc).__name__}")
+
+    # ----- the agent, loaded in the background -------------------------------------------------
+
+    def _load_agent(self) -> None:
+        try:
+            from agent.multimodal_agent import MultimodalAgent
+
+            agent = MultimodalAgent.from_config(self.config)
+            if hasattr(type(agent.model), "loaded"):
+                agent.model.loaded  # noqa: B018 - loads the weights now, with progress, not at the first message
+            self._agent = agent
+        except BaseException as exc:  # reported when the agent is first needed
+            self._load_error = exc
+
+    @property
+    def agent(self) -> MultimodalAgent:
+        if self._agent is None and self._load_error is None and self._loader.is_alive():
+            self.say("(loading the model…)")
+            while self._loader.is_alive():
+                self._loader.join(0.1)
+        if self._load_error is not None:
+            error, self._load_error = self._load_error, None
+            self._loader = threading.Thread(target=self._load_agent, name="agent-loader", daemon=True)
+            self._loader.start()  # try again next time (e.g. after the user fixed a folder)
+            raise error
+        assert self._agent is not None
+        return self._agent
+
+    # ----- the loop ----------------------------------------------------------------------------
+
+    def prompt_text(self) -> str:
+        if self.pending_images:
+            count = len(self.pending_images)
+            return f"you [{count} image{'s' if count > 1 else ''}]> "
+        return "you> "
+
+    def run(self) -> int:
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.history import FileHistory, InMemoryHistory
+        from prompt_toolkit.patch_stdout import patch_stdout
+
+        self._loader.start()
+        history_path = self.config.data_dir.expanduser() / "chat_history"
+        try:
+            history_path.parent.mkdir(parents=True, exist_ok=True)
+            history: Any = FileHistory(str(history_path))
+        except OSError:
+            history = InMemoryHistory()
+        session: PromptSession[str] = PromptSession(history=history)
+        self.say("llava-agent chat: type a message, /help for commands, Ctrl-D to leave.")
+        if self.resume_id:
+            self._run_command(f"/resume {self.resume_id}")
+        while True:
+            try:
+                with patch_stdout(raw=True):
+                    line = session.prompt(self.prompt_text())
+            except KeyboardInterrupt:
+                continue
+            except EOFError:
+                break
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                if line.startswith("/"):
+                    if not self._run_command(line):
+                        break
+                    continue
+                pasted, words = split_image_paths(line)
+                if pasted and not words:  # only pasted paths: attach them and wait for the message
+                    self._attach(pasted)
+                    continue
+                self._attach(pasted, quiet=True)
+                self.turn(line)
+            except LlavaAgentError as exc:
+                self.error(exc)
+            except KeyboardInterrupt:
+                self.say("\n[stopped]")
+        self.say("bye")
+        return 0
+
+    def _attach(self, paths: list[Path], quiet: bool = False) -> None:
+        for path in paths:
+            if path not in self.pending_images:
+                self.pending_images.append(path)
+            if not quiet:
+                self.say(f"attached {path}; type your message")
+
+    # ----- commands ----------------------------------------------------------------------------
+
+    def _run_command(self, line: str) -> bool:
+        """Run a /command; False means quit."""
+        name, _, rest = line.partition(" ")
+        rest = rest.strip()
+        if name in ("/quit", "/exit", "/q"):
+            return False
+        if name == "/help":
+            self.say(HELP)
+        elif name == "/image":
+            if not rest:
+                raise InputError("/image needs a path: /image PATH")
+            path = Path(rest.strip("'\"")).expanduser()
+            if not path.is_file():
+                raise ImageError(f"image {rest!r} does not exist or is not a file; check the path")
+            self._attach([path])
+        elif name == "/new":
+            self.thread_id = None
+            self.pending_images.clear()
+            self.say("new conversation")
+        elif name == "/threads":
+            self._list_threads()
+        elif name == "/resume":
+            if not rest:
+                raise InputError("/resume needs a thread id: /resume ID (see /threads)")
+            self._resume(rest)
+        elif name == "/tools":
+            for tool in self.agent.tools:
+                description = " ".join((tool.description or "").split())
+                self.say(f"  {tool.name}: {description[:100]}")
+        elif name == "/speak":
+            if rest not in ("on", "off"):
+                raise InputError(f"/speak takes on or off, got {rest!r}")
+            self.speak_replies = rest == "on"
+            if self.speak_replies and not any(t.name == "speak" for t in self.agent.tools):
+                self.speak_replies = False
+                raise InputError("the speak tool is not enabled; add \"speak\" to tools.enabled in the config")
+            player = find_audio_player()
+            note = "" if player or not self.speak_replies else " (no audio player found; audio files are saved only)"
+            self.say(f"speak {rest}{note}")
+        else:
+            raise InputError(f"unknown command {name!r}; /help lists the commands")
+        return True
+
+    def _list_threads(self) -> None:
+        import datetime
+
+        threads = self.agent.conversations.list_threads()
+        if not threads:
+            self.say("no conversations yet")
+        for info in threads:
+            mark = "*" if info.thread_id == self.thread_id else " "
+            when = datetime.datetime.fromtimestamp(info.updated_at).strftime("%Y-%m-%d %H:%M")
+            self.say(f"{mark} {info.thread_id}  {when}  {info.title or '(untitled)'}")
+
+    def _resume(self, thread_id: str) -> None:
+        info = self.agent.conversations.get(thread_id)
+        self.thread_id = info.thread_id
+        messages = self.agent.conversations.messages(info.thread_id)
+        self.say(f"resumed {info.thread_id}: {info.title} ({len(messages)} messages)")
+        shown = [m for m in messages if m.type in ("human", "ai") and m.text.strip()][-4:]
+        for message in shown:
+            who = "you" if message.type == "human" else "llava"
+            text = " ".join(message.text.split())
+            self.say(f"  {who}: {text[:200]}")
+
+    # ----- one turn ----------------------------------------------------------------------------
+
+    def turn(self, text: str) -> AgentReply | None:
+        """Send a message and print the reply as it streams; Ctrl-C stops the reply."""
+        from agent.multimodal_agent import ReplyEvent, TokenEvent, ToolCallEvent, ToolResultEvent
+
+        agent = self.agent
+        images, self.pending_images = list(self.pending_images), []
+        events: queue.Queue[Any] = queue.Queue()
+
+        def produce() -> None:
+            try:
+                for event in agent.stream(text, images=images, thread_id=self.thread_id):
+                    events.put(event)
+            except BaseException as exc:  # shown by the printing loop
+                events.put(exc)
+            finally:
+                events.put(_DONE)
+
+        worker = threading.Thread(target=produce, name="agent-turn", daemon=True)
+        worker.start()
+        reply: AgentReply | None = None
+        streamed = False
+        at_line_start = True
+        stopping = False
+        while True:
+            try:
+                try:
+                    item = events.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    if not at_line_start:
+                        self.say()
+                    if isinstance(item, LlavaAgentError):
+                        self.error(item)
+                    else:
+                        self.error(RuntimeError(f"{type(item).__name__}: {item}"))
+                    at_line_start = True
+                elif isinstance(item, TokenEvent):
+                    if at_line_start:
+                        self.say("llava> ", end="")
+                    self.say(item.text, end="")
+                    streamed, at_line_start = True, False
+                elif isinstance(item, ToolCallEvent):
+                    if not at_line_start:
+                        self.say()
+                    self.say(f"[tool] {item.name} {json.dumps(item.args, ensure_ascii=False)}")
+                    at_line_start = True
+                elif isinstance(item, ToolResultEvent):
+                    self._show_tool_result(item)
+                    at_line_start = True
+                elif isinstance(item, ReplyEvent):
+                    reply = item.reply
+            except KeyboardInterrupt:
+                if not stopping:
+                    stopping = True
+                    agent.stop()
+        worker.join()
+        if reply is None:
+            return None
+        if reply.thread_id:
+            self.thread_id = reply.thread_id
+        if reply.text and (not streamed or reply.limit_reached):
+            self.say(("" if at_line_start else "\n") + f"llava> {reply.text}", end="")
+            at_line_start = False
+        if not at_line_start:
+            self.say()
+        if reply.stopped:
+            self.say("[stopped]")
+        if self.speak_replies and reply.text and not reply.stopped:
+            self._speak(reply.text)
+        return reply
+
+    def _show_tool_result(self, event: Any) -> None:
+        from agent.cli import one_line
+
+        if event.is_error:
+            self.say(f"[tool error] {event.name}: {one_line(event.content)[:300]}")
+            return
+        self.say(f"[tool done] {event.name}: {one_line(event.content)[:300]}")
+        artifact = event.artifact if isinstance(event.artifact, dict) else {}
+        path = artifact.get("path")
+        if isinstance(path, str) and Path(path).suffix.lower() in IMAGE_SUFFIXES and Path(path).is_file():
+            self._show_image(Path(path))
+        elif isinstance(path, str) and path.endswith(".wav") and event.name == "speak":
+            self._play(Path(path))
+
+    def _show_image(self, path: Path) -> None:
+        protocol = inline_image_protocol()
+        if protocol is None or not self.out.isatty():
+            self.say(f"  image: {path}")
+            return
+        try:
+            self.out.write(inline_image_escape(path, protocol))
+            self.out.flush()
+        except OSError:
+            self.say(f"  image: {path}")
+
+    def _speak(self, text: str) -> None:
+        tool = next((t for t in self.agent.tools if t.name == "speak"), None)
+        if tool is None:
+            return
+        from langchain_core.messages import ToolMessage
+
+        try:
+            result = tool.invoke({"type": "tool_call", "name": "speak", "id": "speak-reply", "args": {"text": text}})
+        except LlavaAgentError as exc:
+            self.error(exc)
+            return
+        artifact = result.artifact if isinstance(result, ToolMessage) else None
+        if isinstance(artifact, dict) and isinstance(artifact.get("path"), str):
+            self._play(Path(artifact["path"]))
+
+    def _play(self, path: Path) -> None:
+        player = find_audio_player()
+        if player is None:
+            self.say(f"  audio: {path}")
+            return
+        subprocess.Popen([*player, str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
