@@ -1,0 +1,217 @@
+"""The CLIP image index on a real embedded Chroma store with a tiny random CLIP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from agent.errors import InputError, PathNotAllowedError, StoreError
+from memory.chroma import LOCK_FILE_NAME, release_writer_lock
+from memory.image_index import ImageIndex
+from tests.unit.test_paths import png_claiming_size
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]
+
+
+def make_album(folder: Path, count: int = 5) -> list[Path]:
+    (folder / "nested" / "deeper").mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        sub = ["", "nested", "nested/deeper"][index % 3]
+        path = folder / sub / f"img{index}.png"
+        Image.new("RGB", (40 + index, 30), COLOURS[index % len(COLOURS)]).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def workspace(tmp_path, tool_model_paths):
+    album = tmp_path / "album"
+    album.mkdir()
+    store = tmp_path / "chroma"
+    yield {"album": album, "store": store, "root": tmp_path, "clip": str(tool_model_paths["clip"])}
+    release_writer_lock(store)
+
+
+def open_index(ws, **kwargs) -> ImageIndex:
+    settings = {"clip_model": ws["clip"], "device": "cpu", "chroma_dir": ws["store"], "allowed_dirs": [ws["root"]]}
+    return ImageIndex(**{**settings, **kwargs})
+
+
+def test_add_modify_delete_and_reindex_exact_counts(workspace):
+    paths = make_album(workspace["album"])
+    index = open_index(workspace)
+    report = index.index_folder(workspace["album"], batch_size=2, progress=False)
+    assert (report.added, report.updated, report.removed, report.unchanged, report.skipped) == (5, 0, 0, 0, [])
+    assert index.count() == 5
+
+    again = index.index_folder(workspace["album"], progress=False)
+    assert (again.added, again.updated, again.removed, again.unchanged) == (0, 0, 0, 5)
+
+    Image.new("RGB", (50, 50), (9, 9, 9)).save(paths[1])  # changed content
+    paths[2].unlink()  # deleted
+    Image.new("RGB", (20, 20), (99, 0, 99)).save(workspace["album"] / "nested" / "new.png")  # new
+    os.utime(paths[3], ns=(time.time_ns(), time.time_ns() + 10**9))  # touched, same content
+    report = index.index_folder(workspace["album"], progress=False)
+    assert (report.added, report.updated, report.removed, report.unchanged) == (1, 1, 1, 3)
+    assert index.count() == 5
+    assert report.summary().startswith(f"{workspace['album'].resolve()}: 1 added, 1 updated, 1 removed")
+
+
+def test_changed_image_is_re_embedded(workspace):
+    paths = make_album(workspace["album"], 3)
+    index = open_index(workspace)
+    index.index_folder(workspace["album"], progress=False)
+    before = index.search(str(paths[0]), k=1)[0]
+    assert before.path == str(paths[0]) and before.score == pytest.approx(1.0, abs=1e-4)
+    Image.new("RGB", (40, 30), (0, 0, 0)).save(paths[0])
+    index.index_folder(workspace["album"], progress=False)
+    hits = index.search(str(paths[0]), k=3)
+    assert hits[0].path == str(paths[0]) and hits[0].score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_unreadable_files_are_skipped_with_a_report(workspace):
+    make_album(workspace["album"], 2)
+    album = workspace["album"]
+    (album / "empty.png").write_bytes(b"")
+    (album / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    png_claiming_size(album / "huge.png", 30_000, 30_000)
+    outside = workspace["root"].parent / f"{workspace['root'].name}-outside.png"
+    Image.new("RGB", (5, 5)).save(outside)
+    (album / "escape.png").symlink_to(outside)
+    (album / "readme.txt").write_text("not an image, not reported")
+    report = open_index(workspace, max_image_pixels=1_000_000).index_folder(album, progress=False)
+    skipped = {Path(s.path).name: s.reason for s in report.skipped}
+    assert report.added == 2
+    assert set(skipped) == {"empty.png", "corrupt.jpg", "huge.png", "escape.png"}
+    assert "over the limit" in skipped["huge.png"] and "outside the allowed folders" in skipped["escape.png"]
+    assert "not a readable image" in skipped["corrupt.jpg"]
+    outside.unlink()
+
+
+def test_text_and_image_queries_return_paths_and_cosine_scores(workspace):
+    paths = make_album(workspace["album"])
+    index = open_index(workspace)
+    index.index_folder(workspace["album"], progress=False)
+    hits = index.search("a red square", k=3)
+    assert len(hits) == 3 and all(-1.0 <= h.score <= 1.0 for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert {h.path for h in hits} <= {str(p) for p in paths}
+    same = index.search(str(paths[4]), k=5)
+    assert same[0].path == str(paths[4]) and same[0].score == pytest.approx(1.0, abs=1e-4)
+    assert len(index.search("anything", k=50)) == 5
+
+
+def test_bad_queries_and_folders_are_refused(workspace, tmp_path):
+    make_album(workspace["album"], 1)
+    index = open_index(workspace)
+    index.index_folder(workspace["album"], progress=False)
+    with pytest.raises(InputError, match="k = 0"):
+        index.search("cat", k=0)
+    with pytest.raises(InputError, match="query is empty"):
+        index.search("  ")
+    with pytest.raises(PathNotAllowedError):
+        index.search("/etc/passwd.png")
+    with pytest.raises(InputError, match="does not exist"):
+        index.search(str(workspace["album"] / "missing.jpg"))
+    with pytest.raises(PathNotAllowedError):
+        index.index_folder("/usr/share", progress=False)
+    with pytest.raises(InputError, match="not a folder"):
+        index.index_folder(workspace["album"] / "img0.png", progress=False)
+
+
+def test_empty_store_returns_no_hits(workspace):
+    index = open_index(workspace)
+    assert index.search("a cat") == [] and index.count() == 0
+
+
+def test_another_clip_model_is_refused(workspace):
+    make_album(workspace["album"], 2)
+    open_index(workspace).index_folder(workspace["album"], progress=False)
+    other = workspace["root"] / "other-clip"
+    shutil.copytree(workspace["clip"], other)
+    mismatched = open_index(workspace, clip_model=str(other))
+    for action in (lambda: mismatched.search("a cat"), lambda: mismatched.index_folder(workspace["album"])):
+        with pytest.raises(StoreError, match="holds embeddings of CLIP model") as info:
+            action()
+        assert workspace["clip"] in str(info.value) and str(other) in str(info.value)
+
+
+def run_python(code: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, **kwargs,
+    )
+
+
+def test_store_reopens_in_a_new_process(workspace):
+    paths = make_album(workspace["album"])
+    index = open_index(workspace)
+    index.index_folder(workspace["album"], progress=False)
+    expected = [(h.path, round(h.score, 4)) for h in index.search(str(paths[0]), k=5)]
+    release_writer_lock(workspace["store"])
+    result = run_python(f"""
+        import json
+        from memory.image_index import ImageIndex
+        index = ImageIndex(clip_model={workspace['clip']!r}, device="cpu", chroma_dir={str(workspace['store'])!r},
+                           allowed_dirs=[{str(workspace['root'])!r}])
+        hits = index.search({str(paths[0])!r}, k=5)
+        report = index.index_folder({str(workspace['album'])!r}, progress=False)
+        print(json.dumps({{"count": index.count(), "hits": [(h.path, round(h.score, 4)) for h in hits],
+                          "unchanged": report.unchanged}}))
+    """)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert data["count"] == 5 and data["unchanged"] == 5
+    assert [(p, pytest.approx(s, abs=1e-3)) for p, s in data["hits"]] == expected
+
+
+def test_second_writer_process_gets_a_clear_error(workspace):
+    make_album(workspace["album"], 1)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from memory.chroma import acquire_writer_lock
+            acquire_writer_lock({str(workspace['store'])!r})
+            print("locked", flush=True)
+            sys.stdin.readline()
+        """)],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        index = open_index(workspace)
+        with pytest.raises(StoreError, match=f"already open for writing by another process \\(pid {holder.pid}\\)") as info:
+            index.index_folder(workspace["album"], progress=False)
+        assert str(workspace["store"].resolve()) in str(info.value)
+        assert index.search("a cat") == []  # reading needs no lock
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert (workspace["store"] / LOCK_FILE_NAME).exists()
+    report = open_index(workspace).index_folder(workspace["album"], progress=False)  # the lock was released
+    assert report.added == 1
+
+
+def test_captions_are_stored_when_a_captioner_is_given(workspace, tool_model_paths):
+    from tools.caption import CaptionImageTool
+
+    make_album(workspace["album"], 2)
+    captioner = CaptionImageTool(model=str(tool_model_paths["blip"]), device="cpu")
+    index = open_index(workspace)
+    index.index_folder(workspace["album"], captioner=captioner, progress=False)
+    hits = index.search("a photo", k=2)
+    assert len(hits) == 2 and all(h.caption is None or isinstance(h.caption, str) for h in hits)
+    stored = index._open_collection(write=False).get(include=["documents"])["documents"]
+    assert len(stored) == 2 and all(isinstance(d, str) for d in stored)
