@@ -1,0 +1,458 @@
+"""Regular expressions that match exactly the ``json.dumps`` text of values valid for a JSON schema.
+
+The tool protocol writes arguments as ``json.dumps(arguments, ensure_ascii=False)``, so the
+constrained decoder must produce that formatting and nothing else: separators ``", "`` and
+``": "``, object keys in schema order, strings escaped the way ``json.dumps`` escapes them.
+:func:`json_schema_regex` builds such a regex; it is written in the common subset of Python's
+``re`` and Rust's ``regex`` syntax (what ``outlines_core`` compiles).
+
+Supported: ``object`` (``properties``, ``required``; optional properties may be omitted, no other
+keys are produced -- ``additionalProperties: false`` is implied), ``string`` (``enum``, ``const``,
+``minLength``/``maxLength``; ``format`` is not enforced), ``integer`` and ``number``
+(``minimum``/``maximum``/``exclusiveMinimum``/``exclusiveMaximum``), ``boolean``, ``null``,
+``array`` (``items``, ``minItems``/``maxItems``), ``enum``/``const`` of any JSON type,
+``anyOf``/``oneOf`` (``Optional[X]`` is ``anyOf [X, null]``), a one-element ``allOf``, type
+lists (``["string", "null"]``), non-recursive ``$ref`` into ``$defs``/``definitions``, and the
+empty schema ``{}`` (any scalar, or an array/object of scalars). Anything else that would
+restrict values (``pattern``, ``multipleOf``, ``not``, ``if``, ``prefixItems``,
+``uniqueItems: true``...) raises :class:`UnsupportedSchemaError` naming the construct.
+
+Numbers: only texts that survive ``json.loads`` then ``json.dumps`` unchanged are produced:
+integers (``0``, ``-12``; never ``-0`` or leading zeros) and decimals in plain notation with at
+most 6 digits before the point and at most 6 significant digits after it, no trailing zeros
+(``1.5``, ``0.25``, ``-3.0``, ``0.0001``). Exponent forms are never produced.
+
+Strings: any character but ``"``, ``\\`` and control characters, plus the escapes
+``json.dumps(ensure_ascii=False)`` emits (``\\"``, ``\\\\``, ``\\b``, ``\\f``, ``\\n``, ``\\r``,
+``\\t`` and ``\\u00XX`` with lowercase hex for the other control characters). Free strings are
+unbounded by default: the decoder's token budget, not a length cap, makes a random model close
+them (a cap of N characters multiplies the automaton by N states, each allowing nearly every
+token of the vocabulary). Pass ``max_string_length`` to cap them anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from decimal import Decimal
+from typing import Any
+
+from agent.errors import InputError
+
+STRING_CHAR = r'([^"\\\x00-\x1f]|\\["\\bfnrt]|\\u00(0[0-7bef]|1[0-9a-f]))'
+INTEGER = r"(0|-?[1-9][0-9]*)"
+_FRACTION_DIGITS = 6
+_INTEGER_DIGITS = 6
+_POSITIVE_DECIMAL = r"([1-9][0-9]{0,5}\.(0|[0-9]{0,5}[1-9])|0\.(0|0{0,3}[1-9]([0-9]{0,4}[1-9])?))"
+NUMBER = rf"({INTEGER}|-?{_POSITIVE_DECIMAL})"
+BOOLEAN = r"(true|false)"
+NULL = r"null"
+SCALAR = rf'({NULL}|{BOOLEAN}|{NUMBER}|"{STRING_CHAR}*")'
+ANY_VALUE = rf'({SCALAR}|\[\]|\[{SCALAR}(, {SCALAR})*\]|\{{\}}|\{{"{STRING_CHAR}*": {SCALAR}(, "{STRING_CHAR}*": {SCALAR})*\}})'
+
+_METADATA = {
+    "title", "description", "default", "examples", "format", "$schema", "$id", "$comment",
+    "deprecated", "readOnly", "writeOnly", "contentMediaType", "contentEncoding",
+}  # fmt: skip
+_HANDLED = {
+    "type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
+    "minLength", "maxLength", "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs",
+    "definitions", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+}  # fmt: skip
+_REGEX_SPECIAL = set("\\.+*?()|[]{}^$#&-~")
+
+
+class UnsupportedSchemaError(InputError):
+    """A JSON schema uses a construct the regex builder cannot express."""
+
+
+def escape_literal(text: str) -> str:
+    """Escape ``text`` so that it matches itself in both Python ``re`` and Rust ``regex``."""
+    out = []
+    for char in text:
+        if char in _REGEX_SPECIAL:
+            out.append("\\" + char)
+        elif char == "\n":
+            out.append(r"\n")
+        elif char == "\t":
+            out.append(r"\t")
+        elif char == "\r":
+            out.append(r"\r")
+        elif ord(char) < 0x20 or char == "\x7f":
+            out.append(f"\\x{ord(char):02x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def _literal_value(value: Any) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UnsupportedSchemaError(f"enum/const value {value!r} has no JSON text")
+    return escape_literal(json.dumps(value, ensure_ascii=False))
+
+
+def _alternatives(parts: list[str]) -> str:
+    unique = list(dict.fromkeys(parts))
+    return unique[0] if len(unique) == 1 else "(" + "|".join(unique) + ")"
+
+
+# --- integer ranges -------------------------------------------------------------------------
+
+
+def _digit_range(low: str, high: str) -> str:
+    """Regex for the digit strings of equal length between ``low`` and ``high`` (inclusive)."""
+    if not low:
+        return ""
+    if low[0] == high[0]:
+        return escape_literal(low[0]) + _digit_range(low[1:], high[1:])
+    rest = len(low) - 1
+    parts = []
+    low_tail_is_min = all(c == "0" for c in low[1:])
+    high_tail_is_max = all(c == "9" for c in high[1:])
+    first = int(low[0]) + (0 if low_tail_is_min else 1)
+    last = int(high[0]) - (0 if high_tail_is_max else 1)
+    if not low_tail_is_min:
+        parts.append(low[0] + _digit_range(low[1:], "9" * rest))
+    if first <= last:
+        head = str(first) if first == last else f"[{first}-{last}]"
+        parts.append(head + ("[0-9]" + (f"{{{rest}}}" if rest > 1 else "") if rest else ""))
+    if not high_tail_is_max:
+        parts.append(high[0] + _digit_range("0" * rest, high[1:]))
+    return _alternatives(parts)
+
+
+def _natural_range(low: int, high: int | None) -> str:
+    """Regex for the decimal texts of the integers ``low <= n <= high`` (``high=None``: unbounded), low >= 0."""
+    parts = []
+    if high is not None and high < low:
+        raise ValueError("empty range")
+    if low == 0:
+        parts.append("0")
+        low = 1
+        if high == 0:
+            return "0"
+    low_text = str(low)
+    top_length = len(str(high)) if high is not None else len(low_text)
+    for length in range(len(low_text), top_length + 1):
+        start = low_text if length == len(low_text) else "1" + "0" * (length - 1)
+        end = str(high) if high is not None and length == len(str(high)) else "9" * length
+        parts.append(_digit_range(start, end))
+    if high is None:
+        parts.append(f"[1-9][0-9]{{{len(low_text)},}}")
+    return _alternatives(parts)
+
+
+def integer_range_regex(minimum: int | None, maximum: int | None) -> str:
+    """Regex for the ``json.dumps`` texts of the integers in ``[minimum, maximum]`` (None: unbounded)."""
+    if minimum is None and maximum is None:
+        return INTEGER
+    if minimum is not None and maximum is not None and maximum < minimum:
+        raise UnsupportedSchemaError(f"integer range [{minimum}, {maximum}] is empty")
+    parts = []
+    # negative side: -n for n in [max(1, -maximum), -minimum]
+    if minimum is None or minimum < 0:
+        neg_low = 1 if maximum is None or maximum >= 0 else -maximum
+        neg_high = None if minimum is None else -minimum
+        parts.append("-" + _natural_range(neg_low, neg_high))
+    if maximum is None or maximum >= 0:
+        parts.append(_natural_range(max(0, minimum if minimum is not None else 0), maximum))
+    return _alternatives(parts)
+
+
+# --- decimal ranges -------------------------------------------------------------------------
+
+_FRACTION = r"(0|[0-9]{0,5}[1-9])"
+_SMALLEST_PLAIN = "000100"  # json.dumps writes values below 0.0001 in exponent form
+
+
+def _fraction_between(low: str, high: str) -> str | None:
+    """Fraction texts (``0`` or 1-6 digits without a trailing zero) whose value lies in [0.low, 0.high].
+
+    ``low`` and ``high`` are 6-digit strings. Returns None when no text qualifies.
+    """
+
+    def suffix(i: int, tight_low: bool, tight_high: bool) -> str | None:
+        first = int(low[i]) if tight_low else 0
+        last = int(high[i]) if tight_high else 9
+        if first > last:
+            return None
+        if not tight_low and not tight_high:
+            return "[1-9]" if i == _FRACTION_DIGITS - 1 else f"[0-9]{{0,{_FRACTION_DIGITS - 1 - i}}}[1-9]"
+        options = []
+        for digit in range(first, last + 1):
+            next_low = tight_low and digit == first
+            next_high = tight_high and digit == last
+            can_stop = digit != 0 and (not next_low or set(low[i + 1 :]) <= {"0"})
+            rest = suffix(i + 1, next_low, next_high) if i + 1 < _FRACTION_DIGITS else None
+            if can_stop and rest:
+                options.append(f"{digit}({rest})?")
+            elif rest:
+                options.append(f"{digit}{rest}")
+            elif can_stop:
+                options.append(str(digit))
+        return _alternatives(options) if options else None
+
+    parts = ["0"] if low == "0" * _FRACTION_DIGITS else []
+    body = suffix(0, True, True)
+    if body:
+        parts.append(body)
+    return _alternatives(parts) if parts else None
+
+
+def _decimal_parts(value: Decimal) -> tuple[int, str]:
+    """Split a non-negative decimal into its integer part and 6 fraction digits."""
+    whole, _, fraction = f"{value:f}".partition(".")
+    return int(whole), (fraction + "0" * _FRACTION_DIGITS)[:_FRACTION_DIGITS]
+
+
+def _plain_decimals(low: Decimal, high: Decimal | None) -> list[str]:
+    """Regex parts for decimal texts with a point (no sign) whose value lies in [low, high], low >= 0."""
+    cap = Decimal(10**_INTEGER_DIGITS) - Decimal(1).scaleb(-_FRACTION_DIGITS)
+    high = cap if high is None or high > cap else high
+    if high < low:
+        return []
+    low_int, low_frac = _decimal_parts(low)
+    high_int, high_frac = _decimal_parts(high)
+    parts = []
+    for whole in sorted({low_int, high_int}):
+        frac_low = low_frac if whole == low_int else "0" * _FRACTION_DIGITS
+        frac_high = high_frac if whole == high_int else "9" * _FRACTION_DIGITS
+        fractions = []
+        if whole == 0:  # 0.0, or at least 0.0001
+            if frac_low == "0" * _FRACTION_DIGITS:
+                fractions.append("0")
+            frac_low = max(frac_low, _SMALLEST_PLAIN)
+            if frac_low <= frac_high:
+                fractions.append(_fraction_between(frac_low, frac_high) or "")
+        else:
+            fractions.append(_fraction_between(frac_low, frac_high) or "")
+        fractions = [f for f in fractions if f]
+        if fractions:
+            parts.append(f"{whole}\\.{_alternatives(fractions)}")
+    if low_int + 1 <= high_int - 1:
+        parts.append(f"{_natural_range(low_int + 1, high_int - 1)}\\.{_FRACTION}")
+    return parts
+
+
+def _inward(value: float | int, rounding: str) -> Decimal:
+    return Decimal(str(value)).quantize(Decimal(1).scaleb(-_FRACTION_DIGITS), rounding=rounding)
+
+
+def number_range_regex(minimum: float | None, maximum: float | None) -> str:
+    """Regex for NUMBER-style texts whose value lies in [minimum, maximum] (None: unbounded).
+
+    Integers in range and plain decimals (at most 6 digits before and after the point) in range
+    are produced; bounds with more decimals are rounded inwards.
+    """
+    from decimal import ROUND_CEILING, ROUND_FLOOR
+
+    if minimum is None and maximum is None:
+        return NUMBER
+    low = None if minimum is None else _inward(minimum, ROUND_CEILING)
+    high = None if maximum is None else _inward(maximum, ROUND_FLOOR)
+    if low is not None and high is not None and high < low:
+        raise UnsupportedSchemaError(f"number range [{minimum}, {maximum}] is empty")
+    int_low = None if low is None else math.ceil(low)
+    int_high = None if high is None else math.floor(high)
+    parts = []
+    if int_low is None or int_high is None or int_low <= int_high:
+        parts.append(integer_range_regex(int_low, int_high))
+    zero = Decimal(0)
+    if high is None or high >= 0:
+        parts.extend(_plain_decimals(max(zero, low if low is not None else zero), high))
+    if low is None or low <= 0:
+        negative_low = zero if high is None or high >= 0 else -high
+        parts.extend("-" + p for p in _plain_decimals(negative_low, None if low is None else -low))
+    if not parts:
+        raise UnsupportedSchemaError(
+            f"number range [{minimum}, {maximum}] holds no value this decoder can write"
+        )
+    return _alternatives(parts)
+
+
+# --- the schema walk ------------------------------------------------------------------------
+
+
+class _Builder:
+    def __init__(self, root: dict, max_string_length: int | None, where: str) -> None:
+        self.root = root
+        self.max_string_length = max_string_length
+        self.where = where
+        self.resolving: list[str] = []
+
+    def fail(self, construct: str, path: str) -> UnsupportedSchemaError:
+        return UnsupportedSchemaError(
+            f"{self.where}: the JSON schema construct {construct} at {path or '/'} is not supported by "
+            "constrained decoding; simplify the tool's argument types (see agent.json_schema_regex)"
+        )
+
+    def resolve(self, ref: str, path: str) -> dict:
+        for prefix in ("#/$defs/", "#/definitions/"):
+            if ref.startswith(prefix):
+                name = ref[len(prefix) :]
+                table = self.root.get(prefix[2:-1], {})
+                if name in table:
+                    if ref in self.resolving:
+                        raise self.fail(f"recursive $ref {ref!r}", path)
+                    return table[name]
+        raise self.fail(f"$ref {ref!r} (only local #/$defs/... references resolve)", path)
+
+    def value(self, schema: Any, path: str) -> str:
+        if schema is True or schema == {}:
+            return ANY_VALUE
+        if not isinstance(schema, dict):
+            raise self.fail(f"schema {schema!r:.60}", path)
+        unknown = set(schema) - _METADATA - _HANDLED
+        if unknown:
+            raise self.fail(", ".join(sorted(repr(k) for k in unknown)), path)
+        if "$ref" in schema:
+            ref = schema["$ref"]
+            target = self.resolve(ref, path)
+            siblings = {k: v for k, v in schema.items() if k not in _METADATA and k != "$ref"}
+            self.resolving.append(ref)
+            try:
+                return self.value({**target, **siblings}, path)
+            finally:
+                self.resolving.pop()
+        if "const" in schema:
+            return _literal_value(schema["const"])
+        if "enum" in schema:
+            values = schema["enum"]
+            if not isinstance(values, list) or not values:
+                raise self.fail("an empty or non-list enum", path)
+            return _alternatives([_literal_value(v) for v in values])
+        for key in ("anyOf", "oneOf"):
+            if key in schema:
+                options = schema[key]
+                rest = {k: v for k, v in schema.items() if k != key and k not in _METADATA}
+                return _alternatives(
+                    [self.value({**rest, **option}, f"{path}/{key}/{i}") for i, option in enumerate(options)]
+                )
+        if "allOf" in schema:
+            options = schema["allOf"]
+            if len(options) != 1:
+                raise self.fail("allOf with more than one schema", path)
+            rest = {k: v for k, v in schema.items() if k != "allOf"}
+            return self.value({**rest, **options[0]}, f"{path}/allOf/0")
+        kind = schema.get("type")
+        if kind is None:
+            if "properties" in schema:
+                kind = "object"
+            elif "items" in schema:
+                kind = "array"
+            else:
+                return ANY_VALUE
+        if isinstance(kind, list):
+            return _alternatives([self.value({**schema, "type": k}, path) for k in kind])
+        builder = {
+            "object": self.object,
+            "array": self.array,
+            "string": self.string,
+            "integer": self.integer,
+            "number": self.number,
+            "boolean": lambda s, p: BOOLEAN,
+            "null": lambda s, p: NULL,
+        }.get(kind)
+        if builder is None:
+            raise self.fail(f"type {kind!r}", path)
+        return builder(schema, path)
+
+    def object(self, schema: dict, path: str) -> str:
+        properties = schema.get("properties", {})
+        required = set(schema.get("required", []))
+        missing = required - set(properties)
+        if missing:
+            raise self.fail(f"required properties without a schema ({', '.join(sorted(missing))})", path)
+        items = []
+        for name, subschema in properties.items():
+            value = self.value(subschema, f"{path}/properties/{name}")
+            items.append((f"{_literal_value(name)}: {value}", name in required))
+        # rest[i][emitted]: the regex for properties i.. given whether one was already written
+        after_first = ""
+        before_first = ""
+        for item, is_required in reversed(items):
+            with_item_first = item + after_first
+            after_first = f", {item}{after_first}" if is_required else f"(, {item})?{after_first}"
+            before_first = with_item_first if is_required else f"({with_item_first}|{before_first})"
+        return rf"\{{{before_first}\}}"
+
+    def array(self, schema: dict, path: str) -> str:
+        if schema.get("uniqueItems"):
+            raise self.fail("uniqueItems", path)
+        item = self.value(schema.get("items", {}), f"{path}/items")
+        low = int(schema.get("minItems", 0))
+        high = schema.get("maxItems")
+        if high is not None and int(high) < low:
+            raise self.fail(f"maxItems {high} < minItems {low}", path)
+        if high == 0:
+            return r"\[\]"
+        more_low = max(low - 1, 0)
+        more = f"(, {item})" + (f"{{{more_low},{int(high) - 1}}}" if high is not None else f"{{{more_low},}}")
+        more = more.replace("{0,}", "*").replace("{0,0}", "")
+        body = rf"\[{item}{more}\]"
+        return body if low > 0 else rf"(\[\]|{body})"
+
+    def string(self, schema: dict, path: str) -> str:
+        low = int(schema.get("minLength", 0))
+        high = schema.get("maxLength", self.max_string_length)
+        if high is not None and int(high) < low:
+            raise self.fail(f"maxLength {high} < minLength {low}", path)
+        if high is None:
+            count = "*" if low == 0 else f"{{{low},}}"
+        else:
+            count = f"{{{low},{int(high)}}}"
+        return f'"{STRING_CHAR}{count}"'
+
+    @staticmethod
+    def _bounds(schema: dict) -> tuple[Any, Any, Any, Any]:
+        low, high = schema.get("minimum"), schema.get("maximum")
+        ex_low, ex_high = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+        if isinstance(ex_low, bool) or isinstance(ex_high, bool):  # draft-4 booleans
+            ex_low = low if ex_low else None
+            ex_high = high if ex_high else None
+            low = None if ex_low is not None else low
+            high = None if ex_high is not None else high
+        return low, high, ex_low, ex_high
+
+    def integer(self, schema: dict, path: str) -> str:
+        low, high, ex_low, ex_high = self._bounds(schema)
+        bounds_low = [math.ceil(low)] if low is not None else []
+        bounds_low += [math.floor(ex_low) + 1] if ex_low is not None else []
+        bounds_high = [math.floor(high)] if high is not None else []
+        bounds_high += [math.ceil(ex_high) - 1] if ex_high is not None else []
+        try:
+            return integer_range_regex(max(bounds_low, default=None), min(bounds_high, default=None))
+        except UnsupportedSchemaError as exc:
+            raise self.fail(str(exc), path) from None
+
+    def number(self, schema: dict, path: str) -> str:
+        low, high, ex_low, ex_high = self._bounds(schema)
+        step = Decimal(1).scaleb(-_FRACTION_DIGITS)
+        lows = [Decimal(str(low))] if low is not None else []
+        lows += [Decimal(str(ex_low)) + step] if ex_low is not None else []
+        highs = [Decimal(str(high))] if high is not None else []
+        highs += [Decimal(str(ex_high)) - step] if ex_high is not None else []
+        try:
+            return number_range_regex(max(lows, default=None), min(highs, default=None))
+        except UnsupportedSchemaError as exc:
+            raise self.fail(str(exc), path) from None
+
+
+def json_schema_regex(schema: dict, *, max_string_length: int | None = None, where: str = "schema") -> str:
+    """A regex matching exactly ``json.dumps(v, ensure_ascii=False)`` for the values ``v`` it allows.
+
+    ``where`` names the schema in error messages (e.g. ``"tool 'speak'"``). Raises
+    :class:`UnsupportedSchemaError` for constructs it cannot express.
+    """
+    if not isinstance(schema, dict):
+        raise UnsupportedSchemaError(f"{where}: a JSON schema must be a dict, got {type(schema).__name__}")
+    return _Builder(schema, max_string_length, where).value(schema, "")
+
+
+__all__ = [
+    "UnsupportedSchemaError",
+    "escape_literal",
+    "integer_range_regex",
+    "json_schema_regex",
+    "number_range_regex",
+]
