@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -111,7 +112,9 @@ class TerminalChat:
         thread_id: str | None = None,
         verbose: bool = False,
         output: TextIO | None = None,
+        agent_factory: Callable[[AppConfig], MultimodalAgent] | None = None,
     ) -> None:
+        """``agent_factory`` builds the agent in the background (default ``MultimodalAgent.from_config``)."""
         self.config = config
         self.verbose = verbose
         self.out = output or sys.stdout
@@ -119,6 +122,7 @@ class TerminalChat:
         self.resume_id = thread_id
         self.pending_images: list[Path] = []
         self.speak_replies = False
+        self._agent_factory = agent_factory
         self._agent: MultimodalAgent | None = None
         self._load_error: BaseException | None = None
         self._loader = threading.Thread(target=self._load_agent, name="agent-loader", daemon=True)
@@ -142,9 +146,12 @@ class TerminalChat:
 
     def _load_agent(self) -> None:
         try:
-            from agent.multimodal_agent import MultimodalAgent
+            if self._agent_factory is not None:
+                agent = self._agent_factory(self.config)
+            else:
+                from agent.multimodal_agent import MultimodalAgent
 
-            agent = MultimodalAgent.from_config(self.config)
+                agent = MultimodalAgent.from_config(self.config)
             if hasattr(type(agent.model), "loaded"):
                 agent.model.loaded  # noqa: B018 - loads the weights now, with progress, not at the first message
             self._agent = agent

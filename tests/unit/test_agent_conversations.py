@@ -1,0 +1,81 @@
+"""The conversation store: threads, titles, rename, delete, and clear errors for unknown ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.errors import InputError, StoreError
+from memory.conversations import TITLE_LENGTH, ConversationStore, title_from_message
+
+
+@pytest.fixture
+def store(tmp_path):
+    with ConversationStore(tmp_path / "conversations.sqlite") as opened:
+        yield opened
+
+
+def test_new_threads_are_listed_most_recent_first(store):
+    first = store.new_thread("first")
+    second = store.new_thread("second")
+    store.touch(first.thread_id, "ignored: the title is already set")
+    assert [t.thread_id for t in store.list_threads()] == [first.thread_id, second.thread_id]
+    assert store.get(first.thread_id).title == "first"
+
+
+def test_touch_creates_a_thread_titled_by_its_first_message(store):
+    store.touch("custom-id", "Plan a trip\nto Lisbon   in May")
+    store.touch("custom-id", "second message")
+    assert store.get("custom-id").title == "Plan a trip to Lisbon in May"
+
+
+def test_titles_are_one_bounded_line():
+    title = title_from_message("word " * 100)
+    assert len(title) == TITLE_LENGTH and title.endswith("…") and "\n" not in title
+
+
+def test_rename_and_delete(store):
+    info = store.new_thread("old")
+    assert store.rename(info.thread_id, "  new   title ").title == "new title"
+    assert store.get(info.thread_id).title == "new title"
+    with pytest.raises(InputError, match="cannot be empty"):
+        store.rename(info.thread_id, "   ")
+    store.delete(info.thread_id)
+    assert store.list_threads() == []
+
+
+def test_unknown_and_ambiguous_threads(store):
+    with pytest.raises(InputError) as excinfo:
+        store.get("nope")
+    assert str(excinfo.value) == (
+        "unknown thread 'nope'; list the threads with `llava-agent threads` (or /threads in the chat)"
+    )
+    with pytest.raises(InputError, match="unknown thread"):
+        store.delete("nope")
+    with pytest.raises(InputError, match="unknown thread"):
+        store.messages("nope")
+    store.touch("abc1", "x")
+    store.touch("abc2", "y")
+    with pytest.raises(InputError, match="ambiguous"):
+        store.get("abc")
+    assert store.get("abc1").thread_id == "abc1"
+    store.touch("50%_x", "z")
+    with pytest.raises(InputError, match="unknown thread"):
+        store.get("5_")  # LIKE wildcards are taken literally
+
+
+def test_unique_prefix_resolves(store):
+    info = store.new_thread("t")
+    assert store.get(info.thread_id[:3]).thread_id == info.thread_id
+
+
+def test_a_thread_without_turns_has_no_messages(store):
+    info = store.new_thread("empty")
+    assert store.messages(info.thread_id) == []
+
+
+def test_unopenable_database_is_a_store_error(tmp_path):
+    target = tmp_path / "not-a-db.sqlite"
+    target.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError) as excinfo:
+        ConversationStore(target)
+    assert str(target) in str(excinfo.value) and "cannot be opened" in str(excinfo.value)

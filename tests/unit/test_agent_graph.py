@@ -1,0 +1,231 @@
+"""The agent graph with scripted chat models: tool calls, tool failures, several tools, limits, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.tools import ToolException, tool
+
+from agent.config import load_config
+from agent.errors import ImageError, InputError
+from agent.multimodal_agent import (
+    AgentReply,
+    MultimodalAgent,
+    ReplyEvent,
+    TokenEvent,
+    ToolCallEvent,
+    ToolResultEvent,
+)
+from tests.scripted_chat_model import ScriptedChatModel, tool_call
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@tool(response_format="content_and_artifact")
+def draw(prompt: str) -> tuple[str, dict]:
+    """Draw a picture of the prompt."""
+    return f"Saved a drawing of {prompt} to /tmp/drawing.png.", {"path": "/tmp/drawing.png", "seed": 7}
+
+
+@tool
+def broken(x: str) -> str:
+    """A tool that always fails."""
+    raise ValueError(f"cannot handle {x!r}")
+
+
+@tool
+def handled(x: str) -> str:
+    """A tool that reports its failure as a ToolException (as the built-in tools do)."""
+    raise ToolException(f"Error running handled with x={x!r}: bad input. Please fix the arguments.")
+
+
+handled.handle_tool_error = True
+
+
+@pytest.fixture
+def config(tmp_path):
+    """Settings as a dict (tests edit it); the environment is left out so data_dir is this test's."""
+    return {"data_dir": str(tmp_path / "data"), "agent": {"long_term_memory": False}}
+
+
+def make_agent(config, replies, tools=(add, draw, broken, handled), **kwargs):
+    model = ScriptedChatModel(replies=list(replies))
+    return MultimodalAgent(model, list(tools), config=load_config(config, environ={}), **kwargs), model
+
+
+def test_tool_call_runs_and_answer_follows(config):
+    agent, model = make_agent(config, [AIMessage("", tool_calls=[tool_call("add", {"a": 2, "b": 3})]), "It is 5."])
+    events = list(agent.stream("what is 2 + 3?"))
+    kinds = [type(e) for e in events]
+    assert kinds[0] is ToolCallEvent and kinds[1] is ToolResultEvent and kinds[-1] is ReplyEvent
+    assert TokenEvent in kinds[2:-1]
+    assert events[1].content == "5" and events[1].is_error is False
+    reply = events[-1].reply
+    assert isinstance(reply, AgentReply)
+    assert reply.text == "It is 5."
+    assert reply.tool_calls == [{"name": "add", "args": {"a": 2, "b": 3}, "id": "call_add", "status": "success"}]
+    second_call = model.calls[1]
+    assert isinstance(second_call[0], SystemMessage)
+    assert isinstance(second_call[-1], ToolMessage) and second_call[-1].content == "5"
+
+
+def test_artifacts_are_returned_with_the_tool_name(config):
+    agent, _ = make_agent(config, [AIMessage("", tool_calls=[tool_call("draw", {"prompt": "a cat"})]), "Done."])
+    reply = agent.chat("draw a cat")
+    assert reply.artifacts == [{"tool": "draw", "path": "/tmp/drawing.png", "seed": 7}]
+
+
+def test_failing_tool_error_reaches_the_model_which_recovers(config):
+    agent, model = make_agent(
+        config,
+        [
+            AIMessage("", tool_calls=[tool_call("broken", {"x": "zz"})]),
+            AIMessage("", tool_calls=[tool_call("add", {"a": 1, "b": 1}, "call_2")]),
+            "Recovered: 2.",
+        ],
+    )
+    events = list(agent.stream("try it"))
+    failures = [e for e in events if isinstance(e, ToolResultEvent) and e.is_error]
+    assert len(failures) == 1
+    error_message = model.calls[1][-1]
+    assert isinstance(error_message, ToolMessage) and error_message.status == "error"
+    assert error_message.content == (
+        "Error running broken with arguments {\"x\": \"zz\"}: cannot handle 'zz' Please try again or use another tool."
+    )
+    reply = events[-1].reply
+    assert reply.text == "Recovered: 2."
+    assert [c["status"] for c in reply.tool_calls] == ["error", "success"]
+
+
+def test_tool_exception_with_handler_is_an_error_result(config):
+    agent, model = make_agent(config, [AIMessage("", tool_calls=[tool_call("handled", {"x": "q"})]), "ok"])
+    reply = agent.chat("go")
+    assert reply.tool_calls[0]["status"] == "error"
+    assert "bad input" in model.calls[1][-1].content
+
+
+def test_several_tools_in_one_turn(config):
+    calls = [tool_call("add", {"a": 1, "b": 2}, "c1"), tool_call("draw", {"prompt": "dog"}, "c2")]
+    agent, model = make_agent(config, [AIMessage("", tool_calls=calls), "Both done."])
+    events = list(agent.stream("add and draw"))
+    started = [e.call_id for e in events if isinstance(e, ToolCallEvent)]
+    finished = sorted(e.call_id for e in events if isinstance(e, ToolResultEvent))
+    assert started == ["c1", "c2"] and finished == ["c1", "c2"]
+    tool_messages = [m for m in model.calls[1] if isinstance(m, ToolMessage)]
+    assert sorted(m.tool_call_id for m in tool_messages) == ["c1", "c2"]
+    assert events[-1].reply.artifacts[0]["tool"] == "draw"
+
+
+def test_recursion_limit_ends_the_turn_with_a_clear_message(config):
+    config["agent"]["recursion_limit"] = 5
+    def call_again(messages):
+        return AIMessage("", tool_calls=[tool_call("add", {"a": 1, "b": 0}, f"c{len(messages)}")])
+
+    agent, _ = make_agent(config, [call_again])
+    reply = agent.chat("loop forever")
+    assert reply.limit_reached is True
+    assert "step limit" in reply.text and "agent.recursion_limit" in reply.text
+    history = agent.history(reply.thread_id)
+    answered = {m.tool_call_id for m in history if isinstance(m, ToolMessage)}
+    asked = {c["id"] for m in history if isinstance(m, AIMessage) for c in m.tool_calls}
+    assert asked <= answered, "no tool call is left unanswered in the stored thread"
+    assert isinstance(history[-1], AIMessage) and not history[-1].tool_calls
+
+
+def test_thread_continues_across_turns(config):
+    agent, model = make_agent(config, ["first answer", "second answer"])
+    first = agent.chat("hello")
+    second = agent.chat("again", thread_id=first.thread_id)
+    assert second.thread_id == first.thread_id
+    seen = [m.text for m in model.calls[1] if isinstance(m, (HumanMessage, AIMessage))]
+    assert seen == ["hello", "first answer", "again"]
+    assert [info.thread_id for info in agent.conversations.list_threads()] == [first.thread_id]
+    assert agent.conversations.get(first.thread_id).title == "hello"
+
+
+def test_stop_interrupts_generation_and_keeps_the_thread_usable(config):
+    agent, model = make_agent(config, [" ".join(["word"] * 400), "next"], tools=[add])
+    model.token_delay_s = 0.005
+    timer = threading.Timer(0.15, agent.stop)
+    timer.start()
+    tokens = 0
+    for event in agent.stream("talk a lot"):
+        tokens += isinstance(event, TokenEvent)
+    reply = event.reply
+    assert reply.stopped is True and 0 < tokens < 400
+    assert reply.text.startswith("word")
+    follow_up = agent.chat("go on", thread_id=reply.thread_id)
+    assert follow_up.text == "next" and not follow_up.stopped
+
+
+def test_image_is_saved_and_referred_to_by_path(config, tmp_path):
+    from PIL import Image
+
+    source = tmp_path / "cat.png"
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(source)
+    agent, model = make_agent(config, ["a red square"])
+    agent.chat("what is this?", images=[source])
+    human = [m for m in model.calls[0] if isinstance(m, HumanMessage)][0]
+    text_block, image_block = human.content
+    saved = image_block["extras"]["path"]
+    assert saved.endswith("-cat.png") and saved.startswith(str(agent.attachments_dir))
+    assert f"[attached image: {saved}]" in text_block["text"]
+    assert image_block["type"] == "image" and image_block["mime_type"] == "image/png"
+    assert "[attached image: PATH]" in agent.system_prompt
+
+
+def test_bad_inputs_raise_clear_errors(config, tmp_path):
+    agent, _ = make_agent(config, ["x"])
+    missing = tmp_path / "nope.png"
+    with pytest.raises(ImageError) as excinfo:
+        agent.chat("look", images=[missing])
+    assert str(excinfo.value) == (
+        f"image {str(missing)!r} does not exist; check the path (relative paths start at {tmp_path.cwd()})"
+    )
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("hello")
+    with pytest.raises(ImageError, match="is not a readable image"):
+        agent.chat("look", images=[not_image])
+    with pytest.raises(InputError, match="the message is empty"):
+        agent.chat("   ")
+    with pytest.raises(InputError, match="unknown thread 'zzzz'"):
+        agent.history("zzzz")
+    assert agent.conversations.list_threads() == [], "failed turns leave no thread behind"
+
+
+def test_duplicate_tool_names_are_refused(config):
+    with pytest.raises(InputError, match="add appear twice"):
+        make_agent(config, ["x"], tools=[add, add])
+
+
+def test_tool_choice_forces_only_the_first_call_of_a_turn(config):
+    config["agent"]["tool_choice"] = "add"
+    agent, model = make_agent(config, [AIMessage("", tool_calls=[tool_call("add", {"a": 1, "b": 1})]), "2"])
+    agent.chat("compute")
+    assert [b["tool_choice"] for b in model.bound] == ["add", None]
+
+
+def test_system_prompt_lists_the_tools(config):
+    agent, model = make_agent(config, ["hi"])
+    agent.chat("hello")
+    system = model.calls[0][0]
+    for name in ("add", "draw", "broken"):
+        assert f"- {name}:" in system.text
+
+
+async def test_async_variants_match_the_sync_ones(config):
+    agent, _ = make_agent(config, [AIMessage("", tool_calls=[tool_call("add", {"a": 4, "b": 4})]), "eight"])
+    events = [event async for event in agent.astream("4 + 4?")]
+    assert isinstance(events[-1], ReplyEvent) and events[-1].reply.text == "eight"
+    agent2, _ = make_agent(config, ["async hello"])
+    reply = await agent2.achat("hi")
+    assert reply.text == "async hello"
+    replies = await asyncio.gather(agent2.achat("a"), agent2.achat("b"))
+    assert len({r.thread_id for r in replies}) == 2

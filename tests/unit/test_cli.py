@@ -1,0 +1,144 @@
+"""The ``llava-agent`` command line: fast help, clean one-line errors, threads, config, doctor."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.cli import build_parser, main, one_line
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ("torch", "transformers", "diffusers", "chromadb", "bitsandbytes", "peft", "sentence_transformers",
+         "langchain", "langgraph")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "data"
+    monkeypatch.setenv("LLAVA_AGENT_DATA_DIR", str(folder))
+    return folder
+
+
+def test_help_is_fast_and_imports_nothing_heavy():
+    code = (
+        "import sys, time; t = time.perf_counter(); from agent.cli import build_parser; "
+        "build_parser().format_help(); "
+        f"print(time.perf_counter() - t); print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    seconds, heavy = out.stdout.splitlines()
+    assert heavy == "[]"
+    assert float(seconds) < 0.5
+    started = time.perf_counter()
+    result = run_cli("--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: llava-agent")
+    assert time.perf_counter() - started < 5  # the process as a whole; the bench measures it precisely
+
+
+def test_every_command_is_registered():
+    help_text = build_parser().format_help()
+    for command in ("chat", "ask", "index", "search", "tools", "threads", "memories", "doctor", "config", "finetune"):
+        assert command in help_text
+
+
+def test_one_line_joins_multi_line_messages():
+    assert one_line("invalid configuration (x):\n  a = 1: bad\n  b = 2: worse") == (
+        "invalid configuration (x): a = 1: bad; b = 2: worse"
+    )
+
+
+def test_bad_config_is_one_clean_line(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text('[model]\nquantization = "fp4"\n')
+    assert main(["--config", str(path), "config", "show"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: invalid configuration") and "'fp4'" in err and "'4bit'" in err
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert main(["--config", str(tmp_path / "none.toml"), "tools"]) == 1
+    assert capsys.readouterr().err == f"error: config file {tmp_path / 'none.toml'} does not exist; create it or pass another --config\n"
+
+
+def test_verbose_shows_the_traceback(tmp_path, data_dir):
+    result = run_cli("--verbose", "threads", "show", "nope", env={"LLAVA_AGENT_DATA_DIR": str(data_dir)})
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "error: unknown thread 'nope'" in result.stderr
+    quiet = run_cli("threads", "show", "nope", env={"LLAVA_AGENT_DATA_DIR": str(data_dir)})
+    assert quiet.returncode == 1 and quiet.stderr.strip().splitlines() == [
+        "error: unknown thread 'nope'; list the threads with `llava-agent threads` (or /threads in the chat)"
+    ]
+
+
+def test_threads_list_rename_delete(data_dir, capsys):
+    from agent.config import load_config
+    from memory.conversations import ConversationStore
+
+    with ConversationStore(load_config().conversations_db) as store:
+        thread = store.new_thread("holiday photos").thread_id
+    assert main(["threads"]) == 0
+    assert f"{thread}" in capsys.readouterr().out
+    assert main(["threads", "rename", thread, "trip", "to", "Porto"]) == 0
+    assert capsys.readouterr().out.strip() == f"renamed {thread}: trip to Porto"
+    assert main(["threads", "show", thread]) == 0
+    assert "trip to Porto" in capsys.readouterr().out
+    assert main(["threads", "delete", thread]) == 0
+    assert main(["threads", "list"]) == 0
+    assert "no conversations yet" in capsys.readouterr().out
+    assert main(["threads", "delete", thread]) == 1
+
+
+def test_config_show_prints_valid_toml(data_dir, capsys, tmp_path):
+    assert main(["config", "show"]) == 0
+    out = capsys.readouterr().out
+    body = "\n".join(line for line in out.splitlines() if not line.startswith("#"))
+    path = tmp_path / "shown.toml"
+    path.write_text(body)
+    from agent.config import load_config
+
+    assert load_config(path, environ={}).data_dir == data_dir
+
+
+def test_tools_lists_names_and_descriptions(data_dir, tmp_path, capsys):
+    path = tmp_path / "c.toml"
+    path.write_text('[tools]\nenabled = ["speak"]\n[agent]\nlong_term_memory = true\n')
+    assert main(["--config", str(path), "tools"]) == 0
+    names = [line.split(":")[0] for line in capsys.readouterr().out.splitlines()]
+    assert names == ["speak", "remember", "recall"]
+
+
+def test_doctor_reports_every_check(data_dir, capsys):
+    code = main(["doctor"])
+    out = capsys.readouterr().out
+    for name in ("python", "torch", "bitsandbytes", "espeak-ng", "audio player", "chroma", "chat model",
+                 "text embedder"):
+        assert f"] {name}:" in out
+    assert "[ok  ] espeak-ng" in out and "[ok  ] chroma" in out
+    assert code == 0
+    for line in out.splitlines():
+        if line.startswith("[FAIL]") or line.startswith("[warn]"):
+            index = out.splitlines().index(line)
+            assert out.splitlines()[index + 1].strip().startswith("->"), "each problem says what to do"
+
+
+def test_ask_with_a_missing_image_fails_cleanly(data_dir, tmp_path):
+    config = tmp_path / "c.toml"  # the image is checked before any model loads
+    config.write_text('[model]\nmodel = "/models/llava"\n[tools]\nenabled = []\n[agent]\nlong_term_memory = false\n')
+    result = run_cli("--config", str(config), "ask", "hi", "--image", str(tmp_path / "gone.png"), "--json",
+                     env={"LLAVA_AGENT_DATA_DIR": str(data_dir)})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: image '{tmp_path / 'gone.png'}' does not exist")
+    assert result.stdout == ""
