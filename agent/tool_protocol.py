@@ -121,7 +121,9 @@ def _call_name_and_arguments(call: dict) -> tuple[str, dict]:
         try:
             arguments = json.loads(arguments) if arguments.strip() else {}
         except json.JSONDecodeError as exc:
-            raise InputError(f"arguments of tool call {name!r} are not valid JSON ({exc}): {arguments!r:.200}") from None
+            raise InputError(
+                f"arguments of tool call {name!r} are not valid JSON ({exc}): {arguments!r:.200}"
+            ) from None
     if not isinstance(arguments, dict):
         raise InputError(f"arguments of tool call {name!r} must be a JSON object, got {arguments!r:.200}")
     return name, arguments
@@ -204,7 +206,9 @@ def _content_blocks(content: Any, where: str) -> list[dict]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     if not isinstance(content, (list, tuple)):
-        raise InputError(f"{where}: content must be a string or a list of blocks, got {type(content).__name__}")
+        raise InputError(
+            f"{where}: content must be a string or a list of blocks, got {type(content).__name__}"
+        )
     blocks: list[dict] = []
     for index, block in enumerate(content):
         if isinstance(block, str):
@@ -217,7 +221,9 @@ def _content_blocks(content: Any, where: str) -> list[dict]:
         elif isinstance(block, dict) and isinstance(block.get("type"), str):
             blocks.append(block)  # images and other media pass through untouched
         else:
-            raise InputError(f"{where}, block {index}: a block must be a dict with a 'type', got {block!r:.120}")
+            raise InputError(
+                f"{where}, block {index}: a block must be a dict with a 'type', got {block!r:.120}"
+            )
     return blocks
 
 

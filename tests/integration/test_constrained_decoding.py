@@ -95,7 +95,8 @@ def _generate(loaded, processors, max_new_tokens, seed, rows=ROWS):
         )
     new = output[:, inputs["input_ids"].shape[1] :]
     return [
-        processor.tokenizer.decode(row, skip_special_tokens=True, clean_up_tokenization_spaces=False) for row in new
+        processor.tokenizer.decode(row, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        for row in new
     ]
 
 
@@ -220,7 +221,9 @@ def test_structured_json_output_validates(loaded):
 def test_constraints_are_cached_and_tool_choice_is_checked(loaded):
     tokenizer = loaded[0].tokenizer
     first = ToolCallConstraint.build(tokenizer, SCHEMAS, "any")
-    assert ToolCallConstraint.build(loaded[0], SCHEMAS, "required") is first  # a processor holding it works too
+    assert (
+        ToolCallConstraint.build(loaded[0], SCHEMAS, "required") is first
+    )  # a processor holding it works too
     assert ToolCallConstraint.build(tokenizer, SCHEMAS, "auto").automaton is first.automaton
     with pytest.raises(InputError, match="caption_image, generate_image, search_images, speak"):
         ToolCallConstraint.build(tokenizer, SCHEMAS, "paint")
@@ -228,6 +231,8 @@ def test_constraints_are_cached_and_tool_choice_is_checked(loaded):
         ToolCallConstraint.build(tokenizer, [], "any")
     with pytest.raises(InputError, match="max_new_tokens"):
         first.logits_processor(0)
-    special = {t for t, token in tokenizer.added_tokens_decoder.items() if token.special} - {tokenizer.eos_token_id}
+    special = {t for t, token in tokenizer.added_tokens_decoder.items() if token.special} - {
+        tokenizer.eos_token_id
+    }
     for tokens in first.automaton.tokens.values():
         assert not special & set(tokens.tolist())

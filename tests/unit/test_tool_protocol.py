@@ -89,7 +89,7 @@ def test_tools_system_prompt_lists_one_schema_per_line():
 
 @pytest.mark.parametrize(
     "arguments",
-    [{}, {"image": "cat.png", "detail": "short"}, {"text": "héllo \"wörld\"\n", "speed": 1.5, "voice": None}],
+    [{}, {"image": "cat.png", "detail": "short"}, {"text": 'héllo "wörld"\n', "speed": 1.5, "voice": None}],
 )
 def test_format_tool_call_is_exact_json_dumps(arguments):
     text = format_tool_call("tool_x", arguments)
@@ -162,7 +162,9 @@ def test_to_template_turns_rewrites_tools_calls_and_results():
         {
             "role": "assistant",
             "content": "",
-            "tool_calls": [{"type": "function", "function": {"name": "caption_image", "arguments": {"image": "a"}}}],
+            "tool_calls": [
+                {"type": "function", "function": {"name": "caption_image", "arguments": {"image": "a"}}}
+            ],
         },
         {"role": "tool", "content": "a cat", "name": "caption_image"},
         {"role": "tool", "content": [{"type": "text", "text": "second"}]},
@@ -192,7 +194,9 @@ def test_to_template_turns_creates_system_turn_and_keeps_text_before_calls():
     assert out[0] == {"role": "system", "content": [{"type": "text", "text": tools_system_prompt(schemas)}]}
     assert out[2]["content"][0]["text"] == "Sure.\n" + format_tool_call("speak", {"text": "hi"})
     assert out[3]["role"] == "user"
-    assert to_template_turns(turns[:1], None) == [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    assert to_template_turns(turns[:1], None) == [
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]}
+    ]
 
 
 @pytest.mark.parametrize(
@@ -202,7 +206,10 @@ def test_to_template_turns_creates_system_turn_and_keeps_text_before_calls():
         ([{"role": "user", "content": 3}], "content must be"),
         ([{"role": "user", "content": [{"text": "no type"}]}], "block 0"),
         ([{"role": "user", "content": "x", "tool_calls": [{"name": "a"}]}], "only assistant"),
-        ([{"role": "assistant", "content": "", "tool_calls": [{"name": "a", "arguments": 5}]}], "JSON object"),
+        (
+            [{"role": "assistant", "content": "", "tool_calls": [{"name": "a", "arguments": 5}]}],
+            "JSON object",
+        ),
         (["not a dict"], "turn 0"),
     ],
 )
