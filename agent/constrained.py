@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -74,6 +75,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _OPENER = TOOL_CALL_OPEN.encode()
+_BUILD_LOCK = threading.Lock()
 ToolChoice = str
 
 # --- grammar --------------------------------------------------------------------------------
@@ -219,7 +221,8 @@ class ToolCallConstraint:
         choice = _normalise_choice(tool_choice, names)
         vocabulary = token_vocabulary(tokenizer, eos_token_ids)
         key = json.dumps(schemas, sort_keys=False, ensure_ascii=False, default=str)
-        return _cached_constraint(vocabulary, key, choice, max_string_length)
+        with _BUILD_LOCK:  # one build per key even when several threads bind the same tools at once
+            return _cached_constraint(vocabulary, key, choice, max_string_length)
 
     @property
     def min_call_tokens(self) -> int:
@@ -274,7 +277,8 @@ def structured_json_constraint(
     """
     vocabulary = token_vocabulary(tokenizer, eos_token_ids)
     regex = json_schema_regex(schema, max_string_length=max_string_length, where="the output schema")
-    automaton = indexed_automaton(regex, vocabulary)
+    with _BUILD_LOCK:
+        automaton = indexed_automaton(regex, vocabulary)
     title = schema.get("title", "output") if isinstance(schema, dict) else "output"
     return ToolCallConstraint(vocabulary, automaton, "any", [str(title)], free_start=False)
 
