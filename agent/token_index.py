@@ -107,6 +107,9 @@ def _convert_vocabulary(tokenizer: Any, eos_token_ids: tuple[int, ...], fingerpr
     special_ids |= {token_id for token_id, token in added.items() if getattr(token, "special", False)}
     decoders = _decoder_types(tokenizer)
     byte_level = "ByteLevel" in decoders
+    sentencepiece = not byte_level and (
+        bool(decoders & {"Metaspace", "ByteFallback", "Replace"}) or hasattr(tokenizer, "sp_model")
+    )
     unicode_to_byte = _gpt2_unicode_to_byte() if byte_level else {}
     token_bytes: list[bytes] = [b""] * size
     allowed: set[int] = set()
@@ -120,11 +123,11 @@ def _convert_vocabulary(tokenizer: Any, eos_token_ids: tuple[int, ...], fingerpr
                 data = bytes(unicode_to_byte[c] for c in token)
             except KeyError:
                 data = token.encode()
-        elif token.startswith("<0x") and token.endswith(">") and len(token) == 6:
+        elif sentencepiece and len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
             data = bytes([int(token[3:5], 16)])
-        elif "\u2581" in token:
+        elif sentencepiece:
             data = token.replace("\u2581", " ").encode()
-        else:
+        else:  # other decoders (WordPiece...): ask the tokenizer, token by token
             data = tokenizer.convert_tokens_to_string([token]).encode()
         if data:
             token_bytes[token_id] = data

@@ -7,6 +7,9 @@ made by merging an existing token with one more symbol, exactly the shape of a t
 GPT-2/Qwen vocabulary. The four product tool schemas are indexed against it.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/tool_call_constraint.py --vocab-sizes 32000 151643
+
+Timings are per process; on a shared machine use one torch thread (the default here): with two
+threads on busy cores every 151k-element op waits for the other thread to be scheduled.
 """
 
 from __future__ import annotations
@@ -65,7 +68,9 @@ def synthetic_tokenizer(vocab_size: int, seed: int = 0):
     raw = Tokenizer(model)
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
     return tokenizer
 
@@ -122,7 +127,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab-sizes", type=int, nargs="+", default=[32000, 151643])
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for the mask timing")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     schemas = tool_schemas(PRODUCT_TOOLS)
     rows = []
     for size in args.vocab_sizes:

@@ -236,3 +236,112 @@ def test_constraints_are_cached_and_tool_choice_is_checked(loaded):
     }
     for tokens in first.automaton.tokens.values():
         assert not special & set(tokens.tolist())
+
+
+# --- vocabularies: the bytes each token stands for ---------------------------------------------
+
+
+def _sentencepiece_style_tokenizer():
+    """A Llama-style tokenizer: "▁" for spaces, <0xXX> byte fallback, Metaspace/ByteFallback decoders."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
+    merges = []
+    for char in [chr(c) for c in range(33, 127)] + ["▁", "é"]:
+        vocab.setdefault(char, len(vocab))
+    words = [
+        "▁the",
+        "▁tool",
+        "_call",
+        "<tool",
+        '{"',
+        '":',
+        '▁"',
+        '",',
+        "name",
+        "arguments",
+        "▁cat",
+        "ing",
+        "}}",
+        "\u2581{",
+    ]
+    for word in words:
+        for end in range(2, len(word) + 1):
+            if word[:end] not in vocab:
+                vocab[word[:end]] = len(vocab)
+                merges.append((word[: end - 1], word[end - 1]))
+    raw = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    raw.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def _assert_bytes_match_decoding(tokenizer, anchor: str, seed: int) -> None:
+    import random
+
+    from agent.token_index import token_vocabulary
+
+    vocabulary = token_vocabulary(tokenizer)
+    anchor_id = tokenizer.convert_tokens_to_ids(anchor)
+    ids = sorted(vocabulary.allowed_ids)
+    rng = random.Random(seed)
+    checked = 0
+    for _ in range(400):
+        sequence = rng.sample(ids, 4)
+        data = b"".join(vocabulary.token_bytes[i] for i in sequence)
+        try:
+            expected = data.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        decoded = tokenizer.decode([anchor_id, *sequence], clean_up_tokenization_spaces=False)
+        assert decoded == anchor + expected, sequence
+        checked += 1
+    assert checked > 50
+
+
+def test_byte_level_vocabulary_is_exact(loaded):
+    tokenizer = loaded[0].tokenizer
+    _assert_bytes_match_decoding(tokenizer, "a", seed=0)
+
+
+def test_sentencepiece_vocabulary_is_exact():
+    from agent.token_index import token_vocabulary
+
+    tokenizer = _sentencepiece_style_tokenizer()
+    vocabulary = token_vocabulary(tokenizer)
+    assert vocabulary.token_bytes[tokenizer.convert_tokens_to_ids("<0x0A>")] == b"\n"
+    assert vocabulary.token_bytes[tokenizer.convert_tokens_to_ids("▁the")] == b" the"
+    assert tokenizer.convert_tokens_to_ids("<s>") not in vocabulary.allowed_ids
+    assert vocabulary.eos_token_ids == (tokenizer.convert_tokens_to_ids("</s>"),)
+    _assert_bytes_match_decoding(tokenizer, "a", seed=1)
+
+
+def _sample_with_random_logits(constraint, tokenizer, budget: int, seed: int) -> str:
+    """Drive a processor like generate() does, with random logits instead of a model."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    processor = constraint.logits_processor(budget)
+    ids = torch.zeros((1, 3), dtype=torch.long)
+    generated: list[int] = []
+    for _ in range(budget):
+        scores = processor(ids, torch.randn((1, len(tokenizer)), generator=generator) * 3)
+        token = int(torch.multinomial(torch.softmax(scores, -1), 1, generator=generator))
+        if token in constraint.vocabulary.eos_token_ids:
+            break
+        generated.append(token)
+        ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    return tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def test_sentencepiece_tokenizer_calls_are_valid():
+    tokenizer = _sentencepiece_style_tokenizer()
+    constraint = ToolCallConstraint.build(tokenizer, SCHEMAS, "any")
+    for seed in range(12):
+        text = _sample_with_random_logits(constraint, tokenizer, constraint.required_new_tokens + 30, seed)
+        calls = _assert_valid_calls(text, set(PARAMETERS))
+        assert format_tool_calls(calls) == text
