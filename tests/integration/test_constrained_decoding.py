@@ -67,6 +67,7 @@ def loaded(request, tiny_llava_paths):
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny model: threads only add scheduling noise on a shared machine
     path = tiny_llava_paths[request.param]
     processor = AutoProcessor.from_pretrained(path)
@@ -74,7 +75,8 @@ def loaded(request, tiny_llava_paths):
     turns = to_template_turns([{"role": "user", "content": "Describe cat.png, then say it aloud."}], SCHEMAS)
     prompt = processor.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
     inputs = processor(text=prompt, return_tensors="pt")
-    return processor, model, inputs
+    yield processor, model, inputs
+    torch.set_num_threads(threads)
 
 
 def _generate(loaded, processors, max_new_tokens, seed, rows=ROWS):
