@@ -1,0 +1,133 @@
+"""End to end: tiny random ChatLlava + tiny tool models + real espeak-ng, through the agent and the CLI.
+
+A random model rarely calls a tool by itself, so calls are forced with ``agent.tool_choice``
+(constrained decoding then writes a schema-valid call) or scripted; assertions are on types,
+files and invariants, never on what the random model says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from langchain_core.messages import AIMessage, ToolMessage
+
+from agent.config import load_config
+from agent.multimodal_agent import AgentReply, MultimodalAgent, ReplyEvent, TokenEvent, ToolCallEvent
+from tests.scripted_chat_model import ScriptedChatModel, tool_call
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def agent_settings(data_dir: Path, model: Path, tool_models: dict[str, Path], **agent: object) -> dict:
+    return {
+        "data_dir": str(data_dir),
+        "model": {"model": str(model), "max_new_tokens": 96, "temperature": 0.0, "device": "cpu"},
+        "tools": {
+            "device": "cpu",
+            "caption_model": str(tool_models["blip"]),
+            "image_model": str(tool_models["stable_diffusion"]),
+            "clip_model": str(tool_models["clip"]),
+            "allowed_dirs": [str(data_dir), str(data_dir.parent)],
+        },
+        "agent": {"long_term_memory": False, "recursion_limit": 4, **agent},
+    }
+
+
+@pytest.fixture
+def red_square(tmp_path) -> Path:
+    from PIL import Image
+
+    path = tmp_path / "red.png"
+    Image.new("RGB", (48, 48), (220, 20, 20)).save(path)
+    return path
+
+
+def assert_well_formed(agent: MultimodalAgent, thread_id: str) -> None:
+    history = agent.history(thread_id)
+    answered = {m.tool_call_id for m in history if isinstance(m, ToolMessage)}
+    asked = {c["id"] for m in history if isinstance(m, AIMessage) for c in m.tool_calls}
+    assert asked <= answered
+    assert isinstance(history[-1], AIMessage) and not history[-1].tool_calls
+
+
+def test_tiny_llava_calls_speak_and_returns_the_audio(tmp_path, tiny_llava_qwen2, tool_model_paths, red_square):
+    settings = agent_settings(tmp_path / "data", tiny_llava_qwen2, tool_model_paths, tool_choice="speak")
+    # one tool: the tiny tokenizer spends hundreds of tokens per tool schema of the tiny model's 2048
+    settings["tools"]["enabled"] = ["speak"]
+    agent = MultimodalAgent.from_config(load_config(settings, environ={}))
+    assert [t.name for t in agent.tools] == ["speak"]
+    events = list(agent.stream("Read this aloud, please.", images=[red_square]))
+    reply = events[-1].reply
+    assert isinstance(events[-1], ReplyEvent) and isinstance(reply, AgentReply)
+    first_call = next(e for e in events if isinstance(e, ToolCallEvent))
+    assert first_call.name == "speak" and isinstance(first_call.args["text"], str)
+    assert reply.tool_calls[0]["name"] == "speak" and reply.tool_calls[0]["status"] == "success"
+    audio = [a for a in reply.artifacts if a["tool"] == "speak"]
+    assert audio and Path(audio[0]["path"]).read_bytes()[:4] == b"RIFF"
+    assert Path(audio[0]["path"]).parent == agent.config.artifacts_dir
+    assert all(isinstance(e.text, str) for e in events if isinstance(e, TokenEvent))
+    assert isinstance(reply.text, str)
+    assert_well_formed(agent, reply.thread_id)
+
+
+def test_real_tools_in_one_turn_return_their_artifacts(tmp_path, tool_model_paths, red_square):
+    """A scripted model drives all four real tools (tiny checkpoints, real espeak-ng) in one turn."""
+    data_dir = tmp_path / "data"
+    settings = agent_settings(data_dir, Path("/unused"), tool_model_paths)
+    calls = [
+        tool_call("generate_image", {"prompt": "a red boat", "width": 64, "height": 64, "steps": 1, "seed": 3}, "g"),
+        tool_call("caption_image", {"image": str(red_square)}, "c"),
+        tool_call("speak", {"text": "Hello there."}, "s"),
+        tool_call("search_images", {"query": "a boat", "k": 2}, "q"),
+    ]
+    model = ScriptedChatModel(replies=[AIMessage("", tool_calls=calls), "All done."])
+    agent = MultimodalAgent(model, config=load_config(settings, environ={}))
+    reply = agent.chat("make, describe, say and search")
+    assert reply.text == "All done."
+    statuses = {c["name"]: c["status"] for c in reply.tool_calls}
+    assert statuses == dict.fromkeys(["generate_image", "caption_image", "speak", "search_images"], "success")
+    by_tool = {a["tool"]: a for a in reply.artifacts}
+    from PIL import Image
+
+    with Image.open(by_tool["generate_image"]["path"]) as image:
+        assert image.size == (64, 64)
+    assert isinstance(by_tool["caption_image"]["caption"], str)
+    assert Path(by_tool["speak"]["path"]).read_bytes()[:4] == b"RIFF"
+    assert isinstance(by_tool["search_images"]["results"], list)
+    # the caption is now known for the image, so the context policy can name it later
+    from memory.context import collect_captions
+
+    assert str(red_square.resolve()) in collect_captions(agent.history(reply.thread_id))
+
+
+def test_cli_ask_end_to_end(tmp_path, tiny_llava_qwen2, tool_model_paths, red_square, monkeypatch, capsys):
+    data_dir = tmp_path / "data"
+    settings = agent_settings(data_dir, tiny_llava_qwen2, tool_model_paths, tool_choice="speak")
+    settings["tools"]["enabled"] = ["speak"]
+    from agent.config import config_to_toml
+
+    config_path = tmp_path / "config.toml"
+    config_path.write_text(config_to_toml(load_config(settings, environ={})))
+    env = {**os.environ, "LLAVA_AGENT_DATA_DIR": str(data_dir)}
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "--config", str(config_path), "ask", "Say hello.", "--image",
+         str(red_square), "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(payload) == {"text", "thread_id", "tool_calls", "artifacts", "stopped", "limit_reached"}
+    assert payload["tool_calls"][0]["name"] == "speak"
+    wav = Path(payload["artifacts"][0]["path"])
+    assert wav.is_file() and wav.read_bytes()[:4] == b"RIFF"
+    monkeypatch.setenv("LLAVA_AGENT_DATA_DIR", str(data_dir))
+    from agent.cli import main
+
+    assert main(["--config", str(config_path), "threads", "show", payload["thread_id"]]) == 0
+    assert "human: Say hello." in capsys.readouterr().out
