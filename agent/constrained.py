@@ -22,7 +22,9 @@ masked by the grammar, so a reply is always plain text, or text followed by vali
 :func:`agent.tool_protocol.parse_tool_calls` never meets a broken block in a constrained reply.)
 
 **End.** EOS is allowed only in final states, i.e. right after a ``</tool_call>``; there the
-grammar also allows ``\\n<tool_call>`` for another call.
+grammar also allows ``\\n<tool_call>`` for another call. (The index holds one copy of ``CALL``:
+from a final state, tokens starting with ``\\n`` continue from the start state -- half the
+states of indexing ``CALL (\\n CALL)*`` literally, hence half the build time.)
 
 **Budget.** For every DFA state the index is walked backwards from the final states over the
 distinct (state -> next state) edges of its *real* token transitions, giving the exact minimum
@@ -76,6 +78,7 @@ logger = logging.getLogger(__name__)
 
 _OPENER = TOOL_CALL_OPEN.encode()
 _BUILD_LOCK = threading.Lock()
+_CALL_SEPARATOR = b"\n"
 ToolChoice = str
 
 # --- grammar --------------------------------------------------------------------------------
@@ -93,9 +96,17 @@ def _tool_names(schemas: list[dict]) -> list[str]:
 
 
 def tool_call_regex(
-    schemas: list[dict], tool_choice: ToolChoice = "any", *, max_string_length: int | None = None
+    schemas: list[dict],
+    tool_choice: ToolChoice = "any",
+    *,
+    max_string_length: int | None = None,
+    repeated: bool = True,
 ) -> str:
-    """The grammar of a constrained reply: one or more calls of the chosen tools, newline-separated."""
+    """The grammar of a constrained reply: one or more calls of the chosen tools, newline-separated.
+
+    With ``repeated=False`` only one call (the index repeats it itself, see
+    :func:`agent.token_index.indexed_automaton`, so the automaton holds one copy of each tool).
+    """
     names = _tool_names(schemas)
     alternatives = []
     for name, schema in zip(names, schemas, strict=True):
@@ -108,7 +119,7 @@ def tool_call_regex(
     head = escape_literal(TOOL_CALL_OPEN + '\n{"name": ')
     tail = escape_literal("}\n" + TOOL_CALL_CLOSE)
     call = f"{head}({'|'.join(alternatives)}){tail}"
-    return f"{call}(\\n{call})*"
+    return f"{call}(\\n{call})*" if repeated else call
 
 
 def _opener_moves(automaton: Automaton, vocabulary: TokenVocabulary) -> list[dict[int, int]]:
@@ -249,8 +260,8 @@ def _cached_constraint(
 
     schemas = json.loads(schemas_json)
     started = time.perf_counter()
-    regex = tool_call_regex(schemas, tool_choice, max_string_length=max_string_length)
-    automaton = indexed_automaton(regex, vocabulary)
+    regex = tool_call_regex(schemas, tool_choice, max_string_length=max_string_length, repeated=False)
+    automaton = indexed_automaton(regex, vocabulary, _CALL_SEPARATOR)
     constraint = ToolCallConstraint(
         vocabulary, automaton, tool_choice, _tool_names(schemas), free_start=tool_choice == "auto"
     )

@@ -165,6 +165,15 @@ _FRACTION = r"(0|[0-9]{0,5}[1-9])"
 _SMALLEST_PLAIN = "000100"  # json.dumps writes values below 0.0001 in exponent form
 
 
+def _digit_class(digits: list[int]) -> str:
+    """``[a-b]`` for a run of consecutive digits, ``[13]`` otherwise, a bare digit for one."""
+    if len(digits) == 1:
+        return str(digits[0])
+    if digits == list(range(digits[0], digits[-1] + 1)):
+        return f"[{digits[0]}-{digits[-1]}]"
+    return "[" + "".join(map(str, digits)) + "]"
+
+
 def _fraction_between(low: str, high: str) -> str | None:
     """Fraction texts (``0`` or 1-6 digits without a trailing zero) whose value lies in [0.low, 0.high].
 
@@ -178,18 +187,24 @@ def _fraction_between(low: str, high: str) -> str | None:
             return None
         if not tight_low and not tight_high:
             return "[1-9]" if i == _FRACTION_DIGITS - 1 else f"[0-9]{{0,{_FRACTION_DIGITS - 1 - i}}}[1-9]"
-        options = []
+        # digits with the same continuation share one character class, so the automaton keeps one
+        # copy of that continuation instead of one per digit
+        groups: dict[tuple[bool, bool, bool], list[int]] = {}
         for digit in range(first, last + 1):
             next_low = tight_low and digit == first
             next_high = tight_high and digit == last
             can_stop = digit != 0 and (not next_low or set(low[i + 1 :]) <= {"0"})
+            groups.setdefault((next_low, next_high, can_stop), []).append(digit)
+        options = []
+        for (next_low, next_high, can_stop), digits in groups.items():
+            head = _digit_class(digits)
             rest = suffix(i + 1, next_low, next_high) if i + 1 < _FRACTION_DIGITS else None
             if can_stop and rest:
-                options.append(f"{digit}({rest})?")
+                options.append(f"{head}({rest})?")
             elif rest:
-                options.append(f"{digit}{rest}")
+                options.append(f"{head}{rest}")
             elif can_stop:
-                options.append(str(digit))
+                options.append(head)
         return _alternatives(options) if options else None
 
     parts = ["0"] if low == "0" * _FRACTION_DIGITS else []

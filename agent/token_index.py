@@ -203,26 +203,7 @@ class Automaton:
 
     def walk(self, state: int, data: bytes, vocabulary: TokenVocabulary) -> int | None:
         """The state after the bytes ``data`` (spelled with single-byte tokens, else longest tokens)."""
-        single = vocabulary.single_byte_tokens
-        position = 0
-        while position < len(data) and state is not None:
-            token_id = single.get(data[position])
-            if token_id is not None:
-                state = self.next_state(state, token_id)
-                position += 1
-                continue
-            best = None
-            for token_id in self.transitions.get(state, {}):
-                piece = vocabulary.token_bytes[token_id]
-                if data.startswith(piece, position) and (
-                    best is None or len(piece) > len(vocabulary.token_bytes[best])
-                ):
-                    best = token_id
-            if best is None:
-                return None
-            state = self.next_state(state, best)
-            position += len(vocabulary.token_bytes[best])
-        return state
+        return _walk(self.transitions, state, data, vocabulary)
 
     def bias(self, state: int, logits: torch.Tensor, eos_token_ids: tuple[int, ...]) -> torch.Tensor:
         """The additive mask of ``state`` (0 for allowed tokens, -inf otherwise), cached per shape/dtype/device."""
@@ -248,6 +229,32 @@ class Automaton:
         return cached
 
 
+def _walk(
+    transitions: dict[int, dict[int, int]], state: int | None, data: bytes, vocabulary: TokenVocabulary
+) -> int | None:
+    single = vocabulary.single_byte_tokens
+    position = 0
+    while position < len(data) and state is not None:
+        moves = transitions.get(state, {})
+        token_id = single.get(data[position])
+        if token_id is not None and token_id in moves:
+            state = moves[token_id]
+            position += 1
+            continue
+        best = None
+        for candidate in moves:
+            piece = vocabulary.token_bytes[candidate]
+            if data.startswith(piece, position) and (
+                best is None or len(piece) > len(vocabulary.token_bytes[best])
+            ):
+                best = candidate
+        if best is None:
+            return None
+        state = moves[best]
+        position += len(vocabulary.token_bytes[best])
+    return state
+
+
 def bias_from_allowed(allowed: list[int], logits: torch.Tensor) -> torch.Tensor:
     import torch
 
@@ -257,12 +264,19 @@ def bias_from_allowed(allowed: list[int], logits: torch.Tensor) -> torch.Tensor:
     return bias.to(logits.device)
 
 
-def _build_automaton(regex: str, vocabulary: TokenVocabulary) -> Automaton:
-    import numpy as np
-    from outlines_core import Index, Vocabulary
+@lru_cache(maxsize=8)
+def _outlines_vocabulary(vocabulary: TokenVocabulary) -> Any:
+    """The ``outlines_core.Vocabulary`` of a vocabulary, built once and shared by all its indexes."""
+    from outlines_core import Vocabulary
 
-    eos = vocabulary.eos_token_ids[0]
-    index = Index(regex, Vocabulary(eos, vocabulary.byte_groups()))
+    return Vocabulary(vocabulary.eos_token_ids[0], vocabulary.byte_groups())
+
+
+def _build_automaton(regex: str, vocabulary: TokenVocabulary, repeat_separator: bytes | None) -> Automaton:
+    import numpy as np
+    from outlines_core import Index
+
+    index = Index(regex, _outlines_vocabulary(vocabulary))
     raw = index.get_transitions()
     finals = frozenset(index.get_final_states())
     eos_set = set(vocabulary.eos_token_ids)
@@ -270,6 +284,19 @@ def _build_automaton(regex: str, vocabulary: TokenVocabulary) -> Automaton:
         state: {t: n for t, n in moves.items() if t not in eos_set} for state, moves in raw.items()
     }
     del raw
+    initial = index.get_initial_state()
+    if repeat_separator:
+        # (regex (separator regex)*) without indexing a second copy of the regex: from each final
+        # state, a token that starts with the separator continues as if the regex started again
+        again: dict[int, int] = {}
+        for token_id in vocabulary.allowed_ids:
+            data = vocabulary.token_bytes[token_id]
+            if data.startswith(repeat_separator):
+                state = _walk(transitions, initial, data[len(repeat_separator) :], vocabulary)
+                if state is not None:
+                    again[token_id] = state
+        for state in finals:
+            transitions.setdefault(state, {}).update(again)
     states = set(transitions) | {n for moves in transitions.values() for n in moves.values()} | set(finals)
     predecessors: dict[int, set[int]] = {state: set() for state in states}
     for state, moves in transitions.items():
@@ -293,7 +320,6 @@ def _build_automaton(regex: str, vocabulary: TokenVocabulary) -> Automaton:
         nexts[state] = np.fromiter(moves.values(), dtype=np.int64, count=len(moves))
         next_dist[state] = np.fromiter((dist[n] for n in moves.values()), dtype=np.int64, count=len(moves))
         max_next_dist[state] = int(next_dist[state].max()) if len(moves) else 0
-    initial = index.get_initial_state()
     if dist.get(initial, UNREACHABLE) == UNREACHABLE:
         raise InputError(
             "the tool-call grammar cannot be written with this tokenizer's vocabulary (no token path "
@@ -303,8 +329,11 @@ def _build_automaton(regex: str, vocabulary: TokenVocabulary) -> Automaton:
 
 
 @lru_cache(maxsize=16)
-def indexed_automaton(regex: str, vocabulary: TokenVocabulary) -> Automaton:
-    return _build_automaton(regex, vocabulary)
+def indexed_automaton(
+    regex: str, vocabulary: TokenVocabulary, repeat_separator: bytes | None = None
+) -> Automaton:
+    """The (cached) token automaton of ``regex``, or of ``regex (repeat_separator regex)*`` when given."""
+    return _build_automaton(regex, vocabulary, repeat_separator)
 
 
 __all__ = [

@@ -145,6 +145,9 @@ def main() -> None:
         started = time.perf_counter()
         ToolCallConstraint.build(tokenizer, schemas, "auto")
         auto_s = time.perf_counter() - started
+        started = time.perf_counter()
+        ToolCallConstraint.build(tokenizer, schemas, "Speak")
+        named_s = time.perf_counter() - started
         # per-step cost: random logits, sampled tokens, a budget that ends tight
         generator = torch.Generator().manual_seed(0)
         processor = constraint.logits_processor(args.steps)
@@ -161,15 +164,15 @@ def main() -> None:
             ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
         times.sort()
         rows.append(
-            (len(tokenizer), made, vocab_s, build_s, auto_s, len(constraint.automaton.dist),
+            (len(tokenizer), made, vocab_s, build_s, auto_s, named_s, len(constraint.automaton.dist),
              constraint.min_call_tokens, 1000 * times[len(times) // 2], 1000 * times[-1], len(times))
         )  # fmt: skip
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("| vocab | make tokenizer s | vocabulary s | index build s (any) | +auto s | DFA states | "
-          "min call tokens | mask ms median | mask ms max | steps |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| vocab | make tokenizer s | vocabulary s | index build s (any) | +auto s | +one named tool s | "
+          "DFA states | min call tokens | mask ms median | mask ms max | steps |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print("| {} | {:.1f} | {:.2f} | {:.2f} | {:.2f} | {} | {} | {:.3f} | {:.2f} | {} |".format(*row))
+        print("| {} | {:.1f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {} | {} | {:.3f} | {:.2f} | {} |".format(*row))
     print(f"peak RSS {peak:.0f} MiB")
 
 
