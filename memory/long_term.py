@@ -133,9 +133,12 @@ class LongTermMemory:
         if len(fact) > MAX_FACT_CHARS:
             raise InputError(f"a fact is limited to {MAX_FACT_CHARS} characters, got {len(fact)}; shorten it")
         memory = Memory(memory_id_for(fact), fact, time.time())
-        self._open(write=True).upsert(
-            ids=[memory.memory_id], documents=[fact], metadatas=[{"created_at": memory.created_at}]
-        )
+        collection = self._open(write=True)
+        existing = collection.get(ids=[memory.memory_id], include=["documents", "metadatas"])
+        if existing["ids"]:  # already known: keep the first time it was said
+            meta = existing["metadatas"][0] or {}
+            return Memory(memory.memory_id, existing["documents"][0], float(meta.get("created_at", 0.0)))
+        collection.add(ids=[memory.memory_id], documents=[fact], metadatas=[{"created_at": memory.created_at}])
         logger.info("remembered %s", memory.memory_id)
         return memory
 

