@@ -172,7 +172,11 @@ def main() -> None:
           "DFA states | min call tokens | mask ms median | mask ms max | steps |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print("| {} | {:.1f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {} | {} | {:.3f} | {:.2f} | {} |".format(*row))
+        print(
+            "| {} | {:.1f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {} | {} | {:.3f} | {:.2f} | {} |".format(
+                *row
+            )
+        )
     print(f"peak RSS {peak:.0f} MiB")
 
 
