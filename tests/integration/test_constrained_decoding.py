@@ -347,3 +347,56 @@ def test_sentencepiece_tokenizer_calls_are_valid():
         text = _sample_with_random_logits(constraint, tokenizer, constraint.required_new_tokens + 30, seed)
         calls = _assert_valid_calls(text, set(PARAMETERS))
         assert format_tool_calls(calls) == text
+
+
+def _sample_auto_with_random_logits(constraint, tokenizer, budget: int, seed: int, prefix_ids: list[int]):
+    """Like _sample_with_random_logits in "auto" mode, the first tokens pushed towards ``prefix_ids``."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    processor = constraint.logits_processor(budget)
+    ids = torch.zeros((1, 3), dtype=torch.long)
+    generated: list[int] = []
+    for step in range(budget):
+        scores = torch.randn((1, len(tokenizer)), generator=generator) * 3
+        if step < len(prefix_ids):
+            scores[0, prefix_ids[step]] += 1e4
+        scores = processor(ids, scores)
+        token = int(torch.multinomial(torch.softmax(scores, -1), 1, generator=generator))
+        if token in constraint.vocabulary.eos_token_ids:
+            break
+        generated.append(token)
+        ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    text = tokenizer.decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return text, processor.mode
+
+
+@pytest.mark.parametrize("tokenizer_kind", ["sentencepiece", "added_tool_tokens"])
+def test_auto_mode_on_other_vocabularies(tokenizer_kind, tiny_llava_qwen2):
+    """SentencePiece vocabularies, and vocabularies where <tool_call> is one added token (Qwen2.5-style)."""
+    from transformers import AutoTokenizer
+
+    if tokenizer_kind == "sentencepiece":
+        tokenizer = _sentencepiece_style_tokenizer()
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(tiny_llava_qwen2)
+        tokenizer.add_tokens(["<tool_call>", "</tool_call>"])
+    constraint = ToolCallConstraint.build(tokenizer, SCHEMAS, "auto")
+    opener = tokenizer.encode("Ok <tool_call>", add_special_tokens=False)
+    if tokenizer_kind == "added_tool_tokens":
+        assert tokenizer.convert_tokens_to_ids("<tool_call>") in opener
+    called = 0
+    for seed in range(16):
+        prefix = opener if seed % 2 == 0 else []
+        text, mode = _sample_auto_with_random_logits(
+            constraint, tokenizer, constraint.min_call_tokens + 25, seed, prefix
+        )
+        content, calls = parse_tool_calls(text)
+        if calls:
+            called += 1
+            assert mode == "tool_call"
+            _assert_valid_calls(text, set(PARAMETERS))
+            assert content == "Ok"
+        else:
+            assert "<tool_call>" not in text
+    assert called == 8
