@@ -42,7 +42,8 @@ class EvalResult:
 def _image_block(picture: Image) -> dict[str, Any]:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
-    return {"type": "image", "base64": base64.b64encode(buffer.getvalue()).decode("ascii"), "mime_type": "image/png"}
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return {"type": "image", "url": f"data:image/png;base64,{data}", "mime_type": "image/png"}
 
 
 def to_messages(sample: Sample, pictures: list[Image]) -> tuple[list[BaseMessage], str]:

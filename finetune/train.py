@@ -294,6 +294,7 @@ def save_adapter(
     for stale in output_dir.parent.glob(f".{output_dir.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)  # left by a run killed while saving
     staging = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
+    logger.info("Writing adapter to %s", output_dir)
     model.save_pretrained(staging, safe_serialization=True)
     config.save(staging / TRAINING_CONFIG_NAME)
     (staging / DATA_SUMMARY_NAME).write_text(json.dumps(summary, indent=2, default=str) + "\n")
