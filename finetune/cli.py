@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -129,6 +130,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     options = {spec.name: getattr(args, spec.name) for spec in dataclasses.fields(TrainConfig)}
     result = train(TrainConfig(**options))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under DDP, the main process reports
     loss = "n/a" if result.train_loss is None else f"{result.train_loss:.4f}"
     line = f"adapter saved to {result.adapter_dir} ({result.global_step} steps, train loss {loss}"
     if result.eval_loss is not None:

@@ -251,7 +251,8 @@ def train(config: TrainConfig | None = None, **options: Any) -> TrainResult:
         seconds=time.monotonic() - started,
         data_summary=summary,
     )
-    logger.info("Adapter saved to %s after %d steps", output_dir, result.global_step)
+    if is_main:
+        logger.info("Adapter saved to %s after %d steps", output_dir, result.global_step)
     return result
 
 

@@ -84,6 +84,14 @@ def _wait_for(condition, process: subprocess.Popen, timeout: float = 120.0) -> N
     raise AssertionError("timed out waiting for the training process")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
@@ -174,13 +182,14 @@ def test_two_process_ddp_on_cpu_trains_and_saves_once(tiny_llava_qwen2, small_da
     output_dir = tmp_path / "ddp"
     options = _options(tiny_llava_qwen2, small_data, output_dir, epochs=1, batch_size=2, save_steps=100)
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
         "-m", "finetune", "train", *_cli_args(options),
     ]
     done = subprocess.run(command, cwd=REPO, env=_environment(), capture_output=True, text=True, timeout=300)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     assert output.count("Writing adapter to") == 1
+    assert output.count("adapter saved to") == 1
     summary = json.loads((output_dir / "data_summary.json").read_text())
     assert summary["world_size"] == 2
     assert summary["global_step"] == 16 // (2 * 2)  # each step takes a batch from both processes
