@@ -329,6 +329,15 @@ def _model_context_tokens(model: Any, config: AppConfig) -> int:
     return value if isinstance(value, int) and value > 0 else DEFAULT_CONTEXT_TOKENS
 
 
+def _model_image_tokens(model: Any) -> int:
+    """Tokens one image takes in the model's prompt (``image_seq_length`` of a LLaVA config)."""
+    from memory.context import IMAGE_TOKENS
+
+    loaded = getattr(model, "loaded", None) if hasattr(type(model), "loaded") else None
+    value = getattr(getattr(loaded, "config", None), "image_seq_length", None)
+    return value if isinstance(value, int) and value > 0 else IMAGE_TOKENS
+
+
 class _DropStopNoise(logging.Filter):
     """LangChain logs a callback that raises; a user's stop is not an error worth a log line."""
 
@@ -399,6 +408,7 @@ class MultimodalAgent:
             ContextPolicyMiddleware(
                 max_images=lambda: _model_max_images(model, self.config),
                 max_tokens=lambda: _model_context_tokens(model, self.config),
+                image_tokens=lambda: _model_image_tokens(model),
                 reserved_tokens=reserved if isinstance(reserved, int) else 512,
             )
         )
@@ -449,20 +459,33 @@ class MultimodalAgent:
             stop_generation()
 
     def chat(
-        self, message: str, images: Sequence[str | os.PathLike[str]] = (), thread_id: str | None = None
+        self,
+        message: str,
+        images: Sequence[str | os.PathLike[str]] = (),
+        thread_id: str | None = None,
+        *,
+        callbacks: Sequence[Any] = (),
     ) -> AgentReply:
         """Run one turn and return the final reply (a new thread when ``thread_id`` is None)."""
         reply: AgentReply | None = None
-        for event in self.stream(message, images=images, thread_id=thread_id):
+        for event in self.stream(message, images=images, thread_id=thread_id, callbacks=callbacks):
             if isinstance(event, ReplyEvent):
                 reply = event.reply
         assert reply is not None  # stream always ends with a ReplyEvent
         return reply
 
     def stream(
-        self, message: str, images: Sequence[str | os.PathLike[str]] = (), thread_id: str | None = None
+        self,
+        message: str,
+        images: Sequence[str | os.PathLike[str]] = (),
+        thread_id: str | None = None,
+        *,
+        callbacks: Sequence[Any] = (),
     ) -> Iterator[AgentEvent]:
-        """Run one turn, yielding events as they happen; the last one is a :class:`ReplyEvent`."""
+        """Run one turn, yielding events as they happen; the last one is a :class:`ReplyEvent`.
+
+        ``callbacks`` are LangChain callback handlers for this turn (tracing, logging, metrics).
+        """
         from langgraph.errors import GraphRecursionError
 
         from memory.conversations import title_from_message
@@ -480,7 +503,7 @@ class MultimodalAgent:
         run_config = {
             "configurable": {"thread_id": thread_id},
             "recursion_limit": self.recursion_limit,
-            "callbacks": [_stop_callback(stop)],
+            "callbacks": [_stop_callback(stop), *callbacks],
         }
         collector = _TurnCollector(thread_id)
         with self._stop_lock:
@@ -536,18 +559,28 @@ class MultimodalAgent:
             self.graph.update_state(run_config, {"messages": closing}, as_node="model")
 
     async def achat(
-        self, message: str, images: Sequence[str | os.PathLike[str]] = (), thread_id: str | None = None
+        self,
+        message: str,
+        images: Sequence[str | os.PathLike[str]] = (),
+        thread_id: str | None = None,
+        *,
+        callbacks: Sequence[Any] = (),
     ) -> AgentReply:
         """Async :meth:`chat` (the turn runs in a worker thread; the event loop stays free)."""
         reply: AgentReply | None = None
-        async for event in self.astream(message, images=images, thread_id=thread_id):
+        async for event in self.astream(message, images=images, thread_id=thread_id, callbacks=callbacks):
             if isinstance(event, ReplyEvent):
                 reply = event.reply
         assert reply is not None
         return reply
 
     async def astream(
-        self, message: str, images: Sequence[str | os.PathLike[str]] = (), thread_id: str | None = None
+        self,
+        message: str,
+        images: Sequence[str | os.PathLike[str]] = (),
+        thread_id: str | None = None,
+        *,
+        callbacks: Sequence[Any] = (),
     ) -> AsyncIterator[AgentEvent]:
         """Async :meth:`stream`: events are handed over from a worker thread as they happen."""
         loop = asyncio.get_running_loop()
@@ -556,7 +589,7 @@ class MultimodalAgent:
 
         def produce() -> None:
             try:
-                for event in self.stream(message, images=images, thread_id=thread_id):
+                for event in self.stream(message, images=images, thread_id=thread_id, callbacks=callbacks):
                     loop.call_soon_threadsafe(queue.put_nowait, event)
             except BaseException as exc:  # handed to the consumer, which re-raises it
                 loop.call_soon_threadsafe(queue.put_nowait, exc)

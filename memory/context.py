@@ -107,8 +107,8 @@ def apply_image_policy(
     return out
 
 
-def estimate_tokens(message: BaseMessage) -> int:
-    """A cheap, model-independent token estimate (about three characters per token)."""
+def estimate_tokens(message: BaseMessage, image_tokens: int = IMAGE_TOKENS) -> int:
+    """A cheap token estimate: about three characters per token, ``image_tokens`` per image."""
     total = 4
     content = message.content
     parts = [content] if isinstance(content, str) else content
@@ -116,7 +116,7 @@ def estimate_tokens(message: BaseMessage) -> int:
         if isinstance(part, str):
             total += len(part) // 3 + 1
         elif is_image_block(part):
-            total += IMAGE_TOKENS
+            total += image_tokens
         elif isinstance(part, dict):
             total += len(str(part.get("text", ""))) // 3 + 1
     if isinstance(message, AIMessage):
@@ -170,12 +170,20 @@ class ContextPolicyMiddleware(AgentMiddleware):
         max_images: int | None | Callable[[], int | None],
         max_tokens: int | Callable[[], int],
         reserved_tokens: int = 0,
+        image_tokens: int | Callable[[], int] = IMAGE_TOKENS,
     ) -> None:
         """Limits may be callables, read on the first model call (so a model loads only when used)."""
         super().__init__()
         self._max_images = max_images
         self._max_tokens = max_tokens
+        self._image_tokens = image_tokens
         self.reserved_tokens = reserved_tokens
+
+    @property
+    def image_tokens(self) -> int:
+        if callable(self._image_tokens):
+            self._image_tokens = self._image_tokens()
+        return self._image_tokens
 
     @property
     def max_images(self) -> int | None:
@@ -191,9 +199,13 @@ class ContextPolicyMiddleware(AgentMiddleware):
 
     def prepare(self, request: ModelRequest) -> ModelRequest:
         messages = apply_image_policy(request.messages, self.max_images)
+        image_tokens = self.image_tokens
         system_tokens = estimate_tokens(request.system_message) if request.system_message else 0
         messages, note = fit_to_context(
-            messages, self.max_tokens, reserved_tokens=self.reserved_tokens + system_tokens
+            messages,
+            self.max_tokens,
+            reserved_tokens=self.reserved_tokens + system_tokens,
+            count=lambda message: estimate_tokens(message, image_tokens),
         )
         system = request.system_message
         if note:
