@@ -194,7 +194,16 @@ class ChatLlava(BaseChatModel):
         """
         from agent.tool_protocol import tool_schemas
 
-        schemas = tool_schemas(tools)
+        schemas: list[dict[str, Any]] = []
+        for tool in tools:
+            (schema,) = tool_schemas([tool])
+            same_name = [s for s in schemas if s["function"]["name"] == schema["function"]["name"]]
+            if same_name and _without_titles(same_name[0]) != _without_titles(schema):
+                raise InputError(
+                    f"two different tools are named {schema['function']['name']!r}; tool names must be unique"
+                )
+            if not same_name:  # the same tool given twice (e.g. a model and its JSON schema) is bound once
+                schemas.append(schema)
         choice = normalise_tool_choice(tool_choice, [s["function"]["name"] for s in schemas])
         return self.bind(tools=schemas, tool_choice=choice, **kwargs)
 
@@ -248,11 +257,24 @@ class ChatLlava(BaseChatModel):
                 "fewer images) or lower max_new_tokens"
             )
         constraint_processor = None
+        hold_back: list[str] = []
         if use_tools:
             from agent.constrained import ToolCallConstraint
+            from agent.tool_protocol import TOOL_CALL_OPEN
 
-            constraint = ToolCallConstraint.build(loaded.tokenizer, tools, tool_choice or "auto")
+            constraint = ToolCallConstraint.build(
+                loaded.tokenizer,
+                tools,
+                tool_choice or "auto",
+                eos_token_ids=loaded.model.generation_config.eos_token_id,
+            )
+            if constraint.required_new_tokens > options["max_new_tokens"]:
+                raise InputError(
+                    f"a call of the bound tools needs at least {constraint.required_new_tokens} new tokens but "
+                    f"max_new_tokens is {options['max_new_tokens']}; raise max_new_tokens"
+                )
             constraint_processor = constraint.logits_processor(options["max_new_tokens"])
+            hold_back.append(TOOL_CALL_OPEN)
 
         from agent.streaming import stream_generate
 
@@ -265,6 +287,7 @@ class ChatLlava(BaseChatModel):
             stops=stops,
             timeout=self.timeout,
             constraint_processor=constraint_processor,
+            hold_back=hold_back,
         ):
             if isinstance(event, str):
                 emitted.append(event)
@@ -281,17 +304,18 @@ class ChatLlava(BaseChatModel):
         self, result: Any, emitted: str, prompt_tokens: int, run_manager: CallbackManagerForLLMRun | None
     ) -> ChatGenerationChunk:
         tool_call_chunks: list[dict[str, Any]] = []
-        remaining = result.text[len(emitted) :] if result.text.startswith(emitted) else ""
         finish_reason = result.finish_reason
+        text = result.text
         if result.mode == "tool_call":
-            from agent.tool_protocol import parse_tool_calls
+            from agent.tool_protocol import TOOL_CALL_OPEN, parse_tool_calls
 
             if finish_reason == "timeout":
                 raise GenerationTimeoutError(
                     f"generation ran past timeout={self.timeout}s in the middle of a tool call "
                     f"({result.text!r:.200}); raise the timeout or lower max_new_tokens"
                 )
-            remaining, calls = parse_tool_calls(result.text)
+            _, calls = parse_tool_calls(result.text)
+            text = result.text[: result.text.find(TOOL_CALL_OPEN)].rstrip() if calls else result.text
             tool_call_chunks = [
                 {
                     "type": "tool_call_chunk",
@@ -304,6 +328,8 @@ class ChatLlava(BaseChatModel):
             ]
             if calls:
                 finish_reason = "tool_calls"
+        # the text not streamed yet (held back while it might have been a call or a stop)
+        remaining = text[len(emitted) :] if text.startswith(emitted) else ""
         if finish_reason == "timeout":
             logger.warning(
                 "Generation stopped by timeout=%ss after %d tokens", self.timeout, result.output_tokens
@@ -342,6 +368,15 @@ class ChatLlava(BaseChatModel):
         if not isinstance(options["max_new_tokens"], int) or options["max_new_tokens"] <= 0:
             raise InputError(f"max_new_tokens must be a positive integer, got {options['max_new_tokens']!r}")
         return options
+
+
+def _without_titles(schema: Any) -> Any:
+    """A schema without its "title" annotations, to tell one tool given twice from two different tools."""
+    if isinstance(schema, dict):
+        return {k: _without_titles(v) for k, v in schema.items() if k != "title"}
+    if isinstance(schema, list):
+        return [_without_titles(v) for v in schema]
+    return schema
 
 
 def normalise_tool_choice(tool_choice: Any, tool_names: Sequence[str]) -> str | None:

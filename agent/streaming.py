@@ -135,8 +135,13 @@ def stream_generate(
     stops: Sequence[str] = (),
     timeout: float | None = None,
     constraint_processor: Any = None,
+    hold_back: Sequence[str] = (),
 ) -> Iterator[str | GenerationResult]:
-    """Generate a reply to the encoded ``inputs``; yield text pieces, then a :class:`GenerationResult`."""
+    """Generate a reply to the encoded ``inputs``; yield text pieces, then a :class:`GenerationResult`.
+
+    Text is never yielded from a ``hold_back`` marker on (nor a tail that may start one): with
+    tools bound, the ``<tool_call>`` opener and what follows it belong to the calls, not the text.
+    """
     import torch
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
@@ -189,6 +194,7 @@ def stream_generate(
     stop_at: int | None = None
     output_tokens = 0
     longest_stop = max((len(s) for s in stops), default=0)
+    guarded = [*stops, *hold_back]
     with loaded.lock:
         if options.get("seed") is not None:
             torch.manual_seed(int(options["seed"]))
@@ -211,7 +217,10 @@ def stream_generate(
                         cancel.set()
                         text = text[:stop_at]
                 if current_mode == "text":
-                    visible = len(text) if stop_at is not None else safe_length(text, stops)
+                    visible = len(text) if stop_at is not None else safe_length(text, guarded)
+                    for marker in hold_back:
+                        if (found := text.find(marker, max(0, emitted - len(marker)))) >= 0:
+                            visible = min(visible, found)
                     if visible > emitted:
                         yield text[emitted:visible]
                         emitted = visible

@@ -1,0 +1,177 @@
+"""Tool calling and structured output through ChatLlava on a random-weight model.
+
+The constraint makes every call valid for its schema whatever the weights, so these tests can
+assert validity on sampled output; they never assert on which words the model picked.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jsonschema
+import pytest
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
+from pydantic import BaseModel, Field
+
+from agent import ChatLlava
+from agent.errors import InputError
+from agent.tool_protocol import tool_schemas
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy shared CPU they stall on each other."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def caption_image(image: str, detail: Literal["short", "long"] = "short") -> str:
+    """Caption an image file."""
+    return f"a picture ({detail}) of {image}"
+
+
+def speak(text: str, speed: float) -> str:
+    """Read text aloud at a speed."""
+    return text
+
+
+TOOLS = [caption_image, speak]
+PARAMETERS = {s["function"]["name"]: s["function"]["parameters"] for s in tool_schemas(TOOLS)}
+
+
+class Person(BaseModel):
+    """A person mentioned in the text."""
+
+    name: str = Field(description="Their name.")
+    age: int = Field(description="Their age in years.")
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_llava_qwen2) -> ChatLlava:
+    return ChatLlava(model=str(tiny_llava_qwen2), max_tokens=48, temperature=1.0, top_p=1.0, device="cpu")
+
+
+def _assert_valid_calls(message: AIMessage) -> None:
+    assert message.tool_calls, f"expected tool calls, got {message!r}"
+    assert not message.invalid_tool_calls
+    for call in message.tool_calls:
+        assert call["name"] in PARAMETERS
+        jsonschema.validate(call["args"], PARAMETERS[call["name"]])
+        assert call["id"].startswith("call_")
+    assert message.response_metadata["finish_reason"] == "tool_calls"
+
+
+def test_any_every_sampled_reply_is_valid_calls(llm):
+    """50 sampled generations with tool_choice="any": every one is valid calls."""
+    prompts = [f"Please help with request number {i}." for i in range(50)]
+    models = [llm.model_copy(update={"seed": i}).bind_tools(TOOLS, tool_choice="any") for i in range(50)]
+    for model, prompt in zip(models, prompts, strict=True):
+        reply = model.invoke(prompt)
+        _assert_valid_calls(reply)
+        assert reply.content == ""
+
+
+def test_auto_replies_are_text_or_valid_calls(llm):
+    """With tool_choice="auto" each reply is text, or valid calls, and never an exception."""
+    kinds = set()
+    for seed in range(20):
+        reply = llm.model_copy(update={"seed": seed}).bind_tools(TOOLS).invoke(f"Do thing {seed}")
+        assert isinstance(reply, AIMessage)
+        assert not reply.invalid_tool_calls
+        if reply.tool_calls:
+            _assert_valid_calls(reply)
+            kinds.add("calls")
+        else:
+            assert isinstance(reply.content, str)
+            kinds.add("text")
+    assert kinds  # at least one kind observed
+
+
+def test_named_tool_choice_calls_only_that_tool(llm):
+    for choice in ("speak", {"type": "function", "function": {"name": "speak"}}):
+        for seed in range(3):
+            reply = llm.model_copy(update={"seed": seed}).bind_tools(TOOLS, tool_choice=choice).invoke("hi")
+            _assert_valid_calls(reply)
+            assert {c["name"] for c in reply.tool_calls} == {"speak"}
+
+
+def test_tool_choice_none_never_calls_and_hides_tools(llm):
+    with_tools = llm.bind_tools(TOOLS).invoke("hello", max_tokens=1)
+    reply = llm.bind_tools(TOOLS, tool_choice="none").invoke("hello")
+    assert reply.tool_calls == []
+    assert reply.usage_metadata["input_tokens"] < with_tools.usage_metadata["input_tokens"]
+
+
+def test_streamed_tool_calls_arrive_as_chunks(llm):
+    model = llm.model_copy(update={"seed": 3}).bind_tools(TOOLS, tool_choice="any")
+    chunks = list(model.stream("caption cat.png"))
+    assert all(isinstance(c, AIMessageChunk) for c in chunks)
+    assert all(c.content == "" for c in chunks), "no call text may leak into the streamed content"
+    assert chunks[-1].tool_call_chunks and chunks[-1].chunk_position == "last"
+    total = sum(chunks[1:], chunks[0])
+    _assert_valid_calls(
+        AIMessage(
+            content=total.content, tool_calls=total.tool_calls, response_metadata=total.response_metadata
+        )
+    )
+
+
+def test_streamed_and_invoked_calls_match(llm):
+    model = llm.model_copy(update={"seed": 11}).bind_tools(TOOLS, tool_choice="any")
+    streamed = sum(list(model.stream("go"))[1:], next(iter(model.stream("go"))))
+    invoked = model.invoke("go")
+    assert [(c["name"], c["args"]) for c in streamed.tool_calls] == [
+        (c["name"], c["args"]) for c in invoked.tool_calls
+    ]
+
+
+def test_text_streams_in_pieces_with_tools_bound(llm):
+    for seed in range(10):
+        chunks = list(
+            llm.model_copy(update={"seed": seed}).bind_tools(TOOLS).stream("Tell me about red circles")
+        )
+        if not chunks[-1].tool_call_chunks:
+            break
+    else:
+        pytest.fail("ten sampled auto replies were all tool calls")
+    assert len([c for c in chunks if c.content]) >= 2, "free text must stream in pieces while tools are bound"
+
+
+def test_conversation_with_tool_results(llm):
+    messages = [
+        HumanMessage("Caption cat.png"),
+        AIMessage("", tool_calls=[{"name": "caption_image", "args": {"image": "cat.png"}, "id": "call_1"}]),
+        ToolMessage("A cat on a mat.", tool_call_id="call_1", name="caption_image"),
+    ]
+    reply = llm.bind_tools(TOOLS).invoke(messages)
+    assert isinstance(reply, AIMessage)
+    reply = llm.bind_tools(TOOLS, tool_choice="any").invoke(messages)
+    _assert_valid_calls(reply)
+
+
+def test_budget_too_small_for_any_call(llm):
+    with pytest.raises(InputError, match="needs at least .* new tokens .* raise max_new_tokens"):
+        llm.bind_tools(TOOLS, tool_choice="any").invoke("hi", max_tokens=2)
+
+
+def test_structured_output_pydantic_dict_and_raw(llm):
+    person = llm.model_copy(update={"seed": 1}).with_structured_output(Person).invoke("Alice is 30.")
+    assert isinstance(person, Person)
+    as_dict = (
+        llm.model_copy(update={"seed": 2}).with_structured_output(Person.model_json_schema()).invoke("Bob")
+    )
+    jsonschema.validate(as_dict, Person.model_json_schema())
+    raw = (
+        llm.model_copy(update={"seed": 3})
+        .with_structured_output(Person, include_raw=True)
+        .invoke("Carol, 41")
+    )
+    assert set(raw) == {"raw", "parsed", "parsing_error"}
+    assert isinstance(raw["raw"], AIMessage) and raw["raw"].tool_calls
+    assert isinstance(raw["parsed"], Person) and raw["parsing_error"] is None
