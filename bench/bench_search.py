@@ -78,7 +78,12 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--with-text", action="store_true", help="also time with the CLIP text encode on both sides")
     parser.add_argument("--output", type=Path, help="write the figures as JSON here")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     rng = np.random.default_rng(0)
     work = Path(tempfile.mkdtemp(prefix="bench-search-"))

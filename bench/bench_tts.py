@@ -47,15 +47,21 @@ def real_time_factor(tool: SpeakTool, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="espeak-ng runs")
+    parser.add_argument("--vits-repeats", type=int, default=1, help="VITS runs (slow on a CPU)")
     parser.add_argument("--output", type=Path)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     work = Path(tempfile.mkdtemp(prefix="bench-tts-"))
     results = [real_time_factor(SpeakTool(artifacts_dir=work), args.repeats)]
     vits = SpeakTool(engine="vits", vits_model=str(build_vits(work / "vits-mms", size="mms")), device="cpu",
                      artifacts_dir=work)
-    row = real_time_factor(vits, args.repeats)
+    row = real_time_factor(vits, args.vits_repeats)
     manager = vits.get_manager()
     key = ("vits", vits.vits_model, "cpu")
     row["parameters_mb"] = round(model_size_bytes(manager.get(key, vits._load_vits, device="cpu")) / 2**20, 1)
