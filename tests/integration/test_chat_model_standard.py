@@ -7,7 +7,6 @@ are marked xfail with that reason; every test of the plumbing runs and passes.
 
 from __future__ import annotations
 
-import base64
 import io
 from pathlib import Path
 from typing import Any
@@ -79,7 +78,7 @@ class TestChatLlavaIntegration(ChatModelIntegrationTests):
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
-        return {"model": str(_TINY_MODEL["qwen2"]), "device": "cpu", "max_tokens": 16, "temperature": 0.0}
+        return {"model": str(_TINY_MODEL["qwen2"]), "device": "cpu", "temperature": 0.0}
 
     @property
     def has_tool_calling(self) -> bool:
@@ -118,16 +117,33 @@ class TestChatLlavaIntegration(ChatModelIntegrationTests):
     def supported_usage_metadata_details(self) -> dict[str, list[str]]:
         return {"invoke": [], "stream": []}
 
-    def test_image_inputs(self, model, monkeypatch) -> None:
+    # The tests below check what the model answered, which a random-weight model cannot get right;
+    # the plumbing they exercise (binding, constrained calls, parsing, tool messages) is covered by
+    # the other standard tests and by test_chat_model_tools.py.
+
+    @pytest.mark.xfail(reason=NEEDS_CAPABLE_MODEL + ": checks the call's argument is 3")
+    def test_tool_calling(self, model) -> None:
+        super().test_tool_calling(model)
+
+    @pytest.mark.xfail(reason=NEEDS_CAPABLE_MODEL + ": checks the call's argument is 3")
+    async def test_tool_calling_async(self, model) -> None:
+        await super().test_tool_calling_async(model)
+
+    @pytest.mark.xfail(reason=NEEDS_CAPABLE_MODEL + ": checks the model calls the tool exactly once")
+    def test_tool_calling_with_no_arguments(self, model) -> None:
+        super().test_tool_calling_with_no_arguments(model)
+
+    @pytest.mark.xfail(reason=NEEDS_CAPABLE_MODEL + ": checks the call's argument and the final answer")
+    def test_agent_loop(self, model) -> None:
+        super().test_agent_loop(model)
+
+    @pytest.mark.xfail(reason=NEEDS_CAPABLE_MODEL + ": checks the model copies Chinese text into the call")
+    def test_unicode_tool_call_integration(self, model, *, tool_choice=None, force_tool_call=True) -> None:
+        super().test_unicode_tool_call_integration(
+            model, tool_choice=tool_choice, force_tool_call=force_tool_call
+        )
+
+    @pytest.fixture(autouse=True)
+    def _serve_images_locally(self, monkeypatch):
+        """The standard image tests download a picture with httpx.get; serve a local PNG instead."""
         monkeypatch.setattr(httpx, "get", _local_image_response)
-        super().test_image_inputs(model)
-
-    def test_image_tool_message(self, model, monkeypatch) -> None:
-        monkeypatch.setattr(httpx, "get", _local_image_response)
-        super().test_image_tool_message(model)
-
-
-def _local_png_b64() -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 16), "red").save(buffer, "PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
