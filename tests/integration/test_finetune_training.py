@@ -226,3 +226,18 @@ def test_training_stops_on_invalid_data_before_loading_the_model(tiny_llava_qwen
     assert not (tmp_path / "out").exists()
     result = train(**options, skip_invalid=True)
     assert result.data_summary["samples_skipped"] == 2 and result.samples == 14
+
+
+def test_eval_split_reports_evaluation_loss_and_draws_it(tiny_llava_qwen2, small_data, tmp_path):
+    from finetune import train
+
+    output_dir = tmp_path / "with-eval"
+    result = train(
+        **_options(tiny_llava_qwen2, small_data, output_dir, eval_split=0.25, max_steps=4, save_steps=2, train_projector=True)
+    )
+    assert result.samples == 12 and result.data_summary["eval_samples"] == 4
+    assert result.eval_loss is not None and result.eval_loss > 0
+    history = json.loads((output_dir / "log_history.json").read_text())
+    assert [entry["step"] for entry in history if "eval_loss" in entry][:2] == [2, 4]
+    saved = json.loads((output_dir / "training_config.json").read_text())
+    assert saved["eval_split"] == 0.25 and saved["train_projector"] is True
