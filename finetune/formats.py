@@ -278,16 +278,10 @@ def _blocks_to_text(blocks: list[Any], position: int, inline_images: list[str | 
                 f"message {position} block {number} is {block!r}; expected {{'type': 'text', 'text': ...}} "
                 "or {'type': 'image'}"
             )
-    return "\n".join(parts) if len(parts) > 1 and IMAGE_PLACEHOLDER in parts else "".join(parts)
+    return "".join(parts)
 
 
 _PARSERS = {"llava": _parse_llava, "sharegpt": _parse_sharegpt, "messages": _parse_messages}
-
-
-def parse_hf_row(record: Record) -> tuple[str, Sample]:
-    """Parse a ``datasets`` row in whichever row format it is written."""
-    fmt = detect_format([record])
-    return fmt, parse_record(record, fmt)
 
 
 def iter_samples(records: Iterable[Record], fmt: str) -> Iterator[tuple[Record, Sample | SampleError]]:
