@@ -8,6 +8,8 @@ history and deleting a thread removes both.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import sqlite3
 import threading
@@ -53,6 +55,95 @@ def title_from_message(text: str) -> str:
     return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1].rstrip() + "…"
 
 
+def _copy_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A copy LangGraph may update in place (versions, value lists); messages themselves are shared."""
+    copied = dict(checkpoint)
+    copied["channel_values"] = {
+        key: list(value) if isinstance(value, list) else value
+        for key, value in checkpoint.get("channel_values", {}).items()
+    }
+    copied["channel_versions"] = dict(checkpoint.get("channel_versions", {}))
+    copied["versions_seen"] = {key: dict(value) for key, value in checkpoint.get("versions_seen", {}).items()}
+    if "updated_channels" in checkpoint and checkpoint["updated_channels"] is not None:
+        copied["updated_channels"] = list(checkpoint["updated_channels"])
+    return copied
+
+
+@functools.lru_cache(maxsize=1)
+def _caching_saver_class() -> type:
+    from langgraph.checkpoint.base import CheckpointTuple, get_checkpoint_id, get_checkpoint_metadata
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    class CachingSqliteSaver(SqliteSaver):
+        """``SqliteSaver`` that keeps the latest checkpoint of recent threads deserialized in memory.
+
+        Loading a thread otherwise deserializes its whole history on every turn, so a turn gets
+        slower as the conversation grows. The cached copy is used only while it is still the
+        newest checkpoint in the database (one cheap id query) and has no pending writes, so
+        another process writing the same thread is always seen.
+        """
+
+        def __init__(self, conn: sqlite3.Connection, max_threads: int = 64) -> None:
+            super().__init__(conn)
+            self._latest: dict[tuple[str, str], CheckpointTuple] = {}
+            self._max_threads = max_threads
+            self._cache_lock = threading.Lock()
+
+        def _remember(self, entry: CheckpointTuple) -> None:
+            key = (str(entry.config["configurable"]["thread_id"]), entry.config["configurable"].get("checkpoint_ns", ""))
+            with self._cache_lock:
+                self._latest.pop(key, None)
+                self._latest[key] = entry
+                while len(self._latest) > self._max_threads:
+                    self._latest.pop(next(iter(self._latest)))
+
+        def put(self, config, checkpoint, metadata, new_versions):
+            saved = super().put(config, checkpoint, metadata, new_versions)
+            parent_id = config["configurable"].get("checkpoint_id")
+            parent = {"configurable": {**saved["configurable"], "checkpoint_id": parent_id}} if parent_id else None
+            stored_metadata = json.loads(json.dumps(get_checkpoint_metadata(config, metadata), ensure_ascii=False))
+            self._remember(CheckpointTuple(saved, _copy_checkpoint(checkpoint), stored_metadata, parent, []))
+            return saved
+
+        def get_tuple(self, config):
+            if get_checkpoint_id(config) is None:
+                thread_id = str(config["configurable"]["thread_id"])
+                namespace = config["configurable"].get("checkpoint_ns", "")
+                with self._cache_lock:
+                    cached = self._latest.get((thread_id, namespace))
+                if cached is not None:
+                    checkpoint_id = cached.config["configurable"]["checkpoint_id"]
+                    with self.cursor(transaction=False) as cur:
+                        cur.execute(
+                            "SELECT checkpoint_id FROM checkpoints WHERE thread_id = ? AND checkpoint_ns = ? "
+                            "ORDER BY checkpoint_id DESC LIMIT 1",
+                            (thread_id, namespace),
+                        )
+                        row = cur.fetchone()
+                        fresh = row is not None and row[0] == checkpoint_id
+                        if fresh:
+                            cur.execute(
+                                "SELECT 1 FROM writes WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ? "
+                                "LIMIT 1",
+                                (thread_id, namespace, checkpoint_id),
+                            )
+                            fresh = cur.fetchone() is None
+                    if fresh:
+                        return cached._replace(checkpoint=_copy_checkpoint(cached.checkpoint), pending_writes=[])
+            result = super().get_tuple(config)
+            if result is not None and get_checkpoint_id(config) is None and not result.pending_writes:
+                self._remember(result._replace(checkpoint=_copy_checkpoint(result.checkpoint)))
+            return result
+
+        def delete_thread(self, thread_id: str) -> None:
+            with self._cache_lock:
+                for key in [k for k in self._latest if k[0] == str(thread_id)]:
+                    del self._latest[key]
+            super().delete_thread(thread_id)
+
+    return CachingSqliteSaver
+
+
 class ConversationStore:
     """Threads of conversation in one SQLite file: the LangGraph checkpointer and thread titles.
 
@@ -61,8 +152,6 @@ class ConversationStore:
     """
 
     def __init__(self, db_path: str | Path) -> None:
-        from langgraph.checkpoint.sqlite import SqliteSaver
-
         self.db_path = Path(db_path).expanduser()
         try:
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +160,7 @@ class ConversationStore:
             self._conn.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a crash loses at most the last turn
             self._conn.execute(_SCHEMA)
             self._conn.commit()
-            self._saver = SqliteSaver(self._conn)
+            self._saver = _caching_saver_class()(self._conn)
             self._saver.setup()
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(

@@ -79,3 +79,23 @@ def test_unopenable_database_is_a_store_error(tmp_path):
     with pytest.raises(StoreError) as excinfo:
         ConversationStore(target)
     assert str(target) in str(excinfo.value) and "cannot be opened" in str(excinfo.value)
+
+
+def test_latest_checkpoint_cache_sees_writes_from_another_store(tmp_path):
+    """A second store (as another process would) writing the thread invalidates the first one's cache."""
+    from langchain_core.messages import AIMessage
+
+    from agent.config import load_config
+    from agent.multimodal_agent import MultimodalAgent
+    from tests.scripted_chat_model import ScriptedChatModel
+
+    config = load_config({"data_dir": str(tmp_path), "agent": {"long_term_memory": False}}, environ={})
+    first = MultimodalAgent(ScriptedChatModel(replies=["one", "three"]), [], config=config)
+    second = MultimodalAgent(ScriptedChatModel(replies=["two"]), [], config=config)
+    thread = first.chat("a").thread_id
+    second.chat("b", thread_id=thread)
+    model = first.model
+    first.chat("c", thread_id=thread)
+    assert [m.text for m in model.calls[-1][1:]] == ["a", "one", "b", "two", "c"]
+    assert [m.text for m in first.history(thread)] == ["a", "one", "b", "two", "c", "three"]
+    assert isinstance(first.history(thread)[-1], AIMessage)
