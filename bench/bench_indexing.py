@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -105,6 +106,7 @@ def main() -> None:
           f"-> ratio {result['ratio']:.3f} (best of {args.rounds} rounds each)")
     if args.output:
         args.output.write_text(json.dumps(result, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ checks, the CLIP-model check, the query, building results) and through a raw
 ``collection.query`` with the same ``n_results`` and ``include``, interleaved so both see the
 same machine load. The query vectors are computed once, outside the timing; with ``--with-text``
 the CLIP text encoding of a query is included on both sides as well (a real-size CLIP with
-random weights).
+random weights): ours through ``ImageIndex.search(text)``, raw as tokenizer + text tower +
+normalisation on the same weights, then ``collection.query``.
 
     python bench/bench_search.py                 # 10k and 100k
     python bench/bench_search.py --sizes 10000 --queries 100
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -47,6 +49,20 @@ def fill(collection, start: int, stop: int, rng: np.random.Generator, batch: int
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         ids = [f"/images/{i:07d}.png" for i in range(first, last)]
         collection.add(ids=ids, embeddings=vectors, metadatas=[{"path": i} for i in ids], documents=[""] * len(ids))
+
+
+def raw_text_encoder(model, processor):
+    """Raw CLIP text encoding: tokenizer, text tower, normalisation."""
+    import torch
+
+    def encode(text: str) -> np.ndarray:
+        with torch.inference_mode():
+            tokens = processor.tokenizer([text], padding=True, truncation=True, max_length=77, return_tensors="pt")
+            features = model.get_text_features(**tokens)
+        vector = getattr(features, "pooler_output", features)[0].numpy()
+        return vector / np.linalg.norm(vector)
+
+    return encode
 
 
 def measure(index: ImageIndex, collection, queries: np.ndarray, k: int, encode=None, texts=None) -> dict:
@@ -108,7 +124,8 @@ def main() -> None:
         results.append(row)
         print(json.dumps(row))
         if args.with_text:
-            encode = lambda text: index.embedder.embed_texts([text])[0]  # noqa: E731
+            model, processor = index.embedder.manager.get(index.embedder.key, index.embedder._load, device="cpu")
+            encode = raw_text_encoder(model, processor)
             measure(index, collection, queries[:5], args.k, encode, texts[:5])
             row = {"stored": collection.count(), "mode": "text+clip",
                    **measure(index, collection, queries[: len(texts)], args.k, encode, texts)}
@@ -124,6 +141,7 @@ def main() -> None:
     if args.output:
         args.output.write_text(json.dumps(results, indent=2))
     release_writer_lock(work / "chroma")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

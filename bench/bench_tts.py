@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -71,6 +72,7 @@ def main() -> None:
         print(f"{row['engine']}: {row['audio_s']:.2f} s of audio in {row['synthesis_s']:.3f} s -> RTF {row['rtf']:.4f}")
     if args.output:
         args.output.write_text(json.dumps(results, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ class ClipEmbedder:
         self.model_id = model
         self.device = resolve_device(device)
         self.manager = manager or get_model_manager()
+        self._size_estimate: int | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -71,8 +72,9 @@ class ClipEmbedder:
     def _use(self):
         from tools.model_manager import checkpoint_size_bytes
 
-        return self.manager.use(self.key, self._load, device=self.device,
-                                size_bytes=checkpoint_size_bytes(self.model_id))
+        if self._size_estimate is None and self.key not in self.manager:
+            self._size_estimate = checkpoint_size_bytes(self.model_id)
+        return self.manager.use(self.key, self._load, device=self.device, size_bytes=self._size_estimate)
 
     @property
     def dimension(self) -> int:
