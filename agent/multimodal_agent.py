@@ -481,10 +481,12 @@ class MultimodalAgent:
         thread_id: str | None = None,
         *,
         callbacks: Sequence[Any] = (),
+        stop: threading.Event | None = None,
     ) -> Iterator[AgentEvent]:
         """Run one turn, yielding events as they happen; the last one is a :class:`ReplyEvent`.
 
         ``callbacks`` are LangChain callback handlers for this turn (tracing, logging, metrics).
+        Setting ``stop`` (or calling :meth:`stop`) ends this turn early.
         """
         from langgraph.errors import GraphRecursionError
 
@@ -499,7 +501,7 @@ class MultimodalAgent:
             thread_id = self.conversations.new_thread(title_from_message(title)).thread_id
         else:
             self.conversations.touch(thread_id, title)
-        stop = threading.Event()
+        stop = stop or threading.Event()
         run_config = {
             "configurable": {"thread_id": thread_id},
             "recursion_limit": self.recursion_limit,
@@ -586,10 +588,11 @@ class MultimodalAgent:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         done = object()
+        stop = threading.Event()
 
         def produce() -> None:
             try:
-                for event in self.stream(message, images=images, thread_id=thread_id, callbacks=callbacks):
+                for event in self.stream(message, images, thread_id, callbacks=callbacks, stop=stop):
                     loop.call_soon_threadsafe(queue.put_nowait, event)
             except BaseException as exc:  # handed to the consumer, which re-raises it
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
@@ -607,8 +610,8 @@ class MultimodalAgent:
                     raise item
                 yield item
         finally:
-            if worker.is_alive():
-                self.stop()
+            if worker.is_alive():  # the consumer left early (break, cancellation): end this turn only
+                stop.set()
                 await asyncio.to_thread(worker.join)
 
     def close(self) -> None:

@@ -229,3 +229,19 @@ async def test_async_variants_match_the_sync_ones(config):
     assert reply.text == "async hello"
     replies = await asyncio.gather(agent2.achat("a"), agent2.achat("b"))
     assert len({r.thread_id for r in replies}) == 2
+
+
+async def test_leaving_an_async_stream_early_stops_only_that_turn(config):
+    agent, model = make_agent(config, [" ".join(["word"] * 300)], tools=[add])
+    model.token_delay_s = 0.002
+    other = threading.Event()
+    background = threading.Thread(target=lambda: other.set() if agent.chat("other").text else None)
+    async for event in agent.astream("talk"):
+        if isinstance(event, TokenEvent):
+            background.start()
+            break  # the consumer leaves: this turn is stopped, the other one runs to its end
+    await asyncio.to_thread(background.join)
+    assert other.is_set()
+    threads = agent.conversations.list_threads()
+    replies = [agent.history(t.thread_id)[-1].text.count("word") for t in threads]
+    assert sorted(replies)[0] < 300 and sorted(replies)[1] == 300

@@ -136,3 +136,24 @@ def test_inline_image_escapes(tmp_path):
     assert kitty.startswith("\x1b_Ga=T,f=100,") and kitty.endswith("\x1b\\\n")
     payload = "".join(part.split(";", 1)[1] for part in kitty.strip().split("\x1b\\") if part)
     assert base64.b64decode(payload).startswith(b"\x89PNG")
+
+
+def test_speak_on_reads_replies_aloud_with_espeak(tmp_path, monkeypatch):
+    from tools import build_tools
+
+    config = load_config({"data_dir": str(tmp_path / "data"), "tools": {"enabled": ["speak"]},
+                          "agent": {"long_term_memory": False}}, environ={})
+    model = ScriptedChatModel(replies=["Hello from the speaker."])
+    out = io.StringIO()
+    monkeypatch.setattr("agent.terminal.find_audio_player", lambda: None)  # no sound card in tests
+    terminal = TerminalChat(config, output=out,
+                            agent_factory=lambda c: MultimodalAgent(model, build_tools(c), config=c))
+    terminal._loader.start()
+    terminal._run_command("/speak on")
+    assert "speak on (no audio player found; audio files are saved only)" in out.getvalue()
+    terminal.turn("say hi")
+    spoken = [line.split("audio: ", 1)[1] for line in out.getvalue().splitlines() if "audio: " in line]
+    assert len(spoken) == 1 and open(spoken[0], "rb").read(4) == b"RIFF"
+    terminal._run_command("/speak off")
+    terminal.turn("again")
+    assert out.getvalue().count("audio: ") == 1
