@@ -413,6 +413,12 @@ class MultimodalAgent:
             )
         )
         if self.config.agent.tool_choice:
+            allowed = ["auto", "any", "required", "none", *names]
+            if self.config.agent.tool_choice not in allowed:
+                raise InputError(
+                    f"agent.tool_choice = {self.config.agent.tool_choice!r} is not allowed here; "
+                    f"use one of {', '.join(allowed)}"
+                )
             stack.append(_FirstCallToolChoice.create(self.config.agent.tool_choice))
         stack.extend(middleware)
         self.graph = create_agent(
@@ -454,9 +460,6 @@ class MultimodalAgent:
         with self._stop_lock:
             for event in self._active_stops:
                 event.set()
-        stop_generation = getattr(self.model, "stop_generation", None)
-        if callable(stop_generation):
-            stop_generation()
 
     def chat(
         self,

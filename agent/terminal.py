@@ -356,9 +356,12 @@ class TerminalChat:
                 elif isinstance(item, ReplyEvent):
                     reply = item.reply
             except KeyboardInterrupt:
-                if not stopping:
+                if not stopping:  # the reply ends at the next token, or when a running tool returns
                     stopping = True
                     agent.stop()
+                    self.say("" if at_line_start else "\n", end="")
+                    self.say("[stopping]")
+                    at_line_start = True
         worker.join()
         if reply is None:
             return None

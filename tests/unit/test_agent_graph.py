@@ -245,3 +245,12 @@ async def test_leaving_an_async_stream_early_stops_only_that_turn(config):
     threads = agent.conversations.list_threads()
     replies = [agent.history(t.thread_id)[-1].text.count("word") for t in threads]
     assert sorted(replies)[0] < 300 and sorted(replies)[1] == 300
+
+
+def test_tool_choice_must_name_a_tool(config):
+    config["agent"]["tool_choice"] = "paint"
+    with pytest.raises(InputError) as excinfo:
+        make_agent(config, ["x"], tools=[add])
+    assert str(excinfo.value) == (
+        "agent.tool_choice = 'paint' is not allowed here; use one of auto, any, required, none, add"
+    )
