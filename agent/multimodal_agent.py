@@ -18,27 +18,49 @@ The agent is ``langchain.agents.create_agent`` plus:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
+from agent.agent_events import (
+    AgentEvent,
+    AgentReply,
+    ReplyEvent,
+    TokenEvent,
+    ToolCallEvent,
+    ToolResultEvent,
+    TurnCollector,
+)
+from agent.attachments import build_user_message, save_attachment
 from agent.config import AppConfig, load_config
-from agent.errors import ImageError, InputError
+from agent.errors import InputError
 
 if TYPE_CHECKING:
     from langchain.agents.middleware import AgentMiddleware, ToolCallRequest
     from langchain_core.language_models import BaseChatModel
-    from langchain_core.messages import BaseMessage, HumanMessage
+    from langchain_core.messages import BaseMessage
     from langchain_core.tools import BaseTool
 
     from memory.conversations import ConversationStore
     from memory.long_term import LongTermMemory
+
+__all__ = [
+    "AgentEvent",
+    "AgentReply",
+    "GenerationStopped",
+    "MultimodalAgent",
+    "ReplyEvent",
+    "TokenEvent",
+    "ToolCallEvent",
+    "ToolResultEvent",
+    "build_user_message",
+    "save_attachment",
+    "tool_error_message",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -47,60 +69,6 @@ LIMIT_MESSAGE = (
     "I stopped after {limit} agent steps without reaching an answer (the step limit). "
     "Ask again with a narrower request, or raise agent.recursion_limit in the config."
 )
-_IMAGE_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp", "BMP": "image/bmp"}
-
-
-@dataclass
-class AgentReply:
-    """The outcome of one turn."""
-
-    text: str
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)
-    """Each call made this turn: ``name``, ``args``, ``id`` and ``status`` (success, error, not_run)."""
-    artifacts: list[dict[str, Any]] = field(default_factory=list)
-    """What tools produced (image and audio paths, search hits), each with its ``tool`` name."""
-    thread_id: str = ""
-    stopped: bool = False
-    """True when the turn was interrupted with :meth:`MultimodalAgent.stop`."""
-    limit_reached: bool = False
-    """True when the step limit ended the turn."""
-
-
-@dataclass(frozen=True)
-class TokenEvent:
-    """A piece of the model's answer, as it is generated."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class ToolCallEvent:
-    """The model asked for a tool; it is about to run."""
-
-    name: str
-    args: dict[str, Any]
-    call_id: str
-
-
-@dataclass(frozen=True)
-class ToolResultEvent:
-    """A tool finished (or failed: ``is_error``); ``artifact`` holds files and hits it produced."""
-
-    name: str
-    content: str
-    artifact: Any
-    call_id: str
-    is_error: bool = False
-
-
-@dataclass(frozen=True)
-class ReplyEvent:
-    """The turn is over; always the last event of a stream."""
-
-    reply: AgentReply
-
-
-AgentEvent = Union[TokenEvent, ToolCallEvent, ToolResultEvent, ReplyEvent]
 
 
 class GenerationStopped(Exception):
@@ -133,159 +101,6 @@ def tool_error_message(exc: BaseException, request: ToolCallRequest) -> str:
     args = json.dumps(request.tool_call.get("args", {}), ensure_ascii=False, default=str)
     logger.warning("tool %s failed: %s", name, exc, exc_info=logger.isEnabledFor(logging.DEBUG))
     return f"Error running {name} with arguments {args}: {exc} Please try again or use another tool."
-
-
-def save_attachment(path: str | os.PathLike[str], folder: Path) -> tuple[Path, str, bytes]:
-    """Check an image file and keep a copy in ``folder``; returns (saved path, mime type, bytes).
-
-    The copy is named by content hash, so attaching the same image twice stores it once, and
-    tools can always read it (the data folder is an allowed folder).
-    """
-    source = Path(path).expanduser()
-    if not source.exists():
-        raise ImageError(f"image {str(path)!r} does not exist; check the path (relative paths start at {Path.cwd()})")
-    if not source.is_file():
-        raise ImageError(f"image {str(path)!r} is not a file; give the path of an image file")
-    try:
-        data = source.read_bytes()
-    except OSError as exc:
-        raise ImageError(f"image {str(path)!r} cannot be read ({exc.strerror}); check its permissions") from None
-    if not data:
-        raise ImageError(f"image {str(path)!r} is empty; give a PNG, JPEG, GIF, WEBP or BMP file")
-    from io import BytesIO
-
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(BytesIO(data)) as image:
-            image_format = image.format or ""
-            image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(
-            f"file {str(path)!r} is not a readable image ({exc}); give a PNG, JPEG, GIF, WEBP or BMP file"
-        ) from None
-    mime = _IMAGE_MIME.get(image_format)
-    if mime is None:
-        raise ImageError(f"image {str(path)!r} is a {image_format} file; give a PNG, JPEG, GIF, WEBP or BMP file")
-    digest = hashlib.sha256(data).hexdigest()[:12]
-    target = folder / f"{digest}-{source.name}"
-    if not target.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-    return target.resolve(), mime, data
-
-
-def build_user_message(text: str, images: Sequence[str | os.PathLike[str]], attachments_dir: Path) -> HumanMessage:
-    """A user turn: the text, one ``[attached image: PATH]`` line per image, then the images."""
-    import base64
-
-    from langchain_core.messages import HumanMessage
-
-    if not isinstance(text, str):
-        raise InputError(f"message must be a str, got {type(text).__name__}; pass the user's text")
-    if isinstance(images, (str, os.PathLike)):
-        images = [images]
-    if not text.strip() and not images:
-        raise InputError("the message is empty; type some text or attach an image")
-    saved = [save_attachment(path, attachments_dir) for path in images]
-    lines = [text.strip()] if text.strip() else []
-    lines += [f"[attached image: {path}]" for path, _, _ in saved]
-    blocks: list[str | dict[str, Any]] = [{"type": "text", "text": "\n".join(lines)}]
-    for path, mime, data in saved:
-        blocks.append(
-            {
-                "type": "image",
-                "base64": base64.b64encode(data).decode("ascii"),
-                "mime_type": mime,
-                "extras": {"path": str(path)},
-            }
-        )
-    return HumanMessage(content=blocks if saved else blocks[0]["text"])  # type: ignore[index]
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    parts = [b.get("text", "") if isinstance(b, dict) else str(b) for b in content or []]
-    return "".join(p for p in parts if isinstance(p, str))
-
-
-class _TurnCollector:
-    """Turns LangGraph stream parts into agent events and gathers the reply."""
-
-    def __init__(self, thread_id: str) -> None:
-        self.thread_id = thread_id
-        self.tokens: list[str] = []
-        self.final_text: str | None = None
-        self.tool_calls: list[dict[str, Any]] = []
-        self.artifacts: list[dict[str, Any]] = []
-        self.stopped = False
-        self.limit_reached = False
-
-    def consume(self, mode: str, data: Any) -> Iterator[AgentEvent]:
-        from langchain_core.messages import AIMessage, AIMessageChunk, ToolMessage
-
-        if mode == "messages":
-            chunk, metadata = data
-            if isinstance(chunk, AIMessageChunk) and metadata.get("langgraph_node") == "model":
-                text = _content_text(chunk.content)
-                if text:
-                    self.tokens.append(text)
-                    yield TokenEvent(text)
-            return
-        if mode != "updates" or not isinstance(data, Mapping):
-            return
-        for node, update in data.items():
-            messages = update.get("messages", []) if isinstance(update, Mapping) else []
-            for message in messages if isinstance(messages, list) else [messages]:
-                if isinstance(message, AIMessage) and node == "model":
-                    self.tokens.clear()
-                    self.final_text = _content_text(message.content)
-                    for call in message.tool_calls:
-                        self.tool_calls.append(
-                            {"name": call["name"], "args": call["args"], "id": call.get("id") or "", "status": "pending"}
-                        )
-                        yield ToolCallEvent(call["name"], dict(call["args"]), call.get("id") or "")
-                elif isinstance(message, ToolMessage):
-                    yield self._tool_result(message)
-
-    def _tool_result(self, message: Any) -> ToolResultEvent:
-        is_error = message.status == "error"
-        for call in self.tool_calls:
-            if call["id"] == message.tool_call_id:
-                call["status"] = "error" if is_error else "success"
-        name = message.name or ""
-        artifact = message.artifact
-        if artifact is not None and not is_error:
-            items = artifact if isinstance(artifact, list) else [artifact]
-            for item in items:
-                self.artifacts.append({"tool": name, **item} if isinstance(item, dict) else {"tool": name, "value": item})
-        return ToolResultEvent(name, _content_text(message.content), artifact, message.tool_call_id, is_error)
-
-    def reply(self, limit_text: str) -> AgentReply:
-        for call in self.tool_calls:
-            if call["status"] == "pending":
-                call["status"] = "not_run"
-        if self.limit_reached:
-            text = limit_text
-        elif self.stopped or self.final_text is None:
-            text = "".join(self.tokens)
-        else:
-            text = self.final_text
-        return AgentReply(
-            text=text.strip(),
-            tool_calls=self.tool_calls,
-            artifacts=self.artifacts,
-            thread_id=self.thread_id,
-            stopped=self.stopped,
-            limit_reached=self.limit_reached,
-        )
 
 
 class _FirstCallToolChoice:
@@ -510,7 +325,7 @@ class MultimodalAgent:
             "recursion_limit": self.recursion_limit,
             "callbacks": [_stop_callback(stop), *callbacks],
         }
-        collector = _TurnCollector(thread_id)
+        collector = TurnCollector(thread_id)
         with self._stop_lock:
             self._active_stops.add(stop)
         # durability="exit": the turn is written once, when it ends (also when stopped or limited).

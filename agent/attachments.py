@@ -1,0 +1,94 @@
+"""User turns: checking and keeping attached images, and building the message the agent stores.
+
+Attached images are copied into the data folder (named by content hash) so tools can read them
+by path, and the message names each one as ``[attached image: PATH]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.errors import ImageError, InputError
+
+if TYPE_CHECKING:
+    from langchain_core.messages import HumanMessage
+
+_IMAGE_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp", "BMP": "image/bmp"}
+
+
+def save_attachment(path: str | os.PathLike[str], folder: Path) -> tuple[Path, str, bytes]:
+    """Check an image file and keep a copy in ``folder``; returns (saved path, mime type, bytes).
+
+    The copy is named by content hash, so attaching the same image twice stores it once, and
+    tools can always read it (the data folder is an allowed folder).
+    """
+    source = Path(path).expanduser()
+    if not source.exists():
+        raise ImageError(f"image {str(path)!r} does not exist; check the path (relative paths start at {Path.cwd()})")
+    if not source.is_file():
+        raise ImageError(f"image {str(path)!r} is not a file; give the path of an image file")
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"image {str(path)!r} cannot be read ({exc.strerror}); check its permissions") from None
+    if not data:
+        raise ImageError(f"image {str(path)!r} is empty; give a PNG, JPEG, GIF, WEBP or BMP file")
+    from io import BytesIO
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(BytesIO(data)) as image:
+            image_format = image.format or ""
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(
+            f"file {str(path)!r} is not a readable image ({exc}); give a PNG, JPEG, GIF, WEBP or BMP file"
+        ) from None
+    mime = _IMAGE_MIME.get(image_format)
+    if mime is None:
+        raise ImageError(f"image {str(path)!r} is a {image_format} file; give a PNG, JPEG, GIF, WEBP or BMP file")
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    target = folder / f"{digest}-{source.name}"
+    if not target.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    return target.resolve(), mime, data
+
+
+def build_user_message(text: str, images: Sequence[str | os.PathLike[str]], attachments_dir: Path) -> HumanMessage:
+    """A user turn: the text, one ``[attached image: PATH]`` line per image, then the images."""
+    import base64
+
+    from langchain_core.messages import HumanMessage
+
+    if not isinstance(text, str):
+        raise InputError(f"message must be a str, got {type(text).__name__}; pass the user's text")
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    if not text.strip() and not images:
+        raise InputError("the message is empty; type some text or attach an image")
+    saved = [save_attachment(path, attachments_dir) for path in images]
+    lines = [text.strip()] if text.strip() else []
+    lines += [f"[attached image: {path}]" for path, _, _ in saved]
+    blocks: list[str | dict[str, Any]] = [{"type": "text", "text": "\n".join(lines)}]
+    for path, mime, data in saved:
+        blocks.append(
+            {
+                "type": "image",
+                "base64": base64.b64encode(data).decode("ascii"),
+                "mime_type": mime,
+                "extras": {"path": str(path)},
+            }
+        )
+    return HumanMessage(content=blocks if saved else blocks[0]["text"])  # type: ignore[index]
