@@ -37,6 +37,7 @@ Commands:
   /threads         list conversations
   /resume ID       continue a conversation
   /tools           list the tools the agent can call
+  /memories        list remembered facts; /forget ID forgets one
   /speak on|off    read replies aloud
   /help            this help
   /quit            leave (Ctrl-D works too)
@@ -263,6 +264,17 @@ class TerminalChat:
             for tool in self.agent.tools:
                 description = " ".join((tool.description or "").split())
                 self.say(f"  {tool.name}: {description[:100]}")
+        elif name in ("/memories", "/forget"):
+            memory = self.agent.memory
+            if memory is None:
+                raise InputError("long-term memory is off; set agent.long_term_memory = true in the config")
+            if name == "/forget":
+                if not rest:
+                    raise InputError("/forget needs a memory id: /forget ID (see /memories)")
+                self.say(f"forgot {memory.forget(rest).text}")
+            else:
+                facts = memory.list()
+                self.say("\n".join(f"  {m.memory_id}  {m.text}" for m in facts) or "no memories yet")
         elif name == "/speak":
             if rest not in ("on", "off"):
                 raise InputError(f"/speak takes on or off, got {rest!r}")

@@ -254,3 +254,16 @@ def test_tool_choice_must_name_a_tool(config):
     assert str(excinfo.value) == (
         "agent.tool_choice = 'paint' is not allowed here; use one of auto, any, required, none, add"
     )
+
+
+def test_long_threads_are_trimmed_to_the_context(config):
+    config["memory"] = {"max_context_tokens": 1300}
+    agent, model = make_agent(config, [f"answer {i} " + "y" * 200 for i in range(8)], tools=[add])
+    thread = None
+    for index in range(8):
+        thread = agent.chat(f"question {index} " + "x" * 200, thread_id=thread).thread_id
+    last_call = model.calls[-1]
+    assert len(agent.history(thread)) == 16, "the stored thread keeps everything"
+    assert 4 < len(last_call) < 16 and last_call[1].text.startswith("question"), "whole old turns dropped"
+    assert last_call[-1].text.startswith("question 7")
+    assert "Earlier turns were left out" in last_call[0].text and "- question 0" in last_call[0].text

@@ -157,3 +157,9 @@ def test_speak_on_reads_replies_aloud_with_espeak(tmp_path, monkeypatch):
     terminal._run_command("/speak off")
     terminal.turn("again")
     assert out.getvalue().count("audio: ") == 1
+
+
+def test_memories_command_needs_long_term_memory(chat):
+    terminal, _, _ = chat
+    with pytest.raises(InputError, match="long-term memory is off"):
+        terminal._run_command("/memories")
