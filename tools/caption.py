@@ -32,8 +32,8 @@ Detail = Literal["short", "detailed"]
 
 # Decoding per level of detail: short is greedy and brief, detailed searches longer captions.
 _GENERATION: dict[str, dict[str, Any]] = {
-    "short": {"max_new_tokens": 30, "num_beams": 1, "do_sample": False},
-    "detailed": {"max_new_tokens": 80, "num_beams": 3, "do_sample": False, "repetition_penalty": 1.3},
+    "short": {"num_beams": 1, "do_sample": False},
+    "detailed": {"num_beams": 3, "do_sample": False, "repetition_penalty": 1.3},
 }
 
 
@@ -56,6 +56,8 @@ class CaptionImageTool(LlavaTool):
     model: str = Field(DEFAULT_CAPTION_MODEL, description="Hub id or local folder of an image-to-text checkpoint.")
     allowed_dirs: list[Path] | None = Field(None, description="Folders images may be read from; None = config's.")
     max_image_pixels: int = Field(50_000_000, gt=0)
+    short_max_new_tokens: int = Field(30, gt=0, description="Longest short caption, in tokens.")
+    detailed_max_new_tokens: int = Field(80, gt=0, description="Longest detailed caption, in tokens.")
 
     @classmethod
     def from_config(cls, config: AppConfig, manager: Any = None) -> CaptionImageTool:
@@ -93,7 +95,8 @@ class CaptionImageTool(LlavaTool):
                 batch = processor(images=list(images[start : start + batch_size]), return_tensors="pt")
                 batch = {k: v.to(model.device, dtype=model.dtype) if v.is_floating_point() else v.to(model.device)
                          for k, v in batch.items()}
-                output = model.generate(**batch, **_GENERATION[detail])
+                limit = self.short_max_new_tokens if detail == "short" else self.detailed_max_new_tokens
+                output = model.generate(**batch, **{**_GENERATION[detail], "max_new_tokens": limit})
                 captions.extend(text.strip() for text in processor.batch_decode(output, skip_special_tokens=True))
         return captions
 

@@ -30,7 +30,8 @@ def call(tool, **args):
 
 @pytest.fixture
 def caption_tool(tool_model_paths, tool_workspace):
-    return CaptionImageTool(model=str(tool_model_paths["blip"]), device="cpu", allowed_dirs=[tool_workspace["allowed"]])
+    return CaptionImageTool(model=str(tool_model_paths["blip"]), device="cpu", allowed_dirs=[tool_workspace["allowed"]],
+                            detailed_max_new_tokens=12)
 
 
 @pytest.fixture
