@@ -88,6 +88,7 @@ class ToolsSection(_Section):
     device: str = "auto"
     caption_model: str = "Salesforce/blip-image-captioning-large"
     image_model: str = "stabilityai/sd-turbo"
+    image_steps: int = Field(1, ge=1, le=100, description="Denoising steps when a call gives none (1-4 for sd-turbo).")
     safety_checker: bool = Field(
         True, description="Keep a checkpoint's safety checker when it ships one (sd-turbo ships none)."
     )

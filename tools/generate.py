@@ -63,7 +63,7 @@ class GenerateImageTool(LlavaTool):
     def from_config(cls, config: AppConfig, manager: Any = None) -> GenerateImageTool:
         return cls(
             model=config.tools.image_model, device=config.tools.device, artifacts_dir=config.artifacts_dir,
-            safety_checker=config.tools.safety_checker, manager=manager,
+            safety_checker=config.tools.safety_checker, default_steps=config.tools.image_steps, manager=manager,
         )
 
     def _load(self) -> Any:

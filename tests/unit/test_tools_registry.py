@@ -36,6 +36,11 @@ def test_build_tools_follows_config_and_shares_one_manager(tmp_path):
     assert tools[0].artifacts_dir == tmp_path / "artifacts"
 
 
+def test_generation_steps_come_from_config():
+    config = load_config(overrides={"tools": {"image_steps": 4, "enabled": ["generate_image"]}})
+    assert build_tools(config)[0].default_steps == 4
+
+
 def test_default_build_has_the_four_tools():
     assert [t.name for t in build_tools()] == TOOL_NAMES
 
