@@ -151,8 +151,13 @@ def build_blip(output_dir: str | Path, *, seed: int = 0) -> Path:
     return output_dir
 
 
-def build_stable_diffusion(output_dir: str | Path, *, seed: int = 0) -> Path:
-    """A tiny Stable Diffusion pipeline (UNet, VAE, CLIP text encoder, tokenizer, Euler scheduler)."""
+def build_stable_diffusion(output_dir: str | Path, *, seed: int = 0, flagging_safety_checker: bool = False) -> Path:
+    """A tiny Stable Diffusion pipeline (UNet, VAE, CLIP text encoder, tokenizer, Euler scheduler).
+
+    ``flagging_safety_checker=True`` adds a real ``StableDiffusionSafetyChecker`` whose concept
+    thresholds are set below any cosine similarity, so it flags every image (like SD 1.x ships
+    one, with its real thresholds).
+    """
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -194,15 +199,29 @@ def build_stable_diffusion(output_dir: str | Path, *, seed: int = 0) -> Path:
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="trailing", steps_offset=1
     )
+    safety_checker = feature_extractor = None
+    if flagging_safety_checker:
+        from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+        from transformers import CLIPConfig, CLIPImageProcessor
+
+        safety_checker = StableDiffusionSafetyChecker(CLIPConfig(
+            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                               image_size=32, patch_size=8),
+            projection_dim=32,
+        )).eval()
+        with torch.no_grad():
+            safety_checker.concept_embeds_weights.fill_(-2.0)  # cosine similarity is always above -2
+        feature_extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     pipeline = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
         scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        safety_checker=safety_checker,
+        feature_extractor=feature_extractor,
+        requires_safety_checker=flagging_safety_checker,
     )
     pipeline.save_pretrained(output_dir, safe_serialization=True)
     return output_dir

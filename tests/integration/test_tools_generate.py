@@ -63,6 +63,21 @@ def test_safety_checker_policy_loads_either_way(tool_model_paths, tool_workspace
     assert call(tool, prompt="a dog", width=64, height=64, seed=1).status == "success"
 
 
+def test_image_flagged_by_a_shipped_safety_checker_is_not_saved(tmp_path, tool_workspace):
+    from tests.tool_models import build_stable_diffusion
+
+    checkpoint = str(build_stable_diffusion(tmp_path / "sd-with-checker", flagging_safety_checker=True))
+    kept = GenerateImageTool(model=checkpoint, device="cpu", artifacts_dir=tool_workspace["artifacts"])
+    message = call(kept, prompt="a dog", width=64, height=64, seed=1)
+    assert message.status == "error" and "safety checker flagged the generated image" in message.content
+    assert list(tool_workspace["artifacts"].iterdir()) == []
+
+    dropped = GenerateImageTool(model=checkpoint, device="cpu", artifacts_dir=tool_workspace["artifacts"],
+                                safety_checker=False)
+    message = call(dropped, prompt="a dog", width=64, height=64, seed=1)
+    assert message.status == "success" and len(list(tool_workspace["artifacts"].iterdir())) == 1
+
+
 @pytest.mark.parametrize(
     "args",
     [{"prompt": ""}, {"prompt": "a cat", "width": 60}, {"prompt": "a cat", "steps": 0}],
