@@ -142,3 +142,12 @@ def test_ask_with_a_missing_image_fails_cleanly(data_dir, tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: image '{tmp_path / 'gone.png'}' does not exist")
     assert result.stdout == ""
+
+
+def test_global_options_also_work_after_the_command(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text("[agent]\nrecursion_limit = 0\n")
+    assert main(["config", "show", "--config", str(path)]) == 1
+    assert "agent.recursion_limit = 0" in capsys.readouterr().err
+    args = build_parser().parse_args(["threads", "--verbose", "list"])
+    assert args.verbose is True and args.config is None
