@@ -113,6 +113,7 @@ class ModelManager:
         self._lock = threading.Lock()
         self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()  # least recently used first
         self._loading: dict[Hashable, Future] = {}
+        self._reserved: dict[Hashable, tuple[str, int]] = {}  # room held for loads in progress
         self._budgets: dict[str, int] = {}
         self.evictions: list[Hashable] = []  # keys in eviction order, for inspection
         self.load_count: dict[Hashable, int] = {}
@@ -229,55 +230,77 @@ class ModelManager:
         if size_bytes is not None and budget is not None:
             if size_bytes > budget:
                 raise ModelLoadError(self._too_big_message(key, device, size_bytes, budget))
-            self._make_room(device, size_bytes, budget)
+            # Room is made, and held for this load, before any weight is read.
+            self._make_room(key, device, size_bytes, budget, insert=None)
         logger.info("Loading %s on %s", _describe_key(key), device)
         started = time.perf_counter()
         try:
             value = loader()
-        except ModelLoadError:
+        except BaseException as exc:
+            with self._lock:
+                self._reserved.pop(key, None)
+            if isinstance(exc, (OSError, ValueError, RuntimeError, ImportError)) and not isinstance(
+                exc, ModelLoadError
+            ):
+                raise ModelLoadError(
+                    f"could not load {_describe_key(key)} on {device}: {type(exc).__name__}: {exc}; check the "
+                    "model id or folder, that it is in the local cache when offline, and the device's free memory"
+                ) from exc
             raise
-        except (OSError, ValueError, RuntimeError, ImportError) as exc:
-            raise ModelLoadError(
-                f"could not load {_describe_key(key)} on {device}: {type(exc).__name__}: {exc}; check the model "
-                "id or folder, that it is in the local cache when offline, and the device's free memory"
-            ) from exc
         measured = model_size_bytes(value) or size_bytes or 0
         logger.info(
             "Loaded %s on %s in %.1f s (%.1f MiB)",
             _describe_key(key), device, time.perf_counter() - started, measured / 2**20,
         )
-        if budget is not None:
-            if measured > budget:
-                del value
-                self._release_memory()
+        entry = _Entry(value, device, measured, in_use=1, last_used=time.monotonic())
+        try:
+            if budget is not None and measured > budget:
                 raise ModelLoadError(self._too_big_message(key, device, measured, budget))
-            self._make_room(device, measured, budget)
-        with self._lock:
-            self._entries[key] = _Entry(value, device, measured, in_use=1, last_used=time.monotonic())
-            self.load_count[key] = self.load_count.get(key, 0) + 1
+            self._make_room(key, device, measured, budget, insert=entry)
+        except ModelLoadError:
+            with self._lock:
+                self._reserved.pop(key, None)
+            del value, entry
+            self._release_memory()
+            raise
         return value
 
-    def _make_room(self, device: str, needed: int, budget: int) -> None:
+    def _make_room(self, key: Hashable, device: str, needed: int, budget: int | None, insert: _Entry | None) -> None:
+        """Evict idle models (least recently used first) until ``needed`` bytes fit the device's budget.
+
+        With ``insert=None`` the room is reserved for ``key`` (a load about to start); with an
+        entry, the reservation is replaced by the loaded model, atomically with the eviction.
+        """
         device_key = _device_key(device)
         evicted = False
         with self._lock:
-            used = sum(e.size_bytes for e in self._entries.values() if _device_key(e.device) == device_key)
-            for key in list(self._entries):  # least recently used first
-                if used + needed <= budget:
-                    break
-                entry = self._entries[key]
-                if entry.in_use or _device_key(entry.device) != device_key:
-                    continue
-                used -= entry.size_bytes
-                self._drop_locked(key)
-                evicted = True
-            if used + needed > budget:
-                busy = [_describe_key(k) for k, e in self._entries.items() if _device_key(e.device) == device_key]
-                raise ModelLoadError(
-                    f"not enough of the {budget / GIB:.2f} GiB budget for {device} is free for a "
-                    f"{needed / GIB:.2f} GiB model: {', '.join(busy)} are in use; wait for them to finish or "
-                    "raise tools.memory_budget_gb"
-                )
+            if budget is not None:
+                used = sum(e.size_bytes for e in self._entries.values() if _device_key(e.device) == device_key)
+                used += sum(size for k, (d, size) in self._reserved.items() if d == device_key and k != key)
+                for candidate in list(self._entries):
+                    if used + needed <= budget:
+                        break
+                    entry = self._entries[candidate]
+                    if entry.in_use or _device_key(entry.device) != device_key:
+                        continue
+                    used -= entry.size_bytes
+                    self._drop_locked(candidate)
+                    evicted = True
+                if used + needed > budget:
+                    busy = [_describe_key(k) for k, e in self._entries.items() if _device_key(e.device) == device_key]
+                    busy += [f"{_describe_key(k)} (loading)" for k, (d, _) in self._reserved.items()
+                             if d == device_key and k != key]
+                    raise ModelLoadError(
+                        f"not enough of the {budget / GIB:.2f} GiB budget for {device} is free for a "
+                        f"{needed / GIB:.2f} GiB model: {', '.join(busy)} are in use; wait for them to finish or "
+                        "raise tools.memory_budget_gb"
+                    )
+            if insert is None:
+                self._reserved[key] = (device_key, needed)
+            else:
+                self._reserved.pop(key, None)
+                self._entries[key] = insert
+                self.load_count[key] = self.load_count.get(key, 0) + 1
         if evicted:
             self._release_memory()
 

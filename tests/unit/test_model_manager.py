@@ -207,3 +207,35 @@ def test_default_manager_is_one_per_process_and_takes_config_budgets():
     assert manager is get_model_manager()
     assert manager.budget_bytes("cpu") == 3 * GIB
     manager.set_budgets({})
+
+
+def test_concurrent_loads_with_known_sizes_reserve_room_before_loading():
+    manager = ModelManager(budget_for(2.5))
+    budget = manager.budget_bytes("cpu")
+    peaks: list[int] = []
+    failures: list[str] = []
+
+    def loader():
+        with manager._lock:  # loaded models plus room held for loads in progress, this one included
+            peaks.append(sum(e.size_bytes for e in manager._entries.values())
+                         + sum(size for _, size in manager._reserved.values()))
+        time.sleep(0.05)
+        return torch.nn.Linear(256, 256)
+
+    def worker(index: int) -> None:
+        for round_ in range(3):
+            while True:
+                try:
+                    manager.get(f"m{index}-{round_}", loader, device="cpu", size_bytes=LINEAR_BYTES)
+                    break
+                except ModelLoadError as exc:  # every model busy loading: wait and retry
+                    failures.append(str(exc))
+                    time.sleep(0.01)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(peaks) == 12 and max(peaks) <= budget
+    assert all("(loading)" in f for f in failures)
