@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from agent.config import AppConfig, load_config
     from agent.multimodal_agent import AgentReply, MultimodalAgent
 
-__all__ = sorted([*_LAZY, "__version__"])
+__all__ = ["AgentReply", "AppConfig", "ChatLlava", "MultimodalAgent", "__version__", "load_config"]
 
 
 def __getattr__(name: str) -> Any:
