@@ -209,7 +209,8 @@ class TerminalChat:
             if not line:
                 continue
             try:
-                if line.startswith("/"):
+                first_word = line.split()[0].strip("'\"")
+                if line.startswith("/") and not Path(first_word).exists():  # a command, not a pasted path
                     if not self._run_command(line):
                         break
                     continue
@@ -223,6 +224,8 @@ class TerminalChat:
                 self.error(exc)
             except KeyboardInterrupt:
                 self.say("\n[stopped]")
+            except Exception as exc:  # an unexpected failure ends the command, not the chat
+                self.error(RuntimeError(f"{type(exc).__name__}: {exc}"))
         self.say("bye")
         return 0
 

@@ -84,6 +84,9 @@ def test_terminal_chat_in_a_pty(tmp_path, tiny_llava_qwen2):
     chat.sendline(f"/resume {thread_id}")
     chat.expect(rf"resumed {thread_id}: Read this out, please\. \(\d+ messages\)")
     chat.expect(PROMPT)
+    chat.sendline(str(picture))  # a pasted path attaches the image
+    chat.expect(f"attached {picture}; type your message")
+    chat.expect(r"you \[1 image\]>")
     chat.sendline("Now tell me a very long story.")
     chat.expect("llava> ")
     chat.expect(r"\S{20}")  # tokens are arriving
@@ -109,7 +112,8 @@ def test_terminal_chat_in_a_pty(tmp_path, tiny_llava_qwen2):
     with ConversationStore(load_config({"data_dir": str(data_dir)}, environ={}).conversations_db) as store:
         messages = store.messages(thread_id)
     kinds = [m.type for m in messages]
-    assert kinds[-2:] == ["human", "ai"] and messages[-2].text == "Now tell me a very long story."
+    assert kinds[-2:] == ["human", "ai"]
+    assert messages[-2].text.startswith("Now tell me a very long story.\n[attached image: ")
     assert re.search(r"\S", messages[-1].text), "the partial reply is kept in the thread"
     from transformers import AutoTokenizer
 
