@@ -308,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(verbose: bool) -> None:
+    """Log to stderr; quiet the chatty libraries. A host that configured logging already is left alone."""
+    if logging.getLogger().handlers:
+        return
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
