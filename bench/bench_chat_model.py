@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -41,6 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+MAIN_THREAD = "plain (main thr)"
 PROMPT = "Describe what you see and tell me a short story about a red circle meeting a blue square."
 
 
@@ -165,7 +167,8 @@ class TimingStreamer:
         pass
 
 
-def run_plain(llm, messages, max_new_tokens: int) -> tuple[float, float, int]:
+def run_plain(llm, messages, max_new_tokens: int, in_thread: bool = True) -> tuple[float, float, int]:
+    """Plain generate on the rendered prompt; ``in_thread`` runs it in a worker thread, as ChatLlava does."""
     import torch
 
     from agent.messages import messages_to_turns
@@ -181,17 +184,26 @@ def run_plain(llm, messages, max_new_tokens: int) -> tuple[float, float, int]:
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(loaded.model.dtype)
     streamer = TimingStreamer()
-    with torch.inference_mode():
-        loaded.model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            streamer=streamer,
-            pad_token_id=loaded.tokenizer.pad_token_id,
-        )
+
+    def generate() -> None:
+        with torch.inference_mode():
+            loaded.model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                streamer=streamer,
+                pad_token_id=loaded.tokenizer.pad_token_id,
+            )
+
+    if in_thread:
+        worker = threading.Thread(target=generate)
+        worker.start()
+        worker.join()
+    else:
+        generate()
     _sync(llm)
     times = streamer.times
     return times[0] - started, (len(times) - 1) / (times[-1] - times[0]), len(times)
@@ -234,6 +246,12 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model-dir", type=Path, default=None, help="reuse a checkpoint built earlier")
+    parser.add_argument(
+        "--plain-main-thread",
+        action="store_true",
+        help="also time plain generate called from the main thread (the reference runs it in a worker "
+        "thread, as ChatLlava does, so that only ChatLlava's own overhead is compared)",
+    )
     args = parser.parse_args()
     size = args.size or ("7b" if args.device.startswith("cuda") else "0.5b")
 
@@ -268,11 +286,15 @@ def main() -> None:
     for case, messages in cases.items():
         run_chat(llm, messages, 4)  # warm-up: first-call allocations, thread pools
         run_plain(llm, messages, 4)
-        for _ in range(args.repeats):  # interleaved so both paths see the same machine load
+        for _ in range(args.repeats):  # interleaved so all paths see the same machine load
             results.setdefault(("plain generate", case), []).append(
                 run_plain(llm, messages, args.max_new_tokens)
             )
             results.setdefault(("ChatLlava", case), []).append(run_chat(llm, messages, args.max_new_tokens))
+            if args.plain_main_thread:
+                results.setdefault((MAIN_THREAD, case), []).append(
+                    run_plain(llm, messages, args.max_new_tokens, in_thread=False)
+                )
 
     def median(path: str, case: str, index: int) -> float:
         return statistics.median(r[index] for r in results[(path, case)])
@@ -283,7 +305,8 @@ def main() -> None:
     header = f"| {'path':<15} | {'TTFT text (s)':>13} | {'TTFT image (s)':>14} | {'decode tok/s':>12} |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    for path in ("plain generate", "ChatLlava"):
+    paths = ["plain generate", "ChatLlava"] + ([MAIN_THREAD] if args.plain_main_thread else [])
+    for path in paths:
         decode = statistics.median([r[1] for case in cases for r in results[(path, case)]])
         print(
             f"| {path:<15} | {median(path, 'text', 0):>13.3f} | {median(path, 'image', 0):>14.3f} | {decode:>12.2f} |"
