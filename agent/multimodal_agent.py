@@ -286,10 +286,11 @@ class MultimodalAgent:
     ) -> AgentReply:
         """Run one turn and return the final reply (a new thread when ``thread_id`` is None)."""
         reply: AgentReply | None = None
-        for event in self.stream(message, images=images, thread_id=thread_id, callbacks=callbacks):
+        # no token events wanted: the graph runs its steps inline instead of streaming concurrently
+        for event in self._turn(message, images, thread_id, callbacks, None, stream_tokens=False):
             if isinstance(event, ReplyEvent):
                 reply = event.reply
-        assert reply is not None  # stream always ends with a ReplyEvent
+        assert reply is not None  # a turn always ends with a ReplyEvent
         return reply
 
     def stream(
@@ -306,6 +307,18 @@ class MultimodalAgent:
         ``callbacks`` are LangChain callback handlers for this turn (tracing, logging, metrics).
         Setting ``stop`` (or calling :meth:`stop`) ends this turn early.
         """
+        return self._turn(message, images, thread_id, callbacks, stop, stream_tokens=True)
+
+    def _turn(
+        self,
+        message: str,
+        images: Sequence[str | os.PathLike[str]],
+        thread_id: str | None,
+        callbacks: Sequence[Any],
+        stop: threading.Event | None,
+        *,
+        stream_tokens: bool,
+    ) -> Iterator[AgentEvent]:
         from langgraph.errors import GraphRecursionError
 
         from memory.conversations import title_from_message
@@ -330,7 +343,10 @@ class MultimodalAgent:
             self._active_stops.add(stop)
         # durability="exit": the turn is written once, when it ends (also when stopped or limited).
         parts = self.graph.stream(
-            {"messages": [human]}, run_config, stream_mode=["messages", "updates"], durability="exit"
+            {"messages": [human]},
+            run_config,
+            stream_mode=["messages", "updates"] if stream_tokens else ["updates"],
+            durability="exit",
         )
         try:
             for mode, data in parts:
@@ -345,7 +361,15 @@ class MultimodalAgent:
             collector.limit_reached = True
         except GenerationStopped:
             collector.stopped = True
-        except BaseException:
+        except GeneratorExit:  # the consumer stopped reading mid-turn: stop the model, keep what was said
+            stop.set()
+            parts.close()
+            try:
+                self._close_turn(run_config, "".join(collector.tokens))
+            except Exception as exc:  # nothing can be reported to a consumer that has left
+                logger.warning("could not close the interrupted turn of thread %s: %s", thread_id, exc)
+            raise
+        except Exception:
             if created and not self.graph.get_state(run_config).values.get("messages"):
                 self.conversations.delete(thread_id)  # a failed first turn leaves no empty thread behind
             raise
@@ -402,19 +426,25 @@ class MultimodalAgent:
         *,
         callbacks: Sequence[Any] = (),
     ) -> AsyncIterator[AgentEvent]:
-        """Async :meth:`stream`: events are handed over from a worker thread as they happen."""
+        """Async :meth:`stream`: events are handed over from a worker thread as they happen.
+
+        To leave early, close the stream (``async with contextlib.aclosing(agent.astream(...))``
+        then ``break``, or cancel the task): that stops this turn only.
+        """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         done = object()
         stop = threading.Event()
 
         def produce() -> None:
+            events = self.stream(message, images, thread_id, callbacks=callbacks, stop=stop)
             try:
-                for event in self.stream(message, images, thread_id, callbacks=callbacks, stop=stop):
+                for event in events:
                     loop.call_soon_threadsafe(queue.put_nowait, event)
             except BaseException as exc:  # handed to the consumer, which re-raises it
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
             finally:
+                events.close()
                 loop.call_soon_threadsafe(queue.put_nowait, done)
 
         worker = threading.Thread(target=produce, name="agent-turn", daemon=True)

@@ -162,12 +162,13 @@ class ConversationStore:
             self._conn.commit()
             self._saver = _caching_saver_class()(self._conn)
             self._saver.setup()
+            # one lock for the one connection: the checkpointer's and our table's statements never interleave
+            self._lock = self._saver.lock
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(
                 f"conversation database {self.db_path} cannot be opened ({exc}); check that the folder "
                 "is writable and the file is a SQLite database, or set data_dir in the config"
             ) from None
-        self._lock = threading.Lock()
 
     @property
     def checkpointer(self) -> SqliteSaver:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 import pytest
@@ -236,10 +237,11 @@ async def test_leaving_an_async_stream_early_stops_only_that_turn(config):
     model.token_delay_s = 0.002
     other = threading.Event()
     background = threading.Thread(target=lambda: other.set() if agent.chat("other").text else None)
-    async for event in agent.astream("talk"):
-        if isinstance(event, TokenEvent):
-            background.start()
-            break  # the consumer leaves: this turn is stopped, the other one runs to its end
+    async with contextlib.aclosing(agent.astream("talk")) as events:
+        async for event in events:
+            if isinstance(event, TokenEvent):
+                background.start()
+                break  # the consumer leaves: this turn is stopped, the other one runs to its end
     await asyncio.to_thread(background.join)
     assert other.is_set()
     threads = agent.conversations.list_threads()
@@ -267,3 +269,16 @@ def test_long_threads_are_trimmed_to_the_context(config):
     assert 4 < len(last_call) < 16 and last_call[1].text.startswith("question"), "whole old turns dropped"
     assert last_call[-1].text.startswith("question 7")
     assert "Earlier turns were left out" in last_call[0].text and "- question 0" in last_call[0].text
+
+
+def test_abandoning_a_stream_stops_the_turn_and_keeps_the_thread(config):
+    agent, model = make_agent(config, [" ".join(["word"] * 300), "after"], tools=[add])
+    model.token_delay_s = 0.002
+    events = agent.stream("talk")
+    first = next(e for e in events if isinstance(e, TokenEvent))
+    events.close()  # what a `break` out of a for loop does once the generator is dropped
+    assert first.text == "word "
+    [thread] = agent.conversations.list_threads()
+    history = agent.history(thread.thread_id)
+    assert history[0].text == "talk" and history[-1].text.count("word") < 300
+    assert agent.chat("more", thread_id=thread.thread_id).text == "after"
