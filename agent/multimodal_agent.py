@@ -18,6 +18,7 @@ The agent is ``langchain.agents.create_agent`` plus:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -75,6 +76,47 @@ class GenerationStopped(Exception):
     """Raised inside a model call to end it early when :meth:`MultimodalAgent.stop` is called."""
 
 
+@functools.lru_cache(maxsize=1)
+def _stop_handler_class() -> type:
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class StopOnFlag(BaseCallbackHandler):
+        """Raises inside the model's token loop once the turn's stop event is set."""
+
+        raise_error = True
+        run_inline = True
+
+        def __init__(self, stop: threading.Event) -> None:
+            self.stop = stop
+
+        # only tokens matter: skip every other event, which keeps a turn cheap
+        @property
+        def ignore_chain(self) -> bool:
+            return True
+
+        @property
+        def ignore_agent(self) -> bool:
+            return True
+
+        @property
+        def ignore_retriever(self) -> bool:
+            return True
+
+        @property
+        def ignore_retry(self) -> bool:
+            return True
+
+        @property
+        def ignore_custom_event(self) -> bool:
+            return True
+
+        def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+            if self.stop.is_set():
+                raise GenerationStopped("generation stopped by the user")
+
+    return StopOnFlag
+
+
 def _stop_callback(stop: threading.Event) -> Any:
     """A callback that ends the model's token loop once ``stop`` is set.
 
@@ -82,17 +124,7 @@ def _stop_callback(stop: threading.Event) -> Any:
     generation loop; raising there unwinds that loop, and a model that generates in a worker
     (``ChatLlava``'s stopping criteria) cancels it as its generator closes.
     """
-    from langchain_core.callbacks import BaseCallbackHandler
-
-    class StopOnFlag(BaseCallbackHandler):
-        raise_error = True
-        run_inline = True
-
-        def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
-            if stop.is_set():
-                raise GenerationStopped("generation stopped by the user")
-
-    return StopOnFlag()
+    return _stop_handler_class()(stop)
 
 
 def tool_error_message(exc: BaseException, request: ToolCallRequest) -> str:
