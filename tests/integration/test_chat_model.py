@@ -108,6 +108,17 @@ def test_stream_yields_pieces_that_add_up_to_invoke(llm):
     assert len(text_chunks) >= total.usage_metadata["output_tokens"] // 3
 
 
+def test_abandoned_stream_stops_generation_and_frees_the_model(tiny_llava_qwen2):
+    model = ChatLlava(model=str(tiny_llava_qwen2), max_tokens=400, temperature=0.0, device="cpu")
+    stream = model.stream("Tell me a long story")
+    first = next(stream)
+    assert isinstance(first, AIMessageChunk)
+    stream.close()  # the consumer walks away: generation is cancelled and the lock released
+    assert not model.loaded.lock.locked()
+    assert not any(t.name == "llava-generate" and t.is_alive() for t in threading.enumerate())
+    assert isinstance(model.invoke("Hello", max_tokens=2), AIMessage)
+
+
 async def test_async_invoke_and_stream(llm):
     reply = await llm.ainvoke("Hello")
     assert isinstance(reply, AIMessage)
