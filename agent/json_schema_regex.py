@@ -28,6 +28,10 @@ Strings: any character but ``"``, ``\\`` and control characters, plus the escape
 unbounded by default: the decoder's token budget, not a length cap, makes a random model close
 them (a cap of N characters multiplies the automaton by N states, each allowing nearly every
 token of the vocabulary). Pass ``max_string_length`` to cap them anyway.
+
+Known limit: a regular language cannot forbid repeated keys, so a free-form object (the empty
+schema ``{}``) may repeat a key; ``json.loads`` keeps the last value and re-rendering that call
+drops the earlier one. Objects with ``properties`` never repeat a key.
 """
 
 from __future__ import annotations

@@ -225,8 +225,29 @@ def test_every_text_the_automaton_accepts_round_trips(name, seed):
         steps += 1
     text = out.decode("utf-8")
     value = json.loads(text)
-    assert json.dumps(value, ensure_ascii=False) == text
     jsonschema.validate(value, schema)
+    # A free-form object may repeat a key (a documented limit of regular languages); the exact
+    # round trip holds whenever keys are unique.
+    if not _has_repeated_key(text):
+        assert json.dumps(value, ensure_ascii=False) == text
+
+
+def _has_repeated_key(text: str) -> bool:
+    repeated = False
+
+    def check(pairs):
+        nonlocal repeated
+        keys = [k for k, _ in pairs]
+        repeated = repeated or len(keys) != len(set(keys))
+        return dict(pairs)
+
+    json.loads(text, object_pairs_hook=check)
+    return repeated
+
+
+def test_repeated_key_check_can_fail():
+    assert _has_repeated_key('{"a": {"x": 1, "x": 2}}')
+    assert not _has_repeated_key('{"a": {"x": 1, "y": 2}}')
 
 
 # --- ranges, escapes and errors ------------------------------------------------------------------
