@@ -135,11 +135,19 @@ def load_image(
             "use a path, data: or http(s)",
         )
     path = Path(text).expanduser()
-    if len(text) < 4096 and path.is_file():
+    if _is_file(path):
         return _read_file(path, location, max_pixels)
     if len(text) >= 32 and _BASE64_CHARS.match(text):
         return _decode_bytes(_b64decode(text, location), location, max_pixels, "base64 data")
     return _read_file(path, location, max_pixels)
+
+
+def _is_file(path: Path) -> bool:
+    """``Path.is_file`` that says False for strings no file system takes (too long, NUL bytes...)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _b64decode(payload: str, location: ImageLocation) -> bytes:

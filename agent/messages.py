@@ -151,9 +151,9 @@ def _convert_block(
         if block.get("image") is not None:
             source = block["image"]
         elif block.get("base64"):
-            source = block["base64"]
+            source = _as_data_url(block["base64"], mime)
         elif block.get("source_type") == "base64" and block.get("data"):
-            source = block["data"]
+            source = _as_data_url(block["data"], mime)
         elif block.get("url"):
             source = block["url"]
         elif block.get("path"):
@@ -180,6 +180,13 @@ def _convert_block(
         f"{location.describe()}: block type {kind!r} is not supported by this model; "
         "use text, image or image_url blocks"
     )
+
+
+def _as_data_url(payload: Any, mime: str | None) -> Any:
+    """Base64 from a block that says it is base64 is decoded as such, never guessed to be a path."""
+    if not isinstance(payload, str) or payload.startswith("data:"):
+        return payload
+    return f"data:{mime or 'image/png'};base64,{payload}"
 
 
 def _image_block(

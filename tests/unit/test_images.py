@@ -183,3 +183,11 @@ def test_image_error_is_an_input_error():
 )
 def test_image_name(source, expected):
     assert image_name(source) == expected
+
+
+def test_long_base64_text_is_not_taken_for_a_path():
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 48), 64).convert("RGB").save(buffer, "PNG")
+    text = base64.b64encode(buffer.getvalue()).decode()
+    assert 256 < len(text) < 4096 * 4
+    assert load_image(text).size == (64, 48)

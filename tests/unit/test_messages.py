@@ -145,3 +145,18 @@ def test_unsupported_message_types():
         messages_to_turns([ChatMessage(role="wizard", content="x")])
     with pytest.raises(InputError, match="message 0 is a str"):
         messages_to_turns(["hello"])
+
+
+@pytest.mark.parametrize("size", [(12, 8), (40, 30), (200, 150)])
+def test_base64_blocks_of_any_length_decode(size):
+    """Base64 of 256 to 4095 characters once reached the file system as a path and failed there."""
+    buffer = io.BytesIO()
+    Image.effect_noise(size, 64).convert("RGB").save(buffer, "PNG")
+    payload = base64.b64encode(buffer.getvalue()).decode()
+    for block in (
+        {"type": "image", "base64": payload, "mime_type": "image/png"},
+        {"type": "image", "source_type": "base64", "data": payload, "mime_type": "image/png"},
+    ):
+        (turn,) = messages_to_turns([HumanMessage(content=[block])])
+        (image,) = _images(turn)
+        assert image["image"].size == size
