@@ -26,6 +26,8 @@ def _load_config(args: argparse.Namespace) -> Any:
     overrides: dict[str, Any] = {}
     if getattr(args, "model", None):
         overrides.setdefault("model", {})["model"] = args.model
+    if getattr(args, "adapter", None):
+        overrides.setdefault("model", {})["adapter"] = args.adapter
     return load_config(args.config, overrides=overrides or None)
 
 
@@ -241,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = sub.add_parser("chat", parents=[common], help="the terminal chat")
     chat.add_argument("--model", help="hub id or local folder of the chat model (overrides the config)")
+    chat.add_argument("--adapter", metavar="PATH", help="folder of a LoRA adapter to apply (overrides the config)")
     chat.add_argument("--thread", metavar="ID", help="resume this conversation")
     chat.set_defaults(func=cmd_chat)
 
@@ -248,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("message")
     ask.add_argument("--image", action="append", metavar="PATH", help="attach an image (repeatable)")
     ask.add_argument("--model", help="hub id or local folder of the chat model (overrides the config)")
+    ask.add_argument("--adapter", metavar="PATH", help="folder of a LoRA adapter to apply (overrides the config)")
     ask.add_argument("--thread", metavar="ID", help="continue this conversation")
     ask.add_argument("--json", action="store_true", help="print the reply, tool calls and artifacts as JSON")
     ask.set_defaults(func=cmd_ask)

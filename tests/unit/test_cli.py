@@ -151,3 +151,17 @@ def test_global_options_also_work_after_the_command(tmp_path, capsys):
     assert "agent.recursion_limit = 0" in capsys.readouterr().err
     args = build_parser().parse_args(["threads", "--verbose", "list"])
     assert args.verbose is True and args.config is None
+
+
+def test_model_and_adapter_options_override_the_config(data_dir, tmp_path):
+    from agent.cli import _load_config
+
+    adapter = tmp_path / "adapter"
+    for command in ("chat", "ask"):
+        argv = [command, "--model", str(tmp_path / "base"), "--adapter", str(adapter)]
+        if command == "ask":
+            argv.append("hello")
+        args = build_parser().parse_args(argv)
+        config = _load_config(args)
+        assert config.model.model == str(tmp_path / "base")
+        assert config.model.adapter == str(adapter)
