@@ -42,7 +42,7 @@ class TrainConfig:
     skip_invalid: bool = _field(False, "Leave out invalid samples (and count them) instead of stopping.")
 
     quantization: str = _field("auto", "auto: 4-bit NF4 base (QLoRA) on CUDA, none (LoRA) on CPU; or 4bit, none.")
-    dtype: str = _field("auto", "Compute dtype: auto (bfloat16 on CUDA when supported, else float32), or explicit.")
+    dtype: str = _field("auto", "Compute dtype: auto (bfloat16 on CUDA and on CPUs with native bf16, else float32), or explicit.")
     device: str = _field("auto", "auto, cpu or cuda.")
 
     lora_r: int = _field(16, "LoRA rank.")

@@ -34,7 +34,7 @@ class Placement:
 
 
 def resolve_placement(device: str, dtype: str, quantization: str) -> Placement:
-    """Turn ``auto`` settings into concrete ones: QLoRA in bf16 on CUDA, LoRA in fp32 on CPU."""
+    """Turn ``auto`` settings into concrete ones: QLoRA in bf16 on CUDA, LoRA on CPU in bf16 where the CPU computes it natively, else fp32."""
     import torch
 
     if device == "auto":
@@ -42,7 +42,14 @@ def resolve_placement(device: str, dtype: str, quantization: str) -> Placement:
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
     if dtype == "auto":
-        dtype = "bfloat16" if device == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+        # Measured on a 2-core AVX512-BF16 CPU: bf16 LoRA steps run about 1.9x faster than fp32
+        # (bench/bench_finetune.py), so bf16 wherever the hardware computes it natively.
+        from agent.loading import cpu_supports_bf16
+
+        if device == "cuda":
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+        else:
+            dtype = "bfloat16" if cpu_supports_bf16() else "float32"
     if quantization == "auto":
         quantization = "4bit" if device == "cuda" else "none"
     return Placement(device, dtype, quantization)
