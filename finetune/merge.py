@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -85,19 +83,12 @@ def merge(
 
 
 def _save_atomically(model: Any, processor: Any, output_dir: Path, info: dict[str, Any]) -> Path:
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
-    if staging.exists():
-        shutil.rmtree(staging)
+    from finetune.folders import publish_folder, staging_folder
+
+    staging = staging_folder(output_dir)
     model.save_pretrained(staging, safe_serialization=True)
     processor.save_pretrained(staging)
     (staging / MERGE_INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
-    previous = None
-    if output_dir.exists():
-        previous = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
-        os.replace(output_dir, previous)
-    os.replace(staging, output_dir)
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
+    publish_folder(staging, output_dir)
     logger.info("Merged model saved to %s", output_dir)
     return output_dir

@@ -289,12 +289,10 @@ def save_adapter(
     history: list[dict[str, Any]],
 ) -> Path:
     """Write the adapter folder atomically: a temporary sibling folder, then one ``os.replace``."""
+    from finetune.folders import publish_folder, staging_folder
     from finetune.loss_curve import draw_loss_curve
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in output_dir.parent.glob(f".{output_dir.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a run killed while saving
-    staging = output_dir.with_name(f".{output_dir.name}.tmp-{os.getpid()}")
+    staging = staging_folder(output_dir)
     logger.info("Writing adapter to %s", output_dir)
     model.save_pretrained(staging, safe_serialization=True)
     config.save(staging / TRAINING_CONFIG_NAME)
@@ -302,23 +300,8 @@ def save_adapter(
     (staging / LOG_HISTORY_NAME).write_text(json.dumps(history, indent=2) + "\n")
     train_points, eval_points = loss_points(history)
     draw_loss_curve(train_points, eval_points, staging / LOSS_CURVE_NAME, title=f"loss: {Path(config.data).name}")
-    _sync_folder(staging)
     delay = float(os.environ.get(SAVE_DELAY_ENV, "0") or 0)
     if delay > 0:
         logger.info("Adapter staged in %s; moving it into place in %.1f s", staging, delay)
         time.sleep(delay)
-    previous = None
-    if output_dir.exists():
-        previous = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
-        os.replace(output_dir, previous)
-    os.replace(staging, output_dir)
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
-    return output_dir
-
-
-def _sync_folder(folder: Path) -> None:
-    for path in folder.iterdir():
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
+    return publish_folder(staging, output_dir)

@@ -127,3 +127,19 @@ def colour_shapes(tmp_path_factory) -> dict[str, Path]:
         "test": write_colour_shapes(folder, 40, seed=1, name="test"),
         "image_folder": folder,
     }
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tiny models on one torch thread.
+
+    Tiny models gain nothing from intra-op threads, and on a busy CPU the threads stall on each
+    other (generation slowed 4-20x under load). Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

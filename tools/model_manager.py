@@ -39,16 +39,11 @@ GIB = 1024**3
 
 
 def resolve_device(device: str | None) -> str:
-    """``auto`` becomes ``cuda`` when a GPU is visible, else ``mps``, else ``cpu``."""
-    if device and device != "auto":
-        return device
-    import torch
+    """``auto`` (or None) becomes ``cuda`` when a GPU is visible, else ``mps``, else ``cpu``; a named
+    device is checked the same way the chat model checks it."""
+    from agent.loading import resolve_device as resolve_model_device
 
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    return resolve_model_device(device or "auto")
 
 
 def _device_key(device: str) -> str:

@@ -19,6 +19,8 @@ from PIL import Image
 
 from agent.chat_model import ChatLlava
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 _TINY_MODEL: dict[str, Path] = {}
 
 NEEDS_CAPABLE_MODEL = "needs a model that understands the request; the tiny test model has random weights"
@@ -29,16 +31,6 @@ def _tiny_model_path(tiny_llava_qwen2):
     _TINY_MODEL["qwen2"] = tiny_llava_qwen2
     yield
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy shared CPU they stall on each other."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _local_image_response(url: str, **_: Any) -> httpx.Response:

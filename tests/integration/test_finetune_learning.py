@@ -17,18 +17,8 @@ from PIL import Image
 from agent.chat_model import ChatLlava
 from agent.errors import QuantizationError
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.integration, pytest.mark.slow]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine threads fight."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 QUESTION = "What colour is the shape?"
 

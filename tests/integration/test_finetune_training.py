@@ -17,18 +17,8 @@ from agent.errors import ConfigError, DatasetError
 from finetune.train import COMPLETE_MARKER, SAVE_DELAY_ENV, last_complete_checkpoint
 from tests.conftest import write_colour_shapes
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.integration, pytest.mark.slow]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine threads fight."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 REPO = Path(__file__).resolve().parents[2]
 
