@@ -66,7 +66,7 @@ class ChatLlava(BaseChatModel):
         "llava-interleave-qwen-0.5b elsewhere.",
     )
     quantization: Literal["auto", "4bit", "8bit", "none"] = Field(
-        default="auto", description="auto: 4-bit NF4 on CUDA, none on CPU. 4bit/8bit use bitsandbytes."
+        default="auto", description="auto: 4-bit NF4 on CUDA and CPU (none without bitsandbytes, or on MPS). 4bit/8bit use bitsandbytes."
     )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         default="auto",

@@ -57,7 +57,7 @@ class ModelSection(_Section):
     model: str | None = Field(
         None, description="Hub id or local folder of a LLaVA-family checkpoint; None picks a default for the device."
     )
-    quantization: Quantization = Field("auto", description="auto: 4-bit on CUDA, none on CPU.")
+    quantization: Quantization = Field("auto", description="auto: 4-bit NF4 on CUDA and on CPU (none without bitsandbytes or on MPS).")
     dtype: str = Field("auto", description=f"One of {TORCH_DTYPES}.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps.")
     adapter: str | None = Field(None, description="Folder of a LoRA adapter applied at load.")

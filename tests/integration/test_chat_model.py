@@ -299,6 +299,11 @@ def test_bitsandbytes_missing(monkeypatch, tiny_llava_qwen2):
         model.invoke("hi")
 
 
+def test_auto_on_cpu_without_bitsandbytes_is_full_precision(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as when it is not installed
+    assert resolve_precision("auto", "auto", "cpu")[0] == "none"
+
+
 def test_unsupported_device():
     with pytest.raises(InputError, match="device 'tpu'"):
         resolve_spec("x", device="tpu")
@@ -309,11 +314,12 @@ def test_unsupported_device():
 
 def test_auto_precision_choices():
     assert resolve_precision("auto", "auto", "cuda")[0] == "4bit"
-    quantization, dtype = resolve_precision("auto", "auto", "cpu")
-    assert quantization == "none"
-    assert dtype == ("bfloat16" if cpu_supports_bf16() else "float32")
+    native = "bfloat16" if cpu_supports_bf16() else "float32"
+    assert resolve_precision("auto", "auto", "cpu") == ("4bit", native)  # bitsandbytes is installed here
+    assert resolve_precision("none", "auto", "cpu") == ("none", native)
+    assert resolve_precision("auto", "auto", "mps") == ("none", "float16")
     assert resolve_precision("none", "float32", "cpu") == ("none", "float32")
-    assert resolve_precision("4bit", "auto", "cpu") == ("4bit", "bfloat16")
+    assert resolve_precision("4bit", "auto", "cpu") == ("4bit", native)
     with pytest.raises(InputError, match="quantization '3bit'"):
         resolve_precision("3bit", "auto", "cpu")
 
