@@ -237,9 +237,28 @@ def check_model_available(model: str) -> None:
             raise _not_found(model, "is not in the local cache and HF_HUB_OFFLINE is set")
 
 
+class _OptionalKernelNotice(logging.Filter):
+    """bitsandbytes warns at import that it cannot fetch optional CPU kernels from a model hub (the
+    ``kernels`` package). Its built-in CPU path is what runs here, by design: nothing is fetched at
+    run time. Keep the notice at debug level instead of showing it to every user."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community"):
+            logger.debug("bitsandbytes uses its built-in CPU kernels: %s", record.getMessage())
+            return False
+        return True
+
+
+def quiet_bitsandbytes_kernel_notice() -> None:
+    source = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    if not any(isinstance(f, _OptionalKernelNotice) for f in source.filters):
+        source.addFilter(_OptionalKernelNotice())
+
+
 def _quantization_config(quantization: str, dtype: torch.dtype) -> Any:
     if quantization == "none":
         return None
+    quiet_bitsandbytes_kernel_notice()
     try:
         import bitsandbytes  # noqa: F401
     except Exception as exc:  # ImportError, or a broken native library raising at import

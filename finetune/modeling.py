@@ -99,6 +99,10 @@ def load_base_model(model: str, placement: Placement) -> Any:
 def nf4_config(dtype: str) -> Any:
     from transformers import BitsAndBytesConfig
 
+    from agent.loading import quiet_bitsandbytes_kernel_notice
+
+    quiet_bitsandbytes_kernel_notice()
+
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
