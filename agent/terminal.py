@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -103,6 +104,16 @@ def split_image_paths(text: str) -> tuple[list[Path], list[str]]:
     return paths, others
 
 
+def terminal_safe(text: str) -> str:
+    """``text`` with control characters shown as escapes, so model output (which may hold any
+    byte, C1 controls and escape sequences included) can never drive the terminal."""
+    return "".join(
+        ch if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Zl", "Zp")
+        else (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+        for ch in text
+    )
+
+
 class TerminalChat:
     """The interactive chat loop. ``run()`` returns the exit code."""
 
@@ -131,7 +142,7 @@ class TerminalChat:
     # ----- output ------------------------------------------------------------------------------
 
     def say(self, text: str = "", end: str = "\n") -> None:
-        self.out.write(text + end)
+        self.out.write(terminal_safe(text) + end)
         self.out.flush()
 
     def error(self, exc: BaseException) -> None:

@@ -56,7 +56,10 @@ def test_terminal_chat_in_a_pty(tmp_path, tiny_llava_qwen2):
     chat.expect(r"you \[1 image\]>")
     chat.sendline("Read this out, please.")
     chat.expect(r"\[tool\] speak \{\"text\": ")  # the call is shown when it starts
-    chat.expect(r"\[tool done\] speak: Saved [0-9.]+ s of speech to (\S+\.wav)")
+    outcome = chat.expect(
+        [r"\[tool done\] speak: Saved [0-9.]+ s of speech to (\S+\.wav)", r"\[tool error\] speak: ([^\r\n]*)"]
+    )
+    assert outcome == 0, f"the speak tool failed: {chat.match.group(1)}"
     assert Path(chat.match.group(1).rstrip(".")).is_file()
     chat.expect("llava> ")  # then the answer streams
     chat.expect(PROMPT)

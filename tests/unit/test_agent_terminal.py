@@ -163,3 +163,20 @@ def test_memories_command_needs_long_term_memory(chat):
     terminal, _, _ = chat
     with pytest.raises(InputError, match="long-term memory is off"):
         terminal._run_command("/memories")
+
+
+@pytest.mark.parametrize(
+    "raw, shown",
+    [
+        ("plain text\nnext line\tindented", "plain text\nnext line\tindented"),
+        ("bell\x07 escape\x1b[2J", "bell\\x07 escape\\x1b[2J"),
+        ("c1 csi\x9b31m del\x7f", "c1 csi\\x9b31m del\\x7f"),
+        ("carriage\rreturn", "carriage\\x0dreturn"),
+        ("line\u2028separator", "line\\u2028separator"),
+        ("unicode stays: é 猫 🙂", "unicode stays: é 猫 🙂"),
+    ],
+)
+def test_model_text_cannot_drive_the_terminal(raw, shown):
+    from agent.terminal import terminal_safe
+
+    assert terminal_safe(raw) == shown
