@@ -18,9 +18,6 @@ import argparse
 import random
 import resource
 import time
-from typing import Literal, Optional
-
-from pydantic import BaseModel, Field
 
 LETTERS = "etaoinshrdlcumwfgypbvkjxqz"
 WEIGHTS = [12.7, 9.1, 8.2, 7.5, 7.0, 6.7, 6.3, 6.1, 6.0, 4.3, 4.0, 2.8, 2.8, 2.4, 2.4, 2.2, 2.0, 2.0, 1.9, 1.5,
@@ -81,40 +78,14 @@ def _byte_table() -> dict[str, int]:
     return _gpt2_unicode_to_byte()
 
 
-class CaptionImage(BaseModel):
-    """Describe an image file."""
+def product_tools() -> list:
+    """The four product tools (constructing them loads no model)."""
+    from tools.caption import CaptionImageTool
+    from tools.generate import GenerateImageTool
+    from tools.search import SearchImagesTool
+    from tools.speak import SpeakTool
 
-    image: str = Field(description="path of the image")
-    detail: Literal["short", "detailed"] = "short"
-
-
-class GenerateImage(BaseModel):
-    """Make an image from a text prompt."""
-
-    prompt: str
-    negative_prompt: Optional[str] = None
-    width: int = Field(512, ge=64, le=2048)
-    height: int = Field(512, ge=64, le=2048)
-    steps: int = Field(4, ge=1, le=100)
-    seed: Optional[int] = None
-
-
-class SearchImages(BaseModel):
-    """Find indexed images matching a query."""
-
-    query: str
-    k: int = Field(4, ge=1, le=50)
-
-
-class Speak(BaseModel):
-    """Read text aloud."""
-
-    text: str
-    voice: Optional[str] = None
-    speed: float = Field(1.0, ge=0.5, le=2.0)
-
-
-PRODUCT_TOOLS = [CaptionImage, GenerateImage, SearchImages, Speak]
+    return [CaptionImageTool(), GenerateImageTool(), SearchImagesTool(), SpeakTool()]
 
 
 def main() -> None:
@@ -130,7 +101,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the mask timing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    schemas = tool_schemas(PRODUCT_TOOLS)
+    schemas = tool_schemas(product_tools())
     rows = []
     for size in args.vocab_sizes:
         started = time.perf_counter()
@@ -146,7 +117,7 @@ def main() -> None:
         ToolCallConstraint.build(tokenizer, schemas, "auto")
         auto_s = time.perf_counter() - started
         started = time.perf_counter()
-        ToolCallConstraint.build(tokenizer, schemas, "Speak")
+        ToolCallConstraint.build(tokenizer, schemas, "speak")
         named_s = time.perf_counter() - started
         # per-step cost: random logits, sampled tokens, a budget that ends tight
         generator = torch.Generator().manual_seed(0)

@@ -24,40 +24,17 @@ ROWS = 25  # sequences per generate() call; two seeds make the 50 generations of
 SEEDS = (0, 1)
 
 
-class caption_image(BaseModel):  # noqa: N801 - named like the product tool
-    """Describe an image file."""
+def _product_tools() -> list:
+    """The four product tools (constructing them loads no model)."""
+    from tools.caption import CaptionImageTool
+    from tools.generate import GenerateImageTool
+    from tools.search import SearchImagesTool
+    from tools.speak import SpeakTool
 
-    image: str = Field(description="path of the image")
-    detail: Literal["short", "detailed"] = "short"
-
-
-class generate_image(BaseModel):  # noqa: N801
-    """Make an image from a text prompt."""
-
-    prompt: str
-    negative_prompt: Optional[str] = None
-    width: int = Field(512, ge=64, le=2048)
-    height: int = Field(512, ge=64, le=2048)
-    steps: int = Field(4, ge=1, le=100)
-    seed: Optional[int] = None
+    return [CaptionImageTool(), GenerateImageTool(), SearchImagesTool(), SpeakTool()]
 
 
-class search_images(BaseModel):  # noqa: N801
-    """Find indexed images matching a query."""
-
-    query: str
-    k: int = Field(4, ge=1, le=50)
-
-
-class speak(BaseModel):  # noqa: N801
-    """Read text aloud."""
-
-    text: str
-    voice: Optional[str] = None
-    speed: float = Field(1.0, ge=0.5, le=2.0)
-
-
-SCHEMAS = tool_schemas([caption_image, generate_image, search_images, speak])
+SCHEMAS = tool_schemas(_product_tools())
 PARAMETERS = {s["function"]["name"]: s["function"]["parameters"] for s in SCHEMAS}
 
 

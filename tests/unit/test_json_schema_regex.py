@@ -23,31 +23,10 @@ from agent.json_schema_regex import (
     number_range_regex,
 )
 from agent.token_index import TokenVocabulary, indexed_automaton
-
-
-class CaptionImage(BaseModel):
-    image: str
-    detail: Literal["short", "detailed"] = "short"
-
-
-class GenerateImage(BaseModel):
-    prompt: str
-    negative_prompt: Optional[str] = None
-    width: int = Field(512, ge=64, le=2048)
-    height: int = Field(512, ge=64, le=2048)
-    steps: int = Field(4, ge=1, le=100)
-    seed: Optional[int] = None
-
-
-class SearchImages(BaseModel):
-    query: str
-    k: int = Field(4, ge=1, le=50)
-
-
-class Speak(BaseModel):
-    text: str
-    voice: Optional[str] = None
-    speed: float = Field(1.0, ge=0.5, le=2.0)
+from tools.caption import CaptionImageInput
+from tools.generate import GenerateImageInput
+from tools.search import SearchImagesInput
+from tools.speak import SpeakInput
 
 
 class Point(BaseModel):
@@ -68,10 +47,10 @@ class Drawing(BaseModel):
 
 
 SCHEMAS = {
-    "caption_image": CaptionImage.model_json_schema(),
-    "generate_image": GenerateImage.model_json_schema(),
-    "search_images": SearchImages.model_json_schema(),
-    "speak": Speak.model_json_schema(),
+    "caption_image": CaptionImageInput.model_json_schema(),
+    "generate_image": GenerateImageInput.model_json_schema(),
+    "search_images": SearchImagesInput.model_json_schema(),
+    "speak": SpeakInput.model_json_schema(),
     "drawing": Drawing.model_json_schema(),
     "plain": {
         "type": "object",
