@@ -1,41 +1,71 @@
 """llava-agent: a local multimodal agent built on a 4-bit LLaVA chat model.
 
-Importing this package is cheap: torch, transformers and the other heavy libraries are
-imported only when a model is actually used.
+Importing this package is cheap: nothing below is imported until it is used, and torch,
+transformers and the other heavy libraries only when a model is actually loaded.
+
+    from agent import ChatLlava, MultimodalAgent, load_config
+
+Layers (each imports only the ones below it; see docs/architecture.md): ``agent.cli`` ->
+``agent.app`` -> ``tools`` / ``finetune`` -> ``memory`` -> ``agent.llava`` -> ``agent.decoding``
+-> ``agent.core``.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from agent._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-# Public name -> module that defines it. Resolved on first attribute access (PEP 562).
-_LAZY = {
-    "ChatLlava": "agent.chat_model",
-    "MultimodalAgent": "agent.multimodal_agent",
-    "AgentReply": "agent.multimodal_agent",
-    "AppConfig": "agent.config",
-    "load_config": "agent.config",
+_ERRORS = (
+    "ConfigError", "ContextLengthError", "DatasetError", "ImageError", "InputError", "LlavaAgentError",
+    "ModelLoadError", "ModelNotFoundError", "PathNotAllowedError", "QuantizationError", "StoreError", "ToolError",
+)  # fmt: skip
+_EVENTS = ("AgentEvent", "AgentReply", "ReplyEvent", "TokenEvent", "ToolCallEvent", "ToolResultEvent")
+_EXPORTS = {
+    "ChatLlava": "agent.llava.chat_model",
+    "GenerationTimeoutError": "agent.llava.chat_model",
+    "MultimodalAgent": "agent.app.multimodal_agent",
+    "GenerationStopped": "agent.app.multimodal_agent",
+    "AppConfig": "agent.core.config",
+    "load_config": "agent.core.config",
+    **{name: "agent.app.events" for name in _EVENTS},
+    **{name: "agent.core.errors" for name in _ERRORS},
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from agent.chat_model import ChatLlava
-    from agent.config import AppConfig, load_config
-    from agent.multimodal_agent import AgentReply, MultimodalAgent
+    from agent.app.events import (
+        AgentEvent,
+        AgentReply,
+        ReplyEvent,
+        TokenEvent,
+        ToolCallEvent,
+        ToolResultEvent,
+    )
+    from agent.app.multimodal_agent import GenerationStopped, MultimodalAgent
+    from agent.core.config import AppConfig, load_config
+    from agent.core.errors import (
+        ConfigError,
+        ContextLengthError,
+        DatasetError,
+        ImageError,
+        InputError,
+        LlavaAgentError,
+        ModelLoadError,
+        ModelNotFoundError,
+        PathNotAllowedError,
+        QuantizationError,
+        StoreError,
+        ToolError,
+    )
+    from agent.llava.chat_model import ChatLlava, GenerationTimeoutError
 
-__all__ = ["AgentReply", "AppConfig", "ChatLlava", "MultimodalAgent", "__version__", "load_config"]
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'agent' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__ = [
+    "AgentEvent", "AgentReply", "AppConfig", "ChatLlava", "ConfigError", "ContextLengthError", "DatasetError",
+    "GenerationStopped", "GenerationTimeoutError", "ImageError", "InputError", "LlavaAgentError",
+    "ModelLoadError", "ModelNotFoundError", "MultimodalAgent", "PathNotAllowedError", "QuantizationError",
+    "ReplyEvent", "StoreError", "TokenEvent", "ToolCallEvent", "ToolError", "ToolResultEvent", "__version__",
+    "load_config",
+]  # fmt: skip
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -33,8 +33,8 @@ def agent_overhead(turns: int, turns_per_thread: int) -> list[float]:
     from langchain_core.messages import AIMessage
     from langchain_core.tools import tool
 
-    from agent.config import load_config
-    from agent.multimodal_agent import MultimodalAgent
+    from agent.app.multimodal_agent import MultimodalAgent
+    from agent.core.config import load_config
     from tests.scripted_chat_model import ScriptedChatModel, tool_call
 
     @tool
@@ -66,7 +66,7 @@ def agent_overhead(turns: int, turns_per_thread: int) -> list[float]:
 
 
 def cli_help(runs: int) -> list[float]:
-    command = [sys.executable, "-m", "agent.cli", "--help"]
+    command = [sys.executable, "-m", "agent.cli.main", "--help"]
     times = []
     for _ in range(runs):
         started = time.perf_counter()
@@ -86,7 +86,7 @@ def chat_to_prompt(runs: int) -> list[float]:
         env = {**os.environ, "LLAVA_AGENT_DATA_DIR": folder, "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm"}
         for _ in range(runs):
             started = time.perf_counter()
-            child = pexpect.spawn(sys.executable, ["-m", "agent.cli", "--config", str(config), "chat"],
+            child = pexpect.spawn(sys.executable, ["-m", "agent.cli.main", "--config", str(config), "chat"],
                                   cwd=str(ROOT), env=env, encoding="utf-8", timeout=30)
             child.expect("you>")
             times.append(time.perf_counter() - started)

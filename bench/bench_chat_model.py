@@ -171,8 +171,8 @@ def run_plain(llm, messages, max_new_tokens: int, in_thread: bool = True) -> tup
     """Plain generate on the rendered prompt; ``in_thread`` runs it in a worker thread, as ChatLlava does."""
     import torch
 
-    from agent.messages import messages_to_turns
-    from agent.prompting import render_prompt
+    from agent.llava.messages import messages_to_turns
+    from agent.llava.prompting import render_prompt
 
     loaded = llm.loaded
     turns = messages_to_turns(messages)

@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from agent.core.model_manager import model_size_bytes  # noqa: E402
 from tests.tool_models import build_vits  # noqa: E402
-from tools.model_manager import model_size_bytes  # noqa: E402
 from tools.speak import SpeakTool  # noqa: E402
 
 PARAGRAPH = (

@@ -73,7 +73,7 @@ def synthetic_tokenizer(vocab_size: int, seed: int = 0):
 
 
 def _byte_table() -> dict[str, int]:
-    from agent.token_index import _gpt2_unicode_to_byte
+    from agent.decoding.token_index import _gpt2_unicode_to_byte
 
     return _gpt2_unicode_to_byte()
 
@@ -91,9 +91,9 @@ def product_tools() -> list:
 def main() -> None:
     import torch
 
-    from agent.constrained import ToolCallConstraint
-    from agent.token_index import token_vocabulary
-    from agent.tool_protocol import tool_schemas
+    from agent.decoding.constraint import ToolCallConstraint
+    from agent.decoding.token_index import token_vocabulary
+    from agent.llava.messages import tool_schemas
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab-sizes", type=int, nargs="+", default=[32000, 151643])

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from agent.errors import LlavaAgentError
+from agent.core.errors import LlavaAgentError
 from finetune.config import FORMAT_CHOICES, TrainConfig
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Collation: samples to model inputs, through the same rendering ``ChatLlava`` uses at inference.
 
 A sample becomes chat turns (:func:`finetune.formats.to_chat_turns`), which
-:func:`agent.prompting.render_prompt` renders with the checkpoint's own template and
+:func:`agent.llava.prompting.render_prompt` renders with the checkpoint's own template and
 :meth:`RenderedPrompt.encode` turns into ``input_ids`` and ``pixel_values``: exactly what the
 model receives from ``ChatLlava``. Nothing here renders text a second way.
 
@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import DatasetError
+from agent.core.errors import DatasetError
+from agent.llava.prompting import render_prompt
 from finetune.formats import Sample, to_chat_turns
 
 if TYPE_CHECKING:
@@ -119,8 +120,6 @@ class ConversationEncoder:
 
     # -- rendering ----------------------------------------------------------------------
     def render(self, turns: list[dict[str, Any]], *, add_generation_prompt: bool) -> Any:
-        from agent.prompting import render_prompt
-
         return render_prompt(
             self.processor, turns, add_generation_prompt=add_generation_prompt, config=self.model_config
         )

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ConfigError
+from agent.core.errors import ConfigError
+from agent.core.files import atomic_write_text
 
 QUANTIZATIONS = ("auto", "4bit", "none")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -118,8 +119,6 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> Path:
-        from agent.config import atomic_write_text
-
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
         return Path(path)
 

@@ -1,6 +1,6 @@
 """Evaluate a model (with or without an adapter) on a held-out file: loss and exact-match accuracy.
 
-Answers are generated through :class:`agent.chat_model.ChatLlava`, the path users take: each
+Answers are generated through :class:`agent.llava.chat_model.ChatLlava`, the path users take: each
 sample's conversation up to its last assistant turn becomes LangChain messages, the model
 answers greedily, and the answer counts as correct when it equals the reference reply
 (surrounding whitespace ignored; ``case_sensitive=False`` also ignores case). The loss is the
@@ -17,7 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.core.errors import ConfigError
+from finetune.collator import ConversationEncoder, load_pictures, pad_batch
 from finetune.formats import IMAGE_PLACEHOLDER, Sample
+from finetune.validate import validate
 
 if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
@@ -88,21 +91,19 @@ def evaluate(
     """Loss and exact-match accuracy of ``model`` (+ ``adapter``) on the held-out ``data``.
 
     Pass either ``model`` (and optionally ``adapter``) or a ready ``chat_model``
-    (a :class:`agent.chat_model.ChatLlava`).
+    (a :class:`agent.llava.chat_model.ChatLlava`).
     """
     import torch
     from tqdm.auto import tqdm
 
-    from finetune.collator import ConversationEncoder, load_pictures, pad_batch
-    from finetune.validate import validate
 
     if chat_model is None:
-        from agent.chat_model import ChatLlava
-
         if not model:
-            from agent.errors import ConfigError
 
             raise ConfigError("evaluate needs `model` (a base checkpoint) or a ready `chat_model`")
+        # imported here: it brings LangChain, which the rest of ``finetune`` (and the CLI's start) does without
+        from agent.llava.chat_model import ChatLlava
+
         chat_model = ChatLlava(
             model=model,
             adapter=adapter,

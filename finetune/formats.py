@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import DatasetError
+from agent.core.errors import DatasetError
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -302,7 +302,7 @@ def iter_samples(records: Iterable[Record], fmt: str) -> Iterator[tuple[Record, 
 
 
 def to_chat_turns(sample: Sample, pictures: list[Image]) -> list[dict[str, Any]]:
-    """Build the chat turns ``agent.prompting.render_prompt`` takes, with the loaded pictures in place.
+    """Build the chat turns ``agent.llava.prompting.render_prompt`` takes, with the loaded pictures in place.
 
     Text around each ``<image>`` placeholder is split into text blocks; the placeholder becomes
     an image block holding the next picture. Whitespace that only separated a placeholder from

@@ -14,7 +14,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ConfigError, ModelLoadError, QuantizationError
+from agent.core.errors import ConfigError, ModelLoadError, QuantizationError
+from agent.core.runtime import torch_dtype
+from finetune.folders import publish_folder, staging_folder
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,6 @@ def merge(
     ``dtype`` is the precision of the merged weights (``float32``, ``bfloat16`` or ``float16``).
     Returns the folder, written atomically (temporary sibling folder, then ``os.replace``).
     """
-    from finetune.modeling import torch_dtype
 
     adapter = Path(adapter).expanduser()
     output_dir = Path(output_dir).expanduser()
@@ -83,8 +84,6 @@ def merge(
 
 
 def _save_atomically(model: Any, processor: Any, output_dir: Path, info: dict[str, Any]) -> Path:
-    from finetune.folders import publish_folder, staging_folder
-
     staging = staging_folder(output_dir)
     model.save_pretrained(staging, safe_serialization=True)
     processor.save_pretrained(staging)

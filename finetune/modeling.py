@@ -1,5 +1,9 @@
 """Loading the base model for fine-tuning and choosing what LoRA adapts.
 
+Where and in what precision it trains is decided by :func:`agent.core.runtime.resolve_training_precision`
+(QLoRA on CUDA, LoRA elsewhere); the 4-bit recipe is :func:`agent.core.runtime.bitsandbytes_config`,
+the same one inference uses.
+
 Everything is read from the model itself (its config and module tree), never from its name:
 the language model is the module ``get_decoder()`` returns, the projector is the model's
 ``multi_modal_projector``, and LoRA targets the linear layers inside the language model only.
@@ -10,56 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from agent.errors import ConfigError, ModelLoadError, ModelNotFoundError, QuantizationError
-
-if TYPE_CHECKING:
-    import torch
+from agent.core.errors import ConfigError, ModelLoadError, ModelNotFoundError, QuantizationError
+from agent.core.runtime import Placement, bitsandbytes_config, torch_dtype
 
 logger = logging.getLogger(__name__)
-
-# transformers v5 module names of the parts a 4-bit LLaVA keeps in full precision.
-KEEP_FULL_PRECISION = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where and how the base model runs during training."""
-
-    device: str
-    dtype: str
-    quantization: str
-
-
-def resolve_placement(device: str, dtype: str, quantization: str) -> Placement:
-    """Turn ``auto`` settings into concrete ones: QLoRA in bf16 on CUDA, LoRA on CPU in bf16 where the CPU computes it natively, else fp32."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
-    if dtype == "auto":
-        # Measured on a 2-core AVX512-BF16 CPU: bf16 LoRA steps run about 1.9x faster than fp32
-        # (bench/bench_finetune.py), so bf16 wherever the hardware computes it natively.
-        from agent.loading import cpu_supports_bf16
-
-        if device == "cuda":
-            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-        else:
-            dtype = "bfloat16" if cpu_supports_bf16() else "float32"
-    if quantization == "auto":
-        quantization = "4bit" if device == "cuda" else "none"
-    return Placement(device, dtype, quantization)
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    import torch
-
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
 
 def load_processor(model: str) -> Any:
     from transformers import AutoProcessor
@@ -79,7 +39,7 @@ def load_base_model(model: str, placement: Placement) -> Any:
 
     kwargs: dict[str, Any] = {"dtype": torch_dtype(placement.dtype)}
     if placement.quantization == "4bit":
-        kwargs["quantization_config"] = nf4_config(placement.dtype)
+        kwargs["quantization_config"] = bitsandbytes_config("4bit", placement.dtype)
     if placement.device == "cuda":
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
     try:
@@ -94,22 +54,6 @@ def load_base_model(model: str, placement: Placement) -> Any:
     if not hasattr(loaded, "get_decoder"):
         raise ModelLoadError(f"model {model!r} has no language model to adapt (no get_decoder())")
     return loaded
-
-
-def nf4_config(dtype: str) -> Any:
-    from transformers import BitsAndBytesConfig
-
-    from agent.loading import quiet_bitsandbytes_kernel_notice
-
-    quiet_bitsandbytes_kernel_notice()
-
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch_dtype(dtype),
-        llm_int8_skip_modules=KEEP_FULL_PRECISION,
-    )
 
 
 def _qualified_name(model: Any, module: Any) -> str:

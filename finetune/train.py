@@ -23,8 +23,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ConfigError
+from agent.core.errors import ConfigError
+from agent.core.runtime import resolve_training_precision
+from finetune.collator import ConversationEncoder, TrainingCollator
 from finetune.config import TrainConfig
+from finetune.folders import publish_folder, staging_folder
+from finetune.loss_curve import draw_loss_curve
+from finetune.modeling import (
+    load_base_model,
+    load_processor,
+    lora_target_pattern,
+    projector_name,
+)
+from finetune.validate import validate
 
 logger = logging.getLogger(__name__)
 
@@ -86,18 +97,9 @@ def train(config: TrainConfig | None = None, **options: Any) -> TrainResult:
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-    from finetune.collator import ConversationEncoder, TrainingCollator
-    from finetune.modeling import (
-        load_base_model,
-        load_processor,
-        lora_target_pattern,
-        projector_name,
-        resolve_placement,
-    )
-    from finetune.validate import validate
 
     started = time.monotonic()
-    placement = resolve_placement(config.device, config.dtype, config.quantization)
+    placement = resolve_training_precision(config.device, config.dtype, config.quantization)
     output_dir = Path(config.output_dir).expanduser()
     checkpoint_dir = checkpoint_dir_for(output_dir)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -289,8 +291,6 @@ def save_adapter(
     history: list[dict[str, Any]],
 ) -> Path:
     """Write the adapter folder atomically: a temporary sibling folder, then one ``os.replace``."""
-    from finetune.folders import publish_folder, staging_folder
-    from finetune.loss_curve import draw_loss_curve
 
     staging = staging_folder(output_dir)
     logger.info("Writing adapter to %s", output_dir)

@@ -1,7 +1,7 @@
 """Dataset validation: every bad sample, with its index or line number and the reason, before training.
 
 :func:`validate` reads a dataset in any supported format, checks each sample and returns a
-:class:`ValidationReport`. With problems it raises :class:`agent.errors.DatasetError` holding the
+:class:`ValidationReport`. With problems it raises :class:`agent.core.errors.DatasetError` holding the
 full report, unless ``skip_invalid`` is set, in which case the bad samples are left out and
 counted. Training always runs it first.
 
@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import DatasetError, InputError
+from agent.core.errors import DatasetError, InputError
+from finetune.collator import resolve_image_path
 from finetune.formats import (
     FORMATS,
     IMAGE_PLACEHOLDER,
@@ -138,7 +139,6 @@ def check_images(sample: Sample, image_folder: str | Path | None) -> None:
     """Raise :class:`SampleError` for the first image that is missing or does not decode."""
     from PIL import Image, UnidentifiedImageError
 
-    from finetune.collator import resolve_image_path
 
     for image in sample.images:
         if not isinstance(image, str):

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from agent.errors import ConfigError, StoreError
+from agent.core.config import load_config
+from agent.core.errors import ConfigError, StoreError
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
 
-    from agent.config import AppConfig
+    from agent.core.config import AppConfig
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,6 @@ def get_chroma_client(config: AppConfig | None = None, *, write: bool = False) -
     ``write=True`` takes the single-writer lock of an embedded store (no lock for a server,
     which serialises writes itself).
     """
-    from agent.config import load_config
 
     config = config or load_config()
     if config.memory.chroma_url:

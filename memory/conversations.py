@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import InputError, StoreError
+from agent.core.errors import InputError, StoreError
 
 if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage

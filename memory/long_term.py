@@ -22,18 +22,26 @@ from typing import TYPE_CHECKING, Any
 
 from langchain.agents.middleware import AgentMiddleware
 
-from agent.errors import InputError
+from agent.core.errors import InputError
+from memory.chroma import get_chroma_client
+from memory.embedders import TextEmbedder
 
 if TYPE_CHECKING:
     from langchain.agents.middleware import ModelRequest, ModelResponse
     from langchain_core.tools import BaseTool
 
-    from agent.config import AppConfig
+    from agent.core.config import AppConfig
     from memory.embedders import TextEmbedder
 
 logger = logging.getLogger(__name__)
 
 MAX_FACT_CHARS = 2000
+MEMORY_HEADER = "Facts you were asked to remember that may be relevant:"
+
+
+def memory_note(facts: Sequence[str]) -> str:
+    """The text added to the prompt for recalled long-term memories."""
+    return MEMORY_HEADER + "\n" + "\n".join(f"- {fact}" for fact in facts)
 
 
 @dataclass(frozen=True)
@@ -85,8 +93,6 @@ def text_embedding_function(embedder: TextEmbedder) -> Any:
 
             @staticmethod
             def build_from_config(config: dict[str, Any]) -> SentenceEmbeddingFunction:
-                from memory.embedders import TextEmbedder
-
                 return SentenceEmbeddingFunction(TextEmbedder(config["model"], config.get("device", "auto")))
 
         _function_class = SentenceEmbeddingFunction
@@ -110,15 +116,11 @@ class LongTermMemory:
     @property
     def embedder(self) -> TextEmbedder:
         if self._embedder is None:
-            from memory.embedders import TextEmbedder
-
             self._embedder = TextEmbedder(self.config.memory.text_embedder, device=self.config.tools.device)
         return self._embedder
 
     def _open(self, write: bool = False) -> Any:
         if self._collection is None or (write and not self._writable):
-            from memory.chroma import get_chroma_client
-
             client = get_chroma_client(self.config, write=write)
             self._collection = client.get_or_create_collection(
                 name=self.config.memory.memory_collection,
@@ -248,8 +250,6 @@ class MemoryRecallMiddleware(AgentMiddleware):
 
     def prepare(self, request: ModelRequest) -> ModelRequest:
         from langchain_core.messages import SystemMessage
-
-        from agent.prompts import memory_note
 
         facts = self.facts_for(_last_user_text(request.messages))
         if not facts:

@@ -2,29 +2,25 @@
 
 Each is a LangChain ``BaseTool`` usable on its own (``CaptionImageTool(model=..., device="cpu")``)
 or built from the configuration with :func:`build_tools`. All of them get their models through
-one :class:`~tools.model_manager.ModelManager`. Importing this package loads no model library.
+one :class:`~agent.core.model_manager.ModelManager`. Importing this package loads no model library.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from agent._lazy import lazy_exports
 from tools.registry import available_tools, build_tool, build_tools, register_tool
 
-_LAZY = {
+_EXPORTS = {
     "CaptionImageTool": "tools.caption",
     "GenerateImageTool": "tools.generate",
     "SearchImagesTool": "tools.search",
     "SpeakTool": "tools.speak",
-    "ModelManager": "tools.model_manager",
-    "get_model_manager": "tools.model_manager",
+    "ModelManager": "agent.core.model_manager",
+    "get_model_manager": "agent.core.model_manager",
 }
 
-__all__ = ["available_tools", "build_tool", "build_tools", "register_tool", *_LAZY]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'tools' has no attribute {name!r}")
+__all__ = [
+    "CaptionImageTool", "GenerateImageTool", "ModelManager", "SearchImagesTool", "SpeakTool", "available_tools",
+    "build_tool", "build_tools", "get_model_manager", "register_tool",
+]  # fmt: skip
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

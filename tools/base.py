@@ -17,7 +17,10 @@ from typing import Any
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import ConfigDict, Field
 
-from agent.errors import InputError, LlavaAgentError
+from agent.core.config import AppConfig
+from agent.core.errors import InputError, LlavaAgentError
+from agent.core.model_manager import get_model_manager
+from agent.core.runtime import resolve_device
 
 
 class LlavaTool(BaseTool):
@@ -50,23 +53,27 @@ class LlavaTool(BaseTool):
         return f"Error running {self.name} with {shown}: {error}. {advice}"
 
     def get_manager(self):
-        from tools.model_manager import get_model_manager
-
         return self.manager or get_model_manager()
 
     def resolved_device(self) -> str:
-        from tools.model_manager import resolve_device
-
         return resolve_device(self.device)
 
 
-def default_allowed_dirs() -> list[Path]:
-    from agent.config import load_config
+def built_in_defaults() -> AppConfig:
+    """The built-in configuration (no file, no environment): what a tool built without a config uses.
 
-    return load_config().allowed_dirs
+    Tools built from a configuration (``build_tools(config)``, ``Tool.from_config(config)``) get
+    every folder from it; one constructed directly falls back to these documented defaults, never
+    to whatever config file happens to be on the machine.
+    """
+    return AppConfig()
+
+
+def default_allowed_dirs() -> list[Path]:
+    """Folders a tool built without ``allowed_dirs`` may read: the working directory and the default data folder."""
+    return built_in_defaults().allowed_dirs
 
 
 def default_artifacts_dir() -> Path:
-    from agent.config import load_config
-
-    return load_config().artifacts_dir
+    """Where a tool built without ``artifacts_dir`` writes: ``<default data folder>/artifacts``."""
+    return built_in_defaults().artifacts_dir

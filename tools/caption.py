@@ -16,18 +16,22 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from agent.errors import ImageError, InputError
+from agent.core.defaults import CAPTION_MODEL, MAX_IMAGE_PIXELS
+from agent.core.errors import ImageError, InputError
+from agent.core.files import read_allowed_image, resolve_allowed_path
+from agent.core.images import is_image_path, open_image_file
+from agent.core.model_manager import checkpoint_size_bytes
+from agent.core.runtime import tool_dtype
 from tools.base import LlavaTool, default_allowed_dirs
-from tools.paths import IMAGE_SUFFIXES, load_image, open_image_file, resolve_allowed_path
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from agent.config import AppConfig
+    from agent.core.config import AppConfig
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-large"
+DEFAULT_CAPTION_MODEL = CAPTION_MODEL
 Detail = Literal["short", "detailed"]
 
 # Decoding per level of detail: short is greedy and brief, detailed searches longer captions.
@@ -55,7 +59,7 @@ class CaptionImageTool(LlavaTool):
     args_schema: type[BaseModel] = CaptionImageInput
     model: str = Field(DEFAULT_CAPTION_MODEL, description="Hub id or local folder of an image-to-text checkpoint.")
     allowed_dirs: list[Path] | None = Field(None, description="Folders images may be read from; None = config's.")
-    max_image_pixels: int = Field(50_000_000, gt=0)
+    max_image_pixels: int = Field(MAX_IMAGE_PIXELS, gt=0)
     short_max_new_tokens: int = Field(30, gt=0, description="Longest short caption, in tokens.")
     detailed_max_new_tokens: int = Field(80, gt=0, description="Longest detailed caption, in tokens.")
 
@@ -67,17 +71,13 @@ class CaptionImageTool(LlavaTool):
         )
 
     def _load(self) -> tuple[Any, Any]:
-        import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         device = self.resolved_device()
-        dtype = torch.float16 if device.startswith("cuda") else torch.float32
-        model = AutoModelForImageTextToText.from_pretrained(self.model, dtype=dtype).to(device).eval()
+        model = AutoModelForImageTextToText.from_pretrained(self.model, dtype=tool_dtype(device)).to(device).eval()
         return model, AutoProcessor.from_pretrained(self.model)
 
     def _use_model(self):
-        from tools.model_manager import checkpoint_size_bytes
-
         device = self.resolved_device()
         return self.get_manager().use(
             ("caption", self.model, device), self._load, device=device, size_bytes=checkpoint_size_bytes(self.model)
@@ -110,7 +110,7 @@ class CaptionImageTool(LlavaTool):
         root = resolve_allowed_path(folder, allowed)
         if not root.is_dir():
             raise InputError(f"{str(folder)!r} is not a folder; give a folder of images")
-        paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        paths = sorted(p for p in root.rglob("*") if is_image_path(p) and p.is_file())
         captions: dict[str, str] = {}
         skipped: dict[str, str] = {}
         with tqdm(total=len(paths), desc="Captioning images", unit="img", disable=not progress) as bar:
@@ -130,7 +130,7 @@ class CaptionImageTool(LlavaTool):
     def _execute(self, image: str, detail: Detail = "short") -> tuple[str, dict[str, Any]]:
         started = time.perf_counter()
         allowed = self.allowed_dirs if self.allowed_dirs is not None else default_allowed_dirs()
-        picture, resolved = load_image(image, allowed, self.max_image_pixels)
+        picture, resolved = read_allowed_image(image, allowed, self.max_image_pixels)
         caption = self.caption_images([picture], detail)[0]
         artifact = {
             "image": str(resolved), "caption": caption, "detail": detail, "model": self.model,

@@ -20,16 +20,19 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from agent.errors import InputError, ToolError
+from agent.core.defaults import IMAGE_MODEL, IMAGE_STEPS
+from agent.core.errors import InputError, ToolError
+from agent.core.files import write_new_artifact
+from agent.core.model_manager import checkpoint_size_bytes
+from agent.core.runtime import tool_dtype
 from tools.base import LlavaTool, default_artifacts_dir
-from tools.paths import write_new_artifact
 
 if TYPE_CHECKING:
-    from agent.config import AppConfig
+    from agent.core.config import AppConfig
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_IMAGE_MODEL = "stabilityai/sd-turbo"
+DEFAULT_IMAGE_MODEL = IMAGE_MODEL
 MIN_SIDE, MAX_SIDE = 64, 2048
 MAX_PROMPT_CHARS = 2000
 
@@ -55,7 +58,7 @@ class GenerateImageTool(LlavaTool):
     args_schema: type[BaseModel] = GenerateImageInput
     model: str = Field(DEFAULT_IMAGE_MODEL, description="Hub id or local folder of a diffusers checkpoint.")
     artifacts_dir: Path | None = Field(None, description="Where PNGs are written; None = config's.")
-    default_steps: int = Field(1, ge=1, description="Steps when the call gives none (1-4 for sd-turbo).")
+    default_steps: int = Field(IMAGE_STEPS, ge=1, description="Steps when the call gives none (1-4 for sd-turbo).")
     max_steps: int = Field(100, ge=1)
     safety_checker: bool = Field(True, description="Keep the checkpoint's safety checker if it has one.")
 
@@ -67,12 +70,11 @@ class GenerateImageTool(LlavaTool):
         )
 
     def _load(self) -> Any:
-        import torch
         from diffusers import AutoPipelineForText2Image
 
         device = self.resolved_device()
         kwargs: dict[str, Any] = {
-            "dtype": torch.float16 if device.startswith("cuda") else torch.float32,
+            "dtype": tool_dtype(device),
             "use_safetensors": True,
         }
         if not self.safety_checker:
@@ -114,8 +116,6 @@ class GenerateImageTool(LlavaTool):
     ) -> tuple[str, dict[str, Any]]:
         import torch
         from PIL.PngImagePlugin import PngInfo
-
-        from tools.model_manager import checkpoint_size_bytes
 
         steps = self.validate(prompt, width, height, steps, guidance, seed)
         seed = secrets.randbelow(2**31) if seed is None else seed

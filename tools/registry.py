@@ -10,13 +10,15 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import ConfigError
+from agent.core.config import load_config
+from agent.core.errors import ConfigError
+from agent.core.model_manager import get_model_manager
 
 if TYPE_CHECKING:
     from langchain_core.tools import BaseTool
 
-    from agent.config import AppConfig
-    from tools.model_manager import ModelManager
+    from agent.core.config import AppConfig
+    from agent.core.model_manager import ModelManager
 
 ToolFactory = Callable[["AppConfig", "ModelManager"], "BaseTool"]
 
@@ -61,15 +63,11 @@ def get_tool_factory(name: str) -> ToolFactory:
 
 
 def build_tool(name: str, config: AppConfig, manager: ModelManager | None = None) -> BaseTool:
-    from tools.model_manager import get_model_manager
-
     return get_tool_factory(name)(config, manager or get_model_manager(config))
 
 
 def build_tools(config: AppConfig | None = None, manager: ModelManager | None = None) -> list[BaseTool]:
     """The tools named in ``config.tools.enabled``, sharing one model manager (unknown names are refused)."""
-    from agent.config import load_config
-    from tools.model_manager import get_model_manager
 
     config = config or load_config()
     manager = manager or get_model_manager(config)
@@ -77,6 +75,8 @@ def build_tools(config: AppConfig | None = None, manager: ModelManager | None = 
 
 
 # -- the built-in tools register through the same path plugins use -------------------------------
+# Each factory imports its tool module when called: the tool classes bring LangChain, and
+# ``import tools`` (the registry) stays cheap for the CLI and for plugins registering themselves.
 @register_tool("caption_image")
 def _caption_image(config: AppConfig, manager: ModelManager) -> BaseTool:
     from tools.caption import CaptionImageTool

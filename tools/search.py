@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, Field, PrivateAttr
 
-from tools.base import LlavaTool
-
-if TYPE_CHECKING:
-    from agent.config import AppConfig
-    from memory.image_index import ImageIndex
+from agent.core.config import AppConfig
+from agent.core.defaults import CLIP_MODEL, MAX_IMAGE_PIXELS
+from memory.image_index import ImageIndex
+from tools.base import LlavaTool, built_in_defaults
 
 
 class SearchImagesInput(BaseModel):
@@ -38,12 +37,14 @@ class SearchImagesTool(LlavaTool):
         "show photos or images they have."
     )
     args_schema: type[BaseModel] = SearchImagesInput
-    clip_model: str = Field("openai/clip-vit-base-patch32", description="CLIP checkpoint the index was built with.")
+    clip_model: str = Field(CLIP_MODEL, description="CLIP checkpoint the index was built with.")
     collection: str = "images"
-    chroma_dir: Path | None = Field(None, description="Embedded store folder; None with chroma_url None = config's.")
+    chroma_dir: Path | None = Field(
+        None, description="Embedded store folder; with chroma_url also None, the built-in default <data_dir>/chroma."
+    )
     chroma_url: str | None = Field(None, description="http(s)://host:port of a Chroma server.")
     allowed_dirs: list[Path] | None = Field(None, description="Folders query images may be read from.")
-    max_image_pixels: int = Field(50_000_000, gt=0)
+    max_image_pixels: int = Field(MAX_IMAGE_PIXELS, gt=0)
     _index: ImageIndex | None = PrivateAttr(None)
 
     @classmethod
@@ -59,16 +60,12 @@ class SearchImagesTool(LlavaTool):
     def index(self) -> ImageIndex:
         """The image index this tool queries (opened on first use)."""
         if self._index is None:
-            from agent.config import load_config
-            from memory.image_index import ImageIndex
-
-            config = load_config() if self.chroma_dir is None and self.chroma_url is None else None
-            chroma_dir = self.chroma_dir or (config.chroma_dir if config and not config.memory.chroma_url else None)
-            chroma_url = self.chroma_url or (config.memory.chroma_url if config else None)
-            allowed = self.allowed_dirs if self.allowed_dirs is not None else (config or load_config()).allowed_dirs
+            defaults = built_in_defaults()
+            chroma_dir = self.chroma_dir if self.chroma_dir or self.chroma_url else defaults.chroma_dir
+            allowed = self.allowed_dirs if self.allowed_dirs is not None else defaults.allowed_dirs
             self._index = ImageIndex(
                 collection=self.collection, clip_model=self.clip_model, device=self.device,
-                chroma_dir=chroma_dir, chroma_url=chroma_url, allowed_dirs=allowed,
+                chroma_dir=chroma_dir, chroma_url=self.chroma_url, allowed_dirs=allowed,
                 max_image_pixels=self.max_image_pixels, manager=self.get_manager(),
             )
         return self._index

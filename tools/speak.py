@@ -27,15 +27,19 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from agent.errors import InputError, ModelLoadError, ToolError
+from agent.core.defaults import ESPEAK_VOICE, MAX_SPEECH_CHARS, VITS_MODEL
+from agent.core.errors import InputError, ModelLoadError, ToolError
+from agent.core.files import write_new_artifact
+from agent.core.model_manager import checkpoint_size_bytes
 from tools.base import LlavaTool, default_artifacts_dir
-from tools.paths import write_new_artifact
 
 if TYPE_CHECKING:
-    from agent.config import AppConfig
+    from agent.core.config import AppConfig
 
 logger = logging.getLogger(__name__)
 
+ESPEAK_EXECUTABLE = "espeak-ng"
+"""The speech engine's program: espeak-ng only (the older espeak takes other options)."""
 ESPEAK_WORDS_PER_MINUTE = 175
 MIN_SPEED, MAX_SPEED = 0.5, 2.0
 INSTALL_HINT = "install it with `sudo apt-get install espeak-ng` (Debian/Ubuntu) or `brew install espeak-ng` (macOS)"
@@ -110,11 +114,11 @@ class SpeakTool(LlavaTool):
     )
     args_schema: type[BaseModel] = SpeakInput
     engine: Literal["espeak-ng", "vits"] = "espeak-ng"
-    default_voice: str = Field("en", description="espeak-ng voice used when the call names none.")
-    vits_model: str = Field("facebook/mms-tts-eng", description="VITS checkpoint for engine='vits'.")
-    espeak_executable: str = "espeak-ng"
+    default_voice: str = Field(ESPEAK_VOICE, description="espeak-ng voice used when the call names none.")
+    vits_model: str = Field(VITS_MODEL, description="VITS checkpoint for engine='vits'.")
+    espeak_executable: str = ESPEAK_EXECUTABLE
     artifacts_dir: Path | None = Field(None, description="Where WAVs are written; None = config's.")
-    max_chars: int = Field(5000, gt=0, description="Longest text accepted.")
+    max_chars: int = Field(MAX_SPEECH_CHARS, gt=0, description="Longest text accepted.")
 
     @classmethod
     def from_config(cls, config: AppConfig, manager: Any = None) -> SpeakTool:
@@ -164,8 +168,6 @@ class SpeakTool(LlavaTool):
     def _vits_chunks(self, chunks: list[str], speed: float) -> list[bytes]:
         import numpy as np
         import torch
-
-        from tools.model_manager import checkpoint_size_bytes
 
         device = self.resolved_device()
         parts = []

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import AIMessage, ToolMessage
 
-from agent.config import load_config
-from agent.multimodal_agent import AgentReply, MultimodalAgent, ReplyEvent, TokenEvent, ToolCallEvent
+from agent.app.multimodal_agent import AgentReply, MultimodalAgent, ReplyEvent, TokenEvent, ToolCallEvent
+from agent.core.config import load_config
 from tests.scripted_chat_model import ScriptedChatModel, tool_call
 
 pytestmark = pytest.mark.integration
@@ -70,7 +70,7 @@ def test_tiny_llava_calls_speak_and_returns_the_audio(tmp_path, tiny_llava_qwen2
     assert reply.tool_calls[0]["name"] == "speak" and reply.tool_calls[0]["status"] == "success"
     audio = [a for a in reply.artifacts if a["tool"] == "speak"]
     assert audio and Path(audio[0]["path"]).read_bytes()[:4] == b"RIFF"
-    assert Path(audio[0]["path"]).parent == agent.config.artifacts_dir
+    assert Path(audio[0]["path"]).parent == agent.core.config.artifacts_dir
     assert all(isinstance(e.text, str) for e in events if isinstance(e, TokenEvent))
     assert isinstance(reply.text, str)
     assert_well_formed(agent, reply.thread_id)
@@ -101,7 +101,7 @@ def test_real_tools_in_one_turn_return_their_artifacts(tmp_path, tool_model_path
     assert Path(by_tool["speak"]["path"]).read_bytes()[:4] == b"RIFF"
     assert isinstance(by_tool["search_images"]["results"], list)
     # the caption is now known for the image, so the context policy can name it later
-    from memory.context import collect_captions
+    from agent.app.context import collect_captions
 
     assert str(red_square.resolve()) in collect_captions(agent.history(reply.thread_id))
 
@@ -110,13 +110,13 @@ def test_cli_ask_end_to_end(tmp_path, tiny_llava_qwen2, tool_model_paths, red_sq
     data_dir = tmp_path / "data"
     settings = agent_settings(data_dir, tiny_llava_qwen2, tool_model_paths, tool_choice="speak")
     settings["tools"]["enabled"] = ["speak"]
-    from agent.config import config_to_toml
+    from agent.core.config import config_to_toml
 
     config_path = tmp_path / "config.toml"
     config_path.write_text(config_to_toml(load_config(settings, environ={})))
     env = {**os.environ, "LLAVA_AGENT_DATA_DIR": str(data_dir)}
     result = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "--config", str(config_path), "ask", "Say hello.", "--image",
+        [sys.executable, "-m", "agent.cli.main", "--config", str(config_path), "ask", "Say hello.", "--image",
          str(red_square), "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=120, env=env,
     )
@@ -127,7 +127,7 @@ def test_cli_ask_end_to_end(tmp_path, tiny_llava_qwen2, tool_model_paths, red_sq
     wav = Path(payload["artifacts"][0]["path"])
     assert wav.is_file() and wav.read_bytes()[:4] == b"RIFF"
     monkeypatch.setenv("LLAVA_AGENT_DATA_DIR", str(data_dir))
-    from agent.cli import main
+    from agent.cli.main import main
 
     assert main(["--config", str(config_path), "threads", "show", payload["thread_id"]]) == 0
     assert "human: Say hello." in capsys.readouterr().out

@@ -14,7 +14,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, Sys
 from PIL import Image
 
 from agent import ChatLlava
-from agent.errors import (
+from agent.core.errors import (
     ContextLengthError,
     ImageError,
     InputError,
@@ -22,7 +22,7 @@ from agent.errors import (
     ModelNotFoundError,
     QuantizationError,
 )
-from agent.loading import (
+from agent.llava.loading import (
     DEFAULT_CPU_MODEL,
     DEFAULT_GPU_MODEL,
     cached_models,
@@ -30,7 +30,7 @@ from agent.loading import (
     resolve_precision,
     resolve_spec,
 )
-from agent.prompting import image_capacity
+from agent.llava.prompting import image_capacity
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -394,7 +394,7 @@ def test_eight_bit_on_cpu(tiny_llava_llama):
 
 
 def test_from_config(tiny_llava_qwen2):
-    from agent.config import ModelSection
+    from agent.core.config import ModelSection
 
     section = ModelSection(model=str(tiny_llava_qwen2), max_new_tokens=5, temperature=0.0, device="cpu")
     model = ChatLlava.from_config(section)
@@ -463,7 +463,7 @@ def test_import_agent_does_not_import_torch():
     import subprocess
 
     code = (
-        "import sys, agent, agent.chat_model, agent.prompting, agent.messages, agent.loading; "
+        "import sys, agent, agent.llava.chat_model, agent.llava.prompting, agent.llava.messages, agent.llava.loading; "
         "print(sorted(m for m in ('torch', 'transformers', 'bitsandbytes', 'peft') if m in sys.modules))"
     )
     out = subprocess.run(

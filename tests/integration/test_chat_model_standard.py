@@ -17,7 +17,7 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 from PIL import Image
 
-from agent.chat_model import ChatLlava
+from agent.llava.chat_model import ChatLlava
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

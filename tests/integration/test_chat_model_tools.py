@@ -14,8 +14,8 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, Too
 from pydantic import BaseModel, Field
 
 from agent import ChatLlava
-from agent.errors import InputError
-from agent.tool_protocol import tool_schemas
+from agent.core.errors import InputError
+from agent.llava.messages import tool_schemas
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from agent.config import load_config
-from agent.errors import ConfigError, StoreError
+from agent.core.config import load_config
+from agent.core.errors import ConfigError, StoreError
 from memory.chroma import get_chroma_client
 from memory.image_index import ImageIndex
 from tools.search import SearchImagesTool

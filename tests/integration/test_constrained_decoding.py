@@ -14,9 +14,10 @@ import jsonschema
 import pytest
 from pydantic import BaseModel, Field
 
-from agent.constrained import ToolCallConstraint, structured_json_constraint
-from agent.errors import InputError
-from agent.tool_protocol import format_tool_calls, parse_tool_calls, to_template_turns, tool_schemas
+from agent.core.errors import InputError
+from agent.decoding.constraint import ToolCallConstraint, json_output_constraint
+from agent.decoding.tool_protocol import format_tool_calls, parse_tool_calls, to_template_turns
+from agent.llava.messages import tool_schemas
 
 pytestmark = pytest.mark.integration
 
@@ -190,7 +191,7 @@ def test_structured_json_output_validates(loaded):
         note: Optional[str] = None
 
     schema = Answer.model_json_schema()
-    constraint = structured_json_constraint(loaded[0].tokenizer, schema)
+    constraint = json_output_constraint(loaded[0].tokenizer, schema)
     for text in _generate(loaded, [constraint.logits_processor(40)], 40, seed=7, rows=10):
         value = json.loads(text)
         jsonschema.validate(value, schema)
@@ -262,7 +263,7 @@ def _sentencepiece_style_tokenizer():
 def _assert_bytes_match_decoding(tokenizer, anchor: str, seed: int) -> None:
     import random
 
-    from agent.token_index import token_vocabulary
+    from agent.decoding.token_index import token_vocabulary
 
     vocabulary = token_vocabulary(tokenizer)
     anchor_id = tokenizer.convert_tokens_to_ids(anchor)
@@ -288,7 +289,7 @@ def test_byte_level_vocabulary_is_exact(loaded):
 
 
 def test_sentencepiece_vocabulary_is_exact():
-    from agent.token_index import token_vocabulary
+    from agent.decoding.token_index import token_vocabulary
 
     tokenizer = _sentencepiece_style_tokenizer()
     vocabulary = token_vocabulary(tokenizer)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from agent.errors import DatasetError
-from agent.prompting import render_prompt
+from agent.core.errors import DatasetError
+from agent.llava.prompting import render_prompt
 from finetune.collator import IGNORE_INDEX, ConversationEncoder, SampleTooLongError, TrainingCollator
 from finetune.formats import Sample, to_chat_turns
 

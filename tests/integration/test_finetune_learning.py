@@ -14,8 +14,8 @@ import pytest
 from langchain_core.messages import HumanMessage
 from PIL import Image
 
-from agent.chat_model import ChatLlava
-from agent.errors import QuantizationError
+from agent.core.errors import QuantizationError
+from agent.llava.chat_model import ChatLlava
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.integration, pytest.mark.slow]
 
@@ -39,7 +39,7 @@ def _accuracy(chat: ChatLlava, held_out: list[tuple[str, str]]) -> float:
     for image_b64, answer in held_out:
         message = HumanMessage(
             content=[
-                # A data URL: agent.images reads 256-4095-character bare base64 strings as a path first.
+                # A data URL: agent.core.images reads 256-4095-character bare base64 strings as a path first.
                 {"type": "image", "url": f"data:image/png;base64,{image_b64}", "mime_type": "image/png"},
                 {"type": "text", "text": QUESTION},
             ]

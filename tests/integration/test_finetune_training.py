@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import ConfigError, DatasetError
+from agent.core.errors import ConfigError, DatasetError
 from finetune.train import COMPLETE_MARKER, SAVE_DELAY_ENV, last_complete_checkpoint
 from tests.conftest import write_colour_shapes
 
@@ -100,7 +100,7 @@ def _digest(folder: Path) -> dict[str, str]:
 def test_qlora_on_cpu_trains_saves_and_reloads(tiny_llava_llama, small_data, tmp_path):
     from langchain_core.messages import HumanMessage
 
-    from agent.chat_model import ChatLlava
+    from agent.llava.chat_model import ChatLlava
     from finetune import train
 
     output_dir = tmp_path / "qlora"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from agent.errors import InputError, PathNotAllowedError, StoreError
+from agent.core.errors import InputError, PathNotAllowedError, StoreError
 from memory.chroma import LOCK_FILE_NAME, release_writer_lock
 from memory.image_index import ImageIndex
 from tests.unit.test_paths import png_claiming_size

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 TURN_SCRIPT = textwrap.dedent(
     """
     import json, sys
-    from agent.config import load_config
-    from agent.multimodal_agent import MultimodalAgent
+    from agent.core.config import load_config
+    from agent.app.multimodal_agent import MultimodalAgent
     from tests.scripted_chat_model import ScriptedChatModel
 
     data_dir, message, answer, thread = sys.argv[1:5]
@@ -53,7 +53,7 @@ def test_a_thread_resumes_after_the_process_restarts(tmp_path, monkeypatch, caps
         ["human", "What is my name?"],
     ]
     monkeypatch.setenv("LLAVA_AGENT_DATA_DIR", str(data_dir))
-    from agent.cli import main
+    from agent.cli.main import main
 
     assert main(["threads"]) == 0
     listing = capsys.readouterr().out.splitlines()

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 
-from agent.config import load_config
-from agent.multimodal_agent import MultimodalAgent
+from agent.app.multimodal_agent import MultimodalAgent
+from agent.core.config import load_config
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import AIMessage, SystemMessage
 
-from agent.config import load_config
-from agent.errors import InputError
-from agent.multimodal_agent import MultimodalAgent
+from agent.app.multimodal_agent import MultimodalAgent
+from agent.core.config import load_config
+from agent.core.errors import InputError
 from memory.embedders import DEFAULT_TEXT_EMBEDDER, TextEmbedder, resolve_text_embedder
 from memory.long_term import LongTermMemory, memory_id_for
 from tests.scripted_chat_model import ScriptedChatModel, tool_call
@@ -124,7 +124,7 @@ def test_recall_tool_lists_matches(shared_memory):
 
 
 def test_memories_command(config, embedder, monkeypatch, capsys):
-    from agent.cli import main
+    from agent.cli.main import main
 
     monkeypatch.setenv("LLAVA_AGENT_DATA_DIR", str(config.data_dir))
     assert main(["memories", "add", "I", "play", "the", "cello."]) == 0

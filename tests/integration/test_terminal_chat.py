@@ -25,7 +25,7 @@ PROMPT = "you>"
 def spawn_chat(config: Path, data_dir: Path) -> pexpect.spawn:
     env = {**os.environ, "LLAVA_AGENT_DATA_DIR": str(data_dir), "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm",
            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    child = pexpect.spawn(sys.executable, ["-m", "agent.cli", "--config", str(config), "chat"], cwd=str(ROOT),
+    child = pexpect.spawn(sys.executable, ["-m", "agent.cli.main", "--config", str(config), "chat"], cwd=str(ROOT),
                           env=env, encoding="utf-8", timeout=90, dimensions=(50, 200))
     return child
 
@@ -109,7 +109,7 @@ def test_terminal_chat_in_a_pty(tmp_path, tiny_llava_qwen2):
     chat.close()
     assert chat.exitstatus == 0
 
-    from agent.config import load_config
+    from agent.core.config import load_config
     from memory.conversations import ConversationStore
 
     with ConversationStore(load_config({"data_dir": str(data_dir)}, environ={}).conversations_db) as store:

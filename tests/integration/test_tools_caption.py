@@ -6,10 +6,10 @@ import pytest
 from langchain_tests.integration_tests import ToolsIntegrationTests
 from PIL import Image
 
+from agent.core.model_manager import ModelManager
 from tests.tool_models import session_tool_models
 from tests.unit.test_paths import png_claiming_size
 from tools.caption import CaptionImageTool
-from tools.model_manager import ModelManager
 
 pytestmark = pytest.mark.integration
 

@@ -9,10 +9,10 @@ import pytest
 from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
 
-from agent.config import load_config
-from agent.errors import ImageError, InputError
-from agent.multimodal_agent import MultimodalAgent
-from agent.terminal import TerminalChat, inline_image_escape, inline_image_protocol, split_image_paths
+from agent.app.multimodal_agent import MultimodalAgent
+from agent.cli.terminal import TerminalChat, inline_image_escape, inline_image_protocol, split_image_paths
+from agent.core.config import load_config
+from agent.core.errors import ImageError, InputError
 from tests.scripted_chat_model import ScriptedChatModel, tool_call
 
 
@@ -145,7 +145,7 @@ def test_speak_on_reads_replies_aloud_with_espeak(tmp_path, monkeypatch):
                           "agent": {"long_term_memory": False}}, environ={})
     model = ScriptedChatModel(replies=["Hello from the speaker."])
     out = io.StringIO()
-    monkeypatch.setattr("agent.terminal.find_audio_player", lambda: None)  # no sound card in tests
+    monkeypatch.setattr("agent.cli.terminal.find_audio_player", lambda: None)  # no sound card in tests
     terminal = TerminalChat(config, output=out,
                             agent_factory=lambda c: MultimodalAgent(model, build_tools(c), config=c))
     terminal._loader.start()
@@ -177,6 +177,6 @@ def test_memories_command_needs_long_term_memory(chat):
     ],
 )
 def test_model_text_cannot_drive_the_terminal(raw, shown):
-    from agent.terminal import terminal_safe
+    from agent.cli.terminal import terminal_safe
 
     assert terminal_safe(raw) == shown

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import build_parser, main, one_line
+from agent.cli.main import build_parser, main, one_line
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "transformers", "diffusers", "chromadb", "bitsandbytes", "peft", "sentence_transformers",
@@ -19,7 +19,7 @@ HEAVY = ("torch", "transformers", "diffusers", "chromadb", "bitsandbytes", "peft
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "agent.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "agent.cli.main", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 
@@ -33,7 +33,7 @@ def data_dir(tmp_path, monkeypatch):
 
 def test_help_is_fast_and_imports_nothing_heavy():
     code = (
-        "import sys, time; t = time.perf_counter(); from agent.cli import build_parser; "
+        "import sys, time; t = time.perf_counter(); from agent.cli.main import build_parser; "
         "build_parser().format_help(); "
         f"print(time.perf_counter() - t); print([m for m in {HEAVY!r} if m in sys.modules])"
     )
@@ -84,7 +84,7 @@ def test_verbose_shows_the_traceback(tmp_path, data_dir):
 
 
 def test_threads_list_rename_delete(data_dir, capsys):
-    from agent.config import load_config
+    from agent.core.config import load_config
     from memory.conversations import ConversationStore
 
     with ConversationStore(load_config().conversations_db) as store:
@@ -107,7 +107,7 @@ def test_config_show_prints_valid_toml(data_dir, capsys, tmp_path):
     body = "\n".join(line for line in out.splitlines() if not line.startswith("#"))
     path = tmp_path / "shown.toml"
     path.write_text(body)
-    from agent.config import load_config
+    from agent.core.config import load_config
 
     assert load_config(path, environ={}).data_dir == data_dir
 
@@ -154,7 +154,7 @@ def test_global_options_also_work_after_the_command(tmp_path, capsys):
 
 
 def test_model_and_adapter_options_override_the_config(data_dir, tmp_path):
-    from agent.cli import _load_config
+    from agent.cli.main import _load_config
 
     adapter = tmp_path / "adapter"
     for command in ("chat", "ask"):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AppConfig, config_to_toml, env_overrides, load_config, save_config_snapshot
-from agent.errors import ConfigError
+from agent.core.config import AppConfig, config_to_toml, env_overrides, load_config, save_config_snapshot
+from agent.core.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str, name: str = "config.toml") -> Path:

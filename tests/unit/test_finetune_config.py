@@ -11,7 +11,7 @@ import sys
 import pytest
 from PIL import Image
 
-from agent.errors import ConfigError
+from agent.core.errors import ConfigError
 from finetune.cli import main, register
 from finetune.config import TrainConfig
 from finetune.loss_curve import draw_loss_curve

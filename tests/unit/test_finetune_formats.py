@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from agent.errors import DatasetError
+from agent.core.errors import DatasetError
 from finetune.formats import Record, Sample, detect_format, parse_record, read_records, to_chat_turns
 from finetune.validate import check_structure, validate
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from agent.errors import ImageError, InputError
-from agent.images import DEFAULT_MAX_PIXELS, ImageLocation, image_name, load_image
+from agent.core.errors import ImageError, InputError
+from agent.core.images import DEFAULT_MAX_PIXELS, ImageLocation, image_name, load_image
 
 
 def png_bytes(size=(20, 10), color="red", mode="RGB", fmt="PNG") -> bytes:

@@ -16,8 +16,8 @@ from langchain_core.messages import (
 )
 from PIL import Image
 
-from agent.errors import ImageError, InputError
-from agent.messages import messages_to_turns
+from agent.core.errors import ImageError, InputError
+from agent.llava.messages import messages_to_turns
 
 
 def _png_b64(color="red") -> str:

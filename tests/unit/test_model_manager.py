@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from agent.errors import ConfigError, ModelLoadError
-from tools.model_manager import GIB, ModelManager, get_model_manager, model_size_bytes
+from agent.core.errors import ConfigError, ModelLoadError
+from agent.core.model_manager import GIB, ModelManager, get_model_manager, model_size_bytes
 
 LINEAR_BYTES = (256 * 256 + 256) * 4  # nn.Linear(256, 256) in float32
 
@@ -200,7 +200,7 @@ def test_evict_and_clear_only_drop_idle_models():
 
 
 def test_default_manager_is_one_per_process_and_takes_config_budgets():
-    from agent.config import load_config
+    from agent.core.config import load_config
 
     config = load_config({"tools": {"memory_budget_gb": {"cpu": 3}}})
     manager = get_model_manager(config)

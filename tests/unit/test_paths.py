@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from agent.errors import ImageError, InputError, PathNotAllowedError
-from tools.paths import (
+from agent.core.errors import ImageError, InputError, PathNotAllowedError
+from agent.core.files import (
     check_readable_file,
     load_image,
     open_image_file,

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from agent.errors import InputError
-from agent.prompting import (
+from agent.core.errors import InputError
+from agent.llava.prompting import (
     IMAGE_CAPACITY,
     MULTI_IMAGE_DEFAULT,
     RenderedPrompt,
@@ -101,7 +101,7 @@ def test_image_tokens_always_match_images(processors, family, n_images):
     # the most recent images are the ones kept as pixels
     kept = [f"img{i}.png" for i in range(n_images - len(rendered.images), n_images)]
     for number in range(1, rendered.dropped_images + 1):
-        assert f"[earlier image {number}: img{number - 1}.png]" in rendered.text
+        assert f"[earlier image: img{number - 1}.png]" in rendered.text
     for name in kept:
         assert f"{name}]" not in rendered.text
     encoded = rendered.encode(processor)
@@ -176,7 +176,7 @@ def test_system_turn_folded_when_template_has_no_system_role(processors):
 
 
 def test_tools_and_tool_turns_render_as_protocol_text(processors):
-    from agent.tool_protocol import TOOL_CALL_OPEN
+    from agent.decoding.tool_protocol import TOOL_CALL_OPEN
 
     processor, config = processors["llama"]
     schema = {

@@ -7,22 +7,22 @@ import re
 from typing import Literal, Optional
 
 import pytest
-from langchain_core.exceptions import OutputParserException
 from langchain_core.tools import tool
 from pydantic import BaseModel, Field
 
-from agent.errors import InputError
-from agent.tool_protocol import (
+from agent.core.errors import InputError
+from agent.decoding.tool_protocol import (
     TOOL_CALL_CLOSE,
     TOOL_CALL_OPEN,
+    ToolCallParseError,
     format_tool_call,
     format_tool_calls,
     format_tool_response,
     parse_tool_calls,
     to_template_turns,
-    tool_schemas,
     tools_system_prompt,
 )
+from agent.llava.messages import tool_schemas
 
 
 @tool
@@ -144,9 +144,10 @@ def test_parse_plain_text_has_no_calls(text):
     ],
 )
 def test_parse_malformed_block_raises_quoting_the_text(text, fragment):
-    with pytest.raises(OutputParserException, match=re.escape(fragment)) as info:
+    with pytest.raises(ToolCallParseError, match=re.escape(fragment)) as info:
         parse_tool_calls(text)
     assert repr(text) in str(info.value)
+    assert info.value.llm_output == text
 
 
 def test_format_tool_response():

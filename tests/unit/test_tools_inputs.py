@@ -7,7 +7,7 @@ import wave
 
 import pytest
 
-from agent.errors import InputError, ToolError
+from agent.core.errors import InputError, ToolError
 from tools.generate import MAX_SIDE, GenerateImageTool
 from tools.speak import SpeakTool, join_wavs, split_sentences
 

@@ -10,8 +10,8 @@ import pytest
 from langchain_core.tools import BaseTool
 from langchain_tests.unit_tests import ToolsUnitTests
 
-from agent.config import load_config
-from agent.errors import ConfigError
+from agent.core.config import load_config
+from agent.core.errors import ConfigError
 from tools import available_tools, build_tools, register_tool
 from tools.caption import CaptionImageTool
 from tools.generate import GenerateImageTool
@@ -79,7 +79,7 @@ def test_bad_tool_names_are_refused(bad):
 
 def test_importing_tools_and_memory_loads_no_heavy_library():
     code = (
-        "import sys, tools, memory, tools.caption, tools.generate, tools.search, tools.speak, tools.model_manager, "
+        "import sys, tools, memory, tools.caption, tools.generate, tools.search, tools.speak, agent.core.model_manager, "
         "tools.registry, memory.chroma, memory.embedders, memory.image_index; tools.build_tools(); "
         "heavy = [m for m in ('torch', 'transformers', 'diffusers', 'chromadb', 'bitsandbytes') if m in sys.modules]; "
         "print(heavy)"

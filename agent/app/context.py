@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from langchain.agents.middleware import AgentMiddleware
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
+from agent.core.images import earlier_image_reference
+
 if TYPE_CHECKING:
     from langchain.agents.middleware import ModelRequest, ModelResponse
 
@@ -98,9 +100,7 @@ def apply_image_policy(
                 blocks.append(block)
             else:
                 path = image_reference(block)
-                caption = captions.get(path)
-                text = f"[earlier image: {path}" + (f" — caption: {caption}]" if caption else "]")
-                blocks.append({"type": "text", "text": text})
+                blocks.append({"type": "text", "text": earlier_image_reference(path, captions.get(path))})
         blocks.reverse()
         out.append(message.model_copy(update={"content": blocks}))
     out.reverse()

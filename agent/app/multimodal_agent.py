@@ -4,7 +4,7 @@ The agent is ``langchain.agents.create_agent`` plus:
 
 * a SQLite checkpointer (:mod:`memory.conversations`) so threads survive restarts;
 * tool failures turned into error ``ToolMessage`` s the model can read and recover from;
-* the context policy (:mod:`memory.context`): older images become text references, long
+* the context policy (:mod:`agent.app.context`): older images become text references, long
   threads are trimmed to the model's context;
 * long-term memory (:mod:`memory.long_term`): ``remember``/``recall`` tools and relevant facts
   added to the system prompt automatically;
@@ -18,16 +18,23 @@ The agent is ``langchain.agents.create_agent`` plus:
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.agent_events import (
+from langchain.agents import create_agent
+from langchain.agents.middleware import AgentMiddleware, ToolErrorMiddleware
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langgraph.errors import GraphRecursionError
+
+from agent.app.attachments import build_user_message, save_attachment
+from agent.app.context import IMAGE_TOKENS, ContextPolicyMiddleware
+from agent.app.events import (
     AgentEvent,
     AgentReply,
     ReplyEvent,
@@ -36,18 +43,20 @@ from agent.agent_events import (
     ToolResultEvent,
     TurnCollector,
 )
-from agent.attachments import build_user_message, save_attachment
-from agent.config import AppConfig, load_config
-from agent.errors import InputError
+from agent.app.system_prompt import build_system_prompt
+from agent.core.config import AppConfig, load_config
+from agent.core.errors import InputError
+from agent.decoding.tool_protocol import normalise_tool_choice
+from agent.llava.chat_model import ChatLlava
+from memory.conversations import ConversationStore, title_from_message
+from memory.long_term import LongTermMemory
+from tools import build_tools
 
 if TYPE_CHECKING:
-    from langchain.agents.middleware import AgentMiddleware, ToolCallRequest
+    from langchain.agents.middleware import ModelRequest, ModelResponse, ToolCallRequest
     from langchain_core.language_models import BaseChatModel
     from langchain_core.messages import BaseMessage
     from langchain_core.tools import BaseTool
-
-    from memory.conversations import ConversationStore
-    from memory.long_term import LongTermMemory
 
 __all__ = [
     "AgentEvent",
@@ -76,55 +85,30 @@ class GenerationStopped(Exception):
     """Raised inside a model call to end it early when :meth:`MultimodalAgent.stop` is called."""
 
 
-@functools.lru_cache(maxsize=1)
-def _stop_handler_class() -> type:
-    from langchain_core.callbacks import BaseCallbackHandler
-
-    class StopOnFlag(BaseCallbackHandler):
-        """Raises inside the model's token loop once the turn's stop event is set."""
-
-        raise_error = True
-        run_inline = True
-
-        def __init__(self, stop: threading.Event) -> None:
-            self.stop = stop
-
-        # only tokens matter: skip every other event, which keeps a turn cheap
-        @property
-        def ignore_chain(self) -> bool:
-            return True
-
-        @property
-        def ignore_agent(self) -> bool:
-            return True
-
-        @property
-        def ignore_retriever(self) -> bool:
-            return True
-
-        @property
-        def ignore_retry(self) -> bool:
-            return True
-
-        @property
-        def ignore_custom_event(self) -> bool:
-            return True
-
-        def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
-            if self.stop.is_set():
-                raise GenerationStopped("generation stopped by the user")
-
-    return StopOnFlag
-
-
-def _stop_callback(stop: threading.Event) -> Any:
-    """A callback that ends the model's token loop once ``stop`` is set.
+class _StopOnFlag(BaseCallbackHandler):
+    """Raises inside the model's token loop once the turn's stop event is set.
 
     Streaming chat models report each token through ``on_llm_new_token`` from inside their
     generation loop; raising there unwinds that loop, and a model that generates in a worker
     (``ChatLlava``'s stopping criteria) cancels it as its generator closes.
     """
-    return _stop_handler_class()(stop)
+
+    raise_error = True
+    run_inline = True
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+
+    # only tokens matter: skip every other event, which keeps a turn cheap
+    ignore_chain = True
+    ignore_agent = True
+    ignore_retriever = True
+    ignore_retry = True
+    ignore_custom_event = True
+
+    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+        if self.stop.is_set():
+            raise GenerationStopped("generation stopped by the user")
 
 
 def tool_error_message(exc: BaseException, request: ToolCallRequest) -> str:
@@ -135,27 +119,23 @@ def tool_error_message(exc: BaseException, request: ToolCallRequest) -> str:
     return f"Error running {name} with arguments {args}: {exc} Please try again or use another tool."
 
 
-class _FirstCallToolChoice:
-    """Middleware factory: force ``tool_choice`` on the first model call of each turn only."""
+class _FirstCallToolChoice(AgentMiddleware):
+    """Forces ``tool_choice`` on the first model call of each turn only (the one after the user's message)."""
 
-    @staticmethod
-    def create(tool_choice: str) -> AgentMiddleware:
-        from langchain.agents.middleware import AgentMiddleware
-        from langchain_core.messages import HumanMessage
+    def __init__(self, tool_choice: str) -> None:
+        super().__init__()
+        self.tool_choice = tool_choice
 
-        class FirstCallToolChoiceMiddleware(AgentMiddleware):
-            def _prepare(self, request):
-                if request.tools and request.messages and isinstance(request.messages[-1], HumanMessage):
-                    return request.override(tool_choice=tool_choice)
-                return request
+    def _prepare(self, request: ModelRequest) -> ModelRequest:
+        if request.tools and request.messages and isinstance(request.messages[-1], HumanMessage):
+            return request.override(tool_choice=self.tool_choice)
+        return request
 
-            def wrap_model_call(self, request, handler):
-                return handler(self._prepare(request))
+    def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> ModelResponse:
+        return handler(self._prepare(request))
 
-            async def awrap_model_call(self, request, handler):
-                return await handler(self._prepare(request))
-
-        return FirstCallToolChoiceMiddleware()
+    async def awrap_model_call(self, request: ModelRequest, handler: Any) -> ModelResponse:
+        return await handler(self._prepare(request))
 
 
 def _model_max_images(model: Any, config: AppConfig) -> int | None:
@@ -178,7 +158,6 @@ def _model_context_tokens(model: Any, config: AppConfig) -> int:
 
 def _model_image_tokens(model: Any) -> int:
     """Tokens one image takes in the model's prompt (``image_seq_length`` of a LLaVA config)."""
-    from memory.context import IMAGE_TOKENS
 
     loaded = getattr(model, "loaded", None) if hasattr(type(model), "loaded") else None
     value = getattr(getattr(loaded, "config", None), "image_seq_length", None)
@@ -192,7 +171,11 @@ class _DropStopNoise(logging.Filter):
         return "GenerationStopped" not in record.getMessage()
 
 
-logging.getLogger("langchain_core.callbacks.manager").addFilter(_DropStopNoise())
+def _quiet_stop_noise() -> None:
+    """Install :class:`_DropStopNoise` once (when the first agent is built, not at import)."""
+    source = logging.getLogger("langchain_core.callbacks.manager")
+    if not any(isinstance(f, _DropStopNoise) for f in source.filters):
+        source.addFilter(_DropStopNoise())
 
 
 class MultimodalAgent:
@@ -202,7 +185,7 @@ class MultimodalAgent:
         model: any LangChain chat model that supports ``bind_tools``; default ``ChatLlava``
             built from ``config.model``.
         tools: LangChain tools; default ``tools.build_tools(config)``.
-        config: an :class:`~agent.config.AppConfig`, a TOML path or a dict (see ``load_config``).
+        config: an :class:`~agent.core.config.AppConfig`, a TOML path or a dict (see ``load_config``).
         conversations: the thread store; default one at ``config.conversations_db``.
         memory: long-term memory whose ``remember``/``recall`` tools are added and whose
             relevant facts go into the system prompt; ``None`` for none.
@@ -221,21 +204,11 @@ class MultimodalAgent:
         system_prompt: str | None = None,
         middleware: Sequence[AgentMiddleware] = (),
     ) -> None:
-        from langchain.agents import create_agent
-        from langchain.agents.middleware import ToolErrorMiddleware
-
-        from agent.prompts import build_system_prompt
-        from memory.context import ContextPolicyMiddleware
-        from memory.conversations import ConversationStore
-
+        _quiet_stop_noise()
         self.config = config if isinstance(config, AppConfig) else load_config(config)
         if model is None:
-            from agent.chat_model import ChatLlava
-
             model = ChatLlava.from_config(self.config.model)
         if tools is None:
-            from tools import build_tools
-
             tools = build_tools(self.config)
         self.model = model
         self.memory = memory
@@ -260,13 +233,11 @@ class MultimodalAgent:
             )
         )
         if self.config.agent.tool_choice:
-            allowed = ["auto", "any", "required", "none", *names]
-            if self.config.agent.tool_choice not in allowed:
-                raise InputError(
-                    f"agent.tool_choice = {self.config.agent.tool_choice!r} is not allowed here; "
-                    f"use one of {', '.join(allowed)}"
-                )
-            stack.append(_FirstCallToolChoice.create(self.config.agent.tool_choice))
+            try:
+                choice = normalise_tool_choice(self.config.agent.tool_choice, names)
+            except InputError as exc:
+                raise InputError(f"agent.tool_choice: {exc}") from None
+            stack.append(_FirstCallToolChoice(choice))
         stack.extend(middleware)
         self.graph = create_agent(
             model,
@@ -285,8 +256,6 @@ class MultimodalAgent:
         """The agent the CLI runs: ChatLlava, the configured tools, threads and long-term memory."""
         config = source if isinstance(source, AppConfig) else load_config(source)
         if "memory" not in kwargs and config.agent.long_term_memory:
-            from memory.long_term import LongTermMemory
-
             kwargs["memory"] = LongTermMemory(config)
         return cls(config=config, **kwargs)
 
@@ -351,10 +320,6 @@ class MultimodalAgent:
         *,
         stream_tokens: bool,
     ) -> Iterator[AgentEvent]:
-        from langgraph.errors import GraphRecursionError
-
-        from memory.conversations import title_from_message
-
         if isinstance(images, (str, os.PathLike)):
             images = [images]
         human = build_user_message(message, images, self.attachments_dir)
@@ -368,7 +333,7 @@ class MultimodalAgent:
         run_config = {
             "configurable": {"thread_id": thread_id},
             "recursion_limit": self.recursion_limit,
-            "callbacks": [_stop_callback(stop), *callbacks],
+            "callbacks": [_StopOnFlag(stop), *callbacks],
         }
         collector = TurnCollector(thread_id)
         with self._stop_lock:
@@ -416,7 +381,6 @@ class MultimodalAgent:
 
     def _close_turn(self, run_config: dict[str, Any], text: str) -> None:
         """Leave the thread well formed after an interrupted turn: no unanswered tool calls."""
-        from langchain_core.messages import AIMessage, ToolMessage
 
         messages = self.graph.get_state(run_config).values.get("messages", [])
         answered = {m.tool_call_id for m in messages if isinstance(m, ToolMessage)}

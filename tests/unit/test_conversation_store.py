@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.errors import InputError, StoreError
+from agent.core.errors import InputError, StoreError
 from memory.conversations import TITLE_LENGTH, ConversationStore, title_from_message
 
 
@@ -85,8 +85,8 @@ def test_latest_checkpoint_cache_sees_writes_from_another_store(tmp_path):
     """A second store (as another process would) writing the thread invalidates the first one's cache."""
     from langchain_core.messages import AIMessage
 
-    from agent.config import load_config
-    from agent.multimodal_agent import MultimodalAgent
+    from agent.app.multimodal_agent import MultimodalAgent
+    from agent.core.config import load_config
     from tests.scripted_chat_model import ScriptedChatModel
 
     config = load_config({"data_dir": str(tmp_path), "agent": {"long_term_memory": False}}, environ={})

@@ -1,10 +1,16 @@
-"""Decode and validate the images found in chat messages.
+"""The image rules: which formats are accepted, how big, how images are decoded and named.
 
-One function, :func:`load_image`, turns whatever a caller put in a message into an RGB
-``PIL.Image``: a PIL image, raw bytes, a base64 string, a ``data:`` URL, a local path or
-``file://`` URL, or (only when explicitly allowed) an ``http(s)://`` URL.
+This module owns the image policy of the whole application: the formats (:data:`IMAGE_FORMATS`,
+with their MIME types and file suffixes), the pixel limit, and the text that stands for an
+image no longer shown as pixels (:func:`earlier_image_reference`). The chat, the attachments,
+the tools and the image index all decode through it, so they accept exactly the same images.
 
-Every failure raises :class:`agent.errors.ImageError` naming where the image was
+:func:`load_image` turns whatever a caller put in a message into an RGB ``PIL.Image``: a PIL
+image, raw bytes, a base64 string, a ``data:`` URL, a local path or ``file://`` URL, or (only
+when explicitly allowed) an ``http(s)://`` URL. :func:`open_image_file` decodes a file a tool
+reads.
+
+Every failure raises :class:`agent.core.errors.ImageError` naming where the image was
 (``message 2, block 1``), what was wrong and what to do. Images over
 :data:`DEFAULT_MAX_PIXELS` are refused before their pixels are decoded, so a
 decompression bomb never reaches memory.
@@ -24,15 +30,54 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from agent.errors import ImageError
+from agent.core.defaults import MAX_IMAGE_PIXELS
+from agent.core.errors import ImageError
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_PIXELS = MAX_IMAGE_PIXELS
 """Largest image (width x height) accepted; larger ones are refused as possible decompression bombs."""
+
+IMAGE_FORMATS: dict[str, tuple[str, tuple[str, ...]]] = {
+    # Pillow format name: (MIME type, file suffixes)
+    "PNG": ("image/png", (".png",)),
+    "JPEG": ("image/jpeg", (".jpg", ".jpeg")),
+    "GIF": ("image/gif", (".gif",)),
+    "WEBP": ("image/webp", (".webp",)),
+    "BMP": ("image/bmp", (".bmp",)),
+    "TIFF": ("image/tiff", (".tif", ".tiff")),
+    "MPO": ("image/jpeg", ()),  # the multi-picture JPEG some cameras write, under a .jpg name
+    "ICO": ("image/x-icon", (".ico",)),
+    "PPM": ("image/x-portable-anymap", (".ppm", ".pgm", ".pbm")),
+}
+"""Every image format accepted anywhere (chat, attachments, tools, index); nothing else is decoded."""
+SUPPORTED_FORMATS = tuple(IMAGE_FORMATS)
+IMAGE_SUFFIXES = frozenset(suffix for _, suffixes in IMAGE_FORMATS.values() for suffix in suffixes)
+"""File suffixes of the supported formats (how folders are scanned and paths recognised)."""
+FORMATS_HINT = "PNG, JPEG, GIF, WebP, BMP, TIFF, ICO or PPM"
+
+
+def mime_type(image_format: str | None) -> str | None:
+    """The MIME type of a Pillow format name, or None when the format is not supported."""
+    entry = IMAGE_FORMATS.get((image_format or "").upper())
+    return entry[0] if entry else None
+
+
+def is_image_path(path: str | os.PathLike[str]) -> bool:
+    """Whether a path names a file of a supported format, judged by its suffix."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def earlier_image_reference(name: str | None, caption: str | None = None) -> str:
+    """The text that stands for an image no longer shown as pixels: ``[earlier image: NAME — caption: ...]``.
+
+    The system prompt explains this form to the model, which can pass NAME (a path) to a tool.
+    """
+    text = f"[earlier image: {name}" if name else "[earlier image"
+    return text + (f" — caption: {caption}]" if caption else "]")
 
 REMOTE_TIMEOUT_S = 20.0
 MAX_REMOTE_BYTES = 64 * 1024 * 1024
@@ -208,7 +253,7 @@ def _decode_bytes(raw: bytes, location: ImageLocation, max_pixels: int, origin: 
         with warnings.catch_warnings():
             # Our own pixel limit below replaces PIL's warning-or-error heuristics.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(raw))
+            image = Image.open(io.BytesIO(raw), formats=SUPPORTED_FORMATS)
     except UnidentifiedImageError:
         raise _fail(
             location,
@@ -299,3 +344,37 @@ def image_name(source: Any) -> str | None:
         return name if len(text) < 1024 and "." in name else None
     filename = getattr(source, "filename", None)
     return Path(filename).name if filename else None
+
+
+def open_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, *, label: str | None = None) -> Image.Image:
+    """Decode an image file a tool reads into RGB, refusing other formats, corrupt files and images over ``max_pixels``.
+
+    Only the decoders of :data:`SUPPORTED_FORMATS` are tried, and the size is read from the header
+    before any pixel is decoded, so a file claiming huge dimensions is refused without allocating
+    memory for it.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    label = label or str(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=SUPPORTED_FORMATS) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageError(
+                        f"image {label!r} is {width}x{height} = {width * height} pixels, over the limit of "
+                        f"{max_pixels}; resize it or raise tools.max_image_pixels"
+                    )
+                return image.convert("RGB")
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(
+            f"image {label!r} is over the limit of {max_pixels} pixels ({exc}); resize it or raise "
+            "tools.max_image_pixels"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(
+            f"file {label!r} is not a readable image ({type(exc).__name__}: {exc}); give a {FORMATS_HINT} file"
+        ) from None

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import InputError
+from agent.core.errors import InputError
 
 if TYPE_CHECKING:
     import numpy as np

@@ -1,7 +1,7 @@
 """The tool protocol: how tools are shown to the model and how a call is written and parsed.
 
 This module is the single definition of the format. Inference (``ChatLlava``), constrained
-decoding (:mod:`agent.constrained`) and fine-tuning data all go through it, so a model sees in
+decoding (:mod:`agent.decoding.constraint`) and fine-tuning data all go through it, so a model sees in
 its history, is trained on, and emits exactly one format. It follows the Hermes / Qwen2.5
 convention, which vLLM's Hermes parser and LLaMA-Factory (``tool_format=qwen``) also read.
 
@@ -31,7 +31,8 @@ when present, come after it and end the reply.
 
 Parsing (:func:`parse_tool_calls`) is strict about the inside of a ``<tool_call>`` block (valid
 JSON object with a string ``name`` and an object ``arguments``) and raises
-:class:`langchain_core.exceptions.OutputParserException` quoting the raw text otherwise. A
+:class:`ToolCallParseError` quoting the raw text otherwise (``ChatLlava`` re-raises it as LangChain's
+``OutputParserException``). A
 ``</tool_call>`` with no opener before it is ordinary text.
 """
 
@@ -42,7 +43,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from agent.errors import InputError
+from agent.core.errors import InputError
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
@@ -52,38 +53,55 @@ TOOLS_OPEN = "<tools>"
 TOOLS_CLOSE = "</tools>"
 
 _ROLES = ("system", "user", "assistant", "tool")
+TOOL_CHOICE_KEYWORDS = ("auto", "any", "required", "none")
 
 
-def tool_schemas(tools: Sequence[Any]) -> list[dict]:
-    """Convert tools to OpenAI-format schemas.
+class ToolCallParseError(InputError):
+    """A ``<tool_call>`` block in model output is unclosed or not a valid call; ``llm_output`` is the raw text."""
 
-    Accepts LangChain ``BaseTool`` objects, pydantic models, typed Python functions and dicts
-    (OpenAI tool dicts pass through; bare JSON schemas with a ``title`` are wrapped). Each result
-    is ``{"type": "function", "function": {"name", "description", "parameters"}}``.
+    def __init__(self, message: str, *, llm_output: str) -> None:
+        super().__init__(message)
+        self.llm_output = llm_output
+
+
+def normalise_tool_choice(tool_choice: Any, tool_names: Sequence[str]) -> str | None:
+    """The one reading of ``tool_choice``: None, ``"auto"``, ``"any"``, ``"none"`` or a tool name.
+
+    Accepts the forms callers use: None, booleans (True = at least one call), ``"required"``
+    (= ``"any"``), a tool name, or ``{"type": "function", "function": {"name": ...}}``. Unknown
+    names raise :class:`InputError` listing the bound tools.
     """
-    from langchain_core.utils.function_calling import convert_to_openai_tool
-
-    schemas: list[dict] = []
-    seen: set[str] = set()
-    for position, tool in enumerate(tools):
-        try:
-            schema = convert_to_openai_tool(tool)
-        except Exception as exc:  # langchain raises ValueError/TypeError/KeyError variants
-            raise InputError(
-                f"tool #{position} ({tool!r:.80}) cannot be converted to a tool schema: {exc}; pass a "
-                "LangChain tool, a pydantic model, a typed function with a docstring, or an OpenAI tool dict"
-            ) from exc
-        function = schema.get("function", {})
+    if tool_choice is None:
+        return None
+    if tool_choice is True:
+        return "any"
+    if tool_choice is False:
+        return "none"
+    if isinstance(tool_choice, dict):
+        function = (
+            tool_choice.get("function") if isinstance(tool_choice.get("function"), dict) else tool_choice
+        )
         name = function.get("name")
-        if not isinstance(name, str) or not name:
-            raise InputError(f"tool #{position} ({tool!r:.80}) has no name; give it a name")
-        if name in seen:
-            raise InputError(f"two tools are named {name!r}; tool names must be unique")
-        seen.add(name)
-        function.setdefault("description", "")
-        function.setdefault("parameters", {"type": "object", "properties": {}})
-        schemas.append(schema)
-    return schemas
+        if not isinstance(name, str):
+            raise InputError(
+                f"tool_choice {tool_choice!r} names no tool; use {{'type': 'function', 'function': {{'name': ...}}}}"
+            )
+        tool_choice = name
+    if not isinstance(tool_choice, str):
+        raise InputError(f"tool_choice {tool_choice!r} is not supported; use auto, any, none or a tool name")
+    if tool_choice == "required":
+        return "any"
+    if tool_choice in TOOL_CHOICE_KEYWORDS:
+        return tool_choice
+    if tool_choice not in tool_names:
+        bound = ", ".join(tool_names) or "(none)"
+        raise InputError(
+            f"tool_choice {tool_choice!r} is not one of the bound tools ({bound}) nor one of "
+            f"{', '.join(TOOL_CHOICE_KEYWORDS)}"
+        )
+    return tool_choice
+
+
 
 
 def tools_system_prompt(schemas: list[dict]) -> str:
@@ -152,11 +170,9 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict]]:
     """Split a reply into its text and its tool calls.
 
     Returns ``(text outside the calls, stripped, [{"name", "args", "id"}, ...])``. Raises
-    ``OutputParserException`` (quoting the raw text) when a ``<tool_call>`` block is unclosed, is
+    :class:`ToolCallParseError` (quoting the raw text) when a ``<tool_call>`` block is unclosed, is
     not a JSON object, or lacks a string ``name`` or an object ``arguments``.
     """
-    from langchain_core.exceptions import OutputParserException
-
     outside: list[str] = []
     calls: list[dict] = []
     position = 0
@@ -169,7 +185,7 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict]]:
         body_start = start + len(TOOL_CALL_OPEN)
         end = text.find(TOOL_CALL_CLOSE, body_start)
         if end < 0:
-            raise OutputParserException(
+            raise ToolCallParseError(
                 f"unclosed {TOOL_CALL_OPEN} block (no {TOOL_CALL_CLOSE}) in model output: {text!r}",
                 llm_output=text,
             )
@@ -177,19 +193,19 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict]]:
         try:
             payload = json.loads(body)
         except json.JSONDecodeError as exc:
-            raise OutputParserException(
+            raise ToolCallParseError(
                 f"{TOOL_CALL_OPEN} block is not valid JSON ({exc}): {body!r}; full model output: {text!r}",
                 llm_output=text,
             ) from None
         if not isinstance(payload, dict) or not isinstance(payload.get("name"), str) or not payload["name"]:
-            raise OutputParserException(
+            raise ToolCallParseError(
                 f'{TOOL_CALL_OPEN} block must be a JSON object with a string "name": {body!r}; '
                 f"full model output: {text!r}",
                 llm_output=text,
             )
         arguments = payload.get("arguments", {})
         if not isinstance(arguments, dict):
-            raise OutputParserException(
+            raise ToolCallParseError(
                 f'"arguments" of the {TOOL_CALL_OPEN} block must be a JSON object: {body!r}; '
                 f"full model output: {text!r}",
                 llm_output=text,
@@ -199,7 +215,7 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict]]:
     return "".join(outside).strip(), calls
 
 
-def _content_blocks(content: Any, where: str) -> list[dict]:
+def _turn_blocks(content: Any, where: str) -> list[dict]:
     """Normalise turn content to a list of blocks; text blocks become ``{"type": "text", "text": ...}``."""
     if content is None:
         return []
@@ -268,7 +284,7 @@ def to_template_turns(turns: list[dict], schemas: list[dict] | None) -> list[dic
         if role not in _ROLES:
             raise InputError(f"turn {index} has role {role!r}; use one of {', '.join(_ROLES)}")
         where = f"turn {index} ({role})"
-        blocks = _content_blocks(turn.get("content"), where)
+        blocks = _turn_blocks(turn.get("content"), where)
         if role == "tool":
             pending_responses.append(_tool_response_text(blocks))
             pending_media.extend(block for block in blocks if block.get("type") != "text")
@@ -295,6 +311,8 @@ def to_template_turns(turns: list[dict], schemas: list[dict] | None) -> list[dic
 
 
 __all__ = [
+    "TOOL_CHOICE_KEYWORDS",
+    "ToolCallParseError",
     "TOOL_CALL_CLOSE",
     "TOOL_CALL_OPEN",
     "TOOL_RESPONSE_CLOSE",
@@ -305,6 +323,6 @@ __all__ = [
     "new_tool_call_id",
     "parse_tool_calls",
     "to_template_turns",
-    "tool_schemas",
+    "normalise_tool_choice",
     "tools_system_prompt",
 ]

@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.errors import LlavaAgentError
+from agent.core.errors import LlavaAgentError
 
 logger = logging.getLogger(__name__)
 
 
 def _load_config(args: argparse.Namespace) -> Any:
-    from agent.config import load_config
+    from agent.core.config import load_config
 
     overrides: dict[str, Any] = {}
     if getattr(args, "model", None):
@@ -50,14 +50,20 @@ def _when(timestamp: float) -> str:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from agent.terminal import TerminalChat
+    from agent.cli.terminal import TerminalChat
 
     config = _load_config(args)
     return TerminalChat(config, thread_id=args.thread, verbose=args.verbose).run()
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from agent.multimodal_agent import MultimodalAgent, ReplyEvent, TokenEvent, ToolCallEvent, ToolResultEvent
+    from agent.app.multimodal_agent import (
+        MultimodalAgent,
+        ReplyEvent,
+        TokenEvent,
+        ToolCallEvent,
+        ToolResultEvent,
+    )
 
     config = _load_config(args)
     agent = MultimodalAgent.from_config(config)
@@ -96,7 +102,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     config = _load_config(args)
     folder = Path(args.folder).expanduser()
     if not folder.is_dir():
-        from agent.errors import InputError
+        from agent.core.errors import InputError
 
         raise InputError(f"folder {args.folder!r} does not exist or is not a folder; give a folder of images")
     captioner = None
@@ -193,7 +199,7 @@ def cmd_memories(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from agent.doctor import run_checks
+    from agent.cli.doctor import run_checks
 
     config = _load_config(args)
     failed = 0
@@ -207,7 +213,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from agent.config import CONFIG_ENV, config_to_toml, default_config_path
+    from agent.core.config import CONFIG_ENV, config_to_toml, default_config_path
 
     config = _load_config(args)
     import os
@@ -219,7 +225,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_config_path(args: argparse.Namespace) -> int:
-    from agent.config import default_config_path
+    from agent.core.config import default_config_path
 
     print(default_config_path())
     return 0
@@ -302,12 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub.add_parser("path", parents=[common], help="print the default config file path").set_defaults(func=cmd_config_path)
     config.set_defaults(func=cmd_config_show)
 
-    try:
-        from finetune.cli import register
-    except ImportError as exc:  # fine-tuning is optional; the rest of the CLI works without it
-        logger.debug("finetune commands unavailable: %s", exc)
-    else:
-        register(sub)
+    from finetune.cli import register
+
+    register(sub)
     return parser
 
 

@@ -12,13 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import ImageError, InputError
+from agent.core.errors import ImageError, InputError
+from agent.core.images import FORMATS_HINT, SUPPORTED_FORMATS, mime_type
 
 if TYPE_CHECKING:
     from langchain_core.messages import HumanMessage
-
-_IMAGE_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp", "BMP": "image/bmp"}
-
 
 def save_attachment(path: str | os.PathLike[str], folder: Path) -> tuple[Path, str, bytes]:
     """Check an image file and keep a copy in ``folder``; returns (saved path, mime type, bytes).
@@ -36,22 +34,22 @@ def save_attachment(path: str | os.PathLike[str], folder: Path) -> tuple[Path, s
     except OSError as exc:
         raise ImageError(f"image {str(path)!r} cannot be read ({exc.strerror}); check its permissions") from None
     if not data:
-        raise ImageError(f"image {str(path)!r} is empty; give a PNG, JPEG, GIF, WEBP or BMP file")
+        raise ImageError(f"image {str(path)!r} is empty; give a {FORMATS_HINT} file")
     from io import BytesIO
 
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(BytesIO(data)) as image:
+        with Image.open(BytesIO(data), formats=SUPPORTED_FORMATS) as image:
             image_format = image.format or ""
             image.verify()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(
-            f"file {str(path)!r} is not a readable image ({exc}); give a PNG, JPEG, GIF, WEBP or BMP file"
+            f"file {str(path)!r} is not a readable image ({exc}); give a {FORMATS_HINT} file"
         ) from None
-    mime = _IMAGE_MIME.get(image_format)
+    mime = mime_type(image_format)
     if mime is None:
-        raise ImageError(f"image {str(path)!r} is a {image_format} file; give a PNG, JPEG, GIF, WEBP or BMP file")
+        raise ImageError(f"image {str(path)!r} is a {image_format} file; give a {FORMATS_HINT} file")
     digest = hashlib.sha256(data).hexdigest()[:12]
     target = folder / f"{digest}-{source.name}"
     if not target.exists():

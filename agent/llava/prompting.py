@@ -1,14 +1,15 @@
 """The one path from chat turns to model input text and images.
 
-:func:`render_prompt` is used by :class:`agent.chat_model.ChatLlava` at inference and by
+:func:`render_prompt` is used by :class:`agent.llava.chat_model.ChatLlava` at inference and by
 ``finetune`` at training, so a model is trained on exactly the prompts it later sees.
 
 Steps, in order:
 
 1. tool schemas, assistant ``tool_calls`` and ``tool`` turns are rewritten by
-   :func:`agent.tool_protocol.to_template_turns` into plain system/user/assistant turns;
+   :func:`agent.decoding.tool_protocol.to_template_turns` into plain system/user/assistant turns;
 2. the image policy keeps the most recent ``max_images`` images as pixels and replaces older
-   ones with a short text reference (``[earlier image 1: cat.jpg]``); how many images a model
+   ones with a short text reference (``[earlier image: cat.jpg]``, worded by
+   :func:`agent.core.images.earlier_image_reference`); how many images a model
    takes is read from its config (:func:`image_capacity`), never from its name;
 3. a system turn is folded into the first user turn when the checkpoint's template has no
    system role;
@@ -23,7 +24,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import InputError
+from agent.core.errors import InputError
+from agent.core.images import earlier_image_reference
+from agent.decoding.tool_protocol import to_template_turns
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -127,8 +130,6 @@ def render_prompt(
 
     prepared = [_normalise_turn(turn, image_token) for turn in turns]
     if tools or any(t["role"] == "tool" or t.get("tool_calls") for t in prepared):
-        from agent.tool_protocol import to_template_turns
-
         prepared = [
             _normalise_turn(t, image_token) for t in to_template_turns(prepared, list(tools or []) or None)
         ]
@@ -194,7 +195,7 @@ def _normalise_turn(turn: Mapping[str, Any], image_token: str) -> dict[str, Any]
             kind = block.get("type") if isinstance(block, Mapping) else type(block).__name__
             raise InputError(
                 f"{turn.get('role')} turn, block {block_index}: block type {kind!r} cannot be rendered; "
-                "turns hold only text and image blocks (convert messages with agent.messages first)"
+                "turns hold only text and image blocks (convert messages with agent.llava.messages first)"
             )
         if block["type"] == "text":
             text = str(block.get("text", ""))
@@ -207,7 +208,7 @@ def _normalise_turn(turn: Mapping[str, Any], image_token: str) -> dict[str, Any]
             if block.get("image") is None:
                 raise InputError(
                     f"{turn.get('role')} turn, block {block_index}: image block has no 'image'; "
-                    "load images with agent.images.load_image first"
+                    "load images with agent.core.images.load_image first"
                 )
             blocks.append(dict(block))
     normalised = {key: value for key, value in turn.items() if key != "content"}
@@ -236,9 +237,7 @@ def _apply_image_policy(
             else:
                 dropped += 1
                 name = block.get("name") or getattr(block["image"], "filename", None) or None
-                number = positions.index((ti, bi)) + 1
-                reference = f"[earlier image {number}: {name}]" if name else f"[earlier image {number}]"
-                blocks.append({"type": "text", "text": reference})
+                blocks.append({"type": "text", "text": earlier_image_reference(name)})
         out.append({**turn, "content": blocks})
     if dropped:
         logger.debug(

@@ -16,11 +16,14 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.errors import ConfigError
+from agent.core import defaults
+from agent.core.errors import ConfigError
+from agent.core.files import atomic_write_text
+from agent.core.runtime import DTYPES, QUANTIZATIONS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,8 +34,19 @@ APP_NAME = "llava-agent"
 ENV_PREFIX = "LLAVA_AGENT_"
 CONFIG_ENV = "LLAVA_AGENT_CONFIG"
 
-Quantization = Literal["auto", "4bit", "8bit", "none"]
-TORCH_DTYPES = ("auto", "float32", "float16", "bfloat16")
+Quantization = Literal[QUANTIZATIONS]  # the choices themselves live in agent.core.runtime
+DType = Literal[DTYPES]
+
+# The chat model's settings, shared by ``[model]`` here and by ``ChatLlava``'s fields, so both
+# accept exactly the same values.
+MaxNewTokens = Annotated[int, Field(gt=0, description="Most tokens generated per reply.")]
+Temperature = Annotated[float, Field(ge=0.0, le=defaults.MAX_TEMPERATURE, description="0 decodes greedily.")]
+TopP = Annotated[float, Field(gt=0.0, le=1.0, description="Nucleus sampling mass.")]
+MaxImages = Annotated[
+    int | None,
+    Field(ge=0, description="Images kept as pixels per prompt (0: none); None follows the model's capability."),
+]
+MaxImagePixels = Annotated[int, Field(gt=0, description="Larger images are refused before decoding.")]
 
 
 def default_data_dir() -> Path:
@@ -58,25 +72,16 @@ class ModelSection(_Section):
         None, description="Hub id or local folder of a LLaVA-family checkpoint; None picks a default for the device."
     )
     quantization: Quantization = Field("auto", description="auto: 4-bit NF4 on CUDA and on CPU (none without bitsandbytes or on MPS).")
-    dtype: str = Field("auto", description=f"One of {TORCH_DTYPES}.")
+    dtype: DType = Field("auto", description="Weights/compute dtype; auto: bf16 where native, else fp16 (GPU) or fp32.")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps.")
     adapter: str | None = Field(None, description="Folder of a LoRA adapter applied at load.")
-    max_new_tokens: int = Field(512, gt=0)
-    temperature: float = Field(0.2, ge=0.0, le=5.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_new_tokens: MaxNewTokens = defaults.MAX_NEW_TOKENS
+    temperature: Temperature = defaults.TEMPERATURE
+    top_p: TopP = defaults.TOP_P
     seed: int | None = None
-    max_images: int | None = Field(
-        None, ge=1, description="Images kept as pixels per prompt; None follows the model's capability."
-    )
+    max_images: MaxImages = None
     allow_remote_images: bool = Field(False, description="Fetch http(s) image URLs found in messages.")
     trust_remote_code: bool = False
-
-    @field_validator("dtype")
-    @classmethod
-    def _check_dtype(cls, value: str) -> str:
-        if value not in TORCH_DTYPES:
-            raise ValueError(f"dtype {value!r} is not supported; use one of {', '.join(TORCH_DTYPES)}")
-        return value
 
 
 class ToolsSection(_Section):
@@ -86,17 +91,17 @@ class ToolsSection(_Section):
         default_factory=lambda: ["caption_image", "generate_image", "search_images", "speak"]
     )
     device: str = "auto"
-    caption_model: str = "Salesforce/blip-image-captioning-large"
-    image_model: str = "stabilityai/sd-turbo"
-    image_steps: int = Field(1, ge=1, le=100, description="Denoising steps when a call gives none (1-4 for sd-turbo).")
+    caption_model: str = defaults.CAPTION_MODEL
+    image_model: str = defaults.IMAGE_MODEL
+    image_steps: int = Field(defaults.IMAGE_STEPS, ge=1, le=100, description="Denoising steps when a call gives none (1-4 for sd-turbo).")
     safety_checker: bool = Field(
         True, description="Keep a checkpoint's safety checker when it ships one (sd-turbo ships none)."
     )
-    clip_model: str = "openai/clip-vit-base-patch32"
+    clip_model: str = defaults.CLIP_MODEL
     tts_engine: Literal["espeak-ng", "vits"] = "espeak-ng"
-    vits_model: str = "facebook/mms-tts-eng"
-    espeak_voice: str = "en"
-    max_speech_chars: int = Field(5000, gt=0)
+    vits_model: str = defaults.VITS_MODEL
+    espeak_voice: str = defaults.ESPEAK_VOICE
+    max_speech_chars: int = Field(defaults.MAX_SPEECH_CHARS, gt=0)
     memory_budget_gb: dict[str, float] = Field(
         default_factory=dict, description="Per-device budget for tool models, e.g. {cuda = 12, cpu = 8}."
     )
@@ -104,7 +109,7 @@ class ToolsSection(_Section):
     allowed_dirs: list[Path] | None = Field(
         None, description="Folders tools may read; default the working directory and the data folder."
     )
-    max_image_pixels: int = Field(50_000_000, gt=0)
+    max_image_pixels: MaxImagePixels = defaults.MAX_IMAGE_PIXELS
 
 
 class MemorySection(_Section):
@@ -113,7 +118,7 @@ class MemorySection(_Section):
     chroma_url: str | None = Field(None, description="http(s)://host:port of a Chroma server; None = embedded.")
     image_collection: str = "images"
     memory_collection: str = "memories"
-    text_embedder: str = "sentence-transformers/all-MiniLM-L6-v2"
+    text_embedder: str = defaults.TEXT_EMBEDDER
     recall_k: int = Field(3, ge=0)
     recall_min_score: float = Field(
         0.3, ge=-1.0, le=1.0, description="Cosine similarity a memory needs to be added to the prompt automatically."
@@ -299,22 +304,6 @@ def config_to_toml(config: AppConfig) -> str:
         lines.append(f"\n[{section}]")
         lines.extend(f"{k} = {literal(v)}" for k, v in values.items() if v is not None)
     return "\n".join(lines) + "\n"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file so that readers see either the old or the new content, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_config_snapshot(config: AppConfig, folder: Path, name: str = "llava_agent_config.toml") -> Path:

@@ -1,6 +1,6 @@
-"""The one model manager every tool gets its model through.
+"""The one model manager every model is loaded through: the chat model, the tool models, the embedders.
 
-A model is loaded the first time a tool asks for it (with a log line and the loader's own
+A model is loaded the first time something asks for it (with a log line and the loader's own
 progress bars), placed on its device, and kept for the next call. Each device has a memory
 budget (``tools.memory_budget_gb``, e.g. ``{cuda = 12, cpu = 8}``); when a new model would not
 fit, the least recently used models that no call is using right now are evicted until it does.
@@ -27,23 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from agent.errors import ConfigError, ModelLoadError
+from agent.core.errors import ConfigError, ModelLoadError
 
 if TYPE_CHECKING:
-    from agent.config import AppConfig
+    from agent.core.config import AppConfig
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 GIB = 1024**3
-
-
-def resolve_device(device: str | None) -> str:
-    """``auto`` (or None) becomes ``cuda`` when a GPU is visible, else ``mps``, else ``cpu``; a named
-    device is checked the same way the chat model checks it."""
-    from agent.loading import resolve_device as resolve_model_device
-
-    return resolve_model_device(device or "auto")
 
 
 def _device_key(device: str) -> str:
@@ -167,11 +159,6 @@ class ModelManager:
                 if entry is not None:
                     entry.in_use -= 1
                     entry.last_used = time.monotonic()
-
-    def get(self, key: Hashable, loader: Callable[[], T], *, device: str, size_bytes: int | None = None) -> T:
-        """Get the model for ``key`` without holding it (it may be evicted once another model needs room)."""
-        with self.use(key, loader, device=device, size_bytes=size_bytes) as value:
-            return value
 
     def evict(self, key: Hashable) -> bool:
         """Drop an idle model now; returns False when it is not loaded or is in use."""

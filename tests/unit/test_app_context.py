@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
-from memory.context import (
+from agent.app.context import (
     IMAGE_TOKENS,
     NOTE_HEADER,
     apply_image_policy,

@@ -9,7 +9,7 @@ binding) with the same (model, quantization, dtype, device, adapter) in the proc
 ``_stream`` is the single generation path: ``generate()`` runs in a background thread and
 tokens are yielded as they are produced; ``invoke`` sums the streamed chunks.
 
-With tools bound, decoding is constrained (:mod:`agent.constrained`) so every tool call the
+With tools bound, decoding is constrained (:mod:`agent.decoding.constraint`) so every tool call the
 model writes is valid JSON for its tool's schema; free text still streams token by token.
 """
 
@@ -20,12 +20,35 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models.chat_models import BaseChatModel, generate_from_stream
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from agent.errors import ContextLengthError, InputError, LlavaAgentError
+from agent.core import defaults
+from agent.core.config import (
+    DType,
+    MaxImagePixels,
+    MaxImages,
+    MaxNewTokens,
+    ModelSection,
+    Quantization,
+    Temperature,
+    TopP,
+)
+from agent.core.errors import ContextLengthError, InputError, LlavaAgentError
+from agent.decoding.constraint import ToolCallConstraint, json_output_constraint
+from agent.decoding.tool_protocol import (
+    TOOL_CALL_OPEN,
+    ToolCallParseError,
+    normalise_tool_choice,
+    parse_tool_calls,
+)
+from agent.llava.loading import LoadedModel, ModelSpec, load_model, resolve_spec, use_model
+from agent.llava.messages import messages_to_turns, tool_schemas
+from agent.llava.prompting import image_capacity, render_prompt
+from agent.llava.streaming import stream_generate
 
 if TYPE_CHECKING:  # pragma: no cover
     from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -33,12 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from langchain_core.messages import AIMessage
     from langchain_core.runnables import Runnable
 
-    from agent.config import ModelSection
-    from agent.loading import LoadedModel, ModelSpec
-
 logger = logging.getLogger(__name__)
-
-TOOL_CHOICE_KEYWORDS = ("auto", "any", "required", "none")
 
 
 class GenerationTimeoutError(LlavaAgentError, TimeoutError):
@@ -65,19 +83,17 @@ class ChatLlava(BaseChatModel):
         description="Hub id or local folder of the checkpoint. None: llava-1.5-7b on CUDA, "
         "llava-interleave-qwen-0.5b elsewhere.",
     )
-    quantization: Literal["auto", "4bit", "8bit", "none"] = Field(
+    quantization: Quantization = Field(
         default="auto", description="auto: 4-bit NF4 on CUDA and CPU (none without bitsandbytes, or on MPS). 4bit/8bit use bitsandbytes."
     )
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+    dtype: DType = Field(
         default="auto",
-        description="Weights/compute dtype. auto: bf16 on CUDA and on CPUs with bf16, else fp32.",
+        description="Weights/compute dtype. auto: bf16 on CUDA and on CPUs with bf16, else fp16 (GPU) or fp32.",
     )
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps.")
-    max_new_tokens: int = Field(
-        default=512, gt=0, alias="max_tokens", description="Most tokens generated per reply."
-    )
-    temperature: float = Field(default=0.2, ge=0.0, le=5.0, description="0 decodes greedily.")
-    top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_new_tokens: MaxNewTokens = Field(default=defaults.MAX_NEW_TOKENS, alias="max_tokens")
+    temperature: Temperature = defaults.TEMPERATURE
+    top_p: TopP = defaults.TOP_P
     seed: int | None = Field(
         default=None, description="Seed set before each generation for reproducible sampling."
     )
@@ -89,15 +105,11 @@ class ChatLlava(BaseChatModel):
     max_retries: int = Field(
         default=0, ge=0, description="Kept for API compatibility; local calls are not retried."
     )
-    max_images: int | None = Field(
-        default=None,
-        ge=0,
-        description="Images kept as pixels per prompt; None follows the model's capability.",
-    )
+    max_images: MaxImages = None
     allow_remote_images: bool = Field(
         default=False, description="Fetch http(s) image URLs found in messages."
     )
-    max_image_pixels: int = Field(default=50_000_000, gt=0, description="Larger images are refused.")
+    max_image_pixels: MaxImagePixels = defaults.MAX_IMAGE_PIXELS
     trust_remote_code: bool = Field(
         default=False, description="Run code shipped with a checkpoint (off by default)."
     )
@@ -152,8 +164,6 @@ class ChatLlava(BaseChatModel):
     def spec(self) -> ModelSpec:
         """The concrete (model, quantization, dtype, device, adapter) this object uses."""
         if self._spec is None:
-            from agent.loading import resolve_spec
-
             self._spec = resolve_spec(
                 self.model,
                 quantization=self.quantization,
@@ -166,15 +176,11 @@ class ChatLlava(BaseChatModel):
 
     @property
     def loaded(self) -> LoadedModel:
-        """The loaded model and processor (loaded on first access, shared per process)."""
-        from agent.loading import load_model
-
+        """The loaded model and processor (loaded on first access, shared per process through the model manager)."""
         return load_model(self.spec)
 
     def image_capacity(self) -> int:
         """How many images one prompt keeps as pixels (``max_images`` or the model's capability)."""
-        from agent.prompting import image_capacity
-
         return self.max_images if self.max_images is not None else image_capacity(self.loaded.config)
 
     # ----- tools ------------------------------------------------------------------------------
@@ -192,8 +198,6 @@ class ChatLlava(BaseChatModel):
         call), "none" (no calls), a tool name or ``{"type": "function", "function": {"name": ...}}``
         (that tool). Calls are constrained to be valid for their tool's schema.
         """
-        from agent.tool_protocol import tool_schemas
-
         schemas: list[dict[str, Any]] = []
         for tool in tools:
             (schema,) = tool_schemas([tool])
@@ -206,6 +210,50 @@ class ChatLlava(BaseChatModel):
                 schemas.append(schema)
         choice = normalise_tool_choice(tool_choice, [s["function"]["name"] for s in schemas])
         return self.bind(tools=schemas, tool_choice=choice, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        method: Literal["function_calling", "json_schema"] = "function_calling",
+        include_raw: bool = False,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | Any]:
+        """A runnable whose output is an instance of ``schema`` (a pydantic model) or a dict (a JSON schema).
+
+        ``method="function_calling"`` (default): the schema is bound as a forced tool and the call's
+        arguments are the output. ``method="json_schema"``: the whole reply is constrained to be
+        JSON valid for the schema, with no tool-call wrapper (as ChatOllama does). Either way the
+        output is valid by construction.
+        """
+        if method == "function_calling":
+            return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
+        if method != "json_schema":
+            raise InputError(f"method {method!r} is not supported; use 'function_calling' or 'json_schema'")
+        if kwargs:
+            raise InputError(f"unexpected arguments {sorted(kwargs)}; with_structured_output takes schema, method and include_raw")
+        from operator import itemgetter
+
+        from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+        from langchain_core.runnables import RunnableMap, RunnablePassthrough
+        from langchain_core.utils.function_calling import convert_to_json_schema
+        from pydantic import BaseModel
+
+        if isinstance(schema, type) and issubclass(schema, BaseModel):
+            json_schema = schema.model_json_schema()
+            parser: Any = PydanticOutputParser(pydantic_object=schema)
+        else:
+            json_schema = convert_to_json_schema(schema)
+            parser = JsonOutputParser()
+        llm = self.bind(
+            response_format=json_schema,
+            ls_structured_output_format={"kwargs": {"method": "json_schema"}, "schema": json_schema},
+        )
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
+        unparsed = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | parsed.with_fallbacks([unparsed], exception_key="parsing_error")
 
     # ----- generation -------------------------------------------------------------------------
 
@@ -225,11 +273,11 @@ class ChatLlava(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        from agent.messages import messages_to_turns
-        from agent.prompting import render_prompt
-
         tools = kwargs.pop("tools", None) or None
         tool_choice = kwargs.pop("tool_choice", None)
+        response_format = kwargs.pop("response_format", None)
+        if response_format is not None and tools:
+            raise InputError("response_format and tools cannot be combined in one call; use one or the other")
         options = self._call_options(kwargs)
         stops = [s for s in (stop if stop is not None else self.stop) or [] if s]
         if tools:
@@ -239,82 +287,96 @@ class ChatLlava(BaseChatModel):
         turns = messages_to_turns(
             messages, allow_remote_images=self.allow_remote_images, max_image_pixels=self.max_image_pixels
         )
-        loaded = self.loaded
-        rendered = render_prompt(
-            loaded.processor,
-            turns,
-            tools=tools if use_tools else None,
-            max_images=self.max_images,
-            config=loaded.config,
-        )
-        inputs = rendered.encode(loaded.processor)
-        prompt_tokens = int(inputs["input_ids"].shape[1])
-        limit = loaded.context_length
-        if limit is not None and prompt_tokens + options["max_new_tokens"] > limit:
-            raise ContextLengthError(
-                f"the prompt is {prompt_tokens} tokens and max_new_tokens is {options['max_new_tokens']}, "
-                f"together over the model's context of {limit} tokens; shorten the conversation (or send "
-                "fewer images) or lower max_new_tokens"
+        with use_model(self.spec) as loaded:  # held: never evicted while it generates
+            rendered = render_prompt(
+                loaded.processor,
+                turns,
+                tools=tools if use_tools else None,
+                max_images=self.max_images,
+                config=loaded.config,
             )
-        constraint_processor = None
-        hold_back: list[str] = []
-        if use_tools:
-            from agent.constrained import ToolCallConstraint
-            from agent.tool_protocol import TOOL_CALL_OPEN
-
-            constraint = ToolCallConstraint.build(
-                loaded.tokenizer,
-                tools,
-                tool_choice or "auto",
-                eos_token_ids=loaded.model.generation_config.eos_token_id,
-            )
-            if constraint.required_new_tokens > options["max_new_tokens"]:
-                raise InputError(
-                    f"a call of the bound tools needs at least {constraint.required_new_tokens} new tokens but "
-                    f"max_new_tokens is {options['max_new_tokens']}; raise max_new_tokens"
+            inputs = rendered.encode(loaded.processor)
+            prompt_tokens = int(inputs["input_ids"].shape[1])
+            limit = loaded.context_length
+            if limit is not None and prompt_tokens + options["max_new_tokens"] > limit:
+                raise ContextLengthError(
+                    f"the prompt is {prompt_tokens} tokens and max_new_tokens is {options['max_new_tokens']}, "
+                    f"together over the model's context of {limit} tokens; shorten the conversation (or send "
+                    "fewer images) or lower max_new_tokens"
                 )
-            constraint_processor = constraint.logits_processor(options["max_new_tokens"])
-            hold_back.append(TOOL_CALL_OPEN)
+            constraint_processor = None
+            hold_back: list[str] = []
+            if response_format is not None:  # the whole reply is JSON valid for the schema
+                constraint = json_output_constraint(
+                    loaded.tokenizer, response_format, eos_token_ids=loaded.model.generation_config.eos_token_id
+                )
+                constraint_processor = constraint.logits_processor(options["max_new_tokens"])
+            elif use_tools:
+                constraint = ToolCallConstraint.build(
+                    loaded.tokenizer,
+                    tools,
+                    tool_choice or "auto",
+                    eos_token_ids=loaded.model.generation_config.eos_token_id,
+                )
+                if constraint.required_new_tokens > options["max_new_tokens"]:
+                    raise InputError(
+                        f"a call of the bound tools needs at least {constraint.required_new_tokens} new tokens but "
+                        f"max_new_tokens is {options['max_new_tokens']}; raise max_new_tokens"
+                    )
+                constraint_processor = constraint.logits_processor(options["max_new_tokens"])
+                hold_back.append(TOOL_CALL_OPEN)
 
-        from agent.streaming import stream_generate
-
-        emitted: list[str] = []
-        result = None
-        for event in stream_generate(
-            loaded,
-            inputs,
-            options=options,
-            stops=stops,
-            timeout=self.timeout,
-            constraint_processor=constraint_processor,
-            hold_back=hold_back,
-        ):
-            if isinstance(event, str):
-                emitted.append(event)
-                chunk = ChatGenerationChunk(message=AIMessageChunk(content=event))
-                if run_manager:
-                    run_manager.on_llm_new_token(event, chunk=chunk)
-                yield chunk
-            else:
-                result = event
-        assert result is not None
-        yield self._final_chunk(result, "".join(emitted), prompt_tokens, run_manager)
+            emitted: list[str] = []
+            result = None
+            for event in stream_generate(
+                loaded,
+                inputs,
+                options=options,
+                stops=stops,
+                timeout=self.timeout,
+                constraint_processor=constraint_processor,
+                hold_back=hold_back,
+            ):
+                if isinstance(event, str):
+                    emitted.append(event)
+                    chunk = ChatGenerationChunk(message=AIMessageChunk(content=event))
+                    if run_manager:
+                        run_manager.on_llm_new_token(event, chunk=chunk)
+                    yield chunk
+                else:
+                    result = event
+            assert result is not None
+            yield self._final_chunk(
+                result, "".join(emitted), prompt_tokens, run_manager, structured=response_format is not None
+            )
 
     def _final_chunk(
-        self, result: Any, emitted: str, prompt_tokens: int, run_manager: CallbackManagerForLLMRun | None
+        self,
+        result: Any,
+        emitted: str,
+        prompt_tokens: int,
+        run_manager: CallbackManagerForLLMRun | None,
+        *,
+        structured: bool = False,
     ) -> ChatGenerationChunk:
         tool_call_chunks: list[dict[str, Any]] = []
         finish_reason = result.finish_reason
         text = result.text
-        if result.mode == "tool_call":
-            from agent.tool_protocol import TOOL_CALL_OPEN, parse_tool_calls
-
+        if structured and finish_reason == "timeout":
+            raise GenerationTimeoutError(
+                f"generation ran past timeout={self.timeout}s before the JSON output was complete "
+                f"({result.text!r:.200}); raise the timeout or lower max_new_tokens"
+            )
+        if result.mode == "tool_call" and not structured:
             if finish_reason == "timeout":
                 raise GenerationTimeoutError(
                     f"generation ran past timeout={self.timeout}s in the middle of a tool call "
                     f"({result.text!r:.200}); raise the timeout or lower max_new_tokens"
                 )
-            _, calls = parse_tool_calls(result.text)
+            try:
+                _, calls = parse_tool_calls(result.text)
+            except ToolCallParseError as exc:
+                raise OutputParserException(str(exc), llm_output=exc.llm_output) from exc
             text = result.text[: result.text.find(TOOL_CALL_OPEN)].rstrip() if calls else result.text
             tool_call_chunks = [
                 {
@@ -377,36 +439,3 @@ def _without_titles(schema: Any) -> Any:
     if isinstance(schema, list):
         return [_without_titles(v) for v in schema]
     return schema
-
-
-def normalise_tool_choice(tool_choice: Any, tool_names: Sequence[str]) -> str | None:
-    """Turn the tool_choice forms LangChain callers use into None, a keyword or a tool name."""
-    if tool_choice is None:
-        return None
-    if tool_choice is True:
-        return "any"
-    if tool_choice is False:
-        return "none"
-    if isinstance(tool_choice, dict):
-        function = (
-            tool_choice.get("function") if isinstance(tool_choice.get("function"), dict) else tool_choice
-        )
-        name = function.get("name")
-        if not isinstance(name, str):
-            raise InputError(
-                f"tool_choice {tool_choice!r} names no tool; use {{'type': 'function', 'function': {{'name': ...}}}}"
-            )
-        tool_choice = name
-    if not isinstance(tool_choice, str):
-        raise InputError(f"tool_choice {tool_choice!r} is not supported; use auto, any, none or a tool name")
-    if tool_choice == "required":
-        return "any"
-    if tool_choice in TOOL_CHOICE_KEYWORDS:
-        return tool_choice
-    if tool_choice not in tool_names:
-        bound = ", ".join(tool_names) or "(none)"
-        raise InputError(
-            f"tool_choice {tool_choice!r} is not one of the bound tools ({bound}) nor one of "
-            f"{', '.join(TOOL_CHOICE_KEYWORDS)}"
-        )
-    return tool_choice

@@ -3,45 +3,47 @@
 The tool protocol writes arguments as ``json.dumps(arguments, ensure_ascii=False)``, so the
 constrained decoder must produce that formatting and nothing else: separators ``", "`` and
 ``": "``, object keys in schema order, strings escaped the way ``json.dumps`` escapes them.
-:func:`json_schema_regex` builds such a regex; it is written in the common subset of Python's
-``re`` and Rust's ``regex`` syntax (what ``outlines_core`` compiles).
 
-Supported: ``object`` (``properties``, ``required``; optional properties may be omitted, no other
-keys are produced -- ``additionalProperties: false`` is implied), ``string`` (``enum``, ``const``,
-``minLength``/``maxLength``; ``format`` is not enforced), ``integer`` and ``number``
-(``minimum``/``maximum``/``exclusiveMinimum``/``exclusiveMaximum``), ``boolean``, ``null``,
-``array`` (``items``, ``minItems``/``maxItems``), ``enum``/``const`` of any JSON type,
-``anyOf``/``oneOf`` (``Optional[X]`` is ``anyOf [X, null]``), a one-element ``allOf``, type
-lists (``["string", "null"]``), non-recursive ``$ref`` into ``$defs``/``definitions``, and the
-empty schema ``{}`` (any scalar, or an array/object of scalars). Anything else that would
-restrict values (``pattern``, ``multipleOf``, ``not``, ``if``, ``prefixItems``,
-``uniqueItems: true``...) raises :class:`UnsupportedSchemaError` naming the construct.
+:func:`json_schema_regex` builds the regex with ``outlines_core.json_schema.build_regex_from_schema``
+(objects, arrays, ``enum``/``const``, ``anyOf``/``oneOf``, type lists, ``$ref``, string
+lengths and formats) and fills the gaps that builder leaves for *exact* rendering; these are the
+pieces kept here, each covered by the property tests in ``tests/unit/test_schema_regex.py``:
 
-Numbers: only texts that survive ``json.loads`` then ``json.dumps`` unchanged are produced:
-integers (``0``, ``-12``; never ``-0`` or leading zeros) and decimals in plain notation with at
-most 6 digits before the point and at most 6 significant digits after it, no trailing zeros
-(``1.5``, ``0.25``, ``-3.0``, ``0.0001``). Exponent forms are never produced.
+* **spacing**: outlines_core puts one whitespace pattern wherever JSON allows whitespace; it is
+  given a private marker, which is then replaced by exactly ``json.dumps``'s spacing;
+* **strings**: any character but ``"``, ``\\`` and control characters, plus exactly the escapes
+  ``json.dumps(ensure_ascii=False)`` emits (``\\"``, ``\\\\``, ``\\b``, ``\\f``, ``\\n``,
+  ``\\r``, ``\\t`` and ``\\u00XX`` with lowercase hex for other control characters); outlines_core
+  also allows ``\\/``, which ``json.dumps`` never writes;
+* **numbers**: only texts that survive ``json.loads`` then ``json.dumps`` unchanged: integers
+  (``0``, ``-12``; never ``-0`` or leading zeros) and decimals in plain notation with at most 6
+  digits before the point and at most 6 significant digits after it, no trailing zeros (``1.5``,
+  ``0.25``, ``-3.0``, ``0.0001``), never exponent forms; and **numeric bounds**
+  (``minimum``/``maximum``/``exclusiveMinimum``/``exclusiveMaximum``), which outlines_core ignores:
+  :func:`integer_range_regex` and :func:`number_range_regex` write exact range regexes, so the
+  bounds a tool declares (``Field(ge=..., le=...)``) are what the model can write;
+* **free-form values** (the empty schema ``{}``): any scalar, or an array/object of scalars (the
+  regex outlines_core 0.2 writes for them is not parenthesised inside objects).
 
-Strings: any character but ``"``, ``\\`` and control characters, plus the escapes
-``json.dumps(ensure_ascii=False)`` emits (``\\"``, ``\\\\``, ``\\b``, ``\\f``, ``\\n``, ``\\r``,
-``\\t`` and ``\\u00XX`` with lowercase hex for the other control characters). Free strings are
-unbounded by default: the decoder's token budget, not a length cap, makes a random model close
-them (a cap of N characters multiplies the automaton by N states, each allowing nearly every
-token of the vocabulary). Pass ``max_string_length`` to cap them anyway.
+Free strings are unbounded by default: the decoder's token budget, not a length cap, makes a
+random model close them. Pass ``max_string_length`` to cap them anyway. ``pattern``,
+``multipleOf``, ``not``, ``if``, ``uniqueItems: true`` and a few more are refused with the
+construct named (:class:`UnsupportedSchemaError`), as are schemas outlines_core cannot read.
 
-Known limit: a regular language cannot forbid repeated keys, so a free-form object (the empty
-schema ``{}``) may repeat a key; ``json.loads`` keeps the last value and re-rendering that call
-drops the earlier one. Objects with ``properties`` never repeat a key.
+Known limit: a regular language cannot forbid repeated keys, so a free-form object may repeat a
+key; ``json.loads`` keeps the last value and re-rendering that call drops the earlier one.
+Objects with ``properties`` never repeat a key.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from decimal import Decimal
 from typing import Any
 
-from agent.errors import InputError
+from agent.core.errors import InputError
 
 STRING_CHAR = r'([^"\\\x00-\x1f]|\\["\\bfnrt]|\\u00(0[0-7bef]|1[0-9a-f]))'
 INTEGER = r"(0|-?[1-9][0-9]*)"
@@ -57,11 +59,6 @@ ANY_VALUE = rf'({SCALAR}|\[\]|\[{SCALAR}(, {SCALAR})*\]|\{{\}}|\{{"{STRING_CHAR}
 _METADATA = {
     "title", "description", "default", "examples", "format", "$schema", "$id", "$comment",
     "deprecated", "readOnly", "writeOnly", "contentMediaType", "contentEncoding",
-}  # fmt: skip
-_HANDLED = {
-    "type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
-    "minLength", "maxLength", "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs",
-    "definitions", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
 }  # fmt: skip
 _REGEX_SPECIAL = set("\\.+*?()|[]{}^$#&-~")
 
@@ -87,12 +84,6 @@ def escape_literal(text: str) -> str:
         else:
             out.append(char)
     return "".join(out)
-
-
-def _literal_value(value: Any) -> str:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise UnsupportedSchemaError(f"enum/const value {value!r} has no JSON text")
-    return escape_literal(json.dumps(value, ensure_ascii=False))
 
 
 def _alternatives(parts: list[str]) -> str:
@@ -289,172 +280,103 @@ def number_range_regex(minimum: float | None, maximum: float | None) -> str:
     return _alternatives(parts)
 
 
-# --- the schema walk ------------------------------------------------------------------------
+# --- from a schema to a regex, through outlines_core --------------------------------------------
+
+_WHITESPACE = "\ue000"
+"""Given to outlines_core as the whitespace pattern: a private-use character marking each place JSON
+allows whitespace, so that exactly ``json.dumps``'s spacing can be put there afterwards."""
+_NUMBER_SLOT = "llavaagentnumberslot{}x"
+# The primitives outlines_core writes (0.2.x), replaced by the exact ones above.
+_OUTLINES_STRING_CHAR = r'([^"\\\x00-\x1F\x7F-\x9F]|\\["\\/bfnrt])'
+_OUTLINES_INTEGER = r"(-)?(0|[1-9][0-9]*)"
+_OUTLINES_NUMBER = r"((-)?(0|[1-9][0-9]*))(\.[0-9]+)?([eE][+-][0-9]+)?"
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+# Constructs that restrict values but that the regex cannot express exactly. ``pattern`` is one:
+# outlines_core inserts it between the quotes as is, so a pattern allowing '"' or '\\' would let
+# the model write strings json.dumps escapes differently.
+_UNSUPPORTED = (
+    "pattern", "multipleOf", "not", "if", "then", "else", "patternProperties", "dependentRequired", "dependentSchemas",
+    "contains", "propertyNames", "unevaluatedProperties", "unevaluatedItems", "prefixItems",
+)  # fmt: skip
+_AFTER_COMMA = re.compile(_WHITESPACE + r"?,((?:\)(?:[?*+]|\{\d*,?\d*\})?)*)" + _WHITESPACE)
+_AROUND_COLON = re.compile(_WHITESPACE + "?:" + _WHITESPACE)
 
 
-class _Builder:
-    def __init__(self, root: dict, max_string_length: int | None, where: str) -> None:
-        self.root = root
-        self.max_string_length = max_string_length
-        self.where = where
-        self.resolving: list[str] = []
+def _fail(where: str, construct: str, path: str) -> UnsupportedSchemaError:
+    return UnsupportedSchemaError(
+        f"{where}: the JSON schema construct {construct} at {path or '/'} is not supported by "
+        "constrained decoding; simplify the tool's argument types (see agent.decoding.schema_regex)"
+    )
 
-    def fail(self, construct: str, path: str) -> UnsupportedSchemaError:
-        return UnsupportedSchemaError(
-            f"{self.where}: the JSON schema construct {construct} at {path or '/'} is not supported by "
-            "constrained decoding; simplify the tool's argument types (see agent.json_schema_regex)"
-        )
 
-    def resolve(self, ref: str, path: str) -> dict:
-        for prefix in ("#/$defs/", "#/definitions/"):
-            if ref.startswith(prefix):
-                name = ref[len(prefix) :]
-                table = self.root.get(prefix[2:-1], {})
-                if name in table:
-                    if ref in self.resolving:
-                        raise self.fail(f"recursive $ref {ref!r}", path)
-                    return table[name]
-        raise self.fail(f"$ref {ref!r} (only local #/$defs/... references resolve)", path)
+def _bounds(schema: dict) -> tuple[Any, Any, Any, Any]:
+    low, high = schema.get("minimum"), schema.get("maximum")
+    ex_low, ex_high = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+    if isinstance(ex_low, bool) or isinstance(ex_high, bool):  # draft-4 booleans
+        ex_low = low if ex_low else None
+        ex_high = high if ex_high else None
+        low = None if ex_low is not None else low
+        high = None if ex_high is not None else high
+    return low, high, ex_low, ex_high
 
-    def value(self, schema: Any, path: str) -> str:
-        if schema is True or schema == {}:
-            return ANY_VALUE
-        if not isinstance(schema, dict):
-            raise self.fail(f"schema {schema!r:.60}", path)
-        unknown = set(schema) - _METADATA - _HANDLED
-        if unknown:
-            raise self.fail(", ".join(sorted(repr(k) for k in unknown)), path)
-        if "$ref" in schema:
-            ref = schema["$ref"]
-            target = self.resolve(ref, path)
-            siblings = {k: v for k, v in schema.items() if k not in _METADATA and k != "$ref"}
-            self.resolving.append(ref)
-            try:
-                return self.value({**target, **siblings}, path)
-            finally:
-                self.resolving.pop()
-        if "const" in schema:
-            return _literal_value(schema["const"])
-        if "enum" in schema:
-            values = schema["enum"]
-            if not isinstance(values, list) or not values:
-                raise self.fail("an empty or non-list enum", path)
-            return _alternatives([_literal_value(v) for v in values])
-        for key in ("anyOf", "oneOf"):
-            if key in schema:
-                options = schema[key]
-                rest = {k: v for k, v in schema.items() if k != key and k not in _METADATA}
-                return _alternatives(
-                    [self.value({**rest, **option}, f"{path}/{key}/{i}") for i, option in enumerate(options)]
-                )
-        if "allOf" in schema:
-            options = schema["allOf"]
-            if len(options) != 1:
-                raise self.fail("allOf with more than one schema", path)
-            rest = {k: v for k, v in schema.items() if k != "allOf"}
-            return self.value({**rest, **options[0]}, f"{path}/allOf/0")
-        kind = schema.get("type")
-        if kind is None:
-            if "properties" in schema:
-                kind = "object"
-            elif "items" in schema:
-                kind = "array"
-            else:
-                return ANY_VALUE
-        if isinstance(kind, list):
-            return _alternatives([self.value({**schema, "type": k}, path) for k in kind])
-        builder = {
-            "object": self.object,
-            "array": self.array,
-            "string": self.string,
-            "integer": self.integer,
-            "number": self.number,
-            "boolean": lambda s, p: BOOLEAN,
-            "null": lambda s, p: NULL,
-        }.get(kind)
-        if builder is None:
-            raise self.fail(f"type {kind!r}", path)
-        return builder(schema, path)
 
-    def object(self, schema: dict, path: str) -> str:
-        properties = schema.get("properties", {})
-        required = set(schema.get("required", []))
-        missing = required - set(properties)
-        if missing:
-            raise self.fail(f"required properties without a schema ({', '.join(sorted(missing))})", path)
-        items = []
-        for name, subschema in properties.items():
-            value = self.value(subschema, f"{path}/properties/{name}")
-            items.append((f"{_literal_value(name)}: {value}", name in required))
-        # rest[i][emitted]: the regex for properties i.. given whether one was already written
-        after_first = ""
-        before_first = ""
-        for item, is_required in reversed(items):
-            with_item_first = item + after_first
-            after_first = f", {item}{after_first}" if is_required else f"(, {item})?{after_first}"
-            before_first = with_item_first if is_required else f"({with_item_first}|{before_first})"
-        return rf"\{{{before_first}\}}"
+def _range_regex(schema: dict, kind: str) -> str:
+    low, high, ex_low, ex_high = _bounds(schema)
+    if kind == "integer":
+        lows = [math.ceil(low)] if low is not None else []
+        lows += [math.floor(ex_low) + 1] if ex_low is not None else []
+        highs = [math.floor(high)] if high is not None else []
+        highs += [math.ceil(ex_high) - 1] if ex_high is not None else []
+        return integer_range_regex(max(lows, default=None), min(highs, default=None))
+    step = Decimal(1).scaleb(-_FRACTION_DIGITS)
+    lows_d = [Decimal(str(low))] if low is not None else []
+    lows_d += [Decimal(str(ex_low)) + step] if ex_low is not None else []
+    highs_d = [Decimal(str(high))] if high is not None else []
+    highs_d += [Decimal(str(ex_high)) - step] if ex_high is not None else []
+    return number_range_regex(max(lows_d, default=None), min(highs_d, default=None))
 
-    def array(self, schema: dict, path: str) -> str:
-        if schema.get("uniqueItems"):
-            raise self.fail("uniqueItems", path)
-        item = self.value(schema.get("items", {}), f"{path}/items")
-        low = int(schema.get("minItems", 0))
-        high = schema.get("maxItems")
-        if high is not None and int(high) < low:
-            raise self.fail(f"maxItems {high} < minItems {low}", path)
-        if high == 0:
-            return r"\[\]"
-        more_low = max(low - 1, 0)
-        more = f"(, {item})" + (f"{{{more_low},{int(high) - 1}}}" if high is not None else f"{{{more_low},}}")
-        more = more.replace("{0,}", "*").replace("{0,0}", "")
-        body = rf"\[{item}{more}\]"
-        return body if low > 0 else rf"(\[\]|{body})"
 
-    def string(self, schema: dict, path: str) -> str:
-        low = int(schema.get("minLength", 0))
-        high = schema.get("maxLength", self.max_string_length)
-        if high is not None and int(high) < low:
-            raise self.fail(f"maxLength {high} < minLength {low}", path)
-        if high is None:
-            count = "*" if low == 0 else f"{{{low},}}"
-        else:
-            count = f"{{{low},{int(high)}}}"
-        return f'"{STRING_CHAR}{count}"'
+def _prepare(node: Any, slots: list[str], max_string_length: int | None, where: str, path: str) -> Any:
+    """A copy of the schema in which outlines_core's gaps are filled.
 
-    @staticmethod
-    def _bounds(schema: dict) -> tuple[Any, Any, Any, Any]:
-        low, high = schema.get("minimum"), schema.get("maximum")
-        ex_low, ex_high = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
-        if isinstance(ex_low, bool) or isinstance(ex_high, bool):  # draft-4 booleans
-            ex_low = low if ex_low else None
-            ex_high = high if ex_high else None
-            low = None if ex_low is not None else low
-            high = None if ex_high is not None else high
-        return low, high, ex_low, ex_high
-
-    def integer(self, schema: dict, path: str) -> str:
-        low, high, ex_low, ex_high = self._bounds(schema)
-        bounds_low = [math.ceil(low)] if low is not None else []
-        bounds_low += [math.floor(ex_low) + 1] if ex_low is not None else []
-        bounds_high = [math.floor(high)] if high is not None else []
-        bounds_high += [math.ceil(ex_high) - 1] if ex_high is not None else []
+    Bounded numbers become placeholders (outlines_core ignores numeric bounds) filled in later
+    with exact range regexes, and so do free-form values (the empty schema, whose regex
+    outlines_core 0.2 leaves unparenthesised inside objects); ``max_string_length`` becomes
+    ``maxLength``; constructs that would restrict values but that neither builder expresses are
+    refused by name.
+    """
+    if isinstance(node, list):
+        return [_prepare(item, slots, max_string_length, where, f"{path}/{i}") for i, item in enumerate(node)]
+    if node is True or (isinstance(node, dict) and not set(node) - _METADATA):
+        slots.append(ANY_VALUE)
+        return {"const": _NUMBER_SLOT.format(len(slots) - 1)}
+    if not isinstance(node, dict):
+        return node
+    for key in _UNSUPPORTED:
+        if key in node:
+            raise _fail(where, repr(key), path)
+    if node.get("uniqueItems") is True:
+        raise _fail(where, "'uniqueItems'", path)
+    missing = set(node.get("required", ())) - set(node.get("properties", {}))
+    if missing:  # outlines_core would allow any object here, without them
+        raise _fail(where, f"required properties without a schema ({', '.join(sorted(missing))})", path)
+    kind = node.get("type")
+    if isinstance(kind, list) and any(k in node for k in _BOUNDS):
+        rest = {k: v for k, v in node.items() if k != "type"}
+        node = {"anyOf": [{**rest, "type": k} for k in kind]}
+    elif kind in ("integer", "number") and any(k in node for k in _BOUNDS) and not {"enum", "const"} & set(node):
         try:
-            return integer_range_regex(max(bounds_low, default=None), min(bounds_high, default=None))
+            slots.append(_range_regex(node, kind))
         except UnsupportedSchemaError as exc:
-            raise self.fail(str(exc), path) from None
-
-    def number(self, schema: dict, path: str) -> str:
-        low, high, ex_low, ex_high = self._bounds(schema)
-        step = Decimal(1).scaleb(-_FRACTION_DIGITS)
-        lows = [Decimal(str(low))] if low is not None else []
-        lows += [Decimal(str(ex_low)) + step] if ex_low is not None else []
-        highs = [Decimal(str(high))] if high is not None else []
-        highs += [Decimal(str(ex_high)) - step] if ex_high is not None else []
-        try:
-            return number_range_regex(max(lows, default=None), min(highs, default=None))
-        except UnsupportedSchemaError as exc:
-            raise self.fail(str(exc), path) from None
+            raise _fail(where, str(exc), path) from None
+        return {"const": _NUMBER_SLOT.format(len(slots) - 1)}
+    elif kind == "string" and max_string_length is not None and "maxLength" not in node:
+        node = {**node, "maxLength": max_string_length}
+    return {
+        key: value if key in ("enum", "const", "default", "examples") else
+        _prepare(value, slots, max_string_length, where, f"{path}/{key}")
+        for key, value in node.items()
+    }
 
 
 def json_schema_regex(schema: dict, *, max_string_length: int | None = None, where: str = "schema") -> str:
@@ -463,9 +385,32 @@ def json_schema_regex(schema: dict, *, max_string_length: int | None = None, whe
     ``where`` names the schema in error messages (e.g. ``"tool 'speak'"``). Raises
     :class:`UnsupportedSchemaError` for constructs it cannot express.
     """
+    from outlines_core.json_schema import build_regex_from_schema
+
     if not isinstance(schema, dict):
         raise UnsupportedSchemaError(f"{where}: a JSON schema must be a dict, got {type(schema).__name__}")
-    return _Builder(schema, max_string_length, where).value(schema, "")
+    text = json.dumps(schema, ensure_ascii=False)
+    if _WHITESPACE in text or "llavaagentnumberslot" in text:
+        raise _fail(where, "a reserved character or name", "")
+    slots: list[str] = []
+    prepared = _prepare(schema, slots, max_string_length, where, "")
+    try:
+        regex = build_regex_from_schema(json.dumps(prepared, ensure_ascii=False), _WHITESPACE)
+    except Exception as exc:  # outlines_core raises ValueError or its own error types
+        raise UnsupportedSchemaError(
+            f"{where}: constrained decoding cannot express this JSON schema ({exc}); simplify the tool's "
+            "argument types (see agent.decoding.schema_regex)"
+        ) from None
+    # json.dumps spacing: ", " and ": ", nothing after "{" / "[" or before "}" / "]".
+    regex = _AROUND_COLON.sub(": ", regex)
+    regex = _AFTER_COMMA.sub(lambda match: ", " + match.group(1), regex)
+    regex = regex.replace(_WHITESPACE, "")
+    # exact primitives: the number first (it contains the integer), then the integer and string characters
+    regex = regex.replace(_OUTLINES_NUMBER, NUMBER).replace(_OUTLINES_INTEGER, INTEGER)
+    regex = regex.replace(_OUTLINES_STRING_CHAR, STRING_CHAR)
+    for index, slot in enumerate(slots):
+        regex = regex.replace(f'"{_NUMBER_SLOT.format(index)}"', f"({slot})")
+    return regex
 
 
 __all__ = [

@@ -10,9 +10,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import ToolException, tool
 
-from agent.config import load_config
-from agent.errors import ImageError, InputError
-from agent.multimodal_agent import (
+from agent.app.multimodal_agent import (
     AgentReply,
     MultimodalAgent,
     ReplyEvent,
@@ -20,6 +18,8 @@ from agent.multimodal_agent import (
     ToolCallEvent,
     ToolResultEvent,
 )
+from agent.core.config import load_config
+from agent.core.errors import ImageError, InputError
 from tests.scripted_chat_model import ScriptedChatModel, tool_call
 
 

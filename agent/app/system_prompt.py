@@ -29,8 +29,6 @@ what went wrong.
 
 NO_TOOLS_LINE = "- No tools are available in this session; answer directly."
 
-MEMORY_HEADER = "Facts you were asked to remember that may be relevant:"
-
 
 def describe_tools(tools: Sequence[BaseTool]) -> str:
     """One line per tool: its name and the first sentence of its description."""
@@ -48,8 +46,3 @@ def build_system_prompt(tools: Sequence[BaseTool], extra: str | None = None) -> 
     if extra:
         prompt = f"{prompt}\n{extra.strip()}\n"
     return prompt
-
-
-def memory_note(facts: Sequence[str]) -> str:
-    """The text added to the system prompt for recalled long-term memories."""
-    return MEMORY_HEADER + "\n" + "\n".join(f"- {fact}" for fact in facts)

@@ -14,8 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from agent.core.errors import LlavaAgentError, ModelNotFoundError
+from agent.core.runtime import default_chat_model, resolve_device, resolve_precision
+from agent.llava.loading import check_model_available
+from memory.chroma import get_chroma_client
+from memory.embedders import resolve_text_embedder
+from tools.speak import ESPEAK_EXECUTABLE, INSTALL_HINT
+
 if TYPE_CHECKING:
-    from agent.config import AppConfig
+    from agent.core.config import AppConfig
 
 AUDIO_PLAYERS = ("paplay", "aplay", "ffplay", "afplay")
 
@@ -48,13 +55,17 @@ def check_torch(config: AppConfig) -> Check:
         return Check("torch", "missing", "not installed", "pip install torch (see https://pytorch.org)", True)
     import torch
 
+    # the same decisions ChatLlava makes when everything is "auto"
+    device = resolve_device(config.model.device)
+    quantization, dtype = resolve_precision(config.model.quantization, config.model.dtype, device)
+    runs = f"the chat model runs on {device}, {'4-bit NF4' if quantization == '4bit' else quantization}, {dtype}"
     if torch.cuda.is_available():
         names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-        return Check("torch", "ok", f"{torch.__version__}, CUDA {torch.version.cuda}: {names}")
+        return Check("torch", "ok", f"{torch.__version__}, CUDA {torch.version.cuda}: {names}; {runs}")
     return Check(
         "torch",
         "warn",
-        f"{torch.__version__}, no CUDA GPU: the model runs on the CPU (slower, no 4-bit by default)",
+        f"{torch.__version__}, no CUDA GPU: {runs} (slower than on a GPU)",
         "for a GPU, install a CUDA build of torch and an NVIDIA driver",
     )
 
@@ -68,10 +79,9 @@ def check_bitsandbytes(config: AppConfig) -> Check:
 
 
 def check_espeak(config: AppConfig) -> Check:
-    path = shutil.which("espeak-ng") or shutil.which("espeak")
+    path = shutil.which(ESPEAK_EXECUTABLE)  # the speak tool runs espeak-ng itself, never espeak
     if path is None:
-        return Check("espeak-ng", "missing", "not found: the speak tool cannot run",
-                     "sudo apt-get install espeak-ng (Debian/Ubuntu) or brew install espeak-ng (macOS)")
+        return Check("espeak-ng", "missing", "not found: the speak tool cannot run", INSTALL_HINT)
     return Check("espeak-ng", "ok", path)
 
 
@@ -86,8 +96,6 @@ def check_audio_player(config: AppConfig) -> Check:
 def check_chroma(config: AppConfig) -> Check:
     if importlib.util.find_spec("chromadb") is None:
         return Check("chroma", "missing", "chromadb not installed", "pip install chromadb", True)
-    from agent.errors import LlavaAgentError
-    from memory.chroma import get_chroma_client
 
     where = config.memory.chroma_url or str(config.chroma_dir)
     try:
@@ -99,9 +107,6 @@ def check_chroma(config: AppConfig) -> Check:
 
 
 def _model_status(name: str, model: str) -> Check:
-    from agent.errors import ModelNotFoundError
-    from agent.loading import check_model_available
-
     folder = Path(model).expanduser()
     if folder.is_dir():
         return Check(name, "ok", f"local folder {folder}")
@@ -123,9 +128,7 @@ def _model_status(name: str, model: str) -> Check:
 
 
 def check_chat_model(config: AppConfig) -> Check:
-    from agent.loading import default_model, resolve_device
-
-    model = config.model.model or default_model(resolve_device(config.model.device))
+    model = config.model.model or default_chat_model(resolve_device(config.model.device))
     return _model_status("chat model", model)
 
 
@@ -142,8 +145,6 @@ def check_tool_models(config: AppConfig) -> Iterator[Check]:
 
 
 def check_text_embedder(config: AppConfig) -> Check:
-    from memory.embedders import resolve_text_embedder
-
     if importlib.util.find_spec("sentence_transformers") is None:
         return Check("text embedder", "missing", "sentence-transformers not installed: no long-term memory",
                      "pip install 'llava-agent[embeddings]'")

@@ -23,13 +23,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from agent.errors import ImageError, InputError, LlavaAgentError
+from agent.app.multimodal_agent import MultimodalAgent, ReplyEvent, TokenEvent, ToolCallEvent, ToolResultEvent
+from agent.cli.main import one_line
+from agent.core.errors import ImageError, InputError, LlavaAgentError
+from agent.core.images import is_image_path
 
 if TYPE_CHECKING:
-    from agent.config import AppConfig
-    from agent.multimodal_agent import AgentReply, MultimodalAgent
+    from agent.app.multimodal_agent import AgentReply, MultimodalAgent
+    from agent.core.config import AppConfig
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp"}
 AUDIO_PLAYERS = (("paplay",), ("aplay", "-q"), ("ffplay", "-nodisp", "-autoexit", "-loglevel", "quiet"), ("afplay",))
 HELP = """\
 Commands:
@@ -97,7 +99,7 @@ def split_image_paths(text: str) -> tuple[list[Path], list[str]]:
     paths, others = [], []
     for word in words:
         candidate = Path(word.strip("'\"")).expanduser()
-        if candidate.suffix.lower() in IMAGE_SUFFIXES and candidate.is_file():
+        if is_image_path(candidate) and candidate.is_file():
             paths.append(candidate)
         else:
             others.append(word)
@@ -146,8 +148,6 @@ class TerminalChat:
         self.out.flush()
 
     def error(self, exc: BaseException) -> None:
-        from agent.cli import one_line
-
         if self.verbose:
             import traceback
 
@@ -161,8 +161,6 @@ class TerminalChat:
             if self._agent_factory is not None:
                 agent = self._agent_factory(self.config)
             else:
-                from agent.multimodal_agent import MultimodalAgent
-
                 agent = MultimodalAgent.from_config(self.config)
             if hasattr(type(agent.model), "loaded"):
                 agent.model.loaded  # noqa: B018 - loads the weights now, with progress, not at the first message
@@ -329,7 +327,6 @@ class TerminalChat:
 
     def turn(self, text: str) -> AgentReply | None:
         """Send a message and print the reply as it streams; Ctrl-C stops the reply."""
-        from agent.multimodal_agent import ReplyEvent, TokenEvent, ToolCallEvent, ToolResultEvent
 
         agent = self.agent
         images, self.pending_images = list(self.pending_images), []
@@ -405,15 +402,13 @@ class TerminalChat:
         return reply
 
     def _show_tool_result(self, event: Any) -> None:
-        from agent.cli import one_line
-
         if event.is_error:
             self.say(f"[tool error] {event.name}: {one_line(event.content)[:300]}")
             return
         self.say(f"[tool done] {event.name}: {one_line(event.content)[:300]}")
         artifact = event.artifact if isinstance(event.artifact, dict) else {}
         path = artifact.get("path")
-        if isinstance(path, str) and Path(path).suffix.lower() in IMAGE_SUFFIXES and Path(path).is_file():
+        if isinstance(path, str) and is_image_path(path) and Path(path).is_file():
             self._show_image(Path(path))
         elif isinstance(path, str) and path.endswith(".wav") and event.name == "speak":
             self._play(Path(path))

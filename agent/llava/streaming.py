@@ -1,6 +1,6 @@
 """Run ``model.generate`` in a background thread and yield the reply text as tokens arrive.
 
-:func:`stream_generate` is the one generation loop behind :class:`agent.chat_model.ChatLlava`.
+:func:`stream_generate` is the one generation loop behind :class:`agent.llava.chat_model.ChatLlava`.
 It holds the model's lock for the whole generation (so threads sharing a model take turns),
 decodes tokens incrementally (no word buffering: each token's text is yielded as soon as it
 forms whole characters), honours stop sequences (generation is stopped and the text trimmed
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from agent.loading import LoadedModel
+    from agent.llava.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 

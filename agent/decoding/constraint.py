@@ -4,8 +4,8 @@
 
     CALL ("\\n" CALL)*        with  CALL = <tool_call>\\n{"name": "<tool>", "arguments": ARGS}\\n</tool_call>
 
-where ``ARGS`` is :func:`agent.json_schema_regex.json_schema_regex` of that tool's parameters
-(the exact ``json.dumps`` formatting of :mod:`agent.tool_protocol`), and indexes it against the
+where ``ARGS`` is :func:`agent.decoding.schema_regex.json_schema_regex` of that tool's parameters
+(the exact ``json.dumps`` formatting of :mod:`agent.decoding.tool_protocol`), and indexes it against the
 tokenizer's vocabulary with ``outlines_core`` (a DFA over bytes whose transitions are tokens).
 :meth:`ToolCallConstraint.logits_processor` returns a fresh, stateful
 ``transformers.LogitsProcessor`` for one ``generate()`` call.
@@ -19,7 +19,7 @@ cannot finish. The moment the reply contains a complete opener -- at its start o
 text ("Let me look.\\n<tool_call>...") -- the mode becomes ``"tool_call"`` and every later token is
 masked by the grammar, so a reply is always plain text, or text followed by valid calls.
 (Improvement on "text forever": openers written after text are constrained too, so
-:func:`agent.tool_protocol.parse_tool_calls` never meets a broken block in a constrained reply.)
+:func:`agent.decoding.tool_protocol.parse_tool_calls` never meets a broken block in a constrained reply.)
 
 **End.** EOS is allowed only in final states, i.e. right after a ``</tool_call>``; there the
 grammar also allows ``\\n<tool_call>`` for another call. (The index holds one copy of ``CALL``:
@@ -43,7 +43,7 @@ rewriting outlines' packed bitmask and unpacking it (``masked_fill_`` with a boo
 measured ~50x slower at a 151k vocabulary), and it needs no ``torch.compile`` (which costs
 seconds on the first CPU call). Tight-budget steps block the few extra tokens on top of it.
 
-**Vocabulary and index** live in :mod:`agent.token_index`: tokens as exact bytes, the
+**Vocabulary and index** live in :mod:`agent.decoding.token_index`: tokens as exact bytes, the
 ``outlines_core`` index, per-state distances. Indexes are cached per (vocabulary fingerprint,
 grammar), constraints per (fingerprint, schemas, tool_choice). Put the processor last in the
 processor list; temperature, top-k and top-p may follow it.
@@ -58,9 +58,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import InputError
-from agent.json_schema_regex import escape_literal, json_schema_regex
-from agent.token_index import (
+from agent.core.errors import InputError
+from agent.decoding.schema_regex import escape_literal, json_schema_regex
+from agent.decoding.token_index import (
     UNREACHABLE,
     Automaton,
     TokenVocabulary,
@@ -68,7 +68,7 @@ from agent.token_index import (
     indexed_automaton,
     token_vocabulary,
 )
-from agent.tool_protocol import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from agent.decoding.tool_protocol import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, normalise_tool_choice
 
 if TYPE_CHECKING:
     import numpy as np
@@ -79,7 +79,6 @@ logger = logging.getLogger(__name__)
 _OPENER = TOOL_CALL_OPEN.encode()
 _BUILD_LOCK = threading.Lock()
 _CALL_SEPARATOR = b"\n"
-ToolChoice = str
 
 # --- grammar --------------------------------------------------------------------------------
 
@@ -97,7 +96,7 @@ def _tool_names(schemas: list[dict]) -> list[str]:
 
 def tool_call_regex(
     schemas: list[dict],
-    tool_choice: ToolChoice = "any",
+    tool_choice: str = "any",
     *,
     max_string_length: int | None = None,
     repeated: bool = True,
@@ -105,7 +104,7 @@ def tool_call_regex(
     """The grammar of a constrained reply: one or more calls of the chosen tools, newline-separated.
 
     With ``repeated=False`` only one call (the index repeats it itself, see
-    :func:`agent.token_index.indexed_automaton`, so the automaton holds one copy of each tool).
+    :func:`agent.decoding.token_index.indexed_automaton`, so the automaton holds one copy of each tool).
     """
     names = _tool_names(schemas)
     alternatives = []
@@ -156,23 +155,12 @@ def _opener_moves(automaton: Automaton, vocabulary: TokenVocabulary) -> list[dic
 # --- the constraint and its per-generation processor ----------------------------------------
 
 
-def _normalise_choice(tool_choice: Any, names: list[str]) -> str:
-    if isinstance(tool_choice, dict):
-        tool_choice = tool_choice.get("function", tool_choice).get("name", tool_choice.get("type"))
-    if tool_choice is None or tool_choice is True:
-        tool_choice = "auto" if tool_choice is None else "any"
-    if tool_choice == "required":
-        tool_choice = "any"
-    if tool_choice == "none":
+def _constraint_choice(tool_choice: Any, names: list[str]) -> str:
+    """``"auto"``, ``"any"`` or a tool name: :func:`normalise_tool_choice`, with None meaning auto."""
+    choice = normalise_tool_choice(tool_choice, names) or "auto"
+    if choice == "none":
         raise InputError("tool_choice 'none' needs no constraint; generate without a tool-call constraint")
-    if tool_choice in ("auto", "any"):
-        return tool_choice
-    if tool_choice not in names:
-        raise InputError(
-            f"tool_choice {tool_choice!r} is not a bound tool; use 'auto', 'any', 'required', 'none' or one of: "
-            f"{', '.join(names)}"
-        )
-    return tool_choice
+    return choice
 
 
 class ToolCallConstraint:
@@ -225,11 +213,12 @@ class ToolCallConstraint:
         if not schemas:
             raise InputError("no tools are bound; bind at least one tool before constraining tool calls")
         if not all(isinstance(s, dict) and s.get("type") == "function" and "function" in s for s in schemas):
-            from agent.tool_protocol import tool_schemas
-
-            schemas = tool_schemas(schemas)
+            raise InputError(
+                "tool schemas must be OpenAI-format dicts ({'type': 'function', 'function': {...}}); convert "
+                "LangChain tools, pydantic models or functions with agent.llava.messages.tool_schemas first"
+            )
         names = _tool_names(schemas)
-        choice = _normalise_choice(tool_choice, names)
+        choice = _constraint_choice(tool_choice, names)
         vocabulary = token_vocabulary(tokenizer, eos_token_ids)
         key = json.dumps(schemas, sort_keys=False, ensure_ascii=False, default=str)
         with _BUILD_LOCK:  # one build per key even when several threads bind the same tools at once
@@ -275,7 +264,7 @@ def _cached_constraint(
     return constraint
 
 
-def structured_json_constraint(
+def json_output_constraint(
     tokenizer: Any,
     schema: dict,
     *,
@@ -284,13 +273,25 @@ def structured_json_constraint(
 ) -> ToolCallConstraint:
     """A constraint whose whole reply is ``json.dumps`` of one value valid for ``schema`` (then EOS).
 
-    Used for structured output; its processor is always in the constrained mode (``"tool_call"``).
+    Structured output (``with_structured_output(method="json_schema")``) decodes through it; its
+    processor is in the constrained mode from the first token. Cached per (vocabulary, schema).
     """
+    if not isinstance(schema, dict):
+        raise InputError(f"the output schema must be a JSON schema dict, got {type(schema).__name__}")
     vocabulary = token_vocabulary(tokenizer, eos_token_ids)
-    regex = json_schema_regex(schema, max_string_length=max_string_length, where="the output schema")
+    key = json.dumps(schema, sort_keys=False, ensure_ascii=False, default=str)
     with _BUILD_LOCK:
-        automaton = indexed_automaton(regex, vocabulary)
-    title = schema.get("title", "output") if isinstance(schema, dict) else "output"
+        return _cached_json_constraint(vocabulary, key, max_string_length)
+
+
+@lru_cache(maxsize=16)
+def _cached_json_constraint(
+    vocabulary: TokenVocabulary, schema_json: str, max_string_length: int | None
+) -> ToolCallConstraint:
+    schema = json.loads(schema_json)
+    regex = json_schema_regex(schema, max_string_length=max_string_length, where="the output schema")
+    automaton = indexed_automaton(regex, vocabulary)
+    title = schema.get("title", "output")
     return ToolCallConstraint(vocabulary, automaton, "any", [str(title)], free_start=False)
 
 
@@ -458,8 +459,8 @@ __all__ = [
     "TokenVocabulary",
     "ToolCallConstraint",
     "ToolCallLogitsProcessor",
+    "json_output_constraint",
     "json_schema_regex",
-    "structured_json_constraint",
     "token_vocabulary",
     "tool_call_regex",
 ]

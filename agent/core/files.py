@@ -1,4 +1,4 @@
-"""Where tools may read and write: allowed-folder checks, image loading, artifact files.
+"""Where files may be read and written: allowed-folder checks, artifact files, atomic writes.
 
 Every path a tool reads is resolved fully (``..`` segments and symlinks included) before it is
 compared with the allowed folders, so ``../secret.png``, ``/etc/passwd`` and a symlink pointing
@@ -16,13 +16,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.errors import ImageError, InputError, PathNotAllowedError
+from agent.core.errors import ImageError, InputError, PathNotAllowedError
+from agent.core.images import open_image_file
 
 if TYPE_CHECKING:
     from PIL import Image
-
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-
 
 def _describe(folders: Iterable[Path]) -> str:
     return ", ".join(str(f) for f in folders) or "(none configured)"
@@ -66,43 +64,7 @@ def check_readable_file(path: str | os.PathLike[str], allowed_dirs: Iterable[str
     return resolved
 
 
-def open_image_file(path: Path, max_pixels: int, *, label: str | None = None) -> Image.Image:
-    """Decode an image file into RGB, refusing corrupt files and images over ``max_pixels``.
-
-    The size is read from the header before any pixel is decoded, so a file claiming huge
-    dimensions is refused without allocating memory for it.
-    """
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
-    label = label or str(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise ImageError(
-                        f"image {label!r} is {width}x{height} = {width * height} pixels, over the limit of "
-                        f"{max_pixels}; resize it or raise tools.max_image_pixels"
-                    )
-                return image.convert("RGB")
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(
-            f"image {label!r} is over the limit of {max_pixels} pixels ({exc}); resize it or raise "
-            "tools.max_image_pixels"
-        ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(
-            f"file {label!r} is not a readable image ({type(exc).__name__}: {exc}); give a PNG, JPEG, WebP, "
-            "BMP, GIF or TIFF file"
-        ) from None
-
-
-def load_image(
+def read_allowed_image(
     path: str | os.PathLike[str], allowed_dirs: Iterable[str | os.PathLike[str]], max_pixels: int
 ) -> tuple[Image.Image, Path]:
     """Check a path and decode the image it names; returns the RGB image and its resolved path."""
@@ -151,3 +113,19 @@ def write_new_artifact(
         raise InputError(f"could not find a free file name for {base}{suffix} in {folder}; clean the folder up")
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file so that readers see either the old or the new content, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,4 +1,7 @@
-"""LangChain messages -> the Hugging Face-style chat turns :func:`agent.prompting.render_prompt` reads.
+"""LangChain messages and tools -> the chat turns and tool schemas :func:`agent.llava.prompting.render_prompt` reads.
+
+:func:`tool_schemas` converts LangChain tools (and pydantic models, functions, OpenAI dicts) to the
+OpenAI-format schemas of :mod:`agent.decoding.tool_protocol`.
 
 Content blocks understood:
 
@@ -12,7 +15,7 @@ Content blocks understood:
 
 ``AIMessage.tool_calls`` become the turn's ``tool_calls``; a ``ToolMessage`` becomes a ``tool``
 turn. Blocks that carry no meaning for the model (reasoning, tool-call echoes) are skipped; any
-other block type raises :class:`agent.errors.InputError` naming the message and block.
+other block type raises :class:`agent.core.errors.InputError` naming the message and block.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import ImageError, InputError
-from agent.images import DEFAULT_MAX_PIXELS, ImageLocation, image_name, load_image
+from agent.core.errors import ImageError, InputError
+from agent.core.images import DEFAULT_MAX_PIXELS, ImageLocation, image_name, load_image
 
 if TYPE_CHECKING:  # pragma: no cover
     from langchain_core.messages import BaseMessage
@@ -200,3 +203,35 @@ def _image_block(
     if name:
         block["name"] = name
     return block
+
+
+def tool_schemas(tools: Sequence[Any]) -> list[dict]:
+    """Convert tools to OpenAI-format schemas.
+
+    Accepts LangChain ``BaseTool`` objects, pydantic models, typed Python functions and dicts
+    (OpenAI tool dicts pass through; bare JSON schemas with a ``title`` are wrapped). Each result
+    is ``{"type": "function", "function": {"name", "description", "parameters"}}``.
+    """
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    schemas: list[dict] = []
+    seen: set[str] = set()
+    for position, tool in enumerate(tools):
+        try:
+            schema = convert_to_openai_tool(tool)
+        except Exception as exc:  # langchain raises ValueError/TypeError/KeyError variants
+            raise InputError(
+                f"tool #{position} ({tool!r:.80}) cannot be converted to a tool schema: {exc}; pass a "
+                "LangChain tool, a pydantic model, a typed function with a docstring, or an OpenAI tool dict"
+            ) from exc
+        function = schema.get("function", {})
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
+            raise InputError(f"tool #{position} ({tool!r:.80}) has no name; give it a name")
+        if name in seen:
+            raise InputError(f"two tools are named {name!r}; tool names must be unique")
+        seen.add(name)
+        function.setdefault("description", "")
+        function.setdefault("parameters", {"type": "object", "properties": {}})
+        schemas.append(schema)
+    return schemas

@@ -1,0 +1,207 @@
+"""Where and in what precision models run: the one owner of the device, dtype and 4-bit policy.
+
+* :func:`resolve_device`: ``"auto"`` becomes ``cuda`` when a GPU is usable, else ``mps`` on
+  Apple silicon, else ``cpu``; a named device is checked.
+* :func:`resolve_precision`: the chat model's quantization and compute dtype. 4-bit NF4 on CUDA
+  and on CPU where bitsandbytes is installed (decoding is memory-bound: measured on a 2-core
+  CPU, 0.5B LLaVA, NF4 21 tok/s, bf16 15, fp32 6.6, same time to first token;
+  ``bench/bench_chat_model.py``); compute in bf16 where the hardware has it natively, else fp16
+  (CUDA, MPS) or fp32 (CPU).
+* :func:`resolve_training_precision`: the same for fine-tuning (QLoRA on CUDA, LoRA elsewhere).
+* :func:`tool_dtype`: the tool models (captioning, diffusion, CLIP, VITS): fp16 on CUDA, fp32
+  elsewhere.
+* :func:`bitsandbytes_config`: the one 4-bit/8-bit recipe (NF4, double quantization; vision
+  tower, projector and ``lm_head`` kept in full precision).
+
+Inference loading, fine-tuning, the model manager, the tools and ``doctor`` all call these.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from agent.core.defaults import CHAT_MODEL_CPU, CHAT_MODEL_GPU
+from agent.core.errors import InputError, QuantizationError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+logger = logging.getLogger(__name__)
+
+QUANTIZATIONS = ("auto", "4bit", "8bit", "none")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+SKIP_QUANTIZATION_MODULES = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
+"""Modules kept in full precision when quantizing (transformers v5 module names)."""
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    """``"auto"`` (or None) -> ``"cuda"`` when a CUDA GPU is usable, else ``"mps"``, else ``"cpu"``."""
+    import torch
+
+    device = device or "auto"
+    if device != "auto":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise InputError(f"device {device!r} was asked for but no CUDA GPU is usable here; use device='cpu'")
+        if device not in ("cpu", "mps") and not device.startswith("cuda"):
+            raise InputError(f"device {device!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 beats fp32."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = handle.read()
+        if "avx512_bf16" in flags or "amx_bf16" in flags:
+            return True
+    except OSError:
+        pass
+    import torch
+
+    capability = str(getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")())
+    return "AMX" in capability or "BF16" in capability
+
+
+def cuda_supports_bf16() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def bitsandbytes_installed() -> bool:
+    """Whether bitsandbytes can be imported (checked without importing it)."""
+    if "bitsandbytes" in sys.modules:
+        return sys.modules["bitsandbytes"] is not None  # None: imports of it are blocked
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InputError(f"{name} {value!r} is not supported; use one of {', '.join(allowed)}")
+
+
+def native_dtype(device: str) -> str:
+    """The fastest full-precision compute dtype of ``device`` (bf16 where native, else fp16/fp32)."""
+    if device.startswith("cuda"):
+        return "bfloat16" if cuda_supports_bf16() else "float16"
+    if device == "mps":
+        return "float16"
+    return "bfloat16" if cpu_supports_bf16() else "float32"
+
+
+def resolve_precision(quantization: str, dtype: str, device: str) -> tuple[str, str]:
+    """The chat model's ``(quantization, dtype)`` on ``device``, ``"auto"`` resolved."""
+    _check_choice("quantization", quantization, QUANTIZATIONS)
+    _check_choice("dtype", dtype, DTYPES)
+    if quantization == "auto":
+        # NF4 decodes fastest on CUDA and CPU alike; without bitsandbytes, or on MPS, full precision.
+        on_cpu_with_bnb = device == "cpu" and bitsandbytes_installed()
+        quantization = "4bit" if device.startswith("cuda") or on_cpu_with_bnb else "none"
+    if dtype == "auto":
+        dtype = "float16" if quantization == "8bit" else native_dtype(device)  # int8 matmuls take fp16
+    return quantization, dtype
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and how a base model runs during fine-tuning."""
+
+    device: str
+    dtype: str
+    quantization: str
+
+
+def resolve_training_precision(device: str, dtype: str, quantization: str) -> Placement:
+    """Fine-tuning placement: QLoRA (4-bit base) on CUDA, LoRA on a full-precision base elsewhere.
+
+    dtype ``auto`` is bf16 where the hardware computes it natively (measured on a 2-core
+    AVX512-BF16 CPU: bf16 LoRA steps about 1.9x faster than fp32, ``bench/bench_finetune.py``), else
+    fp32 (fp16 training without a loss scaler is unstable).
+    """
+    device = resolve_device("auto" if device == "auto" else device)
+    if device == "mps":
+        device = "cpu"  # training kernels used here are CUDA or CPU
+    _check_choice("dtype", dtype, DTYPES)
+    _check_choice("quantization", quantization, QUANTIZATIONS)
+    if dtype == "auto":
+        native = native_dtype(device)
+        dtype = native if native == "bfloat16" else "float32"
+    if quantization == "auto":
+        quantization = "4bit" if device.startswith("cuda") else "none"
+    return Placement(device, dtype, quantization)
+
+
+def tool_dtype(device: str) -> torch.dtype:
+    """The dtype tool models (captioning, diffusion, CLIP, VITS) run in: fp16 on CUDA, fp32 elsewhere."""
+    import torch
+
+    return torch.float16 if device.startswith("cuda") else torch.float32
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype for a resolved dtype name (``float32``, ``float16``, ``bfloat16``)."""
+    import torch
+
+    _check_choice("dtype", name, DTYPES[1:])
+    return getattr(torch, name)
+
+
+class _OptionalKernelNotice(logging.Filter):
+    """bitsandbytes warns at import that it cannot fetch optional CPU kernels from a model hub (the
+    ``kernels`` package). Its built-in CPU path is what runs here, by design: nothing is fetched at
+    run time. Keep the notice at debug level instead of showing it to every user."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community"):
+            logger.debug("bitsandbytes uses its built-in CPU kernels: %s", record.getMessage())
+            return False
+        return True
+
+
+def quiet_bitsandbytes_kernel_notice() -> None:
+    source = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    if not any(isinstance(f, _OptionalKernelNotice) for f in source.filters):
+        source.addFilter(_OptionalKernelNotice())
+
+
+def bitsandbytes_config(quantization: str, dtype: str) -> Any:
+    """The ``BitsAndBytesConfig`` for a resolved quantization (``None`` for ``"none"``)."""
+    _check_choice("quantization", quantization, QUANTIZATIONS[1:])
+    if quantization == "none":
+        return None
+    quiet_bitsandbytes_kernel_notice()
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken native library raising at import
+        raise QuantizationError(
+            f"quantization={quantization!r} needs bitsandbytes, which cannot be imported here ({exc}). "
+            "Install it with `pip install -U bitsandbytes` (>= 0.45 runs on CPU too), or use quantization='none'"
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype(dtype),
+            llm_int8_skip_modules=list(SKIP_QUANTIZATION_MODULES),
+        )
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(SKIP_QUANTIZATION_MODULES))
+
+
+def default_chat_model(device: str) -> str:
+    """The checkpoint used when none is named: llava-1.5-7b on CUDA, llava-interleave-0.5b elsewhere."""
+
+    return CHAT_MODEL_GPU if device.startswith("cuda") else CHAT_MODEL_CPU

@@ -1,0 +1,266 @@
+"""Find, load and cache LLaVA-family checkpoints for :class:`agent.llava.chat_model.ChatLlava`.
+
+* :func:`resolve_spec` turns user settings into a concrete :class:`ModelSpec`, with the device and
+  precision policy of :mod:`agent.core.runtime`.
+* :func:`load_model` loads a checkpoint with ``AutoProcessor`` +
+  ``AutoModelForImageTextToText`` (safetensors only, no remote code unless asked), quantizes it
+  with bitsandbytes when asked (NF4 + double quantization; vision tower, projector and
+  ``lm_head`` kept in full precision), applies a LoRA adapter, and keeps it in the one
+  :class:`~agent.core.model_manager.ModelManager` under ``("chat", spec)``, so its memory counts
+  in the device's budget like every tool model. :func:`use_model` holds it for a generation, so
+  it is never evicted mid-reply. Each :class:`LoadedModel` carries a lock that serialises
+  generation on it.
+
+Failures raise :class:`agent.core.errors.ModelNotFoundError`, :class:`agent.core.errors.QuantizationError`
+or :class:`agent.core.errors.ModelLoadError`, each saying what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.core.defaults import CHAT_MODEL_CPU
+from agent.core.errors import ModelLoadError, ModelNotFoundError, QuantizationError
+from agent.core.model_manager import ModelManager, get_model_manager
+from agent.core.runtime import (
+    bitsandbytes_config,
+    default_chat_model,
+    resolve_device,
+    resolve_precision,
+    torch_dtype,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that identifies one set of loaded weights (the cache key)."""
+
+    model: str
+    quantization: str
+    dtype: str
+    device: str
+    adapter: str | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model, its processor, and the lock that serialises generation on it."""
+
+    spec: ModelSpec
+    model: Any
+    processor: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    @property
+    def context_length(self) -> int | None:
+        """The language model's context window in tokens (``text_config.max_position_embeddings``)."""
+        text_config = getattr(self.config, "text_config", self.config)
+        return getattr(text_config, "max_position_embeddings", None)
+
+    @property
+    def input_device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+
+def resolve_spec(
+    model: str | None,
+    *,
+    quantization: str = "auto",
+    dtype: str = "auto",
+    device: str = "auto",
+    adapter: str | os.PathLike[str] | None = None,
+    trust_remote_code: bool = False,
+) -> ModelSpec:
+    """Turn user settings (with ``"auto"`` and ``None``) into a concrete :class:`ModelSpec`."""
+    device = resolve_device(device)
+    quantization, dtype = resolve_precision(quantization, dtype, device)
+    model = str(model) if model else default_chat_model(device)
+    local = Path(model).expanduser()
+    if local.exists():
+        model = str(local.resolve())
+    adapter_path = str(Path(adapter).expanduser().resolve()) if adapter else None
+    return ModelSpec(model, quantization, dtype, device, adapter_path, trust_remote_code)
+
+
+def hf_cache_dir() -> str:
+    """The Hugging Face hub cache folder models are read from."""
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in (
+        "1",
+        "true",
+        "yes",
+    )
+
+
+def _not_found(model: str, reason: str) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"model {model!r} {reason}. Looked in the Hugging Face cache {hf_cache_dir()}. Either download it "
+        f"once while online (`hf download {model}`) or pass the path of a local folder holding "
+        "the checkpoint (config.json, *.safetensors, processor files): ChatLlava(model='/path/to/folder')"
+    )
+
+
+def check_model_available(model: str) -> None:
+    """Raise :class:`ModelNotFoundError` early when ``model`` cannot be found (offline and not cached)."""
+    path = Path(model).expanduser()
+    if path.is_absolute() or model.startswith((".", "~")) or path.exists():
+        if not path.exists():
+            raise ModelNotFoundError(
+                f"model folder {model!r} does not exist; pass an existing folder or a hub id like {CHAT_MODEL_CPU}"
+            )
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"model folder {model!r} has no config.json; pass the folder written by save_pretrained()"
+            )
+        return
+    if _offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model, "config.json")
+        if not isinstance(cached, str):
+            raise _not_found(model, "is not in the local cache and HF_HUB_OFFLINE is set")
+
+
+def load_model(spec: ModelSpec, manager: ModelManager | None = None) -> LoadedModel:
+    """The model and processor for ``spec``, loaded once and kept by the model manager."""
+    with use_model(spec, manager) as loaded:
+        return loaded
+
+
+@contextmanager
+def use_model(spec: ModelSpec, manager: ModelManager | None = None) -> Iterator[LoadedModel]:
+    """Hold the model for ``spec`` (loading it if needed) while in the block: it is not evicted meanwhile.
+
+    The size of a checkpoint in memory is known only once loaded (quantization and dtype change
+    it), so room in the device's budget is made with the measured size.
+    """
+    manager = manager or get_model_manager()
+    with manager.use(("chat", spec), lambda: _load_uncached(spec), device=spec.device) as loaded:
+        yield loaded
+
+
+def _load_uncached(spec: ModelSpec) -> LoadedModel:
+    check_model_available(spec.model)
+    dtype = torch_dtype(spec.dtype)
+    quantization_config = bitsandbytes_config(spec.quantization, spec.dtype)
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    started = time.perf_counter()
+    logger.info("Loading processor for %s", spec.model)
+    common = {"trust_remote_code": spec.trust_remote_code}
+    try:
+        processor = AutoProcessor.from_pretrained(spec.model, **common)
+    except OSError as exc:
+        raise _load_error(spec, exc, "processor") from exc
+    except ValueError as exc:
+        raise ModelLoadError(
+            f"the processor of {spec.model!r} cannot be loaded ({exc}); is it an image-text-to-text "
+            "(LLaVA-family) checkpoint?"
+        ) from exc
+    logger.info(
+        "Loading weights of %s (quantization=%s, dtype=%s, device=%s)",
+        spec.model,
+        spec.quantization,
+        spec.dtype,
+        spec.device,
+    )
+    kwargs: dict[str, Any] = {
+        **common,
+        "dtype": dtype,
+        "use_safetensors": True,
+        "device_map": {"": spec.device},
+        "low_cpu_mem_usage": True,
+    }
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(spec.model, **kwargs)
+    except OSError as exc:
+        raise _load_error(spec, exc, "weights") from exc
+    except (ValueError, KeyError) as exc:
+        raise ModelLoadError(
+            f"{spec.model!r} cannot be loaded as an image-text-to-text model ({exc}); pass a LLaVA-family "
+            "checkpoint (llava-1.5, llava-next, llava-interleave, llava-onevision)"
+        ) from exc
+    except (ImportError, RuntimeError) as exc:
+        if quantization_config is not None:
+            raise QuantizationError(
+                f"loading {spec.model!r} with quantization={spec.quantization!r} failed ({exc}); check the "
+                "bitsandbytes install (`pip install -U bitsandbytes`) or use quantization='none'"
+            ) from exc
+        raise ModelLoadError(f"loading {spec.model!r} failed: {exc}") from exc
+    if spec.adapter:
+        model = _apply_adapter(model, spec)
+    model.eval()
+    logger.info("Loaded %s in %.1f s", spec.model, time.perf_counter() - started)
+    return LoadedModel(spec=spec, model=model, processor=processor)
+
+
+def _load_error(spec: ModelSpec, exc: OSError, what: str) -> ModelLoadError | ModelNotFoundError:
+    message = str(exc)
+    if "safetensors" in message.lower() and Path(spec.model).exists():
+        return ModelLoadError(
+            f"the folder {spec.model!r} has no safetensors weights; only safetensors are loaded "
+            "(re-save the model with save_pretrained(safe_serialization=True))"
+        )
+    if _offline() or "offline" in message.lower() or "connect" in message.lower():
+        return _not_found(
+            spec.model, f"cannot be loaded ({what}: {message.splitlines()[0] if message else exc})"
+        )
+    return ModelNotFoundError(
+        f"the {what} of model {spec.model!r} cannot be found ({message.splitlines()[0] if message else exc}); "
+        "check the hub id or pass a local folder"
+    )
+
+
+def _apply_adapter(model: Any, spec: ModelSpec) -> Any:
+    assert spec.adapter is not None
+    folder = Path(spec.adapter)
+    if not folder.is_dir():
+        raise ModelLoadError(
+            f"adapter folder {spec.adapter!r} does not exist; pass the folder a training run saved"
+        )
+    if not (folder / "adapter_config.json").is_file():
+        raise ModelLoadError(
+            f"{spec.adapter!r} is not a LoRA adapter folder (no adapter_config.json); pass the folder written "
+            "by save_pretrained() of a PEFT model"
+        )
+    from peft import PeftModel
+
+    logger.info("Applying adapter %s", spec.adapter)
+    try:
+        return PeftModel.from_pretrained(model, spec.adapter, is_trainable=False)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise ModelLoadError(
+            f"adapter {spec.adapter!r} does not match the model {spec.model!r} ({exc}); apply it to the base "
+            "model it was trained on"
+        ) from exc
