@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.core.errors import ImageError, InputError
-from agent.core.images import FORMATS_HINT, SUPPORTED_FORMATS, mime_type
+from agent.core.images import DECODERS, FORMATS_HINT, mime_type
 
 if TYPE_CHECKING:
     from langchain_core.messages import HumanMessage
@@ -40,7 +40,7 @@ def save_attachment(path: str | os.PathLike[str], folder: Path) -> tuple[Path, s
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(BytesIO(data), formats=SUPPORTED_FORMATS) as image:
+        with Image.open(BytesIO(data), formats=DECODERS) as image:
             image_format = image.format or ""
             image.verify()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:

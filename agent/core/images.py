@@ -55,6 +55,8 @@ IMAGE_FORMATS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 """Every image format accepted anywhere (chat, attachments, tools, index); nothing else is decoded."""
 SUPPORTED_FORMATS = tuple(IMAGE_FORMATS)
+DECODERS = tuple(name for name in IMAGE_FORMATS if name != "MPO")
+"""The Pillow decoders tried when opening a file (MPO files are opened by the JPEG decoder)."""
 IMAGE_SUFFIXES = frozenset(suffix for _, suffixes in IMAGE_FORMATS.values() for suffix in suffixes)
 """File suffixes of the supported formats (how folders are scanned and paths recognised)."""
 FORMATS_HINT = "PNG, JPEG, GIF, WebP, BMP, TIFF, ICO or PPM"
@@ -253,7 +255,7 @@ def _decode_bytes(raw: bytes, location: ImageLocation, max_pixels: int, origin: 
         with warnings.catch_warnings():
             # Our own pixel limit below replaces PIL's warning-or-error heuristics.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(raw), formats=SUPPORTED_FORMATS)
+            image = Image.open(io.BytesIO(raw), formats=DECODERS)
     except UnidentifiedImageError:
         raise _fail(
             location,
@@ -359,7 +361,7 @@ def open_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, *, label: 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=SUPPORTED_FORMATS) as image:
+            with Image.open(path, formats=DECODERS) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageError(

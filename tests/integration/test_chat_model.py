@@ -14,6 +14,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, Sys
 from PIL import Image
 
 from agent import ChatLlava
+from agent.core.defaults import CHAT_MODEL_CPU, CHAT_MODEL_GPU
 from agent.core.errors import (
     ContextLengthError,
     ImageError,
@@ -22,14 +23,9 @@ from agent.core.errors import (
     ModelNotFoundError,
     QuantizationError,
 )
-from agent.llava.loading import (
-    DEFAULT_CPU_MODEL,
-    DEFAULT_GPU_MODEL,
-    cached_models,
-    cpu_supports_bf16,
-    resolve_precision,
-    resolve_spec,
-)
+from agent.core.model_manager import get_model_manager
+from agent.core.runtime import cpu_supports_bf16, resolve_precision
+from agent.llava.loading import resolve_spec
 from agent.llava.prompting import image_capacity
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
@@ -325,8 +321,8 @@ def test_auto_precision_choices():
 
 
 def test_default_models():
-    assert resolve_spec(None, device="cpu").model == DEFAULT_CPU_MODEL
-    assert DEFAULT_GPU_MODEL == "llava-hf/llava-1.5-7b-hf"
+    assert resolve_spec(None, device="cpu").model == CHAT_MODEL_CPU
+    assert CHAT_MODEL_GPU == "llava-hf/llava-1.5-7b-hf"
 
 
 def test_one_copy_of_weights_shared(llm, tiny_llava_qwen2):
@@ -334,7 +330,7 @@ def test_one_copy_of_weights_shared(llm, tiny_llava_qwen2):
     assert other.loaded is llm.loaded
     bound = llm.bind_tools([{"type": "function", "function": {"name": "noop", "parameters": {}}}])
     assert bound.bound is llm
-    assert sum(1 for spec in cached_models() if spec == llm.spec) == 1
+    assert get_model_manager().loaded_keys().count(("chat", llm.spec)) == 1
 
 
 def test_threads_share_one_model_safely(llm):

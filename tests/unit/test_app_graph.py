@@ -254,7 +254,8 @@ def test_tool_choice_must_name_a_tool(config):
     with pytest.raises(InputError) as excinfo:
         make_agent(config, ["x"], tools=[add])
     assert str(excinfo.value) == (
-        "agent.tool_choice = 'paint' is not allowed here; use one of auto, any, required, none, add"
+        "agent.tool_choice: tool_choice 'paint' is not one of the bound tools (add) nor one of auto, any, "
+        "required, none"
     )
 
 

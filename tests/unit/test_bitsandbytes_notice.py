@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from agent.llava.loading import quiet_bitsandbytes_kernel_notice
+from agent.core.runtime import quiet_bitsandbytes_kernel_notice
 
 
 def test_only_the_optional_kernel_notice_is_hidden(caplog):

@@ -25,6 +25,12 @@ def linear_loader(calls: list[str] | None = None, name: str = "", delay: float =
     return load
 
 
+def load(manager: ModelManager, key, loader, **kwargs):
+    """Get a model without holding it (it may be evicted as soon as another needs the room)."""
+    with manager.use(key, loader, **kwargs) as value:
+        return value
+
+
 def budget_for(models: float) -> dict[str, float]:
     return {"cpu": models * LINEAR_BYTES / GIB}
 
@@ -39,8 +45,8 @@ def test_model_size_counts_parameters_buffers_and_containers():
 def test_same_key_loads_once_and_is_shared():
     manager = ModelManager()
     calls: list[str] = []
-    first = manager.get("a", linear_loader(calls, "a"), device="cpu")
-    second = manager.get("a", linear_loader(calls, "a"), device="cpu")
+    first = load(manager, "a", linear_loader(calls, "a"), device="cpu")
+    second = load(manager, "a", linear_loader(calls, "a"), device="cpu")
     assert first is second
     assert calls == ["a"] and manager.load_count["a"] == 1
     assert manager.used_bytes("cpu") == LINEAR_BYTES
@@ -48,13 +54,13 @@ def test_same_key_loads_once_and_is_shared():
 
 def test_least_recently_used_idle_model_is_evicted_first():
     manager = ModelManager(budget_for(2.5))
-    manager.get("a", linear_loader(), device="cpu")
-    manager.get("b", linear_loader(), device="cpu")
-    manager.get("a", linear_loader(), device="cpu")  # a is now more recent than b
-    manager.get("c", linear_loader(), device="cpu")
+    load(manager, "a", linear_loader(), device="cpu")
+    load(manager, "b", linear_loader(), device="cpu")
+    load(manager, "a", linear_loader(), device="cpu")  # a is now more recent than b
+    load(manager, "c", linear_loader(), device="cpu")
     assert manager.evictions == ["b"]
     assert manager.loaded_keys() == ["a", "c"]
-    manager.get("d", linear_loader(), device="cpu")
+    load(manager, "d", linear_loader(), device="cpu")
     assert manager.evictions == ["b", "a"]
     assert manager.used_bytes("cpu") <= 2.5 * LINEAR_BYTES
 
@@ -62,17 +68,17 @@ def test_least_recently_used_idle_model_is_evicted_first():
 def test_model_in_use_is_never_evicted():
     manager = ModelManager(budget_for(2.5))
     with manager.use("held", linear_loader(), device="cpu") as held:
-        manager.get("b", linear_loader(), device="cpu")
-        manager.get("c", linear_loader(), device="cpu")  # must evict b, not the held model
+        load(manager, "b", linear_loader(), device="cpu")
+        load(manager, "c", linear_loader(), device="cpu")  # must evict b, not the held model
         assert "held" in manager and manager.evictions == ["b"]
-        assert manager.get("held", linear_loader(), device="cpu") is held
+        assert load(manager, "held", linear_loader(), device="cpu") is held
 
 
 def test_no_room_when_every_model_is_in_use():
     manager = ModelManager(budget_for(1.5))
     with manager.use("held", linear_loader(), device="cpu"):
         with pytest.raises(ModelLoadError, match="in use"):
-            manager.get("other", linear_loader(), device="cpu")
+            load(manager, "other", linear_loader(), device="cpu")
     assert manager.loaded_keys() == ["held"]
 
 
@@ -80,14 +86,14 @@ def test_model_larger_than_the_budget_is_refused_before_loading():
     manager = ModelManager(budget_for(0.5))
     calls: list[str] = []
     with pytest.raises(ModelLoadError, match="raise tools.memory_budget_gb"):
-        manager.get("big", linear_loader(calls, "big"), device="cpu", size_bytes=LINEAR_BYTES)
+        load(manager, "big", linear_loader(calls, "big"), device="cpu", size_bytes=LINEAR_BYTES)
     assert calls == []
 
 
 def test_measured_size_over_budget_is_refused_after_loading():
     manager = ModelManager(budget_for(0.5))
     with pytest.raises(ModelLoadError, match="needs"):
-        manager.get("big", linear_loader(), device="cpu")
+        load(manager, "big", linear_loader(), device="cpu")
     assert manager.loaded_keys() == []
 
 
@@ -97,10 +103,10 @@ def test_budgets_are_per_device():
     def meta_loader():
         return torch.nn.Linear(256, 256, device="meta")
 
-    manager.get("cpu-model", linear_loader(), device="cpu")
-    manager.get("meta-model", meta_loader, device="meta")
+    load(manager, "cpu-model", linear_loader(), device="cpu")
+    load(manager, "meta-model", meta_loader, device="meta")
     assert manager.evictions == []
-    manager.get("cpu-model-2", linear_loader(), device="cpu")
+    load(manager, "cpu-model-2", linear_loader(), device="cpu")
     assert manager.evictions == ["cpu-model"]
     assert "meta-model" in manager
 
@@ -145,7 +151,7 @@ def test_concurrent_different_keys_stay_within_budget():
     def worker(index: int) -> None:
         try:
             for round_ in range(5):
-                manager.get(f"m{(index + round_) % 6}", linear_loader(delay=0.01), device="cpu")
+                load(manager, f"m{(index + round_) % 6}", linear_loader(delay=0.01), device="cpu")
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -173,7 +179,7 @@ def test_failed_load_is_reported_to_waiters_and_retried():
 
     def worker() -> None:
         try:
-            manager.get("flaky", flaky, device="cpu")
+            load(manager, "flaky", flaky, device="cpu")
             outcomes.append("ok")
         except ModelLoadError as exc:
             outcomes.append("error" if "weights missing" in str(exc) else "other")
@@ -186,12 +192,12 @@ def test_failed_load_is_reported_to_waiters_and_retried():
     first.join()
     second.join()
     assert outcomes.count("error") >= 1
-    assert isinstance(manager.get("flaky", flaky, device="cpu"), torch.nn.Linear)
+    assert isinstance(load(manager, "flaky", flaky, device="cpu"), torch.nn.Linear)
 
 
 def test_evict_and_clear_only_drop_idle_models():
     manager = ModelManager()
-    manager.get("idle", linear_loader(), device="cpu")
+    load(manager, "idle", linear_loader(), device="cpu")
     with manager.use("busy", linear_loader(), device="cpu"):
         assert manager.evict("busy") is False
         manager.clear()
@@ -226,7 +232,7 @@ def test_concurrent_loads_with_known_sizes_reserve_room_before_loading():
         for round_ in range(3):
             while True:
                 try:
-                    manager.get(f"m{index}-{round_}", loader, device="cpu", size_bytes=LINEAR_BYTES)
+                    load(manager, f"m{index}-{round_}", loader, device="cpu", size_bytes=LINEAR_BYTES)
                     break
                 except ModelLoadError as exc:  # every model busy loading: wait and retry
                     failures.append(str(exc))

@@ -13,12 +13,12 @@ from PIL import Image
 from agent.core.errors import ImageError, InputError, PathNotAllowedError
 from agent.core.files import (
     check_readable_file,
-    load_image,
-    open_image_file,
+    read_allowed_image,
     resolve_allowed_path,
     slugify,
     write_new_artifact,
 )
+from agent.core.images import open_image_file
 
 
 def png_claiming_size(path: Path, width: int, height: int) -> Path:
@@ -102,7 +102,7 @@ def test_corrupt_image_is_refused(allowed):
     corrupt = allowed / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png body")
     with pytest.raises(ImageError, match="not a readable image"):
-        load_image(corrupt, [allowed], max_pixels=10_000)
+        read_allowed_image(corrupt, [allowed], max_pixels=10_000)
 
 
 def test_truncated_jpeg_is_refused(allowed):
@@ -111,7 +111,7 @@ def test_truncated_jpeg_is_refused(allowed):
     truncated = allowed / "truncated.jpg"
     truncated.write_bytes(full.read_bytes()[:200])
     with pytest.raises(ImageError):
-        load_image(truncated, [allowed], max_pixels=10_000)
+        read_allowed_image(truncated, [allowed], max_pixels=10_000)
 
 
 def test_image_over_pixel_limit_is_refused_from_its_header(allowed):
@@ -127,7 +127,7 @@ def test_image_over_a_small_pixel_limit_names_its_size(allowed):
 
 
 def test_good_image_loads_as_rgb(allowed):
-    image, resolved = load_image(allowed / "sub" / "ok.png", [allowed], max_pixels=1000)
+    image, resolved = read_allowed_image(allowed / "sub" / "ok.png", [allowed], max_pixels=1000)
     assert image.mode == "RGB" and image.size == (8, 6) and resolved.name == "ok.png"
 
 

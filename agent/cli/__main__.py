@@ -1,0 +1,7 @@
+"""``python -m agent.cli``: the same as the ``llava-agent`` command."""
+
+import sys
+
+from agent.cli.main import main
+
+sys.exit(main())
