@@ -18,4 +18,5 @@ fi
 
 python -m pip install -q -e ".[test]"
 python -m ruff check .
+lint-imports  # the layer contracts in pyproject.toml: dependencies point one way
 python -m pytest "$@"

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from agent.core.errors import ConfigError, ModelLoadError
+from agent.core.errors import ConfigError, LlavaAgentError, ModelLoadError
 
 if TYPE_CHECKING:
     from agent.core.config import AppConfig
@@ -62,6 +62,9 @@ def model_size_bytes(obj: Any) -> int:
             return sum(walk(x) for x in item)
         if isinstance(item, Mapping):
             return sum(walk(x) for x in item.values())
+        fields = getattr(item, "__dataclass_fields__", None)  # e.g. the chat model's LoadedModel
+        if fields is not None:
+            return sum(walk(getattr(item, name)) for name in fields)
         components = getattr(item, "components", None)  # a diffusers pipeline
         if isinstance(components, Mapping):
             return sum(walk(x) for x in components.values())
@@ -222,7 +225,7 @@ class ModelManager:
             with self._lock:
                 self._reserved.pop(key, None)
             if isinstance(exc, (OSError, ValueError, RuntimeError, ImportError)) and not isinstance(
-                exc, ModelLoadError
+                exc, LlavaAgentError
             ):
                 raise ModelLoadError(
                     f"could not load {_describe_key(key)} on {device}: {type(exc).__name__}: {exc}; check the "

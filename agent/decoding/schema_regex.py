@@ -372,11 +372,18 @@ def _prepare(node: Any, slots: list[str], max_string_length: int | None, where: 
         return {"const": _NUMBER_SLOT.format(len(slots) - 1)}
     elif kind == "string" and max_string_length is not None and "maxLength" not in node:
         node = {**node, "maxLength": max_string_length}
-    return {
-        key: value if key in ("enum", "const", "default", "examples") else
-        _prepare(value, slots, max_string_length, where, f"{path}/{key}")
-        for key, value in node.items()
-    }
+    prepared: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in ("enum", "const", "default", "examples"):
+            prepared[key] = value  # values, not schemas
+        elif key in ("properties", "$defs", "definitions") and isinstance(value, dict):
+            prepared[key] = {  # maps of name -> schema
+                name: _prepare(sub, slots, max_string_length, where, f"{path}/{key}/{name}")
+                for name, sub in value.items()
+            }
+        else:
+            prepared[key] = _prepare(value, slots, max_string_length, where, f"{path}/{key}")
+    return prepared
 
 
 def json_schema_regex(schema: dict, *, max_string_length: int | None = None, where: str = "schema") -> str:

@@ -215,7 +215,7 @@ class ChatLlava(BaseChatModel):
         self,
         schema: dict[str, Any] | type,
         *,
-        method: Literal["function_calling", "json_schema"] = "function_calling",
+        method: Literal["function_calling", "json_schema", "json_mode"] = "function_calling",
         include_raw: bool = False,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, dict[str, Any] | Any]:
@@ -223,15 +223,22 @@ class ChatLlava(BaseChatModel):
 
         ``method="function_calling"`` (default): the schema is bound as a forced tool and the call's
         arguments are the output. ``method="json_schema"``: the whole reply is constrained to be
-        JSON valid for the schema, with no tool-call wrapper (as ChatOllama does). Either way the
+        JSON valid for the schema, with no tool-call wrapper (as ChatOllama does); ``"json_mode"`` is
+        the same here (the JSON is constrained by the schema, not only asked for). Either way the
         output is valid by construction.
         """
         if method == "function_calling":
             return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
-        if method != "json_schema":
-            raise InputError(f"method {method!r} is not supported; use 'function_calling' or 'json_schema'")
+        if method not in ("json_schema", "json_mode"):
+            raise InputError(
+                f"method {method!r} is not supported; use 'function_calling', 'json_schema' or 'json_mode'"
+            )
+        kwargs.pop("strict", None)  # the output is valid by construction, strict or not
         if kwargs:
-            raise InputError(f"unexpected arguments {sorted(kwargs)}; with_structured_output takes schema, method and include_raw")
+            raise InputError(
+                f"unexpected arguments {sorted(kwargs)}; with_structured_output takes schema, method, include_raw "
+                "and strict"
+            )
         from operator import itemgetter
 
         from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
@@ -247,7 +254,7 @@ class ChatLlava(BaseChatModel):
             parser = JsonOutputParser()
         llm = self.bind(
             response_format=json_schema,
-            ls_structured_output_format={"kwargs": {"method": "json_schema"}, "schema": json_schema},
+            ls_structured_output_format={"kwargs": {"method": method}, "schema": json_schema},
         )
         if not include_raw:
             return llm | parser

@@ -70,7 +70,7 @@ def test_tiny_llava_calls_speak_and_returns_the_audio(tmp_path, tiny_llava_qwen2
     assert reply.tool_calls[0]["name"] == "speak" and reply.tool_calls[0]["status"] == "success"
     audio = [a for a in reply.artifacts if a["tool"] == "speak"]
     assert audio and Path(audio[0]["path"]).read_bytes()[:4] == b"RIFF"
-    assert Path(audio[0]["path"]).parent == agent.core.config.artifacts_dir
+    assert Path(audio[0]["path"]).parent == agent.config.artifacts_dir
     assert all(isinstance(e.text, str) for e in events if isinstance(e, TokenEvent))
     assert isinstance(reply.text, str)
     assert_well_formed(agent, reply.thread_id)

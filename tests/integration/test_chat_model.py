@@ -333,6 +333,23 @@ def test_one_copy_of_weights_shared(llm, tiny_llava_qwen2):
     assert get_model_manager().loaded_keys().count(("chat", llm.spec)) == 1
 
 
+def test_the_chat_model_counts_in_the_model_manager_and_is_held_while_it_generates(llm):
+    """One budget for every model: the chat model's weights are in it, and it is never evicted mid-reply."""
+    manager = get_model_manager()
+    llm.loaded  # noqa: B018 - loaded through the manager
+    key = ("chat", llm.spec)
+    assert key in manager.loaded_keys()
+    assert manager.used_bytes("cpu") >= sum(p.numel() * p.element_size() for p in llm.loaded.model.parameters())
+    stream = llm.stream("Hello there")
+    next(stream)  # generation has started
+    assert manager.evict(key) is False  # held by the running generation
+    list(stream)
+    assert manager.evict(key) is True  # idle now: evictable like any tool model
+    assert key not in manager.loaded_keys()
+    assert llm.invoke("Hello").content is not None  # and loaded again on the next use
+    assert key in manager.loaded_keys()
+
+
 def test_threads_share_one_model_safely(llm):
     prompts = ["Hello", "What colour is the shape?", "A dog in the park", "Hello"]
     expected = [llm.invoke(p).content for p in prompts]

@@ -6,6 +6,7 @@ assert validity on sampled output; they never assert on which words the model pi
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 import jsonschema
@@ -165,3 +166,26 @@ def test_structured_output_pydantic_dict_and_raw(llm):
     assert set(raw) == {"raw", "parsed", "parsing_error"}
     assert isinstance(raw["raw"], AIMessage) and raw["raw"].tool_calls
     assert isinstance(raw["parsed"], Person) and raw["parsing_error"] is None
+
+
+def test_json_schema_method_writes_the_json_itself(llm):
+    """method="json_schema": every sampled reply is exactly json.dumps of a valid value, no tool-call wrapper."""
+    schema = Person.model_json_schema()
+    for seed in range(10):
+        model = llm.model_copy(update={"seed": seed, "max_new_tokens": 64})
+        raw = model.with_structured_output(Person, method="json_schema", include_raw=True).invoke(f"Person {seed}")
+        message = raw["raw"]
+        assert not message.tool_calls and "<tool_call>" not in message.content
+        value = json.loads(message.content)
+        jsonschema.validate(value, schema)
+        assert json.dumps(value, ensure_ascii=False) == message.content
+        assert raw["parsed"] == Person(**value) and raw["parsing_error"] is None
+    as_dict = llm.model_copy(update={"seed": 11}).with_structured_output(schema, method="json_schema").invoke("Dan")
+    jsonschema.validate(as_dict, schema)
+
+
+def test_json_schema_method_checks_its_arguments(llm):
+    with pytest.raises(InputError, match="method 'xml' is not supported"):
+        llm.with_structured_output(Person, method="xml")
+    with pytest.raises(InputError, match="cannot be combined"):
+        llm.bind_tools(TOOLS).invoke("hi", response_format=Person.model_json_schema())

@@ -359,3 +359,11 @@ def test_recursive_references_are_expanded_to_a_bounded_depth():
     assert pattern.fullmatch('{"next": {"next": {}}}')
     assert not pattern.fullmatch('{"next": {"next": {"next": {"next": {"next": {}}}}}}')
     assert not pattern.fullmatch('{"next":{}}')  # json.dumps spacing only
+
+
+def test_maps_of_schemas_are_not_taken_for_free_form_values():
+    """``properties: {}`` is an empty map of properties, not an empty (free-form) schema."""
+    assert re.fullmatch(json_schema_regex({"type": "object", "properties": {}}), "{}")
+    assert not re.fullmatch(json_schema_regex({"type": "object", "properties": {}}), '{"a": 1}')
+    schema = {"type": "object", "properties": {"x": {"$ref": "#/$defs/Empty"}}, "$defs": {"Empty": {}}}
+    assert re.fullmatch(json_schema_regex(schema), '{"x": [1, "a"]}')
