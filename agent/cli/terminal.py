@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from agent.app.multimodal_agent import MultimodalAgent, ReplyEvent, TokenEvent, ToolCallEvent, ToolResultEvent
+from agent.app.events import ReplyEvent, TokenEvent, ToolCallEvent, ToolResultEvent
 from agent.cli.main import one_line
 from agent.core.errors import ImageError, InputError, LlavaAgentError
 from agent.core.images import is_image_path
@@ -161,6 +161,10 @@ class TerminalChat:
             if self._agent_factory is not None:
                 agent = self._agent_factory(self.config)
             else:
+                # imported here, in the loading thread: it brings LangChain and the model stack, and
+                # the prompt must appear at once
+                from agent.app.multimodal_agent import MultimodalAgent
+
                 agent = MultimodalAgent.from_config(self.config)
             if hasattr(type(agent.model), "loaded"):
                 agent.model.loaded  # noqa: B018 - loads the weights now, with progress, not at the first message
