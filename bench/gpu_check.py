@@ -24,6 +24,10 @@ Five independent steps (one failing is reported with its error and the others st
 Every model has random weights built from its real config (nothing is downloaded). The report
 (``gpu_check.md``) and the raw results (``gpu_check.json``) are rewritten in ``--output`` after
 every step (and when a step starts), so a run cut short still says what it reached.
+
+Layout: this file parses the command line and runs the steps; ``gpu_check_chat`` holds steps 1,
+2 and 5, ``gpu_check_tools`` step 3, ``gpu_check_qlora`` step 4; ``gpu_check_models`` builds the
+checkpoints, ``gpu_check_common`` the shared helpers, ``gpu_check_report`` the report.
 """
 
 from __future__ import annotations
@@ -68,6 +72,21 @@ def run_step(step: StepRecord, function, context: Any, report: Report) -> None:
     report.build_seconds = dict(context.assets.seconds)
     say(f"step {step.number}: {step.status} in {step.seconds} s")
     report.write()
+
+
+def steps() -> list[tuple[str, str, Any]]:
+    """(name, title, function) of the five steps, in order."""
+    from bench.gpu_check_chat import step_chat_model, step_tool_calls, step_turns
+    from bench.gpu_check_qlora import step_qlora
+    from bench.gpu_check_tools import step_tools
+
+    return [
+        ("chat_model", "ChatLlava in 4-bit, 8-bit and fp16 against plain generate", step_chat_model),
+        ("tool_calls", "Constrained tool calls: 20 forced calls, mask cost per token", step_tool_calls),
+        ("tools", "Tools on the device: caption, generate_image, CLIP index/search, VITS; budget and eviction", step_tools),
+        ("qlora", "QLoRA: 30 steps with an interrupt and resume, adapter reload, merge refusal", step_qlora),
+        ("turns", "Turn benchmark (bench/bench_turns.py)", step_turns),
+    ]
 
 
 def default_work_parent(size: str) -> str | None:
@@ -119,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
 
+    from bench.gpu_check_common import Context
     from bench.gpu_check_models import Assets
-    from bench.gpu_check_steps import STEPS, Context
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="gpu-check-", dir=default_work_parent(args.size)))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -131,13 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.size == "tiny":
         torch.set_num_threads(1)  # tiny models gain nothing from threads on a busy CPU
 
-    records = [StepRecord(number, name, title) for number, (name, title, _) in enumerate(STEPS, start=1)]
+    plan = steps()
+    records = [StepRecord(number, name, title) for number, (name, title, _) in enumerate(plan, start=1)]
     report = Report(args.output, args, records)
     report.environment = environment(args.device)
     say(f"gpu check: device {args.device}, size {args.size}, work folder {workdir}, report {args.output}")
     say("environment: " + json.dumps(report.environment))
     context = Context(device=args.device, size=args.size, workdir=workdir, assets=Assets(workdir, args.size, args.device))
-    for record, (_, _, function) in zip(records, STEPS, strict=True):
+    for record, (_, _, function) in zip(records, plan, strict=True):
         if record.number not in args.steps:
             record.status = "skipped"
             record.notes.append("not selected with --steps")
