@@ -65,7 +65,8 @@ def main() -> None:
     row = real_time_factor(vits, args.vits_repeats)
     manager = vits.get_manager()
     key = ("vits", vits.vits_model, "cpu")
-    row["parameters_mb"] = round(model_size_bytes(manager.get(key, vits._load_vits, device="cpu")) / 2**20, 1)
+    with manager.use(key, vits._load_vits, device="cpu") as model:
+        row["parameters_mb"] = round(model_size_bytes(model) / 2**20, 1)
     results.append(row)
     for row in results:
         print(json.dumps(row))

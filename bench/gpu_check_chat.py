@@ -23,7 +23,6 @@ from bench.gpu_check_common import (
     noise_image,
     peak_gib,
     percentile,
-    product,
     product_tools,
     release_models,
     reset_peak,
@@ -150,9 +149,9 @@ def step_tool_calls(ctx: Context, record: Any) -> None:
     from langchain_core.messages import HumanMessage
 
     from agent import ChatLlava
-
-    constraint_class, tool_schemas = product("ToolCallConstraint"), product("tool_schemas")
-    format_tool_calls = product("format_tool_calls")
+    from agent.decoding.constraint import ToolCallConstraint as constraint_class
+    from agent.decoding.tool_protocol import format_tool_calls
+    from agent.llava.messages import tool_schemas
     tools = product_tools()
     by_name = {tool.name: tool for tool in tools}
     schemas = tool_schemas(tools)

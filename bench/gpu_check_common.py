@@ -1,5 +1,5 @@
 """What the steps of ``bench/gpu_check.py`` share: the run's context, memory and timing helpers, and
-the product names they use.
+the product pieces they use.
 
 A step is a function ``(context, record)``: it raises to fail (the runner records the error and
 goes on); a failed ``record.check`` also fails it but lets it finish measuring the rest.
@@ -9,7 +9,6 @@ Performance targets are reported with ``record.target`` and never fail a step.
 from __future__ import annotations
 
 import gc
-import importlib
 import math
 import os
 import statistics
@@ -17,41 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.core.model_manager import get_model_manager
 from bench.gpu_check_models import Assets
 
 GIB = 2**30
-
-# Where the product keeps the names this check uses. Modules are being regrouped into subpackages
-# (agent/core, agent/decoding, agent/llava): the flat layout is tried first, so that in either tree
-# the module found is the one the product itself imports.
-_PRODUCT_MODULES = {
-    "ToolCallConstraint": ("agent.constrained", "agent.decoding.constraint"),
-    "tool_schemas": ("agent.tool_protocol", "agent.decoding.tool_protocol", "agent.llava.messages"),
-    "format_tool_calls": ("agent.tool_protocol", "agent.decoding.tool_protocol"),
-    "model_size_bytes": ("tools.model_manager", "agent.core.model_manager"),
-}
-
-
-def product(name: str) -> Any:
-    for module_name in _PRODUCT_MODULES[name]:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                continue
-            raise
-        if hasattr(module, name):
-            return getattr(module, name)
-    raise ImportError(f"{name} is in none of {', '.join(_PRODUCT_MODULES[name])}")
-
-
-def _chat_model_cache() -> Any:
-    """The flat layout's per-process ChatLlava cache module, or None where chat models live in the model manager."""
-    try:
-        return importlib.import_module("agent.loading")
-    except ModuleNotFoundError:
-        return None
-
 
 def _free_memory() -> None:
     gc.collect()
@@ -62,24 +30,13 @@ def _free_memory() -> None:
 
 
 def unload_chat_model(spec: Any) -> None:
-    """Drop one ChatLlava model from memory (kept by ChatLlava's cache or by the process-wide model manager)."""
-    from tools import get_model_manager
-
-    cache = _chat_model_cache()
-    if cache is not None and hasattr(cache, "unload_model"):
-        cache.unload_model(spec)
+    """Drop one ChatLlava model from memory (chat models live in the process-wide model manager)."""
     get_model_manager().evict(("chat", spec))
     _free_memory()
 
 
 def release_models() -> None:
     """Drop every model the chat model and the tools keep, so a step starts with an empty device."""
-    from tools import get_model_manager
-
-    cache = _chat_model_cache()
-    if cache is not None and hasattr(cache, "cached_models"):
-        for spec in cache.cached_models():
-            cache.unload_model(spec)
     get_model_manager().clear()
     _free_memory()
 

@@ -15,7 +15,6 @@ from bench.gpu_check_common import (
     allocated_gib,
     median,
     percentile,
-    product,
     release_models,
     sync,
 )
@@ -172,10 +171,11 @@ def _check_dtypes(ctx: Context, record: Any, manager: Any) -> None:
     """The loaded weights' dtype and device, read from the models the manager holds."""
     import torch
 
-    model_size_bytes = product("model_size_bytes")
+    from agent.core.model_manager import model_size_bytes
+
     half = torch.float16 if ctx.device == "cuda" else torch.float32
     for key in manager.loaded_keys():
-        value = manager.get(key, _not_loaded, device=ctx.device)
+        value = _loaded(manager, key, ctx.device)
         module = value[0] if isinstance(value, tuple) else getattr(value, "unet", value)
         parameter = next(module.parameters())
         record.metric(f"{key[0]}_gib", model_size_bytes(value) / GIB)
@@ -189,10 +189,17 @@ def _not_loaded() -> Any:
     raise RuntimeError("the model was expected to be loaded already")
 
 
+def _loaded(manager: Any, key: Any, device: str) -> Any:
+    """The model the manager holds under ``key`` (never loads one)."""
+    with manager.use(key, _not_loaded, device=device) as value:
+        return value
+
+
 def _eviction_round(ctx: Context, record: Any, manager: Any, runs: dict, baseline: float) -> None:
     """Budget = all four models minus half the smallest: loading the last one must evict, least recently used first."""
-    model_size_bytes = product("model_size_bytes")
-    sizes = {key[0]: model_size_bytes(manager.get(key, _not_loaded, device=ctx.device)) for key in manager.loaded_keys()}
+    from agent.core.model_manager import model_size_bytes
+
+    sizes = {key[0]: model_size_bytes(_loaded(manager, key, ctx.device)) for key in manager.loaded_keys()}
     if len(sizes) < 3:
         record.check("budget and eviction round", False, f"only {len(sizes)} models loaded, need 3 or more")
         return
