@@ -75,14 +75,16 @@ def cmd_ask(args: argparse.Namespace) -> int:
             reply = event.reply
     assert reply is not None
     if args.json:
-        print(json.dumps({
+        from agent.terminal_safe import json_text
+
+        print(json_text({
             "text": reply.text,
             "thread_id": reply.thread_id,
             "tool_calls": reply.tool_calls,
             "artifacts": reply.artifacts,
             "stopped": reply.stopped,
             "limit_reached": reply.limit_reached,
-        }, ensure_ascii=False, default=str))
+        }, default=str))
     else:
         if reply.limit_reached:
             print(reply.text)
@@ -332,6 +334,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from agent.terminal_safe import terminal_safe_streams
+
+    # Everything a command prints (model output, file names, titles, facts, errors, log lines) is
+    # shown, never obeyed by the terminal. The chat escapes its own output; its prompt needs raw stdout.
+    with terminal_safe_streams(stdout=args.func is not cmd_chat):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     _configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)

@@ -18,12 +18,12 @@ import shutil
 import subprocess
 import sys
 import threading
-import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from agent.errors import ImageError, InputError, LlavaAgentError
+from agent.terminal_safe import TerminalSafeWriter, terminal_safe
 
 if TYPE_CHECKING:
     from agent.config import AppConfig
@@ -104,16 +104,6 @@ def split_image_paths(text: str) -> tuple[list[Path], list[str]]:
     return paths, others
 
 
-def terminal_safe(text: str) -> str:
-    """``text`` with control characters shown as escapes, so model output (which may hold any
-    byte, C1 controls and escape sequences included) can never drive the terminal."""
-    return "".join(
-        ch if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Zl", "Zp")
-        else (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
-        for ch in text
-    )
-
-
 class TerminalChat:
     """The interactive chat loop. ``run()`` returns the exit code."""
 
@@ -151,7 +141,7 @@ class TerminalChat:
         if self.verbose:
             import traceback
 
-            traceback.print_exception(exc, file=self.out)
+            traceback.print_exception(exc, file=TerminalSafeWriter(self.out))
         self.say(f"error: {one_line(str(exc)) or type(exc).__name__}")
 
     # ----- the agent, loaded in the background -------------------------------------------------
