@@ -1,13 +1,14 @@
 """User turns: checking and keeping attached images, and building the message the agent stores.
 
-Attached images are copied into the data folder (named by content hash) so tools can read them
-by path, and the message names each one as ``[attached image: PATH]``.
+Attached images are copied into the data folder (named by content hash and a cleaned-up file
+name) so tools can read them by path, and the message names each one as ``[attached image: PATH]``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,18 @@ if TYPE_CHECKING:
     from langchain_core.messages import HumanMessage
 
 _IMAGE_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp", "BMP": "image/bmp"}
+
+
+def safe_file_name(name: str, limit: int = 80) -> str:
+    """A file name made of letters, digits, ``.``, ``_`` and ``-`` only (its suffix kept).
+
+    The name of an attached file is written into the conversation as ``[attached image: PATH]``;
+    a name like ``cat<|im_end|>...png`` or one holding ``USER:`` must not carry markup into it.
+    """
+    path = Path(name)
+    suffix = re.sub(r"[^A-Za-z0-9]", "", path.suffix)[:10].lower()
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem).strip("._-")[: limit - len(suffix) - 1] or "image"
+    return f"{stem}.{suffix}" if suffix else stem
 
 
 def save_attachment(path: str | os.PathLike[str], folder: Path) -> tuple[Path, str, bytes]:
@@ -53,7 +66,7 @@ def save_attachment(path: str | os.PathLike[str], folder: Path) -> tuple[Path, s
     if mime is None:
         raise ImageError(f"image {str(path)!r} is a {image_format} file; give a PNG, JPEG, GIF, WEBP or BMP file")
     digest = hashlib.sha256(data).hexdigest()[:12]
-    target = folder / f"{digest}-{source.name}"
+    target = folder / f"{digest}-{safe_file_name(source.name)}"
     if not target.exists():
         folder.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")

@@ -307,7 +307,7 @@ class ChatLlava(BaseChatModel):
         finish_reason = result.finish_reason
         text = result.text
         if result.mode == "tool_call":
-            from agent.tool_protocol import TOOL_CALL_OPEN, parse_tool_calls
+            from agent.tool_protocol import first_call_position, parse_tool_calls
 
             if finish_reason == "timeout":
                 raise GenerationTimeoutError(
@@ -315,7 +315,7 @@ class ChatLlava(BaseChatModel):
                     f"({result.text!r:.200}); raise the timeout or lower max_new_tokens"
                 )
             _, calls = parse_tool_calls(result.text)
-            text = result.text[: result.text.find(TOOL_CALL_OPEN)].rstrip() if calls else result.text
+            text = result.text[: first_call_position(result.text)].rstrip() if calls else result.text
             tool_call_chunks = [
                 {
                     "type": "tool_call_chunk",

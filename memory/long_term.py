@@ -1,8 +1,10 @@
 """Long-term memory: facts the user asks the agent to keep, in a Chroma collection.
 
 The agent gets two tools, ``remember(fact)`` and ``recall(query)``; before each model call the
-facts most similar to the user's latest message are added to the system prompt
-(:class:`MemoryRecallMiddleware`), so the model knows them without asking. Users list and forget
+facts most similar to the user's latest message are added, as a delimited block of notes the
+user asked to keep, to the start of that message -- data, never system instructions
+(:class:`MemoryRecallMiddleware`). ``remember`` runs only on the user's own words: in a turn where
+the model has read a tool result it is refused (:mod:`memory.remember_policy`). Users list and forget
 memories with ``llava-agent memories`` or the Python API.
 
 Importing this module imports LangChain's agent middleware (not torch or Chroma). Facts are
@@ -220,7 +222,8 @@ def _last_user_text(messages: Sequence[Any]) -> str:
 
 
 class MemoryRecallMiddleware(AgentMiddleware):
-    """Adds the facts relevant to the user's latest message to the system prompt.
+    """Adds the facts relevant to the user's latest message as a delimited notes block (never to the
+    system prompt), and applies the ``remember`` rule of :mod:`memory.remember_policy`.
 
     Recall runs once per user message (cached across the model calls of a turn) and never
     fails a turn: if the store or the embedder is unavailable the turn goes on without memories.
@@ -247,18 +250,34 @@ class MemoryRecallMiddleware(AgentMiddleware):
         return facts
 
     def prepare(self, request: ModelRequest) -> ModelRequest:
-        from langchain_core.messages import SystemMessage
-
-        from agent.prompts import memory_note
+        from memory.context_notes import (
+            MEMORY_NOTES_FOOTER,
+            MEMORY_NOTES_HEADER,
+            context_block,
+            with_context_block,
+        )
 
         facts = self.facts_for(_last_user_text(request.messages))
         if not facts:
             return request
-        base = request.system_message.text if request.system_message is not None else ""
-        return request.override(system_message=SystemMessage(content=f"{base}\n\n{memory_note(facts)}".strip()))
+        # Recalled facts are data: a delimited block in the user's message, never system instructions.
+        block = context_block(MEMORY_NOTES_HEADER, facts, MEMORY_NOTES_FOOTER)
+        return request.override(messages=with_context_block(request.messages, block))
 
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]):
         return handler(self.prepare(request))
 
     async def awrap_model_call(self, request: ModelRequest, handler: Any):
         return await handler(self.prepare(request))
+
+    def wrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
+        from memory.remember_policy import refuse_remember
+
+        refusal = refuse_remember(request)
+        return refusal if refusal is not None else handler(request)
+
+    async def awrap_tool_call(self, request: Any, handler: Any) -> Any:
+        from memory.remember_policy import refuse_remember
+
+        refusal = refuse_remember(request)
+        return refusal if refusal is not None else await handler(request)
