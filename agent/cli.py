@@ -165,7 +165,10 @@ def cmd_threads(args: argparse.Namespace) -> int:
             info = store.rename(args.thread_id, " ".join(args.title))
             print(f"renamed {info.thread_id}: {info.title}")
         elif action == "delete":
-            info = store.delete(args.thread_id)
+            from memory.thread_lease import hold_thread, lease_folder
+
+            with hold_thread(lease_folder(store.db_path), store.get(args.thread_id).thread_id):  # not while open elsewhere
+                info = store.delete(args.thread_id)
             print(f"deleted {info.thread_id}: {info.title}")
     return 0
 

@@ -351,6 +351,25 @@ class MultimodalAgent:
         *,
         stream_tokens: bool,
     ) -> Iterator[AgentEvent]:
+        """One turn; on an existing thread it holds the thread's lease (one writer at a time)."""
+        if thread_id is None:
+            yield from self._run_turn(message, images, None, callbacks, stop, stream_tokens=stream_tokens)
+            return
+        from memory.thread_lease import lease_folder, writing_turn
+
+        with writing_turn(lease_folder(self.conversations.db_path), thread_id):
+            yield from self._run_turn(message, images, thread_id, callbacks, stop, stream_tokens=stream_tokens)
+
+    def _run_turn(
+        self,
+        message: str,
+        images: Sequence[str | os.PathLike[str]],
+        thread_id: str | None,
+        callbacks: Sequence[Any],
+        stop: threading.Event | None,
+        *,
+        stream_tokens: bool,
+    ) -> Iterator[AgentEvent]:
         from langgraph.errors import GraphRecursionError
 
         from memory.conversations import title_from_message

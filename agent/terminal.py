@@ -128,6 +128,8 @@ class TerminalChat:
         self._agent: MultimodalAgent | None = None
         self._load_error: BaseException | None = None
         self._loader = threading.Thread(target=self._load_agent, name="agent-loader", daemon=True)
+        self._lease: Any = None  # this process's hold on the open conversation (one writer per thread)
+        self.read_only = False
 
     # ----- output ------------------------------------------------------------------------------
 
@@ -227,8 +229,27 @@ class TerminalChat:
                 self.say("\n[stopped]")
             except Exception as exc:  # an unexpected failure ends the command, not the chat
                 self.error(RuntimeError(f"{type(exc).__name__}: {exc}"))
+        self._open_thread(None)
         self.say("bye")
         return 0
+
+    def _open_thread(self, thread_id: str | None) -> None:
+        """Make ``thread_id`` the open conversation, holding it against writers in other processes."""
+        from memory.thread_lease import ThreadBusyError, hold_thread, lease_folder
+
+        if self._lease is not None and thread_id == self._lease.thread_id:
+            return
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+        self.read_only = False
+        if thread_id is None:
+            return
+        try:
+            self._lease = hold_thread(lease_folder(self.agent.conversations.db_path), thread_id)
+        except ThreadBusyError as exc:
+            self.read_only = True
+            self.say(f"(read-only) {exc}")
 
     def _attach(self, paths: list[Path], quiet: bool = False) -> None:
         for path in paths:
@@ -255,6 +276,7 @@ class TerminalChat:
                 raise ImageError(f"image {rest!r} does not exist or is not a file; check the path")
             self._attach([path])
         elif name == "/new":
+            self._open_thread(None)
             self.thread_id = None
             self.pending_images.clear()
             self.say("new conversation")
@@ -306,6 +328,7 @@ class TerminalChat:
 
     def _resume(self, thread_id: str) -> None:
         info = self.agent.conversations.get(thread_id)
+        self._open_thread(info.thread_id)
         self.thread_id = info.thread_id
         messages = self.agent.conversations.messages(info.thread_id)
         self.say(f"resumed {info.thread_id}: {info.title} ({len(messages)} messages)")
@@ -383,6 +406,7 @@ class TerminalChat:
             return None
         if reply.thread_id:
             self.thread_id = reply.thread_id
+            self._open_thread(reply.thread_id)
         if reply.text and (not streamed or reply.limit_reached):
             self.say(("" if at_line_start else "\n") + f"llava> {reply.text}", end="")
             at_line_start = False

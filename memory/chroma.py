@@ -4,16 +4,20 @@ Embedded mode (default) opens a ``PersistentClient`` in ``<data_dir>/chroma``; s
 (``memory.chroma_url = "http://host:port"``) opens an ``HttpClient``. Telemetry is always off.
 
 Chroma's embedded client is not safe for several processes writing one folder, so a writer
-takes an exclusive lock file in the folder (held until the process exits or
-:func:`release_writer_lock` is called); a second process asking to write gets a
-:class:`StoreError` naming the folder and the pid holding it. Readers take no lock.
+takes an exclusive lock file in the folder for the length of its write (:func:`writer_lock`: a
+``remember`` or ``forget``, one ``index`` run); a second process asking to write waits a few
+seconds, then gets a :class:`StoreError` naming the folder and the pid holding it. Readers take
+no lock, and an open chat holds none between its writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -28,6 +32,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LOCK_FILE_NAME = "llava-agent-writer.lock"
+WRITER_WAIT_S = 10.0
+"""How long a short write (remember, forget) waits for another process's write to finish."""
 _held_locks: dict[Path, Any] = {}
 _locks_guard = threading.Lock()
 
@@ -65,6 +71,32 @@ def acquire_writer_lock(folder: Path) -> None:
         handle.write(str(os.getpid()))
         handle.flush()
         _held_locks[folder] = handle
+
+
+@contextlib.contextmanager
+def writer_lock(folder: Path, *, wait_s: float = WRITER_WAIT_S) -> Iterator[None]:
+    """Hold the writer lock of an embedded store for one write (waiting up to ``wait_s`` for it).
+
+    Reentrant: when this process holds the lock already (an ``index`` run) it is kept, not released.
+    """
+    folder = Path(folder).expanduser().resolve()
+    with _locks_guard:
+        already = folder in _held_locks
+    if not already:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                acquire_writer_lock(folder)
+                break
+            except StoreError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
+    try:
+        yield
+    finally:
+        if not already:
+            release_writer_lock(folder)
 
 
 def release_writer_lock(folder: Path) -> None:

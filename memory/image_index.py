@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import ImageError, InputError, LlavaAgentError, StoreError
+from agent.errors import InputError, LlavaAgentError, StoreError
 from memory.embedders import ClipEmbedder, clip_embedding_function
 from tools.paths import IMAGE_SUFFIXES, load_image, open_image_file, resolve_allowed_path
 
@@ -196,7 +196,23 @@ class ImageIndex:
         """Bring the collection up to date with the images under ``folder`` (recursively).
 
         ``captioner`` (e.g. a :class:`tools.caption.CaptionImageTool`) stores a caption per image.
+        An entry that cannot be read (a broken or looping symlink, an unreadable or undecodable file)
+        is skipped and listed in the report; it never ends the run. The store's writer lock is held
+        for this run only.
         """
+        held = self._writer
+        try:
+            return self._index_folder(folder, batch_size=batch_size, captioner=captioner, progress=progress)
+        finally:
+            if self._writer and not held and self.chroma_dir is not None:
+                from memory.chroma import release_writer_lock
+
+                release_writer_lock(self.chroma_dir)
+                self._writer = False
+
+    def _index_folder(
+        self, folder: str | os.PathLike[str], *, batch_size: int, captioner: Any, progress: bool
+    ) -> IndexReport:
         from tqdm.auto import tqdm
 
         started = time.perf_counter()
@@ -223,7 +239,7 @@ class ImageIndex:
                 if not resolved.is_file():
                     continue
                 stat = resolved.stat()
-            except (LlavaAgentError, OSError) as exc:
+            except (LlavaAgentError, OSError, RuntimeError, ValueError) as exc:  # one bad entry never ends the run
                 report.skipped.append(SkippedFile(str(path), str(exc)))
                 continue
             item_id = str(path)  # the path inside the folder; a symlink keeps its own name
@@ -253,7 +269,7 @@ class ImageIndex:
             for resolved, metadata in batch:
                 try:
                     out.append((open_image_file(resolved, self.max_image_pixels, label=metadata["path"]), metadata))
-                except ImageError as exc:
+                except (LlavaAgentError, OSError, ValueError) as exc:
                     out.append((None, str(exc)))
             return out
 

@@ -107,7 +107,6 @@ class LongTermMemory:
         self.config = config
         self._embedder = embedder
         self._collection: Any = None
-        self._writable = False
 
     @property
     def embedder(self) -> TextEmbedder:
@@ -118,17 +117,26 @@ class LongTermMemory:
         return self._embedder
 
     def _open(self, write: bool = False) -> Any:
-        if self._collection is None or (write and not self._writable):
+        if self._collection is None:
             from memory.chroma import get_chroma_client
 
-            client = get_chroma_client(self.config, write=write)
+            client = get_chroma_client(self.config)  # no lock held: writes take it only while they write
             self._collection = client.get_or_create_collection(
                 name=self.config.memory.memory_collection,
                 embedding_function=text_embedding_function(self.embedder),
                 configuration={"hnsw": {"space": "cosine"}},
             )
-            self._writable = write
         return self._collection
+
+    def _writing(self) -> Any:
+        """The store's writer lock for one write (embedded store only; a server serialises writes)."""
+        import contextlib
+
+        if self.config.memory.chroma_url:
+            return contextlib.nullcontext()
+        from memory.chroma import writer_lock
+
+        return writer_lock(self.config.chroma_dir)
 
     def remember(self, fact: str) -> Memory:
         """Store a fact (idempotent: the same fact twice is stored once)."""
@@ -139,11 +147,13 @@ class LongTermMemory:
             raise InputError(f"a fact is limited to {MAX_FACT_CHARS} characters, got {len(fact)}; shorten it")
         memory = Memory(memory_id_for(fact), fact, time.time())
         collection = self._open(write=True)
-        existing = collection.get(ids=[memory.memory_id], include=["documents", "metadatas"])
-        if existing["ids"]:  # already known: keep the first time it was said
-            meta = existing["metadatas"][0] or {}
-            return Memory(memory.memory_id, existing["documents"][0], float(meta.get("created_at", 0.0)))
-        collection.add(ids=[memory.memory_id], documents=[fact], metadatas=[{"created_at": memory.created_at}])
+        self.embedder  # noqa: B018 - load the embedder before taking the lock, so the lock is held briefly
+        with self._writing():
+            existing = collection.get(ids=[memory.memory_id], include=["documents", "metadatas"])
+            if existing["ids"]:  # already known: keep the first time it was said
+                meta = existing["metadatas"][0] or {}
+                return Memory(memory.memory_id, existing["documents"][0], float(meta.get("created_at", 0.0)))
+            collection.add(ids=[memory.memory_id], documents=[fact], metadatas=[{"created_at": memory.created_at}])
         logger.info("remembered %s", memory.memory_id)
         return memory
 
@@ -183,10 +193,11 @@ class LongTermMemory:
     def forget(self, memory_id: str) -> Memory:
         """Delete one fact by id (as shown by :meth:`list`)."""
         collection = self._open(write=True)
-        found = collection.get(ids=[memory_id], include=["documents", "metadatas"])
-        if not found["ids"]:
-            raise InputError(f"unknown memory {memory_id!r}; list memories with `llava-agent memories`")
-        collection.delete(ids=[memory_id])
+        with self._writing():
+            found = collection.get(ids=[memory_id], include=["documents", "metadatas"])
+            if not found["ids"]:
+                raise InputError(f"unknown memory {memory_id!r}; list memories with `llava-agent memories`")
+            collection.delete(ids=[memory_id])
         meta = found["metadatas"][0] or {}
         return Memory(memory_id, found["documents"][0], float(meta.get("created_at", 0.0)))
 

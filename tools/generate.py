@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from agent.errors import InputError, ToolError
 from tools.base import LlavaTool, default_artifacts_dir
 from tools.paths import write_new_artifact
+from tools.shared_state import exclusive
 
 if TYPE_CHECKING:
     from agent.config import AppConfig
@@ -124,7 +125,7 @@ class GenerateImageTool(LlavaTool):
         with self.get_manager().use(
             ("text-to-image", self.model, device, self.safety_checker), self._load, device=device,
             size_bytes=checkpoint_size_bytes(self.model),
-        ) as pipeline:
+        ) as shared, exclusive(shared) as pipeline:  # the pipeline and its scheduler hold per-call state
             generator = torch.Generator(device="cpu" if device == "mps" else device).manual_seed(seed)
             result = pipeline(
                 prompt=prompt, negative_prompt=negative_prompt or None, width=width, height=height,

@@ -37,7 +37,13 @@ def resolve_allowed_path(path: str | os.PathLike[str], allowed_dirs: Iterable[st
     if path is None or str(path).strip() == "":
         raise InputError("the path is empty; give the path of a file under one of the allowed folders")
     raw = Path(os.fspath(path)).expanduser()
-    resolved = raw.resolve(strict=False)
+    try:
+        resolved = raw.resolve(strict=False)
+    except (RuntimeError, OSError, ValueError) as exc:  # a symlink loop, a name no file system takes
+        raise InputError(
+            f"path {str(path)!r} cannot be resolved ({exc}); it may be a symlink that points to itself -- fix or "
+            "remove the link"
+        ) from None
     allowed = [Path(d).expanduser().resolve(strict=False) for d in allowed_dirs]
     for folder in allowed:
         if resolved == folder or resolved.is_relative_to(folder):

@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 from agent.errors import InputError, ModelLoadError, ToolError
 from tools.base import LlavaTool, default_artifacts_dir
 from tools.paths import write_new_artifact
+from tools.shared_state import exclusive
 
 if TYPE_CHECKING:
     from agent.config import AppConfig
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 ESPEAK_WORDS_PER_MINUTE = 175
 MIN_SPEED, MAX_SPEED = 0.5, 2.0
+VITS_SEED = 0
+"""VITS samples noise while it speaks; a fixed seed makes the same text at the same speed sound the same."""
 INSTALL_HINT = "install it with `sudo apt-get install espeak-ng` (Debian/Ubuntu) or `brew install espeak-ng` (macOS)"
 
 
@@ -174,12 +177,17 @@ class SpeakTool(LlavaTool):
             size_bytes=checkpoint_size_bytes(self.vits_model),
         ) as (model, tokenizer), torch.inference_mode():
             rate = int(model.config.sampling_rate)
+            rng_devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
             for chunk in chunks:
                 inputs = tokenizer(chunk, return_tensors="pt").to(device)
                 if inputs["input_ids"].shape[-1] == 0:
                     raise InputError(f"the text {chunk[:40]!r} has no characters this VITS voice can say")
-                model.speaking_rate = speed
-                waveform = model(**inputs).waveform[0].float().cpu().numpy()
+                # speaking_rate is read, and noise drawn from the global RNG, inside forward: one call at a
+                # time, with a fixed seed, so the same text at the same speed always sounds the same
+                with exclusive(model), torch.random.fork_rng(devices=rng_devices):
+                    torch.manual_seed(VITS_SEED)
+                    model.speaking_rate = speed
+                    waveform = model(**inputs).waveform[0].float().cpu().numpy()
                 pcm = (np.clip(waveform, -1.0, 1.0) * 32767).astype("<i2")
                 buffer = io.BytesIO()
                 with wave.open(buffer, "wb") as writer:

@@ -166,3 +166,24 @@ def test_memories_command(config, embedder, monkeypatch, capsys):
     assert f"{memory_id}  I play the cello." in out
     assert main(["memories", "forget", memory_id]) == 0
     assert main(["memories", "forget", memory_id]) == 1
+
+
+def test_the_writer_lock_is_held_only_while_writing(config, embedder):
+    """An open chat (a live LongTermMemory) never blocks `memories add` or `index` in another terminal."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from memory.chroma import _held_locks
+
+    store = LongTermMemory(config, embedder=embedder)
+    store.remember("I collect stamps.")
+    assert config.chroma_dir.resolve() not in _held_locks
+    other = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        from memory.chroma import writer_lock
+        with writer_lock({str(config.chroma_dir)!r}, wait_s=0):
+            print("wrote")
+    """)], cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
+    assert other.returncode == 0 and other.stdout.strip() == "wrote", other.stderr
+    store.forget(memory_id_for("I collect stamps."))
+    assert store.count() == 0 and config.chroma_dir.resolve() not in _held_locks
