@@ -38,6 +38,8 @@ REMOTE_TIMEOUT_S = 20.0
 MAX_REMOTE_BYTES = 64 * 1024 * 1024
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "MPO", "ICO", "PPM")
+OPEN_FORMATS = tuple(f for f in SUPPORTED_FORMATS if f != "MPO")
+"""The Pillow plugins tried on untrusted data (the JPEG plugin opens MPO files); no other plugin sees it."""
 _DATA_URL = re.compile(
     r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,", re.I
 )
@@ -208,7 +210,8 @@ def _decode_bytes(raw: bytes, location: ImageLocation, max_pixels: int, origin: 
         with warnings.catch_warnings():
             # Our own pixel limit below replaces PIL's warning-or-error heuristics.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(raw))
+            # only the supported formats are even tried: no other Pillow plugin (EPS runs Ghostscript) sees the data
+            image = Image.open(io.BytesIO(raw), formats=list(OPEN_FORMATS))
     except UnidentifiedImageError:
         raise _fail(
             location,

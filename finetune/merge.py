@@ -55,6 +55,9 @@ def merge(
         raise ConfigError(f"dtype should be one of float32, bfloat16, float16, got {dtype!r}")
     if output_dir.exists() and not overwrite:
         raise ConfigError(f"output_dir {output_dir} already exists; pass --overwrite or choose another folder")
+    from finetune.ownership import check_replaceable
+
+    check_replaceable(output_dir)  # --overwrite replaces only an adapter or merged model this project wrote
 
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
@@ -84,11 +87,14 @@ def merge(
 
 def _save_atomically(model: Any, processor: Any, output_dir: Path, info: dict[str, Any]) -> Path:
     from finetune.folders import publish_folder, staging_folder
+    from finetune.ownership import check_replaceable, write_marker
 
     staging = staging_folder(output_dir)
     model.save_pretrained(staging, safe_serialization=True)
     processor.save_pretrained(staging)
     (staging / MERGE_INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
+    write_marker(staging, "merged_model")
+    check_replaceable(output_dir)
     publish_folder(staging, output_dir)
     logger.info("Merged model saved to %s", output_dir)
     return output_dir
