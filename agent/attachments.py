@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import ImageError, InputError
+from agent.errors import ImageError, InputError, StoreError
 
 if TYPE_CHECKING:
     from langchain_core.messages import HumanMessage
@@ -68,14 +68,16 @@ def save_attachment(path: str | os.PathLike[str], folder: Path) -> tuple[Path, s
     digest = hashlib.sha256(data).hexdigest()[:12]
     target = folder / f"{digest}-{safe_file_name(source.name)}"
     if not target.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        from agent.private_files import private_dir, write_file_atomically
+
         try:
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+            private_dir(folder)  # attachments are the user's own: 0700 folder, 0600 files
+            write_file_atomically(target, lambda handle: handle.write(data))
+        except OSError as exc:
+            raise StoreError(
+                f"cannot keep a copy of {str(path)!r} in {folder} ({exc.strerror or exc}); free some disk space or "
+                "set data_dir in the config"
+            ) from None
     return target.resolve(), mime, data
 
 

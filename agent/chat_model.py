@@ -102,6 +102,9 @@ class ChatLlava(BaseChatModel):
         default=False, description="Run code shipped with a checkpoint (off by default)."
     )
     streaming: bool = Field(default=False, description="Stream by default when invoked.")
+    allow_pickle_weights: bool = Field(
+        default=False, description="Load a LoRA adapter stored as .bin (pickle files can run code)."
+    )
 
     _spec: ModelSpec | None = PrivateAttr(default=None)
 
@@ -161,6 +164,7 @@ class ChatLlava(BaseChatModel):
                 device=self.device,
                 adapter=self.adapter,
                 trust_remote_code=self.trust_remote_code,
+                allow_pickle_weights=self.allow_pickle_weights,
             )
         return self._spec
 

@@ -12,13 +12,22 @@ on it (adapters, indexes) with :func:`save_config_snapshot`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agent.errors import ConfigError
 
@@ -48,7 +57,8 @@ def default_config_path() -> Path:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and infinities are never a setting (a budget of inf GB, a temperature of nan)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSection(_Section):
@@ -70,6 +80,9 @@ class ModelSection(_Section):
     )
     allow_remote_images: bool = Field(False, description="Fetch http(s) image URLs found in messages.")
     trust_remote_code: bool = False
+    allow_pickle_weights: bool = Field(
+        False, description="Load a LoRA adapter stored as .bin (a pickle file can run code); safetensors only when off."
+    )
 
     @field_validator("dtype")
     @classmethod
@@ -105,12 +118,52 @@ class ToolsSection(_Section):
         None, description="Folders tools may read; default the working directory and the data folder."
     )
     max_image_pixels: int = Field(50_000_000, gt=0)
+    allow_pickle_weights: bool = Field(
+        False, description="Load tool checkpoints stored as .bin/.pt (pickle files can run code); safetensors only when off."
+    )
+    max_calls_per_reply: int = Field(
+        8, ge=1, description="Tool calls run from one model reply; more are answered 'not run' so the model asks again."
+    )
+    timeout_s: float = Field(300.0, gt=0, description="Seconds a tool call may run (model loading included).")
+    timeouts: dict[str, float] = Field(
+        default_factory=dict, description="Per-tool time limits in seconds, e.g. {generate_image = 600}."
+    )
+
+    @field_validator("timeouts")
+    @classmethod
+    def _check_timeouts(cls, value: dict[str, float]) -> dict[str, float]:
+        for tool, seconds in value.items():
+            if not math.isfinite(seconds) or seconds <= 0:
+                raise ValueError(f"the time limit of {tool!r} must be a positive number of seconds, got {seconds!r}")
+        return value
+
+    @field_validator("memory_budget_gb")
+    @classmethod
+    def _check_budgets(cls, value: dict[str, float]) -> dict[str, float]:
+        for device, budget in value.items():
+            if not math.isfinite(budget) or budget <= 0:
+                raise ValueError(f"the budget of {device!r} must be a positive number of GB, got {budget!r}")
+        return value
 
 
 class MemorySection(_Section):
     """Conversations, long-term memory and the vector store."""
 
-    chroma_url: str | None = Field(None, description="http(s)://host:port of a Chroma server; None = embedded.")
+    chroma_url: str | None = Field(
+        None, description="http(s)://host:port of a Chroma server; None = embedded. user:password@ in it is basic auth."
+    )
+    chroma_token: SecretStr | None = Field(
+        None, description="Token for a Chroma server that requires one (LLAVA_AGENT_MEMORY__CHROMA_TOKEN); never printed."
+    )
+    chroma_token_header: Literal["Authorization", "X-Chroma-Token"] = Field(
+        "Authorization", description="How the token is sent: 'Authorization' (Bearer) or 'X-Chroma-Token'."
+    )
+    chroma_username: str | None = Field(None, description="User name for a Chroma server with basic auth.")
+    chroma_password: SecretStr | None = Field(
+        None, description="Password for basic auth (LLAVA_AGENT_MEMORY__CHROMA_PASSWORD); never printed."
+    )
+    chroma_tenant: str = Field("default_tenant", min_length=1, description="Chroma tenant (server mode).")
+    chroma_database: str = Field("default_database", min_length=1, description="Chroma database (server mode).")
     image_collection: str = "images"
     memory_collection: str = "memories"
     text_embedder: str = "sentence-transformers/all-MiniLM-L6-v2"
@@ -119,6 +172,13 @@ class MemorySection(_Section):
         0.3, ge=-1.0, le=1.0, description="Cosine similarity a memory needs to be added to the prompt automatically."
     )
     max_context_tokens: int | None = Field(None, gt=0, description="None reads the model's context length.")
+
+    @model_validator(mode="after")
+    def _check_chroma_auth(self) -> MemorySection:
+        from memory.chroma_auth import check_auth_settings
+
+        check_auth_settings(self)
+        return self
 
 
 class AgentSection(_Section):
@@ -182,6 +242,30 @@ def _parse_env_value(raw: str) -> Any:
         return raw
 
 
+def _field_annotation(path: list[str]) -> Any:
+    """The type annotation of the setting at ``path`` (``["model", "model"]``), or None when unknown."""
+    model: Any = AppConfig
+    annotation: Any = None
+    for part in path:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        annotation = fields[part].annotation
+        model = annotation
+    return annotation
+
+
+def _is_text_setting(annotation: Any) -> bool:
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    options = typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else (annotation,)
+    return any(option in (str, SecretStr) for option in options) and not any(
+        option in (int, float, bool, list, dict) or typing.get_origin(option) in (list, dict) for option in options
+    )
+
+
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     environ = os.environ if environ is None else environ
     sections = {name for name, field in AppConfig.model_fields.items() if isinstance(field.default_factory, type)}
@@ -199,7 +283,15 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = _parse_env_value(raw)
+        value = _parse_env_value(raw)
+        if value is None:
+            raise ConfigError(
+                f"environment variable {key} = {raw!r}: null is not a value here (it would silently pick the "
+                "default); unset the variable to use the default, or give a value"
+            )
+        if _is_text_setting(_field_annotation(path)) and not isinstance(value, str):
+            value = raw  # a text setting keeps its text: a token of digits stays a string
+        node[path[-1]] = value
     return out
 
 
@@ -216,12 +308,28 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
+def _redacted(value: Any, key: str = "") -> Any:
+    """A value fit for an error message: secrets (tokens, passwords, URL passwords) masked."""
+    from memory.chroma_auth import SECRET_FIELDS, redact_url
+
+    if key in SECRET_FIELDS or isinstance(value, SecretStr):
+        return "***"
+    if isinstance(value, Mapping):
+        return {k: _redacted(v, str(k)) for k, v in value.items()}
+    if isinstance(value, str) and "@" in value and "://" in value:
+        return redact_url(value)
+    return value
+
+
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for error in exc.errors():
         where = ".".join(str(p) for p in error["loc"])
-        value = error.get("input")
+        value = _redacted(error.get("input"), str(error["loc"][-1]) if error["loc"] else "")
         message = error["msg"]
+        if isinstance(value, Mapping):  # a whole section failed one of its checks: the message says which setting
+            lines.append(f"{where}: {message.removeprefix('Value error, ')}")
+            continue
         if error["type"] == "extra_forbidden":
             section = AppConfig
             for part in error["loc"][:-1]:
@@ -291,30 +399,31 @@ def config_to_toml(config: AppConfig) -> str:
             return "{" + ", ".join(f"{json.dumps(k)} = {literal(v)}" for k, v in value.items()) + "}"
         raise TypeError(f"cannot write {value!r} as TOML")
 
+    from memory.chroma_auth import redact_url
+
     data = config.model_dump()
     lines = [f"{k} = {literal(v)}" for k, v in data.items() if not isinstance(v, dict) and v is not None]
     for section, values in data.items():
         if not isinstance(values, dict):
             continue
         lines.append(f"\n[{section}]")
-        lines.extend(f"{k} = {literal(v)}" for k, v in values.items() if v is not None)
+        for key, value in values.items():
+            if isinstance(value, SecretStr):  # secrets are never written out: not shown, not in snapshots
+                lines.append(f"# {key} is set (hidden)")
+            elif value is not None:
+                lines.append(f"{key} = {literal(redact_url(value) if key == 'chroma_url' else value)}")
     return "\n".join(lines) + "\n"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a text file so that readers see either the old or the new content, never half."""
+    from agent.private_files import write_file_atomically
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    data = text.encode("utf-8")
+    # an exclusively created temporary file (unpredictable name, O_EXCL | O_NOFOLLOW), mode as the umask says
+    write_file_atomically(path, lambda handle: handle.write(data), mode=0o666)
 
 
 def save_config_snapshot(config: AppConfig, folder: Path, name: str = "llava_agent_config.toml") -> Path:

@@ -88,8 +88,10 @@ def check_chroma(config: AppConfig) -> Check:
         return Check("chroma", "missing", "chromadb not installed", "pip install chromadb", True)
     from agent.errors import LlavaAgentError
     from memory.chroma import get_chroma_client
+    from memory.chroma_auth import server_from_config
 
-    where = config.memory.chroma_url or str(config.chroma_dir)
+    server = server_from_config(config.memory)
+    where = server.shown if server is not None else str(config.chroma_dir)
     try:
         client = get_chroma_client(config)
         names = [getattr(c, "name", str(c)) for c in client.list_collections()]
@@ -153,8 +155,22 @@ def check_text_embedder(config: AppConfig) -> Check:
     return _model_status("text embedder", source)
 
 
+def check_data_folder(config: AppConfig) -> Check:
+    from agent.private_files import is_private
+
+    folder = config.data_dir.expanduser()
+    if not folder.exists():
+        return Check("data folder", "ok", f"{folder} (created private, 0700, on first use)")
+    if is_private(folder):
+        return Check("data folder", "ok", f"{folder} (private)")
+    mode = oct(folder.stat().st_mode & 0o777)[2:]
+    return Check("data folder", "warn", f"{folder} is readable by other users (mode {mode}): conversations, "
+                 "memories and attachments live there", f"chmod 700 {folder}")
+
+
 CHECKS: list[Callable[[AppConfig], Check | Iterator[Check]]] = [
     check_python,
+    check_data_folder,
     check_torch,
     check_bitsandbytes,
     check_espeak,

@@ -51,6 +51,7 @@ class ModelSpec:
     device: str
     adapter: str | None = None
     trust_remote_code: bool = False
+    allow_pickle_weights: bool = False
 
 
 @dataclass
@@ -179,6 +180,7 @@ def resolve_spec(
     device: str = "auto",
     adapter: str | os.PathLike[str] | None = None,
     trust_remote_code: bool = False,
+    allow_pickle_weights: bool = False,
 ) -> ModelSpec:
     """Turn user settings (with ``"auto"`` and ``None``) into a concrete :class:`ModelSpec`."""
     device = resolve_device(device)
@@ -188,7 +190,7 @@ def resolve_spec(
     if local.exists():
         model = str(local.resolve())
     adapter_path = str(Path(adapter).expanduser().resolve()) if adapter else None
-    return ModelSpec(model, quantization, dtype, device, adapter_path, trust_remote_code)
+    return ModelSpec(model, quantization, dtype, device, adapter_path, trust_remote_code, allow_pickle_weights)
 
 
 def hf_cache_dir() -> str:
@@ -413,6 +415,9 @@ def _apply_adapter(model: Any, spec: ModelSpec) -> Any:
             f"{spec.adapter!r} is not a LoRA adapter folder (no adapter_config.json); pass the folder written "
             "by save_pretrained() of a PEFT model"
         )
+    from agent.weights_policy import check_adapter_weights
+
+    check_adapter_weights(folder, spec.allow_pickle_weights)
     from peft import PeftModel
 
     logger.info("Applying adapter %s", spec.adapter)

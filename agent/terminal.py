@@ -192,7 +192,9 @@ class TerminalChat:
         self._loader.start()
         history_path = self.config.data_dir.expanduser() / "chat_history"
         try:
-            history_path.parent.mkdir(parents=True, exist_ok=True)
+            from agent.private_files import ensure_private_file
+
+            ensure_private_file(history_path)  # typed lines are private: 0600 in the 0700 data folder
             history: Any = FileHistory(str(history_path))
         except OSError:
             history = InMemoryHistory()

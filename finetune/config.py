@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,10 @@ class TrainConfig:
     overwrite: bool = _field(False, "Replace an existing adapter in output_dir.")
 
     def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):  # NaN and infinities are never a setting
+            value = getattr(self, spec.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"`{spec.name}` should be a finite number, got {value!r}")
         for name in ("model", "data", "output_dir"):
             if not getattr(self, name):
                 raise ConfigError(f"`{name}` is required, got {getattr(self, name)!r}")

@@ -1,7 +1,9 @@
 """The one place that builds a Chroma client.
 
 Embedded mode (default) opens a ``PersistentClient`` in ``<data_dir>/chroma``; server mode
-(``memory.chroma_url = "http://host:port"``) opens an ``HttpClient``. Telemetry is always off.
+(``memory.chroma_url = "http://host:port"``) opens an ``HttpClient`` with the credentials, tenant
+and database of :mod:`memory.chroma_auth` (a wrong token is one clear error, and no secret is ever
+shown). Telemetry is always off.
 
 Chroma's embedded client is not safe for several processes writing one folder, so a writer
 takes an exclusive lock file in the folder for the length of its write (:func:`writer_lock`: a
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from chromadb.api import ClientAPI
 
     from agent.config import AppConfig
+    from memory.chroma_auth import ChromaServer
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +41,10 @@ _held_locks: dict[Path, Any] = {}
 _locks_guard = threading.Lock()
 
 
-def _settings():
+def _settings(**extra: Any):
     from chromadb.config import Settings
 
-    return Settings(anonymized_telemetry=False, allow_reset=False)
+    return Settings(anonymized_telemetry=False, allow_reset=False, **extra)
 
 
 def acquire_writer_lock(folder: Path) -> None:
@@ -52,9 +55,12 @@ def acquire_writer_lock(folder: Path) -> None:
     with _locks_guard:
         if folder in _held_locks:
             return
-        folder.mkdir(parents=True, exist_ok=True)
+        from agent.private_files import private_dir
+
+        private_dir(folder)
         lock_path = folder / LOCK_FILE_NAME
-        handle = open(lock_path, "a+")  # held open for the life of the lock
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        handle = os.fdopen(os.open(lock_path, flags, 0o600), "a+")  # held open for the life of the lock
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -108,39 +114,71 @@ def release_writer_lock(folder: Path) -> None:
         handle.close()
 
 
-def open_chroma_client(*, path: Path | None = None, url: str | None = None, write: bool = False) -> ClientAPI:
-    """Open an embedded store at ``path`` or a server at ``url`` (exactly one of them)."""
+def open_chroma_client(
+    *, path: Path | None = None, url: str | None = None, write: bool = False, server: ChromaServer | None = None
+) -> ClientAPI:
+    """Open an embedded store at ``path`` or a server at ``url`` / ``server`` (exactly one of them).
+
+    ``server`` (see :func:`memory.chroma_auth.server_from_config`) carries the credentials, tenant
+    and database; a bare ``url`` may hold ``user:password@`` for basic auth.
+    """
     import chromadb
 
-    if (path is None) == (url is None):
+    from memory.chroma_auth import is_auth_failure, redact_url
+
+    if url is not None and server is None:
+        from types import SimpleNamespace
+
+        from memory.chroma_auth import server_from_config
+
+        server = server_from_config(SimpleNamespace(
+            chroma_url=url, chroma_token=None, chroma_token_header="Authorization", chroma_username=None,
+            chroma_password=None, chroma_tenant="default_tenant", chroma_database="default_database",
+        ))
+    if (path is None) == (server is None):
         raise ConfigError("give exactly one of a Chroma folder (embedded) or memory.chroma_url (server)")
-    if url is not None:
-        parsed = urlparse(url)
+    if server is not None:
+        parsed = urlparse(server.url)
+        shown = redact_url(url) if url else server.url
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ConfigError(f"memory.chroma_url = {url!r} is not an http(s)://host:port URL")
+            raise ConfigError(f"memory.chroma_url = {shown!r} is not an http(s)://host:port URL")
         port = parsed.port or (443 if parsed.scheme == "https" else 8000)
         try:
             client = chromadb.HttpClient(
-                host=parsed.hostname, port=port, ssl=parsed.scheme == "https", settings=_settings()
+                host=parsed.hostname, port=port, ssl=parsed.scheme == "https", settings=_settings(**server.settings),
+                tenant=server.tenant, database=server.database,
             )
             client.heartbeat()
         except Exception as exc:  # chromadb raises several transport errors
+            if is_auth_failure(exc):
+                raise StoreError(
+                    f"the Chroma server at {server.url} refused the credentials ({type(exc).__name__}: "
+                    f"{_first_line(exc)}); check memory.chroma_token (LLAVA_AGENT_MEMORY__CHROMA_TOKEN) or "
+                    "memory.chroma_username/chroma_password, and memory.chroma_tenant/chroma_database"
+                ) from None
             raise StoreError(
-                f"cannot reach the Chroma server at {url} ({type(exc).__name__}: {exc}); start it with "
-                "`chroma run --path <folder> --port <port>` or fix memory.chroma_url"
+                f"cannot reach the Chroma server at {server.url} ({type(exc).__name__}: {_first_line(exc)}); start "
+                "it with `chroma run --path <folder> --port <port>` or fix memory.chroma_url"
             ) from None
         return client
     folder = Path(path).expanduser()
     if write:
         acquire_writer_lock(folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        from agent.private_files import private_dir
+
+        private_dir(folder)  # the store is the user's own: created 0700
         return chromadb.PersistentClient(path=str(folder), settings=_settings())
     except Exception as exc:
         raise StoreError(
             f"cannot open the Chroma store in {folder} ({type(exc).__name__}: {exc}); check the folder's "
             "permissions and free space, or move it aside to start a new store"
         ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else ""
 
 
 def get_chroma_client(config: AppConfig | None = None, *, write: bool = False) -> ClientAPI:
@@ -150,8 +188,10 @@ def get_chroma_client(config: AppConfig | None = None, *, write: bool = False) -
     which serialises writes itself).
     """
     from agent.config import load_config
+    from memory.chroma_auth import server_from_config
 
     config = config or load_config()
-    if config.memory.chroma_url:
-        return open_chroma_client(url=config.memory.chroma_url)
+    server = server_from_config(config.memory)
+    if server is not None:
+        return open_chroma_client(server=server)
     return open_chroma_client(path=config.chroma_dir, write=write)

@@ -154,7 +154,9 @@ class ConversationStore:
     def __init__(self, db_path: str | Path) -> None:
         self.db_path = Path(db_path).expanduser()
         try:
-            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            from agent.private_files import ensure_private_file
+
+            ensure_private_file(self.db_path)  # 0600 in a 0700 folder; SQLite gives its -wal/-shm files the same mode
             self._conn = sqlite3.connect(str(self.db_path), check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a crash loses at most the last turn

@@ -39,7 +39,8 @@ def _features(output: Any) -> Any:
 
 
 class ClipEmbedder:
-    """CLIP image and text embeddings (normalised float32), batched.
+    """CLIP image and text embeddings (normalised float32), batched (safetensors weights only unless
+    ``allow_pickle_weights`` is set).
 
     Args:
         model: hub id or local folder of a CLIP checkpoint (``openai/clip-vit-base-patch32``).
@@ -55,6 +56,7 @@ class ClipEmbedder:
         self.device = resolve_device(device)
         self.manager = manager or get_model_manager()
         self._size_estimate: int | None = None
+        self.allow_pickle_weights = False
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -65,7 +67,10 @@ class ClipEmbedder:
         from transformers import CLIPModel, CLIPProcessor
 
         dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
-        model = CLIPModel.from_pretrained(self.model_id, dtype=dtype).to(self.device).eval()
+        from agent.weights_policy import weight_kwargs
+
+        model = CLIPModel.from_pretrained(self.model_id, dtype=dtype, **weight_kwargs(self.allow_pickle_weights))
+        model = model.to(self.device).eval()
         processor = CLIPProcessor.from_pretrained(self.model_id)
         return model, processor
 
@@ -224,6 +229,7 @@ class TextEmbedder:
         self.source = resolve_text_embedder(model)
         self.device = resolve_device(device)
         self.manager = manager or get_model_manager()
+        self.allow_pickle_weights = False  # safetensors only unless the user opts in
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -240,7 +246,11 @@ class TextEmbedder:
                 "`pip install 'llava-agent[embeddings]'`"
             ) from None
         try:
-            return SentenceTransformer(self.source, device=self.device)
+            from agent.weights_policy import weight_kwargs
+
+            return SentenceTransformer(
+                self.source, device=self.device, model_kwargs=weight_kwargs(self.allow_pickle_weights)
+            )
         except OSError as exc:
             raise ModelNotFoundError(
                 f"text embedder {self.model_id!r} cannot be loaded ({exc}); give a local folder of a "

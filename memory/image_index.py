@@ -104,6 +104,8 @@ class ImageIndex:
         allowed_dirs: Iterable[str | os.PathLike[str]] | None = None,
         max_image_pixels: int = 50_000_000,
         manager: ModelManager | None = None,
+        chroma_server: Any = None,
+        allow_pickle_weights: bool = False,
     ) -> None:
         if client is None and (chroma_dir is None) == (chroma_url is None):
             raise InputError("ImageIndex needs exactly one of chroma_dir, chroma_url or client")
@@ -111,9 +113,11 @@ class ImageIndex:
         self.clip_model = clip_model
         self.chroma_dir = Path(chroma_dir).expanduser() if chroma_dir is not None else None
         self.chroma_url = chroma_url
+        self.chroma_server = chroma_server  # credentials, tenant, database (memory.chroma_auth.ChromaServer)
         self.allowed_dirs = [Path(d) for d in allowed_dirs] if allowed_dirs is not None else [Path.cwd()]
         self.max_image_pixels = max_image_pixels
         self.embedder = ClipEmbedder(clip_model, device, manager)
+        self.embedder.allow_pickle_weights = allow_pickle_weights
         self._client = client
         self._collection: Collection | None = None
         self._writer = False
@@ -121,6 +125,7 @@ class ImageIndex:
     @classmethod
     def from_config(cls, config: AppConfig | None = None, manager: ModelManager | None = None) -> ImageIndex:
         from agent.config import load_config
+        from memory.chroma_auth import server_from_config
 
         config = config or load_config()
         return cls(
@@ -132,6 +137,8 @@ class ImageIndex:
             allowed_dirs=config.allowed_dirs,
             max_image_pixels=config.tools.max_image_pixels,
             manager=manager,
+            chroma_server=server_from_config(config.memory),
+            allow_pickle_weights=config.tools.allow_pickle_weights,
         )
 
     # -- the store -------------------------------------------------------------------------------
@@ -143,7 +150,7 @@ class ImageIndex:
             self._writer = True
         if self._client is None:
             if self.chroma_url is not None:
-                self._client = open_chroma_client(url=self.chroma_url)
+                self._client = open_chroma_client(url=self.chroma_url, server=self.chroma_server)
             else:
                 self._client = open_chroma_client(path=self.chroma_dir)
         return self._client

@@ -114,6 +114,7 @@ class LongTermMemory:
             from memory.embedders import TextEmbedder
 
             self._embedder = TextEmbedder(self.config.memory.text_embedder, device=self.config.tools.device)
+            self._embedder.allow_pickle_weights = self.config.tools.allow_pickle_weights
         return self._embedder
 
     def _open(self, write: bool = False) -> Any:

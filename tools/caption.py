@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import ImageError, InputError
 from tools.base import LlavaTool, default_allowed_dirs
@@ -38,6 +38,8 @@ _GENERATION: dict[str, dict[str, Any]] = {
 
 
 class CaptionImageInput(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)  # NaN and infinities are refused like any bad value
+
     image: str = Field(description="Path of the image file to describe, for example 'photos/cat.jpg'.")
     detail: Detail = Field(
         "short", description="'short' for a one-line caption, 'detailed' for a longer description."
@@ -64,6 +66,7 @@ class CaptionImageTool(LlavaTool):
         return cls(
             model=config.tools.caption_model, device=config.tools.device, allowed_dirs=config.allowed_dirs,
             max_image_pixels=config.tools.max_image_pixels, manager=manager,
+            allow_pickle_weights=config.tools.allow_pickle_weights,
         )
 
     def _load(self) -> tuple[Any, Any]:
@@ -72,7 +75,11 @@ class CaptionImageTool(LlavaTool):
 
         device = self.resolved_device()
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
-        model = AutoModelForImageTextToText.from_pretrained(self.model, dtype=dtype).to(device).eval()
+        from agent.weights_policy import weight_kwargs
+
+        model = AutoModelForImageTextToText.from_pretrained(
+            self.model, dtype=dtype, **weight_kwargs(self.allow_pickle_weights)
+        ).to(device).eval()
         return model, AutoProcessor.from_pretrained(self.model)
 
     def _use_model(self):

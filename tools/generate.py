@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import InputError, ToolError
 from tools.base import LlavaTool, default_artifacts_dir
@@ -36,6 +36,8 @@ MAX_PROMPT_CHARS = 2000
 
 
 class GenerateImageInput(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)  # NaN and infinities are refused like any bad value
+
     prompt: str = Field(description="What the picture should show, in plain words (subject, style, setting).")
     negative_prompt: str | None = Field(None, description="What the picture should not show, if anything.")
     width: int = Field(512, description=f"Width in pixels, a multiple of 8 from {MIN_SIDE} to {MAX_SIDE}.")
@@ -65,6 +67,7 @@ class GenerateImageTool(LlavaTool):
         return cls(
             model=config.tools.image_model, device=config.tools.device, artifacts_dir=config.artifacts_dir,
             safety_checker=config.tools.safety_checker, default_steps=config.tools.image_steps, manager=manager,
+            allow_pickle_weights=config.tools.allow_pickle_weights,
         )
 
     def _load(self) -> Any:
@@ -74,7 +77,7 @@ class GenerateImageTool(LlavaTool):
         device = self.resolved_device()
         kwargs: dict[str, Any] = {
             "dtype": torch.float16 if device.startswith("cuda") else torch.float32,
-            "use_safetensors": True,
+            "use_safetensors": not self.allow_pickle_weights or None,
         }
         if not self.safety_checker:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
@@ -146,7 +149,7 @@ class GenerateImageTool(LlavaTool):
         for key, value in metadata.items():
             info.add_itxt(key, value)
         folder = self.artifacts_dir or default_artifacts_dir()
-        path = write_new_artifact(folder, prompt, ".png", lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+        path = write_new_artifact(folder, prompt, ".png", lambda handle: image.save(handle, format="PNG", pnginfo=info))
         seconds = round(time.perf_counter() - started, 3)
         artifact = {"path": str(path), "seed": seed, "width": width, "height": height, "steps": steps,
                     "guidance": guidance, "model": self.model, "seconds": seconds}

@@ -3,20 +3,21 @@
 Every path a tool reads is resolved fully (``..`` segments and symlinks included) before it is
 compared with the allowed folders, so ``../secret.png``, ``/etc/passwd`` and a symlink pointing
 out of an allowed folder are all refused the same way. Files a tool writes go into the artifacts
-folder under a fresh name, written to a temporary file first and then linked into place, so an
-existing file is never overwritten and a reader never sees half a file.
+folder under a fresh name, written to an exclusively created temporary file first and then linked
+into place, so an existing file is never overwritten and a reader never sees half a file.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
-from agent.errors import ImageError, InputError, PathNotAllowedError
+from agent.errors import ImageError, InputError, PathNotAllowedError, ToolError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -123,21 +124,28 @@ def slugify(text: str, max_length: int = 40) -> str:
 
 
 def write_new_artifact(
-    artifacts_dir: str | os.PathLike[str], stem: str, suffix: str, write: Callable[[Path], None]
+    artifacts_dir: str | os.PathLike[str], stem: str, suffix: str, write: Callable[[BinaryIO], object]
 ) -> Path:
     """Write a new file into ``artifacts_dir`` without ever overwriting one; returns its path.
 
-    ``write(tmp_path)`` writes the whole content into a hidden temporary file; the file then gets
-    a name ``<time>-<stem><suffix>`` (``-2``, ``-3``... appended if taken) with a hard link, which
-    fails instead of replacing an existing file. If ``write`` raises, nothing is left behind.
+    ``write(handle)`` writes the whole content into a binary file handle. Behind it is a hidden
+    temporary file created in the folder under an unpredictable name with ``O_EXCL | O_NOFOLLOW``
+    (mode 0600; a planted file or symlink is never written through); the file then gets a name
+    ``<time>-<stem><suffix>`` (``-2``, ``-3``... appended if taken) with a hard link, which fails
+    instead of replacing an existing file. A missing folder is created private (0700). If ``write``
+    or the disk fails (a full disk), nothing is left behind and a :class:`ToolError` says so in one line.
     """
+    from agent.private_files import exclusive_temp, private_dir
+
     folder = Path(artifacts_dir).expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{slugify(stem)}.{os.getpid()}.{time.monotonic_ns()}.tmp{suffix}"
     base = f"{time.strftime('%Y%m%d-%H%M%S')}-{slugify(stem)}"
+    tmp: Path | None = None
     try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
+        private_dir(folder)
+        fd, tmp = exclusive_temp(folder, slugify(stem), suffix)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
             os.fsync(handle.fileno())
         for attempt in range(1, 10_000):
             target = folder / (f"{base}{suffix}" if attempt == 1 else f"{base}-{attempt}{suffix}")
@@ -146,14 +154,22 @@ def write_new_artifact(
                 return target
             except FileExistsError:
                 continue
-            except OSError:
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                    raise
                 # Filesystems without hard links: reserve the name exclusively, then move into it.
                 try:
-                    os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                    os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
                 except FileExistsError:
                     continue
                 os.replace(tmp, target)
                 return target
         raise InputError(f"could not find a free file name for {base}{suffix} in {folder}; clean the folder up")
+    except OSError as exc:
+        raise ToolError(
+            f"could not write {base}{suffix} into {folder} ({exc.strerror or exc}); free some disk space or "
+            "choose another tools.artifacts_dir"
+        ) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from tools.base import LlavaTool
 
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 
 class SearchImagesInput(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)  # NaN and infinities are refused like any bad value
+
     query: str = Field(
         description="What the wanted images show, in words (e.g. 'a dog on a beach'), or the path of an "
         "image file to find similar images (e.g. 'photos/dog.jpg')."
@@ -44,15 +46,20 @@ class SearchImagesTool(LlavaTool):
     chroma_url: str | None = Field(None, description="http(s)://host:port of a Chroma server.")
     allowed_dirs: list[Path] | None = Field(None, description="Folders query images may be read from.")
     max_image_pixels: int = Field(50_000_000, gt=0)
+    chroma_server: Any = Field(None, exclude=True, description="Server credentials (memory.chroma_auth); never shown.")
     _index: ImageIndex | None = PrivateAttr(None)
 
     @classmethod
     def from_config(cls, config: AppConfig, manager: Any = None) -> SearchImagesTool:
+        from memory.chroma_auth import server_from_config
+
         return cls(
             clip_model=config.tools.clip_model, collection=config.memory.image_collection,
             device=config.tools.device, chroma_dir=None if config.memory.chroma_url else config.chroma_dir,
             chroma_url=config.memory.chroma_url, allowed_dirs=config.allowed_dirs,
             max_image_pixels=config.tools.max_image_pixels, manager=manager,
+            chroma_server=server_from_config(config.memory),
+            allow_pickle_weights=config.tools.allow_pickle_weights,
         )
 
     @property
@@ -65,11 +72,17 @@ class SearchImagesTool(LlavaTool):
             config = load_config() if self.chroma_dir is None and self.chroma_url is None else None
             chroma_dir = self.chroma_dir or (config.chroma_dir if config and not config.memory.chroma_url else None)
             chroma_url = self.chroma_url or (config.memory.chroma_url if config else None)
+            server = self.chroma_server
+            if server is None and config is not None:
+                from memory.chroma_auth import server_from_config
+
+                server = server_from_config(config.memory)
             allowed = self.allowed_dirs if self.allowed_dirs is not None else (config or load_config()).allowed_dirs
             self._index = ImageIndex(
                 collection=self.collection, clip_model=self.clip_model, device=self.device,
                 chroma_dir=chroma_dir, chroma_url=chroma_url, allowed_dirs=allowed,
-                max_image_pixels=self.max_image_pixels, manager=self.get_manager(),
+                max_image_pixels=self.max_image_pixels, manager=self.get_manager(), chroma_server=server,
+                allow_pickle_weights=self.allow_pickle_weights,
             )
         return self._index
 

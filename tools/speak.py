@@ -25,7 +25,7 @@ import wave
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import InputError, ModelLoadError, ToolError
 from tools.base import LlavaTool, default_artifacts_dir
@@ -45,6 +45,8 @@ INSTALL_HINT = "install it with `sudo apt-get install espeak-ng` (Debian/Ubuntu)
 
 
 class SpeakInput(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)  # NaN and infinities are refused like any bad value
+
     text: str = Field(description="The exact words to say aloud.")
     voice: str | None = Field(None, description="Voice or language code such as 'en', 'en-us', 'fr'; empty for the default.")
     speed: float = Field(1.0, description=f"Speaking speed, 1.0 is normal, from {MIN_SPEED} to {MAX_SPEED}.")
@@ -125,6 +127,7 @@ class SpeakTool(LlavaTool):
             engine=config.tools.tts_engine, default_voice=config.tools.espeak_voice,
             vits_model=config.tools.vits_model, device=config.tools.device, artifacts_dir=config.artifacts_dir,
             max_chars=config.tools.max_speech_chars, manager=manager,
+            allow_pickle_weights=config.tools.allow_pickle_weights,
         )
 
     # -- espeak-ng -------------------------------------------------------------------------------
@@ -161,7 +164,10 @@ class SpeakTool(LlavaTool):
     def _load_vits(self) -> tuple[Any, Any]:
         from transformers import AutoTokenizer, VitsModel
 
-        model = VitsModel.from_pretrained(self.vits_model).to(self.resolved_device()).eval()
+        from agent.weights_policy import weight_kwargs
+
+        model = VitsModel.from_pretrained(self.vits_model, **weight_kwargs(self.allow_pickle_weights))
+        model = model.to(self.resolved_device()).eval()
         return model, AutoTokenizer.from_pretrained(self.vits_model)
 
     def _vits_chunks(self, chunks: list[str], speed: float) -> list[bytes]:
@@ -227,7 +233,7 @@ class SpeakTool(LlavaTool):
         started = time.perf_counter()
         audio, rate, duration = self.synthesize(text, voice, speed)
         folder = self.artifacts_dir or default_artifacts_dir()
-        path = write_new_artifact(folder, "speech-" + text[:30], ".wav", lambda tmp: tmp.write_bytes(audio))
+        path = write_new_artifact(folder, "speech-" + text[:30], ".wav", lambda handle: handle.write(audio))
         artifact = {
             "path": str(path), "duration_s": round(duration, 3), "sample_rate": rate, "engine": self.engine,
             "voice": voice or (self.default_voice if self.engine == "espeak-ng" else None), "speed": speed,
