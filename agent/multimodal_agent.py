@@ -248,7 +248,12 @@ class MultimodalAgent:
         self.recursion_limit = self.config.agent.recursion_limit
         self.system_prompt = system_prompt or build_system_prompt(self.tools, self.config.agent.system_prompt)
         reserved = getattr(model, "max_new_tokens", None)
-        stack: list[AgentMiddleware] = [ToolErrorMiddleware(on_error=tool_error_message)]
+        from agent.tool_limits import ToolLimitsMiddleware
+
+        stack: list[AgentMiddleware] = [
+            ToolErrorMiddleware(on_error=tool_error_message),
+            ToolLimitsMiddleware.from_config(self.config.tools),  # calls per reply, time per call
+        ]
         if memory is not None:
             stack.append(memory.middleware(self.config.memory.recall_k))
         stack.append(

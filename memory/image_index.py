@@ -275,7 +275,8 @@ class ImageIndex:
             out: list[tuple[Any, dict[str, Any] | str]] = []
             for resolved, metadata in batch:
                 try:
-                    out.append((open_image_file(resolved, self.max_image_pixels, label=metadata["path"]), metadata))
+                    out.append((open_image_file(resolved, self.max_image_pixels, label=metadata["path"],
+                                                allowed_dirs=self.allowed_dirs), metadata))
                 except (LlavaAgentError, OSError, ValueError) as exc:
                     out.append((None, str(exc)))
             return out

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import ImageError, InputError
 from tools.base import LlavaTool, default_allowed_dirs
+from tools.cancellation import raise_if_cancelled
 from tools.paths import IMAGE_SUFFIXES, load_image, open_image_file, resolve_allowed_path
 
 if TYPE_CHECKING:
@@ -99,6 +100,7 @@ class CaptionImageTool(LlavaTool):
         captions: list[str] = []
         with self._use_model() as (model, processor), torch.inference_mode():
             for start in range(0, len(images), batch_size):
+                raise_if_cancelled()  # a call past its time limit stops between batches
                 batch = processor(images=list(images[start : start + batch_size]), return_tensors="pt")
                 batch = {k: v.to(model.device, dtype=model.dtype) if v.is_floating_point() else v.to(model.device)
                          for k, v in batch.items()}
@@ -125,7 +127,8 @@ class CaptionImageTool(LlavaTool):
                 images, names = [], []
                 for path in paths[start : start + batch_size]:
                     try:
-                        images.append(open_image_file(resolve_allowed_path(path, allowed), self.max_image_pixels))
+                        images.append(open_image_file(resolve_allowed_path(path, allowed), self.max_image_pixels,
+                                                      allowed_dirs=allowed))
                         names.append(str(path))
                     except (ImageError, InputError) as exc:
                         skipped[str(path)] = str(exc)

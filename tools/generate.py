@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import InputError, ToolError
 from tools.base import LlavaTool, default_artifacts_dir
+from tools.cancellation import cancelled, raise_if_cancelled
 from tools.paths import write_new_artifact
 from tools.shared_state import exclusive
 
@@ -33,6 +34,13 @@ logger = logging.getLogger(__name__)
 DEFAULT_IMAGE_MODEL = "stabilityai/sd-turbo"
 MIN_SIDE, MAX_SIDE = 64, 2048
 MAX_PROMPT_CHARS = 2000
+
+
+def _stop_when_cancelled(pipeline: Any, step: int, timestep: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """Diffusers step callback: a call past its time limit skips its remaining steps."""
+    if cancelled():
+        pipeline._interrupt = True
+    return values
 
 
 class GenerateImageInput(BaseModel):
@@ -133,7 +141,9 @@ class GenerateImageTool(LlavaTool):
             result = pipeline(
                 prompt=prompt, negative_prompt=negative_prompt or None, width=width, height=height,
                 num_inference_steps=steps, guidance_scale=guidance, generator=generator,
+                callback_on_step_end=_stop_when_cancelled,
             )
+        raise_if_cancelled()  # past its time limit: nothing is saved
         flagged = getattr(result, "nsfw_content_detected", None)
         if flagged and any(flagged):
             raise ToolError(

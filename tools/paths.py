@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -73,21 +74,80 @@ def check_readable_file(path: str | os.PathLike[str], allowed_dirs: Iterable[str
     return resolved
 
 
-def open_image_file(path: Path, max_pixels: int, *, label: str | None = None) -> Image.Image:
+def _allowed_root(resolved: Path, allowed_dirs: Iterable[str | os.PathLike[str]]) -> Path | None:
+    roots = [Path(d).expanduser().resolve(strict=False) for d in allowed_dirs]
+    inside = [root for root in roots if resolved == root or resolved.is_relative_to(root)]
+    return max(inside, key=lambda root: len(root.parts)) if inside else None
+
+
+def open_beneath(resolved: Path, allowed_dirs: Iterable[str | os.PathLike[str]], label: str | None = None) -> int:
+    """Open a checked, fully resolved path for reading, with no symlink followed on the way.
+
+    The path is walked from its allowed folder one component at a time, each opened relative to
+    the previous one with ``O_NOFOLLOW``: a directory swapped for a symlink after the path was
+    checked (to point the open elsewhere) makes the open fail instead of escaping. The file is
+    opened non-blocking (a FIFO cannot hang it) and must be a regular, non-empty file. Returns a
+    file descriptor the caller owns.
+    """
+    label = label or str(resolved)
+    root = _allowed_root(resolved, allowed_dirs)
+    if root is None:
+        raise PathNotAllowedError(f"path {label!r} is outside the allowed folders; use a path under {_describe(allowed_dirs)}")
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    flags = os.O_RDONLY | nofollow | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if os.open not in os.supports_dir_fd or not nofollow:  # no openat (Windows): a plain checked open
+        descriptor = os.open(resolved, flags)
+    else:
+        parts = resolved.relative_to(root).parts
+        directory = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            for part in parts[:-1]:
+                try:
+                    inner = os.open(part, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | nofollow, dir_fd=directory)
+                except OSError:
+                    raise PathNotAllowedError(
+                        f"path {label!r} changed while it was opened (a folder on the way is no longer a folder "
+                        "inside the allowed folders); open it again"
+                    ) from None
+                os.close(directory)
+                directory = inner
+            try:
+                descriptor = os.open(parts[-1], flags, dir_fd=directory) if parts else os.dup(directory)
+            except OSError as exc:
+                raise InputError(f"file {label!r} cannot be opened ({exc.strerror}); check the path") from None
+        finally:
+            os.close(directory)
+    info = os.fstat(descriptor)
+    if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+        os.close(descriptor)
+        raise ImageError(f"{label!r} is not a regular, non-empty file; give the path of an image file")
+    return descriptor
+
+
+def open_image_file(
+    path: Path, max_pixels: int, *, label: str | None = None,
+    allowed_dirs: Iterable[str | os.PathLike[str]] | None = None,
+) -> Image.Image:
     """Decode an image file into RGB, refusing corrupt files and images over ``max_pixels``.
 
-    The size is read from the header before any pixel is decoded, so a file claiming huge
-    dimensions is refused without allocating memory for it.
+    Only the formats the chat accepts (:data:`agent.images.SUPPORTED_FORMATS`) are tried: no other
+    Pillow plugin sees the file (EPS would run Ghostscript). The size is read from the header before
+    any pixel is decoded, so a file claiming huge dimensions is refused without allocating memory
+    for it. With ``allowed_dirs`` the file is opened with :func:`open_beneath` and decoded from that
+    descriptor, so what is decoded is the file that was checked.
     """
     import warnings
 
     from PIL import Image, UnidentifiedImageError
 
+    from agent.images import OPEN_FORMATS
+
     label = label or str(path)
+    source = os.fdopen(open_beneath(Path(path), allowed_dirs, label), "rb") if allowed_dirs is not None else path
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source, formats=list(OPEN_FORMATS)) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageError(
@@ -104,17 +164,22 @@ def open_image_file(path: Path, max_pixels: int, *, label: str | None = None) ->
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(
-            f"file {label!r} is not a readable image ({type(exc).__name__}: {exc}); give a PNG, JPEG, WebP, "
-            "BMP, GIF or TIFF file"
+            f"file {label!r} is not a readable image in a supported format ({type(exc).__name__}: {exc}); give a "
+            "PNG, JPEG, WebP, BMP, GIF or TIFF file"
         ) from None
+    finally:
+        if source is not path:
+            source.close()
 
 
 def load_image(
     path: str | os.PathLike[str], allowed_dirs: Iterable[str | os.PathLike[str]], max_pixels: int
 ) -> tuple[Image.Image, Path]:
     """Check a path and decode the image it names; returns the RGB image and its resolved path."""
-    resolved = check_readable_file(path, allowed_dirs)
-    return open_image_file(resolved, max_pixels, label=str(path)), resolved
+    allowed = list(allowed_dirs)
+    resolved = check_readable_file(path, allowed)
+    # decoded from the descriptor opened beneath the allowed folder: the checked file, not a swapped one
+    return open_image_file(resolved, max_pixels, label=str(path), allowed_dirs=allowed), resolved
 
 
 def slugify(text: str, max_length: int = 40) -> str:

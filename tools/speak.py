@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import InputError, ModelLoadError, ToolError
 from tools.base import LlavaTool, default_artifacts_dir
+from tools.cancellation import raise_if_cancelled
 from tools.paths import write_new_artifact
 from tools.shared_state import exclusive
 
@@ -185,6 +186,7 @@ class SpeakTool(LlavaTool):
             rate = int(model.config.sampling_rate)
             rng_devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
             for chunk in chunks:
+                raise_if_cancelled()  # a call past its time limit stops between chunks
                 inputs = tokenizer(chunk, return_tensors="pt").to(device)
                 if inputs["input_ids"].shape[-1] == 0:
                     raise InputError(f"the text {chunk[:40]!r} has no characters this VITS voice can say")
@@ -219,7 +221,10 @@ class SpeakTool(LlavaTool):
         if self.engine == "espeak-ng":
             executable = self._espeak_path()
             chosen = self._check_voice(executable, voice or self.default_voice)
-            parts = [self._espeak_chunk(executable, chunk, chosen, speed) for chunk in split_sentences(text, 1000)]
+            parts = []
+            for chunk in split_sentences(text, 1000):
+                raise_if_cancelled()  # a call past its time limit stops between chunks
+                parts.append(self._espeak_chunk(executable, chunk, chosen, speed))
         else:
             if voice:
                 raise InputError(f"voice {voice!r} cannot be chosen with the VITS engine; leave voice empty")

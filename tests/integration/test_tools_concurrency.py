@@ -57,3 +57,26 @@ def test_parallel_vits_calls_equal_sequential_ones(tool_model_paths, tool_worksp
     with ThreadPoolExecutor(len(calls)) as pool:
         parallel = [audio(artifact["path"]) for artifact in pool.map(lambda args: call(tool, **args), calls)]
     assert parallel == sequential
+
+
+def test_a_generation_past_its_time_limit_writes_nothing_and_frees_the_pipeline(tool_model_paths, tool_workspace):
+    import time
+    from types import SimpleNamespace
+
+    from agent.tool_limits import ToolLimitsMiddleware
+
+    tool = GenerateImageTool(model=str(tool_model_paths["stable_diffusion"]), device="cpu",
+                             artifacts_dir=tool_workspace["artifacts"], manager=ModelManager())
+    call(tool, prompt="warm up", width=64, height=64, seed=1)  # loads the pipeline
+    limits = ToolLimitsMiddleware(8, lambda name: 0.2)
+    args = {"prompt": "a long one", "width": 64, "height": 64, "steps": 100, "seed": 2}
+    request = SimpleNamespace(tool_call={"name": "generate_image", "args": args, "id": "g"}, state={"messages": []})
+    started = time.monotonic()
+    message = limits.wrap_tool_call(request, lambda r: tool.invoke({"type": "tool_call", **r.tool_call}))
+    assert message.status == "error" and "time limit of 0.2 s" in message.content
+    assert time.monotonic() - started < 5
+    after = call(tool, prompt="next", width=64, height=64, seed=3)  # the stopped call let go of the pipeline
+    assert Path(after["path"]).is_file()
+    time.sleep(0.5)
+    names = [p.name for p in tool_workspace["artifacts"].iterdir()]
+    assert len(names) == 2 and not [n for n in names if "a-long-one" in n], "the stopped call saved nothing"
