@@ -102,6 +102,7 @@ def check_chroma(config: AppConfig) -> Check:
 
 def _model_status(name: str, model: str) -> Check:
     from agent.errors import ModelNotFoundError
+    from agent.hub_access import download_hint
     from agent.loading import check_model_available
 
     folder = Path(model).expanduser()
@@ -119,9 +120,9 @@ def _model_status(name: str, model: str) -> Check:
         check_model_available(model)
     except ModelNotFoundError as exc:
         return Check(name, "missing", str(exc).split(". ")[0],
-                     f"download once while online (hf download {model}) or set a local folder in the config")
+                     f"download once while online (`{download_hint(model)}`) or set a local folder in the config")
     return Check(name, "warn", f"{model} is not cached yet: it downloads on first use",
-                 f"download now with `hf download {model}` to work offline later")
+                 f"download now with `{download_hint(model)}` to work offline later")
 
 
 def check_chat_model(config: AppConfig) -> Check:

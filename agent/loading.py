@@ -211,9 +211,11 @@ def _offline() -> bool:
 
 
 def _not_found(model: str, reason: str) -> ModelNotFoundError:
+    from agent.hub_access import download_hint
+
     return ModelNotFoundError(
         f"model {model!r} {reason}. Looked in the Hugging Face cache {hf_cache_dir()}. Either download it "
-        f"once while online (huggingface-cli download {model}) or pass the path of a local folder holding "
+        f"once while online (`{download_hint(model)}`) or pass the path of a local folder holding "
         "the checkpoint (config.json, *.safetensors, processor files): ChatLlava(model='/path/to/folder')"
     )
 
@@ -330,14 +332,17 @@ def unload_model(spec: ModelSpec) -> bool:
 
 
 def _load_uncached(spec: ModelSpec) -> LoadedModel:
+    from agent.hub_access import hub_load_kwargs
+
     check_model_available(spec.model)
+    hub = hub_load_kwargs(spec.model, what="chat model")  # never minutes of retries against an unreachable hub
     dtype = _torch_dtype(spec.dtype)
     quantization_config = _quantization_config(spec.quantization, dtype)
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     started = time.perf_counter()
     logger.info("Loading processor for %s", spec.model)
-    common = {"trust_remote_code": spec.trust_remote_code}
+    common = {"trust_remote_code": spec.trust_remote_code, **hub}
     try:
         processor = AutoProcessor.from_pretrained(spec.model, **common)
     except OSError as exc:

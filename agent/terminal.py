@@ -129,6 +129,7 @@ class TerminalChat:
         self._load_error: BaseException | None = None
         self._loader = threading.Thread(target=self._load_agent, name="agent-loader", daemon=True)
         self._lease: Any = None  # this process's hold on the open conversation (one writer per thread)
+        self.model_error: BaseException | None = None
         self.read_only = False
 
     # ----- output ------------------------------------------------------------------------------
@@ -156,11 +157,17 @@ class TerminalChat:
                 from agent.multimodal_agent import MultimodalAgent
 
                 agent = MultimodalAgent.from_config(self.config)
-            if hasattr(type(agent.model), "loaded"):
-                agent.model.loaded  # noqa: B018 - loads the weights now, with progress, not at the first message
-            self._agent = agent
         except BaseException as exc:  # reported when the agent is first needed
             self._load_error = exc
+            return
+        # The conversations, memories and commands work from here on, even if the model cannot load
+        # (no network, not downloaded): that error is shown when a message needs the model.
+        self._agent = agent
+        if hasattr(type(agent.model), "loaded"):
+            try:
+                agent.model.loaded  # noqa: B018 - loads the weights now, with progress, not at the first message
+            except BaseException as exc:  # the turn that needs the model reports it, in one line
+                self.model_error = exc
 
     @property
     def agent(self) -> MultimodalAgent:
@@ -347,6 +354,8 @@ class TerminalChat:
         from agent.multimodal_agent import ReplyEvent, TokenEvent, ToolCallEvent, ToolResultEvent
 
         agent = self.agent
+        if self._loader.is_alive():
+            self.say("(loading the model…)")
         images, self.pending_images = list(self.pending_images), []
         events: queue.Queue[Any] = queue.Queue()
 

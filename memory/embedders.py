@@ -67,11 +67,13 @@ class ClipEmbedder:
         from transformers import CLIPModel, CLIPProcessor
 
         dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        from agent.hub_access import hub_load_kwargs
         from agent.weights_policy import weight_kwargs
 
-        model = CLIPModel.from_pretrained(self.model_id, dtype=dtype, **weight_kwargs(self.allow_pickle_weights))
+        hub = hub_load_kwargs(self.model_id, what="CLIP model")
+        model = CLIPModel.from_pretrained(self.model_id, dtype=dtype, **weight_kwargs(self.allow_pickle_weights), **hub)
         model = model.to(self.device).eval()
-        processor = CLIPProcessor.from_pretrained(self.model_id)
+        processor = CLIPProcessor.from_pretrained(self.model_id, **hub)
         return model, processor
 
     def _use(self):

@@ -76,12 +76,14 @@ class CaptionImageTool(LlavaTool):
 
         device = self.resolved_device()
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        from agent.hub_access import hub_load_kwargs
         from agent.weights_policy import weight_kwargs
 
+        hub = hub_load_kwargs(self.model, what="caption model")
         model = AutoModelForImageTextToText.from_pretrained(
-            self.model, dtype=dtype, **weight_kwargs(self.allow_pickle_weights)
+            self.model, dtype=dtype, **weight_kwargs(self.allow_pickle_weights), **hub
         ).to(device).eval()
-        return model, AutoProcessor.from_pretrained(self.model)
+        return model, AutoProcessor.from_pretrained(self.model, **hub)
 
     def _use_model(self):
         from tools.model_manager import checkpoint_size_bytes

@@ -89,6 +89,9 @@ class GenerateImageTool(LlavaTool):
         }
         if not self.safety_checker:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
+        from agent.hub_access import hub_load_kwargs
+
+        kwargs.update(hub_load_kwargs(self.model, what="image model", config_file="model_index.json"))
         pipeline = AutoPipelineForText2Image.from_pretrained(self.model, **kwargs)
         return pipeline.to(device)
 

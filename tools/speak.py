@@ -165,11 +165,13 @@ class SpeakTool(LlavaTool):
     def _load_vits(self) -> tuple[Any, Any]:
         from transformers import AutoTokenizer, VitsModel
 
+        from agent.hub_access import hub_load_kwargs
         from agent.weights_policy import weight_kwargs
 
-        model = VitsModel.from_pretrained(self.vits_model, **weight_kwargs(self.allow_pickle_weights))
+        hub = hub_load_kwargs(self.vits_model, what="VITS voice")
+        model = VitsModel.from_pretrained(self.vits_model, **weight_kwargs(self.allow_pickle_weights), **hub)
         model = model.to(self.resolved_device()).eval()
-        return model, AutoTokenizer.from_pretrained(self.vits_model)
+        return model, AutoTokenizer.from_pretrained(self.vits_model, **hub)
 
     def _vits_chunks(self, chunks: list[str], speed: float) -> list[bytes]:
         import numpy as np

@@ -92,3 +92,20 @@ def test_staging_folders_are_new_and_unpredictable(tmp_path):
     staging = staging_folder(target)
     assert staging.is_dir() and not staging.is_symlink() and staging.parent == tmp_path
     assert mode(staging) == 0o700 and not list(elsewhere.iterdir())
+
+
+def test_a_full_disk_while_keeping_an_attachment_is_one_clear_error(tmp_path, monkeypatch):
+    import errno
+
+    import agent.private_files
+    from agent.attachments import save_attachment
+    from agent.errors import StoreError
+
+    def full(path, write, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(agent.private_files, "write_file_atomically", full)
+    picture = tmp_path / "cat.png"
+    Image.new("RGB", (4, 4)).save(picture)
+    with pytest.raises(StoreError, match=r"cannot keep a copy of .*cat\.png.* \(No space left on device\); free some disk"):
+        save_attachment(picture, tmp_path / "attachments")
