@@ -240,7 +240,15 @@ def train(config: TrainConfig | None = None, **options: Any) -> TrainResult:
         "torch": torch.__version__,
     }
     if trainer.is_world_process_zero():
-        save_adapter(model, output_dir, config, summary, history)
+        try:
+            save_adapter(model, output_dir, config, summary, history)
+        except OSError as exc:  # a full disk: one line; the staging folder is removed by the next run
+            from agent.errors import StoreError
+
+            raise StoreError(
+                f"cannot write the adapter to {output_dir} ({exc.strerror or exc}); free some disk space and run "
+                f"again with --resume (checkpoints are in {checkpoint_dir}); any previous adapter there is untouched"
+            ) from exc
     trainer.accelerator.wait_for_everyone()
     result = TrainResult(
         adapter_dir=output_dir,
