@@ -259,15 +259,15 @@ def test_rotation_always_leaves_a_complete_checkpoint(tiny_llava_qwen2, small_da
 
 def test_a_full_disk_while_saving_the_adapter_is_one_clear_error(tiny_llava_qwen2, small_data, tmp_path, monkeypatch):
     import errno
+    import importlib
 
-    import finetune.train
     from agent.errors import StoreError
     from finetune import train
 
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(finetune.train, "save_adapter", full_disk)
+    monkeypatch.setattr(importlib.import_module("finetune.train"), "save_adapter", full_disk)
     with pytest.raises(StoreError, match=r"cannot write the adapter to .* \(No space left on device\); free some disk "
                                          r"space and run again with --resume"):
         train(**_options(tiny_llava_qwen2, small_data, tmp_path / "full", max_steps=1, save_steps=1))
