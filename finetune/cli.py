@@ -177,10 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(["finetune", *(sys.argv[1:] if argv is None else argv)])
     verbose = args.finetune_verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except LlavaAgentError as exc:
-        if verbose:
-            raise
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
+    from agent.core.terminal_safe import terminal_safe_streams
+
+    with terminal_safe_streams():  # paths and data from the dataset are shown, never obeyed by the terminal
+        try:
+            return args.func(args)
+        except LlavaAgentError as exc:
+            if verbose:
+                raise
+            sys.stderr.write(f"error: {exc}\n")
+            return 2

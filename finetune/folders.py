@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 
 def staging_folder(target: Path) -> Path:
-    """An empty hidden sibling of ``target`` to write into (stale ones from killed runs removed)."""
+    """A new empty hidden sibling of ``target`` to write into (stale ones from killed runs removed)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in target.parent.glob(f".{target.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    return staging
+    # a fresh folder under an unpredictable name (mkdtemp: created exclusively, mode 0700), never one
+    # that already exists -- a folder or symlink planted at a predictable name would be written through
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
 
 
 def publish_folder(staging: Path, target: Path) -> Path:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.core.errors import InputError, StoreError
+from agent.core.private_files import ensure_private_file
 
 if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
@@ -154,7 +155,8 @@ class ConversationStore:
     def __init__(self, db_path: str | Path) -> None:
         self.db_path = Path(db_path).expanduser()
         try:
-            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+
+            ensure_private_file(self.db_path)  # 0600 in a 0700 folder; SQLite gives its -wal/-shm files the same mode
             self._conn = sqlite3.connect(str(self.db_path), check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a crash loses at most the last turn

@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.core.chroma_auth import server_from_config
 from agent.core.config import AppConfig, load_config
 from agent.core.defaults import CLIP_MODEL, MAX_IMAGE_PIXELS
-from agent.core.errors import ImageError, InputError, LlavaAgentError, StoreError
+from agent.core.errors import InputError, LlavaAgentError, StoreError
 from agent.core.files import read_allowed_image, resolve_allowed_path
 from agent.core.images import is_image_path, open_image_file
 from agent.core.model_manager import ModelManager
-from memory.chroma import acquire_writer_lock, open_chroma_client
+from memory.chroma import acquire_writer_lock, open_chroma_client, release_writer_lock
 from memory.embedders import ClipEmbedder, clip_embedding_function
 
 if TYPE_CHECKING:
@@ -107,6 +108,8 @@ class ImageIndex:
         allowed_dirs: Iterable[str | os.PathLike[str]] | None = None,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
         manager: ModelManager | None = None,
+        chroma_server: Any = None,
+        allow_pickle_weights: bool = False,
     ) -> None:
         if client is None and (chroma_dir is None) == (chroma_url is None):
             raise InputError("ImageIndex needs exactly one of chroma_dir, chroma_url or client")
@@ -114,9 +117,11 @@ class ImageIndex:
         self.clip_model = clip_model
         self.chroma_dir = Path(chroma_dir).expanduser() if chroma_dir is not None else None
         self.chroma_url = chroma_url
+        self.chroma_server = chroma_server  # credentials, tenant, database (agent.core.chroma_auth.ChromaServer)
         self.allowed_dirs = [Path(d) for d in allowed_dirs] if allowed_dirs is not None else [Path.cwd()]
         self.max_image_pixels = max_image_pixels
         self.embedder = ClipEmbedder(clip_model, device, manager)
+        self.embedder.allow_pickle_weights = allow_pickle_weights
         self._client = client
         self._collection: Collection | None = None
         self._writer = False
@@ -133,6 +138,8 @@ class ImageIndex:
             allowed_dirs=config.allowed_dirs,
             max_image_pixels=config.tools.max_image_pixels,
             manager=manager,
+            chroma_server=server_from_config(config.memory),
+            allow_pickle_weights=config.tools.allow_pickle_weights,
         )
 
     # -- the store -------------------------------------------------------------------------------
@@ -142,7 +149,7 @@ class ImageIndex:
             self._writer = True
         if self._client is None:
             if self.chroma_url is not None:
-                self._client = open_chroma_client(url=self.chroma_url)
+                self._client = open_chroma_client(url=self.chroma_url, server=self.chroma_server)
             else:
                 self._client = open_chroma_client(path=self.chroma_dir)
         return self._client
@@ -195,7 +202,22 @@ class ImageIndex:
         """Bring the collection up to date with the images under ``folder`` (recursively).
 
         ``captioner`` (e.g. a :class:`tools.caption.CaptionImageTool`) stores a caption per image.
+        An entry that cannot be read (a broken or looping symlink, an unreadable or undecodable file)
+        is skipped and listed in the report; it never ends the run. The store's writer lock is held
+        for this run only.
         """
+        held = self._writer
+        try:
+            return self._index_folder(folder, batch_size=batch_size, captioner=captioner, progress=progress)
+        finally:
+            if self._writer and not held and self.chroma_dir is not None:
+
+                release_writer_lock(self.chroma_dir)
+                self._writer = False
+
+    def _index_folder(
+        self, folder: str | os.PathLike[str], *, batch_size: int, captioner: Any, progress: bool
+    ) -> IndexReport:
         from tqdm.auto import tqdm
 
         started = time.perf_counter()
@@ -222,7 +244,7 @@ class ImageIndex:
                 if not resolved.is_file():
                     continue
                 stat = resolved.stat()
-            except (LlavaAgentError, OSError) as exc:
+            except (LlavaAgentError, OSError, RuntimeError, ValueError) as exc:  # one bad entry never ends the run
                 report.skipped.append(SkippedFile(str(path), str(exc)))
                 continue
             item_id = str(path)  # the path inside the folder; a symlink keeps its own name
@@ -251,8 +273,9 @@ class ImageIndex:
             out: list[tuple[Any, dict[str, Any] | str]] = []
             for resolved, metadata in batch:
                 try:
-                    out.append((open_image_file(resolved, self.max_image_pixels, label=metadata["path"]), metadata))
-                except ImageError as exc:
+                    out.append((open_image_file(resolved, self.max_image_pixels, label=metadata["path"],
+                                                allowed_dirs=self.allowed_dirs), metadata))
+                except (LlavaAgentError, OSError, ValueError) as exc:
                     out.append((None, str(exc)))
             return out
 

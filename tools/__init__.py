@@ -7,7 +7,7 @@ one :class:`~agent.core.model_manager.ModelManager`. Importing this package load
 
 from __future__ import annotations
 
-from agent._lazy import lazy_exports
+from agent.core.lazy import lazy_exports
 from tools.registry import available_tools, build_tool, build_tools, register_tool
 
 _EXPORTS = {

@@ -32,6 +32,7 @@ class LlavaTool(BaseTool):
     handle_tool_error: bool = True
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     manager: Any = Field(None, exclude=True, description="Model manager; None uses the process-wide one.")
+    allow_pickle_weights: bool = Field(False, description="Load .bin/.pt checkpoints (pickle files can run code).")
 
     def _execute(self, **kwargs: Any) -> tuple[str, dict[str, Any]]:
         raise NotImplementedError

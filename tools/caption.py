@@ -14,15 +14,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent.core.defaults import CAPTION_MODEL, MAX_IMAGE_PIXELS
 from agent.core.errors import ImageError, InputError
 from agent.core.files import read_allowed_image, resolve_allowed_path
+from agent.core.hub_access import hub_load_kwargs
 from agent.core.images import is_image_path, open_image_file
 from agent.core.model_manager import checkpoint_size_bytes
 from agent.core.runtime import tool_dtype
+from agent.core.weights_policy import weight_kwargs
 from tools.base import LlavaTool, default_allowed_dirs
+from tools.cancellation import raise_if_cancelled
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -42,6 +45,8 @@ _GENERATION: dict[str, dict[str, Any]] = {
 
 
 class CaptionImageInput(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)  # NaN and infinities are refused like any bad value
+
     image: str = Field(description="Path of the image file to describe, for example 'photos/cat.jpg'.")
     detail: Detail = Field(
         "short", description="'short' for a one-line caption, 'detailed' for a longer description."
@@ -68,14 +73,18 @@ class CaptionImageTool(LlavaTool):
         return cls(
             model=config.tools.caption_model, device=config.tools.device, allowed_dirs=config.allowed_dirs,
             max_image_pixels=config.tools.max_image_pixels, manager=manager,
+            allow_pickle_weights=config.tools.allow_pickle_weights,
         )
 
     def _load(self) -> tuple[Any, Any]:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         device = self.resolved_device()
-        model = AutoModelForImageTextToText.from_pretrained(self.model, dtype=tool_dtype(device)).to(device).eval()
-        return model, AutoProcessor.from_pretrained(self.model)
+        hub = hub_load_kwargs(self.model, what="caption model")
+        model = AutoModelForImageTextToText.from_pretrained(
+            self.model, dtype=tool_dtype(device), **weight_kwargs(self.allow_pickle_weights), **hub
+        ).to(device).eval()
+        return model, AutoProcessor.from_pretrained(self.model, **hub)
 
     def _use_model(self):
         device = self.resolved_device()
@@ -92,6 +101,7 @@ class CaptionImageTool(LlavaTool):
         captions: list[str] = []
         with self._use_model() as (model, processor), torch.inference_mode():
             for start in range(0, len(images), batch_size):
+                raise_if_cancelled()  # a call past its time limit stops between batches
                 batch = processor(images=list(images[start : start + batch_size]), return_tensors="pt")
                 batch = {k: v.to(model.device, dtype=model.dtype) if v.is_floating_point() else v.to(model.device)
                          for k, v in batch.items()}
@@ -118,7 +128,8 @@ class CaptionImageTool(LlavaTool):
                 images, names = [], []
                 for path in paths[start : start + batch_size]:
                     try:
-                        images.append(open_image_file(resolve_allowed_path(path, allowed), self.max_image_pixels))
+                        images.append(open_image_file(resolve_allowed_path(path, allowed), self.max_image_pixels,
+                                                      allowed_dirs=allowed))
                         names.append(str(path))
                     except (ImageError, InputError) as exc:
                         skipped[str(path)] = str(exc)

@@ -18,14 +18,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent.core.defaults import IMAGE_MODEL, IMAGE_STEPS
 from agent.core.errors import InputError, ToolError
 from agent.core.files import write_new_artifact
+from agent.core.hub_access import hub_load_kwargs
 from agent.core.model_manager import checkpoint_size_bytes
 from agent.core.runtime import tool_dtype
 from tools.base import LlavaTool, default_artifacts_dir
+from tools.cancellation import cancelled, raise_if_cancelled
+from tools.shared_state import exclusive
 
 if TYPE_CHECKING:
     from agent.core.config import AppConfig
@@ -37,7 +40,16 @@ MIN_SIDE, MAX_SIDE = 64, 2048
 MAX_PROMPT_CHARS = 2000
 
 
+def _stop_when_cancelled(pipeline: Any, step: int, timestep: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """Diffusers step callback: a call past its time limit skips its remaining steps."""
+    if cancelled():
+        pipeline._interrupt = True
+    return values
+
+
 class GenerateImageInput(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)  # NaN and infinities are refused like any bad value
+
     prompt: str = Field(description="What the picture should show, in plain words (subject, style, setting).")
     negative_prompt: str | None = Field(None, description="What the picture should not show, if anything.")
     width: int = Field(512, description=f"Width in pixels, a multiple of 8 from {MIN_SIDE} to {MAX_SIDE}.")
@@ -67,6 +79,7 @@ class GenerateImageTool(LlavaTool):
         return cls(
             model=config.tools.image_model, device=config.tools.device, artifacts_dir=config.artifacts_dir,
             safety_checker=config.tools.safety_checker, default_steps=config.tools.image_steps, manager=manager,
+            allow_pickle_weights=config.tools.allow_pickle_weights,
         )
 
     def _load(self) -> Any:
@@ -75,10 +88,12 @@ class GenerateImageTool(LlavaTool):
         device = self.resolved_device()
         kwargs: dict[str, Any] = {
             "dtype": tool_dtype(device),
-            "use_safetensors": True,
+            "use_safetensors": not self.allow_pickle_weights or None,
         }
         if not self.safety_checker:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
+
+        kwargs.update(hub_load_kwargs(self.model, what="image model", config_file="model_index.json"))
         pipeline = AutoPipelineForText2Image.from_pretrained(self.model, **kwargs)
         return pipeline.to(device)
 
@@ -124,12 +139,14 @@ class GenerateImageTool(LlavaTool):
         with self.get_manager().use(
             ("text-to-image", self.model, device, self.safety_checker), self._load, device=device,
             size_bytes=checkpoint_size_bytes(self.model),
-        ) as pipeline:
+        ) as shared, exclusive(shared) as pipeline:  # the pipeline and its scheduler hold per-call state
             generator = torch.Generator(device="cpu" if device == "mps" else device).manual_seed(seed)
             result = pipeline(
                 prompt=prompt, negative_prompt=negative_prompt or None, width=width, height=height,
                 num_inference_steps=steps, guidance_scale=guidance, generator=generator,
+                callback_on_step_end=_stop_when_cancelled,
             )
+        raise_if_cancelled()  # past its time limit: nothing is saved
         flagged = getattr(result, "nsfw_content_detected", None)
         if flagged and any(flagged):
             raise ToolError(
@@ -145,7 +162,7 @@ class GenerateImageTool(LlavaTool):
         for key, value in metadata.items():
             info.add_itxt(key, value)
         folder = self.artifacts_dir or default_artifacts_dir()
-        path = write_new_artifact(folder, prompt, ".png", lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+        path = write_new_artifact(folder, prompt, ".png", lambda handle: image.save(handle, format="PNG", pnginfo=info))
         seconds = round(time.perf_counter() - started, 3)
         artifact = {"path": str(path), "seed": seed, "width": width, "height": height, "steps": steps,
                     "guidance": guidance, "model": self.model, "seconds": seconds}

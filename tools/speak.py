@@ -25,13 +25,17 @@ import wave
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent.core.defaults import ESPEAK_VOICE, MAX_SPEECH_CHARS, VITS_MODEL
 from agent.core.errors import InputError, ModelLoadError, ToolError
 from agent.core.files import write_new_artifact
+from agent.core.hub_access import hub_load_kwargs
 from agent.core.model_manager import checkpoint_size_bytes
+from agent.core.weights_policy import weight_kwargs
 from tools.base import LlavaTool, default_artifacts_dir
+from tools.cancellation import raise_if_cancelled
+from tools.shared_state import exclusive
 
 if TYPE_CHECKING:
     from agent.core.config import AppConfig
@@ -42,10 +46,14 @@ ESPEAK_EXECUTABLE = "espeak-ng"
 """The speech engine's program: espeak-ng only (the older espeak takes other options)."""
 ESPEAK_WORDS_PER_MINUTE = 175
 MIN_SPEED, MAX_SPEED = 0.5, 2.0
+VITS_SEED = 0
+"""VITS samples noise while it speaks; a fixed seed makes the same text at the same speed sound the same."""
 INSTALL_HINT = "install it with `sudo apt-get install espeak-ng` (Debian/Ubuntu) or `brew install espeak-ng` (macOS)"
 
 
 class SpeakInput(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)  # NaN and infinities are refused like any bad value
+
     text: str = Field(description="The exact words to say aloud.")
     voice: str | None = Field(None, description="Voice or language code such as 'en', 'en-us', 'fr'; empty for the default.")
     speed: float = Field(1.0, description=f"Speaking speed, 1.0 is normal, from {MIN_SPEED} to {MAX_SPEED}.")
@@ -126,6 +134,7 @@ class SpeakTool(LlavaTool):
             engine=config.tools.tts_engine, default_voice=config.tools.espeak_voice,
             vits_model=config.tools.vits_model, device=config.tools.device, artifacts_dir=config.artifacts_dir,
             max_chars=config.tools.max_speech_chars, manager=manager,
+            allow_pickle_weights=config.tools.allow_pickle_weights,
         )
 
     # -- espeak-ng -------------------------------------------------------------------------------
@@ -162,8 +171,11 @@ class SpeakTool(LlavaTool):
     def _load_vits(self) -> tuple[Any, Any]:
         from transformers import AutoTokenizer, VitsModel
 
-        model = VitsModel.from_pretrained(self.vits_model).to(self.resolved_device()).eval()
-        return model, AutoTokenizer.from_pretrained(self.vits_model)
+
+        hub = hub_load_kwargs(self.vits_model, what="VITS voice")
+        model = VitsModel.from_pretrained(self.vits_model, **weight_kwargs(self.allow_pickle_weights), **hub)
+        model = model.to(self.resolved_device()).eval()
+        return model, AutoTokenizer.from_pretrained(self.vits_model, **hub)
 
     def _vits_chunks(self, chunks: list[str], speed: float) -> list[bytes]:
         import numpy as np
@@ -176,12 +188,18 @@ class SpeakTool(LlavaTool):
             size_bytes=checkpoint_size_bytes(self.vits_model),
         ) as (model, tokenizer), torch.inference_mode():
             rate = int(model.config.sampling_rate)
+            rng_devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
             for chunk in chunks:
+                raise_if_cancelled()  # a call past its time limit stops between chunks
                 inputs = tokenizer(chunk, return_tensors="pt").to(device)
                 if inputs["input_ids"].shape[-1] == 0:
                     raise InputError(f"the text {chunk[:40]!r} has no characters this VITS voice can say")
-                model.speaking_rate = speed
-                waveform = model(**inputs).waveform[0].float().cpu().numpy()
+                # speaking_rate is read, and noise drawn from the global RNG, inside forward: one call at a
+                # time, with a fixed seed, so the same text at the same speed always sounds the same
+                with exclusive(model), torch.random.fork_rng(devices=rng_devices):
+                    torch.manual_seed(VITS_SEED)
+                    model.speaking_rate = speed
+                    waveform = model(**inputs).waveform[0].float().cpu().numpy()
                 pcm = (np.clip(waveform, -1.0, 1.0) * 32767).astype("<i2")
                 buffer = io.BytesIO()
                 with wave.open(buffer, "wb") as writer:
@@ -207,7 +225,10 @@ class SpeakTool(LlavaTool):
         if self.engine == "espeak-ng":
             executable = self._espeak_path()
             chosen = self._check_voice(executable, voice or self.default_voice)
-            parts = [self._espeak_chunk(executable, chunk, chosen, speed) for chunk in split_sentences(text, 1000)]
+            parts = []
+            for chunk in split_sentences(text, 1000):
+                raise_if_cancelled()  # a call past its time limit stops between chunks
+                parts.append(self._espeak_chunk(executable, chunk, chosen, speed))
         else:
             if voice:
                 raise InputError(f"voice {voice!r} cannot be chosen with the VITS engine; leave voice empty")
@@ -221,7 +242,7 @@ class SpeakTool(LlavaTool):
         started = time.perf_counter()
         audio, rate, duration = self.synthesize(text, voice, speed)
         folder = self.artifacts_dir or default_artifacts_dir()
-        path = write_new_artifact(folder, "speech-" + text[:30], ".wav", lambda tmp: tmp.write_bytes(audio))
+        path = write_new_artifact(folder, "speech-" + text[:30], ".wav", lambda handle: handle.write(audio))
         artifact = {
             "path": str(path), "duration_s": round(duration, 3), "sample_rate": rate, "engine": self.engine,
             "voice": voice or (self.default_voice if self.engine == "espeak-ng" else None), "speed": speed,

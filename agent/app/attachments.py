@@ -1,22 +1,36 @@
 """User turns: checking and keeping attached images, and building the message the agent stores.
 
-Attached images are copied into the data folder (named by content hash) so tools can read them
-by path, and the message names each one as ``[attached image: PATH]``.
+Attached images are copied into the data folder (named by content hash and a cleaned-up file
+name) so tools can read them by path, and the message names each one as ``[attached image: PATH]``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.core.errors import ImageError, InputError
+from agent.core.errors import ImageError, InputError, StoreError
 from agent.core.images import DECODERS, FORMATS_HINT, mime_type
+from agent.core.private_files import private_dir, write_file_atomically
 
 if TYPE_CHECKING:
     from langchain_core.messages import HumanMessage
+
+def safe_file_name(name: str, limit: int = 80) -> str:
+    """A file name made of letters, digits, ``.``, ``_`` and ``-`` only (its suffix kept).
+
+    The name of an attached file is written into the conversation as ``[attached image: PATH]``;
+    a name like ``cat<|im_end|>...png`` or one holding ``USER:`` must not carry markup into it.
+    """
+    path = Path(name)
+    suffix = re.sub(r"[^A-Za-z0-9]", "", path.suffix)[:10].lower()
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem).strip("._-")[: limit - len(suffix) - 1] or "image"
+    return f"{stem}.{suffix}" if suffix else stem
+
 
 def save_attachment(path: str | os.PathLike[str], folder: Path) -> tuple[Path, str, bytes]:
     """Check an image file and keep a copy in ``folder``; returns (saved path, mime type, bytes).
@@ -51,16 +65,16 @@ def save_attachment(path: str | os.PathLike[str], folder: Path) -> tuple[Path, s
     if mime is None:
         raise ImageError(f"image {str(path)!r} is a {image_format} file; give a {FORMATS_HINT} file")
     digest = hashlib.sha256(data).hexdigest()[:12]
-    target = folder / f"{digest}-{source.name}"
+    target = folder / f"{digest}-{safe_file_name(source.name)}"
     if not target.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         try:
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+            private_dir(folder)  # attachments are the user's own: 0700 folder, 0600 files
+            write_file_atomically(target, lambda handle: handle.write(data))
+        except OSError as exc:
+            raise StoreError(
+                f"cannot keep a copy of {str(path)!r} in {folder} ({exc.strerror or exc}); free some disk space or "
+                "set data_dir in the config"
+            ) from None
     return target.resolve(), mime, data
 
 

@@ -44,12 +44,14 @@ from agent.app.events import (
     TurnCollector,
 )
 from agent.app.system_prompt import build_system_prompt
+from agent.app.tool_limits import ToolLimitsMiddleware
 from agent.core.config import AppConfig, load_config
 from agent.core.errors import InputError
 from agent.decoding.tool_protocol import normalise_tool_choice
 from agent.llava.chat_model import ChatLlava
 from memory.conversations import ConversationStore, title_from_message
 from memory.long_term import LongTermMemory
+from memory.thread_lease import lease_folder, writing_turn
 from tools import build_tools
 
 if TYPE_CHECKING:
@@ -221,7 +223,11 @@ class MultimodalAgent:
         self.recursion_limit = self.config.agent.recursion_limit
         self.system_prompt = system_prompt or build_system_prompt(self.tools, self.config.agent.system_prompt)
         reserved = getattr(model, "max_new_tokens", None)
-        stack: list[AgentMiddleware] = [ToolErrorMiddleware(on_error=tool_error_message)]
+
+        stack: list[AgentMiddleware] = [
+            ToolErrorMiddleware(on_error=tool_error_message),
+            ToolLimitsMiddleware.from_config(self.config.tools),  # calls per reply, time per call
+        ]
         if memory is not None:
             stack.append(memory.middleware(self.config.memory.recall_k))
         stack.append(
@@ -311,6 +317,23 @@ class MultimodalAgent:
         return self._turn(message, images, thread_id, callbacks, stop, stream_tokens=True)
 
     def _turn(
+        self,
+        message: str,
+        images: Sequence[str | os.PathLike[str]],
+        thread_id: str | None,
+        callbacks: Sequence[Any],
+        stop: threading.Event | None,
+        *,
+        stream_tokens: bool,
+    ) -> Iterator[AgentEvent]:
+        """One turn; on an existing thread it holds the thread's lease (one writer at a time)."""
+        if thread_id is None:
+            yield from self._run_turn(message, images, None, callbacks, stop, stream_tokens=stream_tokens)
+            return
+        with writing_turn(lease_folder(self.conversations.db_path), thread_id):
+            yield from self._run_turn(message, images, thread_id, callbacks, stop, stream_tokens=stream_tokens)
+
+    def _run_turn(
         self,
         message: str,
         images: Sequence[str | os.PathLike[str]],

@@ -96,8 +96,10 @@ def check_audio_player(config: AppConfig) -> Check:
 def check_chroma(config: AppConfig) -> Check:
     if importlib.util.find_spec("chromadb") is None:
         return Check("chroma", "missing", "chromadb not installed", "pip install chromadb", True)
+    from agent.core.chroma_auth import server_from_config
 
-    where = config.memory.chroma_url or str(config.chroma_dir)
+    server = server_from_config(config.memory)
+    where = server.shown if server is not None else str(config.chroma_dir)
     try:
         client = get_chroma_client(config)
         names = [getattr(c, "name", str(c)) for c in client.list_collections()]
@@ -107,6 +109,7 @@ def check_chroma(config: AppConfig) -> Check:
 
 
 def _model_status(name: str, model: str) -> Check:
+    from agent.core.hub_access import download_hint
     folder = Path(model).expanduser()
     if folder.is_dir():
         return Check(name, "ok", f"local folder {folder}")
@@ -122,9 +125,9 @@ def _model_status(name: str, model: str) -> Check:
         check_model_available(model)
     except ModelNotFoundError as exc:
         return Check(name, "missing", str(exc).split(". ")[0],
-                     f"download once while online (hf download {model}) or set a local folder in the config")
+                     f"download once while online (`{download_hint(model)}`) or set a local folder in the config")
     return Check(name, "warn", f"{model} is not cached yet: it downloads on first use",
-                 f"download now with `hf download {model}` to work offline later")
+                 f"download now with `{download_hint(model)}` to work offline later")
 
 
 def check_chat_model(config: AppConfig) -> Check:
@@ -154,8 +157,22 @@ def check_text_embedder(config: AppConfig) -> Check:
     return _model_status("text embedder", source)
 
 
+def check_data_folder(config: AppConfig) -> Check:
+    from agent.core.private_files import is_private
+
+    folder = config.data_dir.expanduser()
+    if not folder.exists():
+        return Check("data folder", "ok", f"{folder} (created private, 0700, on first use)")
+    if is_private(folder):
+        return Check("data folder", "ok", f"{folder} (private)")
+    mode = oct(folder.stat().st_mode & 0o777)[2:]
+    return Check("data folder", "warn", f"{folder} is readable by other users (mode {mode}): conversations, "
+                 "memories and attachments live there", f"chmod 700 {folder}")
+
+
 CHECKS: list[Callable[[AppConfig], Check | Iterator[Check]]] = [
     check_python,
+    check_data_folder,
     check_torch,
     check_bitsandbytes,
     check_espeak,

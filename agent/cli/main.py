@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,14 +82,16 @@ def cmd_ask(args: argparse.Namespace) -> int:
             reply = event.reply
     assert reply is not None
     if args.json:
-        print(json.dumps({
+        from agent.core.terminal_safe import json_text
+
+        print(json_text({
             "text": reply.text,
             "thread_id": reply.thread_id,
             "tool_calls": reply.tool_calls,
             "artifacts": reply.artifacts,
             "stopped": reply.stopped,
             "limit_reached": reply.limit_reached,
-        }, ensure_ascii=False, default=str))
+        }, default=str))
     else:
         if reply.limit_reached:
             print(reply.text)
@@ -169,7 +172,10 @@ def cmd_threads(args: argparse.Namespace) -> int:
             info = store.rename(args.thread_id, " ".join(args.title))
             print(f"renamed {info.thread_id}: {info.title}")
         elif action == "delete":
-            info = store.delete(args.thread_id)
+            from memory.thread_lease import hold_thread, lease_folder
+
+            with hold_thread(lease_folder(store.db_path), store.get(args.thread_id).thread_id):  # not while open elsewhere
+                info = store.delete(args.thread_id)
             print(f"deleted {info.thread_id}: {info.title}")
     return 0
 
@@ -323,6 +329,9 @@ def _configure_logging(verbose: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s",
     )
     if not verbose:
+        # libraries that configure their own loggers at import read these: no retry chatter over the prompt
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         for noisy in ("httpx", "chromadb", "urllib3", "huggingface_hub", "sentence_transformers", "transformers",
                        "bitsandbytes"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -335,6 +344,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from agent.core.terminal_safe import terminal_safe_streams
+
+    # Everything a command prints (model output, file names, titles, facts, errors, log lines) is
+    # shown, never obeyed by the terminal. The chat escapes its own output; its prompt needs raw stdout.
+    with terminal_safe_streams(stdout=args.func is not cmd_chat):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     _configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)

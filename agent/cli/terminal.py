@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -27,6 +26,7 @@ from agent.app.events import ReplyEvent, TokenEvent, ToolCallEvent, ToolResultEv
 from agent.cli.main import one_line
 from agent.core.errors import ImageError, InputError, LlavaAgentError
 from agent.core.images import is_image_path
+from agent.core.terminal_safe import TerminalSafeWriter, terminal_safe
 
 if TYPE_CHECKING:
     from agent.app.multimodal_agent import AgentReply, MultimodalAgent
@@ -106,16 +106,6 @@ def split_image_paths(text: str) -> tuple[list[Path], list[str]]:
     return paths, others
 
 
-def terminal_safe(text: str) -> str:
-    """``text`` with control characters shown as escapes, so model output (which may hold any
-    byte, C1 controls and escape sequences included) can never drive the terminal."""
-    return "".join(
-        ch if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Zl", "Zp")
-        else (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
-        for ch in text
-    )
-
-
 class TerminalChat:
     """The interactive chat loop. ``run()`` returns the exit code."""
 
@@ -140,6 +130,9 @@ class TerminalChat:
         self._agent: MultimodalAgent | None = None
         self._load_error: BaseException | None = None
         self._loader = threading.Thread(target=self._load_agent, name="agent-loader", daemon=True)
+        self._lease: Any = None  # this process's hold on the open conversation (one writer per thread)
+        self.model_error: BaseException | None = None
+        self.read_only = False
 
     # ----- output ------------------------------------------------------------------------------
 
@@ -151,7 +144,7 @@ class TerminalChat:
         if self.verbose:
             import traceback
 
-            traceback.print_exception(exc, file=self.out)
+            traceback.print_exception(exc, file=TerminalSafeWriter(self.out))
         self.say(f"error: {one_line(str(exc)) or type(exc).__name__}")
 
     # ----- the agent, loaded in the background -------------------------------------------------
@@ -166,11 +159,17 @@ class TerminalChat:
                 from agent.app.multimodal_agent import MultimodalAgent
 
                 agent = MultimodalAgent.from_config(self.config)
-            if hasattr(type(agent.model), "loaded"):
-                agent.model.loaded  # noqa: B018 - loads the weights now, with progress, not at the first message
-            self._agent = agent
         except BaseException as exc:  # reported when the agent is first needed
             self._load_error = exc
+            return
+        # The conversations, memories and commands work from here on, even if the model cannot load
+        # (no network, not downloaded): that error is shown when a message needs the model.
+        self._agent = agent
+        if hasattr(type(agent.model), "loaded"):
+            try:
+                agent.model.loaded  # noqa: B018 - loads the weights now, with progress, not at the first message
+            except BaseException as exc:  # the turn that needs the model reports it, in one line
+                self.model_error = exc
 
     @property
     def agent(self) -> MultimodalAgent:
@@ -202,7 +201,9 @@ class TerminalChat:
         self._loader.start()
         history_path = self.config.data_dir.expanduser() / "chat_history"
         try:
-            history_path.parent.mkdir(parents=True, exist_ok=True)
+            from agent.core.private_files import ensure_private_file
+
+            ensure_private_file(history_path)  # typed lines are private: 0600 in the 0700 data folder
             history: Any = FileHistory(str(history_path))
         except OSError:
             history = InMemoryHistory()
@@ -239,8 +240,27 @@ class TerminalChat:
                 self.say("\n[stopped]")
             except Exception as exc:  # an unexpected failure ends the command, not the chat
                 self.error(RuntimeError(f"{type(exc).__name__}: {exc}"))
+        self._open_thread(None)
         self.say("bye")
         return 0
+
+    def _open_thread(self, thread_id: str | None) -> None:
+        """Make ``thread_id`` the open conversation, holding it against writers in other processes."""
+        from memory.thread_lease import ThreadBusyError, hold_thread, lease_folder
+
+        if self._lease is not None and thread_id == self._lease.thread_id:
+            return
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+        self.read_only = False
+        if thread_id is None:
+            return
+        try:
+            self._lease = hold_thread(lease_folder(self.agent.conversations.db_path), thread_id)
+        except ThreadBusyError as exc:
+            self.read_only = True
+            self.say(f"(read-only) {exc}")
 
     def _attach(self, paths: list[Path], quiet: bool = False) -> None:
         for path in paths:
@@ -267,6 +287,7 @@ class TerminalChat:
                 raise ImageError(f"image {rest!r} does not exist or is not a file; check the path")
             self._attach([path])
         elif name == "/new":
+            self._open_thread(None)
             self.thread_id = None
             self.pending_images.clear()
             self.say("new conversation")
@@ -318,6 +339,7 @@ class TerminalChat:
 
     def _resume(self, thread_id: str) -> None:
         info = self.agent.conversations.get(thread_id)
+        self._open_thread(info.thread_id)
         self.thread_id = info.thread_id
         messages = self.agent.conversations.messages(info.thread_id)
         self.say(f"resumed {info.thread_id}: {info.title} ({len(messages)} messages)")
@@ -333,6 +355,8 @@ class TerminalChat:
         """Send a message and print the reply as it streams; Ctrl-C stops the reply."""
 
         agent = self.agent
+        if self._loader.is_alive():
+            self.say("(loading the model…)")
         images, self.pending_images = list(self.pending_images), []
         events: queue.Queue[Any] = queue.Queue()
 
@@ -394,6 +418,7 @@ class TerminalChat:
             return None
         if reply.thread_id:
             self.thread_id = reply.thread_id
+            self._open_thread(reply.thread_id)
         if reply.text and (not streamed or reply.limit_reached):
             self.say(("" if at_line_start else "\n") + f"llava> {reply.text}", end="")
             at_line_start = False

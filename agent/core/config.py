@@ -12,15 +12,25 @@ on it (adapters, indexes) with :func:`save_config_snapshot`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agent.core import defaults
+from agent.core.chroma_auth import SECRET_FIELDS, check_auth_settings, redact_url
 from agent.core.errors import ConfigError
 from agent.core.files import atomic_write_text
 from agent.core.runtime import DTYPES, QUANTIZATIONS
@@ -62,7 +72,8 @@ def default_config_path() -> Path:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and infinities are never a setting (a budget of inf GB, a temperature of nan)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSection(_Section):
@@ -82,6 +93,9 @@ class ModelSection(_Section):
     max_images: MaxImages = None
     allow_remote_images: bool = Field(False, description="Fetch http(s) image URLs found in messages.")
     trust_remote_code: bool = False
+    allow_pickle_weights: bool = Field(
+        False, description="Load a LoRA adapter stored as .bin (a pickle file can run code); safetensors only when off."
+    )
 
 
 class ToolsSection(_Section):
@@ -110,12 +124,52 @@ class ToolsSection(_Section):
         None, description="Folders tools may read; default the working directory and the data folder."
     )
     max_image_pixels: MaxImagePixels = defaults.MAX_IMAGE_PIXELS
+    allow_pickle_weights: bool = Field(
+        False, description="Load tool checkpoints stored as .bin/.pt (pickle files can run code); safetensors only when off."
+    )
+    max_calls_per_reply: int = Field(
+        8, ge=1, description="Tool calls run from one model reply; more are answered 'not run' so the model asks again."
+    )
+    timeout_s: float = Field(300.0, gt=0, description="Seconds a tool call may run (model loading included).")
+    timeouts: dict[str, float] = Field(
+        default_factory=dict, description="Per-tool time limits in seconds, e.g. {generate_image = 600}."
+    )
+
+    @field_validator("timeouts")
+    @classmethod
+    def _check_timeouts(cls, value: dict[str, float]) -> dict[str, float]:
+        for tool, seconds in value.items():
+            if not math.isfinite(seconds) or seconds <= 0:
+                raise ValueError(f"the time limit of {tool!r} must be a positive number of seconds, got {seconds!r}")
+        return value
+
+    @field_validator("memory_budget_gb")
+    @classmethod
+    def _check_budgets(cls, value: dict[str, float]) -> dict[str, float]:
+        for device, budget in value.items():
+            if not math.isfinite(budget) or budget <= 0:
+                raise ValueError(f"the budget of {device!r} must be a positive number of GB, got {budget!r}")
+        return value
 
 
 class MemorySection(_Section):
     """Conversations, long-term memory and the vector store."""
 
-    chroma_url: str | None = Field(None, description="http(s)://host:port of a Chroma server; None = embedded.")
+    chroma_url: str | None = Field(
+        None, description="http(s)://host:port of a Chroma server; None = embedded. user:password@ in it is basic auth."
+    )
+    chroma_token: SecretStr | None = Field(
+        None, description="Token for a Chroma server that requires one (LLAVA_AGENT_MEMORY__CHROMA_TOKEN); never printed."
+    )
+    chroma_token_header: Literal["Authorization", "X-Chroma-Token"] = Field(
+        "Authorization", description="How the token is sent: 'Authorization' (Bearer) or 'X-Chroma-Token'."
+    )
+    chroma_username: str | None = Field(None, description="User name for a Chroma server with basic auth.")
+    chroma_password: SecretStr | None = Field(
+        None, description="Password for basic auth (LLAVA_AGENT_MEMORY__CHROMA_PASSWORD); never printed."
+    )
+    chroma_tenant: str = Field("default_tenant", min_length=1, description="Chroma tenant (server mode).")
+    chroma_database: str = Field("default_database", min_length=1, description="Chroma database (server mode).")
     image_collection: str = "images"
     memory_collection: str = "memories"
     text_embedder: str = defaults.TEXT_EMBEDDER
@@ -124,6 +178,11 @@ class MemorySection(_Section):
         0.3, ge=-1.0, le=1.0, description="Cosine similarity a memory needs to be added to the prompt automatically."
     )
     max_context_tokens: int | None = Field(None, gt=0, description="None reads the model's context length.")
+
+    @model_validator(mode="after")
+    def _check_chroma_auth(self) -> MemorySection:
+        check_auth_settings(self)
+        return self
 
 
 class AgentSection(_Section):
@@ -187,6 +246,30 @@ def _parse_env_value(raw: str) -> Any:
         return raw
 
 
+def _field_annotation(path: list[str]) -> Any:
+    """The type annotation of the setting at ``path`` (``["model", "model"]``), or None when unknown."""
+    model: Any = AppConfig
+    annotation: Any = None
+    for part in path:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        annotation = fields[part].annotation
+        model = annotation
+    return annotation
+
+
+def _is_text_setting(annotation: Any) -> bool:
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    options = typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else (annotation,)
+    return any(option in (str, SecretStr) for option in options) and not any(
+        option in (int, float, bool, list, dict) or typing.get_origin(option) in (list, dict) for option in options
+    )
+
+
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     environ = os.environ if environ is None else environ
     sections = {name for name, field in AppConfig.model_fields.items() if isinstance(field.default_factory, type)}
@@ -204,7 +287,15 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = _parse_env_value(raw)
+        value = _parse_env_value(raw)
+        if value is None:
+            raise ConfigError(
+                f"environment variable {key} = {raw!r}: null is not a value here (it would silently pick the "
+                "default); unset the variable to use the default, or give a value"
+            )
+        if _is_text_setting(_field_annotation(path)) and not isinstance(value, str):
+            value = raw  # a text setting keeps its text: a token of digits stays a string
+        node[path[-1]] = value
     return out
 
 
@@ -221,12 +312,27 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
+def _redacted(value: Any, key: str = "") -> Any:
+    """A value fit for an error message: secrets (tokens, passwords, URL passwords) masked."""
+
+    if key in SECRET_FIELDS or isinstance(value, SecretStr):
+        return "***"
+    if isinstance(value, Mapping):
+        return {k: _redacted(v, str(k)) for k, v in value.items()}
+    if isinstance(value, str) and "@" in value and "://" in value:
+        return redact_url(value)
+    return value
+
+
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for error in exc.errors():
         where = ".".join(str(p) for p in error["loc"])
-        value = error.get("input")
+        value = _redacted(error.get("input"), str(error["loc"][-1]) if error["loc"] else "")
         message = error["msg"]
+        if isinstance(value, Mapping):  # a whole section failed one of its checks: the message says which setting
+            lines.append(f"{where}: {message.removeprefix('Value error, ')}")
+            continue
         if error["type"] == "extra_forbidden":
             section = AppConfig
             for part in error["loc"][:-1]:
@@ -296,13 +402,18 @@ def config_to_toml(config: AppConfig) -> str:
             return "{" + ", ".join(f"{json.dumps(k)} = {literal(v)}" for k, v in value.items()) + "}"
         raise TypeError(f"cannot write {value!r} as TOML")
 
+
     data = config.model_dump()
     lines = [f"{k} = {literal(v)}" for k, v in data.items() if not isinstance(v, dict) and v is not None]
     for section, values in data.items():
         if not isinstance(values, dict):
             continue
         lines.append(f"\n[{section}]")
-        lines.extend(f"{k} = {literal(v)}" for k, v in values.items() if v is not None)
+        for key, value in values.items():
+            if isinstance(value, SecretStr):  # secrets are never written out: not shown, not in snapshots
+                lines.append(f"# {key} is set (hidden)")
+            elif value is not None:
+                lines.append(f"{key} = {literal(redact_url(value) if key == 'chroma_url' else value)}")
     return "\n".join(lines) + "\n"
 
 

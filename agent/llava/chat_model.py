@@ -42,6 +42,7 @@ from agent.decoding.constraint import ToolCallConstraint, json_output_constraint
 from agent.decoding.tool_protocol import (
     TOOL_CALL_OPEN,
     ToolCallParseError,
+    first_call_position,
     normalise_tool_choice,
     parse_tool_calls,
 )
@@ -114,6 +115,9 @@ class ChatLlava(BaseChatModel):
         default=False, description="Run code shipped with a checkpoint (off by default)."
     )
     streaming: bool = Field(default=False, description="Stream by default when invoked.")
+    allow_pickle_weights: bool = Field(
+        default=False, description="Load a LoRA adapter stored as .bin (pickle files can run code)."
+    )
 
     _spec: ModelSpec | None = PrivateAttr(default=None)
 
@@ -171,6 +175,7 @@ class ChatLlava(BaseChatModel):
                 device=self.device,
                 adapter=self.adapter,
                 trust_remote_code=self.trust_remote_code,
+                allow_pickle_weights=self.allow_pickle_weights,
             )
         return self._spec
 
@@ -384,7 +389,7 @@ class ChatLlava(BaseChatModel):
                 _, calls = parse_tool_calls(result.text)
             except ToolCallParseError as exc:
                 raise OutputParserException(str(exc), llm_output=exc.llm_output) from exc
-            text = result.text[: result.text.find(TOOL_CALL_OPEN)].rstrip() if calls else result.text
+            text = result.text[: first_call_position(result.text)].rstrip() if calls else result.text
             tool_call_chunks = [
                 {
                     "type": "tool_call_chunk",

@@ -215,3 +215,24 @@ def test_captions_are_stored_when_a_captioner_is_given(workspace, tool_model_pat
     assert len(hits) == 2 and all(h.caption is None or isinstance(h.caption, str) for h in hits)
     stored = index._open_collection(write=False).get(include=["documents"])["documents"]
     assert len(stored) == 2 and all(isinstance(d, str) for d in stored)
+
+
+def test_symlink_loops_are_skipped_and_reported_never_ending_the_run(workspace):
+    make_album(workspace["album"], 2)
+    album = workspace["album"]
+    (album / "self.png").symlink_to("self.png")
+    (album / "a.png").symlink_to("b.png")
+    (album / "b.png").symlink_to("a.png")
+    (album / "gone.png").symlink_to(album / "missing.png")
+    index = open_index(workspace)
+    report = index.index_folder(album, progress=False)
+    skipped = {Path(s.path).name: s.reason for s in report.skipped}
+    assert report.added == 2
+    assert set(skipped) >= {"self.png", "a.png", "b.png"}
+    assert "symlink that points to itself" in skipped["self.png"]
+    assert index._writer is False, "the writer lock is held for the run only"
+    probe = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        from memory.chroma import acquire_writer_lock
+        acquire_writer_lock({str(workspace['store'])!r})
+    """)], cwd=REPO, capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr

@@ -268,8 +268,10 @@ def test_long_threads_are_trimmed_to_the_context(config):
     last_call = model.calls[-1]
     assert len(agent.history(thread)) == 16, "the stored thread keeps everything"
     assert 4 < len(last_call) < 16 and last_call[1].text.startswith("question"), "whole old turns dropped"
-    assert last_call[-1].text.startswith("question 7")
-    assert "Earlier turns were left out" in last_call[0].text and "- question 0" in last_call[0].text
+    note, question = last_call[-1].content[0]["text"], last_call[-1].content[-1]["text"]
+    assert question.startswith("question 7")
+    assert "Earlier turns were left out" in note and "- question 0" in note
+    assert "Earlier turns were left out" not in last_call[0].text, "quoted user text never enters the system prompt"
 
 
 def test_abandoning_a_stream_stops_the_turn_and_keeps_the_thread(config):
