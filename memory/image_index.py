@@ -26,8 +26,8 @@ from agent.core.chroma_auth import server_from_config
 from agent.core.config import AppConfig, load_config
 from agent.core.defaults import CLIP_MODEL, MAX_IMAGE_PIXELS
 from agent.core.errors import InputError, LlavaAgentError, StoreError
-from agent.core.files import read_allowed_image, resolve_allowed_path
-from agent.core.images import is_image_path, open_image_file
+from agent.core.files import open_allowed_image, read_allowed_image, resolve_allowed_path
+from agent.core.images import is_image_path
 from agent.core.model_manager import ModelManager
 from memory.chroma import acquire_writer_lock, open_chroma_client, release_writer_lock
 from memory.embedders import ClipEmbedder, clip_embedding_function
@@ -273,8 +273,10 @@ class ImageIndex:
             out: list[tuple[Any, dict[str, Any] | str]] = []
             for resolved, metadata in batch:
                 try:
-                    out.append((open_image_file(resolved, self.max_image_pixels, label=metadata["path"],
-                                                allowed_dirs=self.allowed_dirs), metadata))
+                    picture = open_allowed_image(
+                        resolved, self.allowed_dirs, self.max_image_pixels, label=metadata["path"]
+                    )
+                    out.append((picture, metadata))
                 except (LlavaAgentError, OSError, ValueError) as exc:
                     out.append((None, str(exc)))
             return out

@@ -18,9 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.core.defaults import CAPTION_MODEL, MAX_IMAGE_PIXELS
 from agent.core.errors import ImageError, InputError
-from agent.core.files import read_allowed_image, resolve_allowed_path
+from agent.core.files import open_allowed_image, read_allowed_image, resolve_allowed_path
 from agent.core.hub_access import hub_load_kwargs
-from agent.core.images import is_image_path, open_image_file
+from agent.core.images import is_image_path
 from agent.core.model_manager import checkpoint_size_bytes
 from agent.core.runtime import tool_dtype
 from agent.core.weights_policy import weight_kwargs
@@ -128,8 +128,9 @@ class CaptionImageTool(LlavaTool):
                 images, names = [], []
                 for path in paths[start : start + batch_size]:
                     try:
-                        images.append(open_image_file(resolve_allowed_path(path, allowed), self.max_image_pixels,
-                                                      allowed_dirs=allowed))
+                        images.append(
+                            open_allowed_image(resolve_allowed_path(path, allowed), allowed, self.max_image_pixels)
+                        )
                         names.append(str(path))
                     except (ImageError, InputError) as exc:
                         skipped[str(path)] = str(exc)
