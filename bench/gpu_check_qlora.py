@@ -62,7 +62,7 @@ def step_qlora(ctx: Context, record: Any) -> None:
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "finetune", "train", *_cli_args(options)], cwd=REPO, stdout=log,
-            stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
+            stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), OMP_NUM_THREADS="1"),
         )  # fmt: skip
         try:
             deadline = time.monotonic() + (420 if ctx.full else 240)
