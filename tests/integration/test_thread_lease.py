@@ -76,11 +76,17 @@ WRITER = textwrap.dedent("""
     from memory.thread_lease import ThreadBusyError
     from tests.scripted_chat_model import ScriptedChatModel
 
-    data_dir, thread_id, name, turns = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    data_dir, thread_id, name, turns, barrier = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
     config = load_config({"data_dir": data_dir, "agent": {"long_term_memory": False}, "tools": {"enabled": []}},
                          environ={})
     model = ScriptedChatModel(replies=["fine thanks " * 5], token_delay_s=0.002)
     agent = MultimodalAgent(model, [], config=config)
+    # start together: each writer announces itself, then waits for the other (slow start-ups under load)
+    from pathlib import Path
+    Path(barrier, name).touch()
+    deadline = time.monotonic() + 120
+    while len(list(Path(barrier).iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     busy = 0
     for index in range(turns):
         while True:
@@ -101,8 +107,10 @@ def test_two_processes_writing_one_thread_lose_no_turn(tmp_path):
         thread_id = store.new_thread("shared").thread_id
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     turns = 25
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
     writers = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(data_dir), thread_id, name, str(turns)], cwd=ROOT,
+        subprocess.Popen([sys.executable, "-c", WRITER, str(data_dir), thread_id, name, str(turns), str(barrier)], cwd=ROOT,
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for name in ("a", "b")
     ]
