@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from langchain_core.tools import BaseTool, ToolException
 from pydantic import ConfigDict, Field
 
 from agent.core.config import AppConfig
-from agent.core.errors import InputError, LlavaAgentError
+from agent.core.errors import InputError, LlavaAgentError, ToolError
 from agent.core.model_manager import get_model_manager
 from agent.core.runtime import resolve_device
 
@@ -77,3 +78,14 @@ def default_allowed_dirs() -> list[Path]:
 def default_artifacts_dir() -> Path:
     """Where a tool built without ``artifacts_dir`` writes: ``<default data folder>/artifacts``."""
     return built_in_defaults().artifacts_dir
+
+
+def require_package(module: str, extra: str, purpose: str) -> Any:
+    """Import an optional package, or raise a :class:`ToolError` naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ToolError(
+            f"{purpose} needs the Python package {module!r}, which cannot be imported here ({exc}); install it "
+            f"with `pip install 'llava-agent[{extra}]'`"
+        ) from None

@@ -1,0 +1,223 @@
+"""generate_video's cost at CogVideoX-2b's real sizes, with random weights: seconds and peak memory.
+
+CPU (float32, what the tool runs on a CPU): the three parts are timed one after another, each
+freed before the next, with the process's resident memory sampled every 20 ms:
+
+* the T5-v1.1-XXL text encoder (4096 wide) on one 226-token prompt, built with ``--t5-layers``
+  of its 24 layers (the full encoder is 19 GB in float32) and scaled to 24 layers;
+* the 1.7B-parameter denoising transformer, ``--steps`` forward passes with classifier-free
+  guidance (a batch of 2) for a ``--frames`` x ``--height`` x ``--width`` clip;
+* the VAE decoding that clip.
+
+It prints each part, the clip's seconds composed from them for ``--clip-steps`` steps, and the
+throughput constants ``tools/video_cost.py`` uses for its refusal estimate::
+
+    python bench/bench_video.py --device cpu --frames 9 --height 256 --width 256 --steps 2
+
+CUDA (float16, the whole pipeline through the tool's own memory plan, one run per plan)::
+
+    python bench/bench_video.py --device cuda --frames 49 --height 480 --width 720 --steps 10 --plans none model
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from tools.video_cost import TEXT_TOKENS, transformer_flops, video_tokens  # noqa: E402
+
+GIB = 1024**3
+
+
+class PeakMemory:
+    """Samples this process's resident memory (VmRSS) every 20 ms inside a ``with`` block."""
+
+    def __enter__(self) -> PeakMemory:
+        self.peak = self.start = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+
+def latent_shape(frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+    return ((frames - 1) // 4 + 1, 16, height // 8, width // 8)
+
+
+def bench_cpu(args: argparse.Namespace) -> list[dict]:
+    import torch
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    rows = []
+    with torch.inference_mode():
+        with PeakMemory() as memory:
+            built = time.perf_counter()
+            encoder = T5EncoderModel(T5Config(
+                vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=args.t5_layers, num_heads=64,
+                feed_forward_proj="gated-gelu",
+            )).eval()
+            built = time.perf_counter() - built
+            ids = torch.randint(0, 32128, (1, TEXT_TOKENS))
+            encoder(input_ids=ids)  # warm-up
+            started = time.perf_counter()
+            encoder(input_ids=ids)
+            seconds = (time.perf_counter() - started) * 24 / args.t5_layers
+        rows.append({"part": "t5-xxl text encoder", "layers_built": args.t5_layers, "s_per_prompt_24_layers": round(seconds, 2),
+                     "build_s": round(built, 1), "peak_rss_gib": round(memory.peak / GIB, 2)})
+        del encoder
+        gc.collect()
+
+        frames, channels, lh, lw = latent_shape(args.frames, args.height, args.width)
+        tokens = video_tokens(args.frames, args.height, args.width)
+        with PeakMemory() as memory:
+            built = time.perf_counter()
+            transformer = CogVideoXTransformer3DModel().eval()
+            built = time.perf_counter() - built
+            latents = torch.randn(2, frames, channels, lh, lw)
+            text = torch.randn(2, TEXT_TOKENS, 4096)
+            times = []
+            for step in range(args.steps):
+                started = time.perf_counter()
+                transformer(hidden_states=latents, encoder_hidden_states=text,
+                            timestep=torch.tensor([999 - step] * 2), return_dict=False)
+                times.append(time.perf_counter() - started)
+        step_s = min(times)
+        flops = 2 * transformer_flops(tokens)
+        rows.append({"part": "transformer (CFG batch 2)", "video_tokens": tokens, "s_per_step": round(step_s, 2),
+                     "all_steps_s": [round(t, 2) for t in times], "flops_per_step": flops,
+                     "flops_per_s": round(flops / step_s), "build_s": round(built, 1),
+                     "peak_rss_gib": round(memory.peak / GIB, 2)})
+        del transformer, latents, text
+        gc.collect()
+
+        with PeakMemory() as memory:
+            vae = AutoencoderKLCogVideoX().eval()
+            latents = torch.randn(1, channels, frames, lh, lw)
+            started = time.perf_counter()
+            decoded = vae.decode(latents).sample
+            decode_s = time.perf_counter() - started
+        out_frames = decoded.shape[2]
+        megapixel_frames = out_frames * args.height * args.width / 1e6
+        rows.append({"part": "vae decode", "frames_out": out_frames, "s": round(decode_s, 2),
+                     "s_per_megapixel_frame": round(decode_s / megapixel_frames, 2),
+                     "peak_rss_gib": round(memory.peak / GIB, 2)})
+        del vae, decoded
+        gc.collect()
+
+    t5_s = rows[0]["s_per_prompt_24_layers"]
+    clip_s = 2 * t5_s + args.clip_steps * step_s + decode_s
+    rows.append({
+        "part": "clip (composed)", "frames": args.frames, "size": f"{args.width}x{args.height}",
+        "steps": args.clip_steps, "s_per_clip": round(clip_s, 1), "threads": torch.get_num_threads(),
+        "reference_cpu": {"transformer_flops_per_s": float(f"{flops / step_s:.3g}"),
+                          "vae_s_per_megapixel_frame": round(decode_s / megapixel_frames, 2),
+                          "text_encoder_s_per_prompt": round(t5_s, 1)},
+    })
+    return rows
+
+
+def bench_cuda(args: argparse.Namespace) -> list[dict]:
+    import torch
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDDIMScheduler,
+        CogVideoXPipeline,
+        CogVideoXTransformer3DModel,
+    )
+    from transformers import T5Config, T5EncoderModel
+
+    from tests.video_3d_models import build_t5_tokenizer
+    from tools.generate_video import apply_memory_plan
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):  # random init on the GPU is fast; weights then go where each plan wants them
+        parts = {
+            "text_encoder": T5EncoderModel(T5Config(
+                vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                feed_forward_proj="gated-gelu",
+            )),
+            "transformer": CogVideoXTransformer3DModel(),
+            "vae": AutoencoderKLCogVideoX(),
+        }
+    parts = {name: module.half().eval().to("cpu") for name, module in parts.items()}
+    rows = []
+    for plan in args.plans:
+        pipeline = CogVideoXPipeline(tokenizer=build_t5_tokenizer(), scheduler=CogVideoXDDIMScheduler(), **parts)
+        pipeline.set_progress_bar_config(disable=True)
+        savers = apply_memory_plan(pipeline, "cuda", plan)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        result = pipeline(prompt="a paper boat drifting on a pond", negative_prompt="", num_frames=args.frames,
+                          height=args.height, width=args.width, num_inference_steps=args.steps, guidance_scale=6.0,
+                          generator=torch.Generator("cpu").manual_seed(0), output_type="np")
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        rows.append({"plan": plan, "savers": savers, "frames": int(result.frames.shape[1]),
+                     "size": f"{args.width}x{args.height}", "steps": args.steps, "s_per_clip": round(seconds, 1),
+                     "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / GIB, 2),
+                     "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 2),
+                     "gpu": torch.cuda.get_device_name()})
+        print(json.dumps(rows[-1]), flush=True)
+        pipeline.remove_all_hooks()
+        pipeline.to("cpu")
+        del pipeline, result
+        gc.collect()
+        torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--frames", type=int, default=9)
+    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=2, help="transformer steps timed (CPU) or run (CUDA)")
+    parser.add_argument("--clip-steps", type=int, default=50, help="CPU: steps of the composed clip")
+    parser.add_argument("--t5-layers", type=int, default=4, help="CPU: T5-XXL layers built (scaled to 24)")
+    parser.add_argument("--plans", nargs="+", default=["none", "model"], choices=["none", "model", "sequential"])
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--output", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    rows = bench_cpu(args) if args.device == "cpu" else bench_cuda(args)
+    for row in rows:
+        print(json.dumps(row))
+    if args.output:
+        args.output.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
