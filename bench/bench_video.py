@@ -1,7 +1,10 @@
 """generate_video's cost at CogVideoX-2b's real sizes, with random weights: seconds and peak memory.
 
 CPU (float32, what the tool runs on a CPU): the three parts are timed one after another, each
-freed before the next, with the process's resident memory sampled every 20 ms:
+freed before the next, with the process's resident memory sampled every 20 ms. Each is timed in
+wall seconds and in the process's CPU seconds; on a CPU shared with other jobs, CPU seconds
+divided by torch's threads stands for the wall time of an idle machine, and the clip figures
+and constants use it:
 
 * the T5-v1.1-XXL text encoder (4096 wide) on one 226-token prompt, built with ``--t5-layers``
   of its 24 layers (the full encoder is 19 GB in float32) and scaled to 24 layers;
@@ -66,6 +69,18 @@ class PeakMemory:
         return 0
 
 
+class Timer:
+    """Wall seconds and this process's CPU seconds of a block (CPU seconds / threads estimates an idle machine's wall time)."""
+
+    def __enter__(self) -> Timer:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall_s = time.perf_counter() - self._wall
+        self.cpu_s = time.process_time() - self._cpu
+
+
 def latent_shape(frames: int, height: int, width: int) -> tuple[int, int, int, int]:
     return ((frames - 1) // 4 + 1, 16, height // 8, width // 8)
 
@@ -76,6 +91,7 @@ def bench_cpu(args: argparse.Namespace) -> list[dict]:
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
     rows = []
     with torch.inference_mode():
         with PeakMemory() as memory:
@@ -87,10 +103,12 @@ def bench_cpu(args: argparse.Namespace) -> list[dict]:
             built = time.perf_counter() - built
             ids = torch.randint(0, 32128, (1, TEXT_TOKENS))
             encoder(input_ids=ids)  # warm-up
-            started = time.perf_counter()
-            encoder(input_ids=ids)
-            seconds = (time.perf_counter() - started) * 24 / args.t5_layers
-        rows.append({"part": "t5-xxl text encoder", "layers_built": args.t5_layers, "s_per_prompt_24_layers": round(seconds, 2),
+            with Timer() as timer:
+                encoder(input_ids=ids)
+            scale = 24 / args.t5_layers
+        t5_s = timer.cpu_s * scale / threads
+        rows.append({"part": "t5-xxl text encoder", "layers_built": args.t5_layers,
+                     "wall_s_24_layers": round(timer.wall_s * scale, 2), "cpu_s_24_layers": round(timer.cpu_s * scale, 2),
                      "build_s": round(built, 1), "peak_rss_gib": round(memory.peak / GIB, 2)})
         del encoder
         gc.collect()
@@ -103,17 +121,19 @@ def bench_cpu(args: argparse.Namespace) -> list[dict]:
             built = time.perf_counter() - built
             latents = torch.randn(2, frames, channels, lh, lw)
             text = torch.randn(2, TEXT_TOKENS, 4096)
-            times = []
+            timers = []
             for step in range(args.steps):
-                started = time.perf_counter()
-                transformer(hidden_states=latents, encoder_hidden_states=text,
-                            timestep=torch.tensor([999 - step] * 2), return_dict=False)
-                times.append(time.perf_counter() - started)
-        step_s = min(times)
+                with Timer() as timer:
+                    transformer(hidden_states=latents, encoder_hidden_states=text,
+                                timestep=torch.tensor([999 - step] * 2), return_dict=False)
+                timers.append(timer)
+        best = min(timers, key=lambda t: t.cpu_s)
+        step_s = best.cpu_s / threads
         flops = 2 * transformer_flops(tokens)
-        rows.append({"part": "transformer (CFG batch 2)", "video_tokens": tokens, "s_per_step": round(step_s, 2),
-                     "all_steps_s": [round(t, 2) for t in times], "flops_per_step": flops,
-                     "flops_per_s": round(flops / step_s), "build_s": round(built, 1),
+        rows.append({"part": "transformer (CFG batch 2)", "video_tokens": tokens,
+                     "wall_s_per_step": [round(t.wall_s, 2) for t in timers],
+                     "cpu_s_per_step": [round(t.cpu_s, 2) for t in timers], "flops_per_step": flops,
+                     "flops_per_cpu_s_per_thread": round(flops / step_s), "build_s": round(built, 1),
                      "peak_rss_gib": round(memory.peak / GIB, 2)})
         del transformer, latents, text
         gc.collect()
@@ -121,22 +141,20 @@ def bench_cpu(args: argparse.Namespace) -> list[dict]:
         with PeakMemory() as memory:
             vae = AutoencoderKLCogVideoX().eval()
             latents = torch.randn(1, channels, frames, lh, lw)
-            started = time.perf_counter()
-            decoded = vae.decode(latents).sample
-            decode_s = time.perf_counter() - started
+            with Timer() as timer:
+                decoded = vae.decode(latents).sample
+        decode_s = timer.cpu_s / threads
         out_frames = decoded.shape[2]
         megapixel_frames = out_frames * args.height * args.width / 1e6
-        rows.append({"part": "vae decode", "frames_out": out_frames, "s": round(decode_s, 2),
-                     "s_per_megapixel_frame": round(decode_s / megapixel_frames, 2),
-                     "peak_rss_gib": round(memory.peak / GIB, 2)})
+        rows.append({"part": "vae decode", "frames_out": out_frames, "wall_s": round(timer.wall_s, 2),
+                     "cpu_s": round(timer.cpu_s, 2), "peak_rss_gib": round(memory.peak / GIB, 2)})
         del vae, decoded
         gc.collect()
 
-    t5_s = rows[0]["s_per_prompt_24_layers"]
     clip_s = 2 * t5_s + args.clip_steps * step_s + decode_s
     rows.append({
-        "part": "clip (composed)", "frames": args.frames, "size": f"{args.width}x{args.height}",
-        "steps": args.clip_steps, "s_per_clip": round(clip_s, 1), "threads": torch.get_num_threads(),
+        "part": "clip (composed, CPU seconds / threads)", "frames": args.frames, "size": f"{args.width}x{args.height}",
+        "steps": args.clip_steps, "s_per_clip": round(clip_s, 1), "threads": threads,
         "reference_cpu": {"transformer_flops_per_s": float(f"{flops / step_s:.3g}"),
                           "vae_s_per_megapixel_frame": round(decode_s / megapixel_frames, 2),
                           "text_encoder_s_per_prompt": round(t5_s, 1)},

@@ -71,7 +71,7 @@ def _build_cogvideox(output_dir: Path, *, size: str, seed: int, t5_layers: int |
         )
         vae = AutoencoderKLCogVideoX(
             block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1, norm_num_groups=2,
-            temporal_compression_ratio=4, sample_height=32, sample_width=32,
+            temporal_compression_ratio=4,  # the real sample size, so VAE tiles are 240x360 as in CogVideoX-2b
         )
     elif size == "real":
         # THUDM/CogVideoX-2b: T5-v1.1-XXL encoder (4096 wide, 24 layers), the 30-layer 1920-wide

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import importlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,11 @@ from agent.core.config import AppConfig
 from agent.core.errors import InputError, LlavaAgentError, ToolError
 from agent.core.model_manager import get_model_manager
 from agent.core.runtime import resolve_device
+
+PIPELINE_LOAD_LOCK = threading.RLock()
+"""Held while a tool imports and builds a diffusers pipeline. diffusers' and transformers' lazy
+modules can fail ("cannot import name 'DiffusionPipeline' from 'diffusers'") when two threads
+import from them for the first time at once, which the agent's parallel tool calls do."""
 
 
 class LlavaTool(BaseTool):

@@ -25,7 +25,7 @@ from agent.core.errors import InputError, ToolError
 from agent.core.files import write_new_artifact
 from agent.core.model_manager import checkpoint_size_bytes
 from agent.core.runtime import tool_dtype
-from tools.base import LlavaTool, default_artifacts_dir
+from tools.base import PIPELINE_LOAD_LOCK, LlavaTool, default_artifacts_dir
 
 if TYPE_CHECKING:
     from agent.core.config import AppConfig
@@ -70,8 +70,6 @@ class GenerateImageTool(LlavaTool):
         )
 
     def _load(self) -> Any:
-        from diffusers import AutoPipelineForText2Image
-
         device = self.resolved_device()
         kwargs: dict[str, Any] = {
             "dtype": tool_dtype(device),
@@ -79,7 +77,10 @@ class GenerateImageTool(LlavaTool):
         }
         if not self.safety_checker:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
-        pipeline = AutoPipelineForText2Image.from_pretrained(self.model, **kwargs)
+        with PIPELINE_LOAD_LOCK:
+            from diffusers import AutoPipelineForText2Image
+
+            pipeline = AutoPipelineForText2Image.from_pretrained(self.model, **kwargs)
         return pipeline.to(device)
 
     def validate(

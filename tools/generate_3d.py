@@ -25,7 +25,13 @@ from agent.core.errors import InputError, ModelLoadError, ToolError
 from agent.core.files import read_allowed_image, write_new_artifact
 from agent.core.model_manager import checkpoint_size_bytes
 from agent.core.runtime import tool_dtype
-from tools.base import LlavaTool, default_allowed_dirs, default_artifacts_dir, require_package
+from tools.base import (
+    PIPELINE_LOAD_LOCK,
+    LlavaTool,
+    default_allowed_dirs,
+    default_artifacts_dir,
+    require_package,
+)
 from tools.mesh_files import MESH_FORMATS, MeshFormat, mesh_bytes, preview_image, z_up_to_y_up
 from tools.shape_decoding import decode_latent_to_mesh, ensure_mesh_table
 
@@ -138,11 +144,12 @@ class Generate3DTool(LlavaTool):
     # -- the models ------------------------------------------------------------------------------
     def _loader(self, model: str, from_image: bool):
         def load() -> Any:
-            import diffusers
-
-            expected = diffusers.ShapEImg2ImgPipeline if from_image else diffusers.ShapEPipeline
             device = self.resolved_device()
-            pipeline = diffusers.DiffusionPipeline.from_pretrained(model, dtype=tool_dtype(device), use_safetensors=True)
+            with PIPELINE_LOAD_LOCK:
+                import diffusers
+
+                expected = diffusers.ShapEImg2ImgPipeline if from_image else diffusers.ShapEPipeline
+                pipeline = diffusers.DiffusionPipeline.from_pretrained(model, dtype=tool_dtype(device), use_safetensors=True)
             if not isinstance(pipeline, expected):
                 setting = "shape_image_model" if from_image else "shape_model"
                 raise ModelLoadError(

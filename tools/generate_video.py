@@ -8,9 +8,9 @@ with a contact-sheet PNG beside it: the chat shows the sheet, a player or a web 
 video.
 
 A CPU would take hours for the default clip, so on a CPU the tool refuses with an estimate (see
-:mod:`tools.video_cost`) unless ``tools.video_allow_cpu`` is set. On CUDA the pipeline runs in
-fp16 with VAE tiling and slicing, and is offloaded to the CPU when the GPU's free memory asks
-for it (``tools.video_offload``).
+:mod:`tools.video_cost`) unless ``tools.video_allow_cpu`` is set. On CUDA the pipeline runs in fp16, the VAE decodes in
+tiles and slices, and the pipeline is offloaded to the CPU when the GPU's free memory asks for
+it (``tools.video_offload``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from agent.core.errors import InputError, ModelLoadError, ToolError
 from agent.core.files import write_new_artifact
 from agent.core.model_manager import checkpoint_size_bytes, model_size_bytes
 from agent.core.runtime import tool_dtype
-from tools.base import LlavaTool, default_artifacts_dir, require_package
+from tools.base import PIPELINE_LOAD_LOCK, LlavaTool, default_artifacts_dir, require_package
 from tools.video_cost import REFERENCE_CPU, choose_offload, describe_duration, estimate_cpu_seconds
 from tools.video_files import contact_sheet, frames_to_uint8, write_mp4
 
@@ -189,10 +189,12 @@ class GenerateVideoTool(LlavaTool):
     # -- the model -------------------------------------------------------------------------------
     def _load(self) -> Any:
         import torch
-        from diffusers import DiffusionPipeline
 
         device = self.resolved_device()
-        pipeline = DiffusionPipeline.from_pretrained(self.model, dtype=tool_dtype(device), use_safetensors=True)
+        with PIPELINE_LOAD_LOCK:
+            from diffusers import DiffusionPipeline
+
+            pipeline = DiffusionPipeline.from_pretrained(self.model, dtype=tool_dtype(device), use_safetensors=True)
         accepted = set(inspect.signature(pipeline.__call__).parameters)
         missing = [name for name in PIPELINE_ARGUMENTS if name not in accepted]
         if missing:
@@ -234,6 +236,11 @@ class GenerateVideoTool(LlavaTool):
                 output_type="np",
             )
         frames = frames_to_uint8(result.frames)
+        if frames.shape[1:3] != (request.height, request.width):
+            raise ToolError(
+                f"the pipeline made {frames.shape[2]}x{frames.shape[1]} frames instead of the {request.width}x"
+                f"{request.height} asked for; {self.model} may not support this size"
+            )
         metadata = {
             "prompt": request.prompt, "negative_prompt": request.negative_prompt or "", "seed": seed,
             "steps": request.steps, "guidance": request.guidance, "model": self.model,
