@@ -17,9 +17,12 @@ throughput constants ``tools/video_cost.py`` uses for its refusal estimate::
 
     python bench/bench_video.py --device cpu --frames 9 --height 256 --width 256 --steps 2
 
-CUDA (float16, the whole pipeline through the tool's own memory plan, one run per plan)::
+CUDA (float16, the whole pipeline placed by the tool's own memory plan, one run per plan; peak
+GPU memory allocated and reserved, and seconds per clip)::
 
     python bench/bench_video.py --device cuda --frames 49 --height 480 --width 720 --steps 10 --plans none model
+
+``--mode pipeline --size tiny --device cpu --plans none`` runs that path on a tiny model anywhere.
 """
 
 from __future__ import annotations
@@ -162,7 +165,10 @@ def bench_cpu(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def bench_cuda(args: argparse.Namespace) -> list[dict]:
+def bench_pipeline(args: argparse.Namespace) -> list[dict]:
+    """The whole pipeline, placed by the tool's own memory plan, once per plan (run ``sequential`` last)."""
+    import tempfile
+
     import torch
     from diffusers import (
         AutoencoderKLCogVideoX,
@@ -172,50 +178,66 @@ def bench_cuda(args: argparse.Namespace) -> list[dict]:
     )
     from transformers import T5Config, T5EncoderModel
 
-    from tests.video_3d_models import build_t5_tokenizer
-    from tools.generate_video import apply_memory_plan
+    from tests.video_3d_models import build_cogvideox, build_t5_tokenizer
+    from tools.video_cost import apply_memory_plan
 
+    cuda = args.device.startswith("cuda")
+    dtype = torch.float16 if cuda else torch.float32
     torch.manual_seed(0)
-    with torch.device("cuda"):  # random init on the GPU is fast; weights then go where each plan wants them
-        parts = {
-            "text_encoder": T5EncoderModel(T5Config(
-                vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-                feed_forward_proj="gated-gelu",
-            )),
-            "transformer": CogVideoXTransformer3DModel(),
-            "vae": AutoencoderKLCogVideoX(),
-        }
-    parts = {name: module.half().eval().to("cpu") for name, module in parts.items()}
+    if args.size == "tiny":  # a smoke run of this code path on any machine
+        folder = build_cogvideox(Path(tempfile.mkdtemp(prefix="bench-video-")) / "tiny")
+        loaded = CogVideoXPipeline.from_pretrained(folder)
+        parts = {name: getattr(loaded, name) for name in ("text_encoder", "transformer", "vae")}
+    else:
+        with torch.device(args.device):  # random init on the GPU is fast; each plan then places the weights
+            parts = {
+                "text_encoder": T5EncoderModel(T5Config(
+                    vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                    feed_forward_proj="gated-gelu",
+                )),
+                "transformer": CogVideoXTransformer3DModel(),
+                "vae": AutoencoderKLCogVideoX(),
+            }
+    parts = {name: module.to(dtype).eval().to("cpu") for name, module in parts.items()}
     rows = []
     for plan in args.plans:
         pipeline = CogVideoXPipeline(tokenizer=build_t5_tokenizer(), scheduler=CogVideoXDDIMScheduler(), **parts)
         pipeline.set_progress_bar_config(disable=True)
-        savers = apply_memory_plan(pipeline, "cuda", plan)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        started = time.perf_counter()
-        result = pipeline(prompt="a paper boat drifting on a pond", negative_prompt="", num_frames=args.frames,
-                          height=args.height, width=args.width, num_inference_steps=args.steps, guidance_scale=6.0,
-                          generator=torch.Generator("cpu").manual_seed(0), output_type="np")
-        torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
-        rows.append({"plan": plan, "savers": savers, "frames": int(result.frames.shape[1]),
-                     "size": f"{args.width}x{args.height}", "steps": args.steps, "s_per_clip": round(seconds, 1),
-                     "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / GIB, 2),
-                     "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 2),
-                     "gpu": torch.cuda.get_device_name()})
-        print(json.dumps(rows[-1]), flush=True)
-        pipeline.remove_all_hooks()
-        pipeline.to("cpu")
+        savers = apply_memory_plan(pipeline, args.device, plan)
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        with PeakMemory() as memory, Timer() as timer:
+            result = pipeline(prompt="a paper boat drifting on a pond", negative_prompt="", num_frames=args.frames,
+                              height=args.height, width=args.width, num_inference_steps=args.steps,
+                              guidance_scale=6.0, generator=torch.Generator("cpu").manual_seed(0), output_type="np")
+            if cuda:
+                torch.cuda.synchronize()
+        row = {"plan": plan, "savers": savers, "device": args.device, "size": args.size,
+               "frames": int(result.frames.shape[1]), "video": f"{args.width}x{args.height}", "steps": args.steps,
+               "s_per_clip": round(timer.wall_s, 1), "peak_rss_gib": round(memory.peak / GIB, 2)}
+        if cuda:
+            row.update(peak_allocated_gib=round(torch.cuda.max_memory_allocated() / GIB, 2),
+                       peak_reserved_gib=round(torch.cuda.max_memory_reserved() / GIB, 2),
+                       gpu=torch.cuda.get_device_name())
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if plan != args.plans[-1]:
+            pipeline.remove_all_hooks()
+            pipeline.to("cpu")
         del pipeline, result
         gc.collect()
-        torch.cuda.empty_cache()
+        if cuda:
+            torch.cuda.empty_cache()
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--mode", choices=["parts", "pipeline"],
+                        help="parts: each component timed alone (CPU default); pipeline: whole clips per plan (CUDA default)")
+    parser.add_argument("--size", choices=["real", "tiny"], default="real", help="pipeline mode: tiny = smoke run")
     parser.add_argument("--frames", type=int, default=9)
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=256)
@@ -230,8 +252,9 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    rows = bench_cpu(args) if args.device == "cpu" else bench_cuda(args)
-    for row in rows:
+    mode = args.mode or ("parts" if args.device == "cpu" else "pipeline")
+    rows = bench_cpu(args) if mode == "parts" else bench_pipeline(args)  # the pipeline prints each row as it ends
+    for row in rows if mode == "parts" else ():
         print(json.dumps(row))
     if args.output:
         args.output.write_text(json.dumps(rows, indent=2))

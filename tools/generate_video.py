@@ -31,7 +31,13 @@ from agent.core.files import write_new_artifact
 from agent.core.model_manager import checkpoint_size_bytes, model_size_bytes
 from agent.core.runtime import tool_dtype
 from tools.base import PIPELINE_LOAD_LOCK, LlavaTool, default_artifacts_dir, require_package
-from tools.video_cost import REFERENCE_CPU, choose_offload, describe_duration, estimate_cpu_seconds
+from tools.video_cost import (
+    REFERENCE_CPU,
+    apply_memory_plan,
+    choose_offload,
+    describe_duration,
+    estimate_cpu_seconds,
+)
 from tools.video_files import contact_sheet, frames_to_uint8, write_mp4
 
 if TYPE_CHECKING:
@@ -77,26 +83,6 @@ class VideoRequest:
     steps: int
     guidance: float
     seed: int | None
-
-
-def apply_memory_plan(pipeline: Any, device: str, plan: str) -> list[str]:
-    """Place ``pipeline`` on ``device`` with the memory savers of ``plan``; returns the savers applied."""
-    savers: list[str] = []
-    if plan == "model":
-        pipeline.enable_model_cpu_offload(device=device)
-        savers.append("model CPU offload")
-    elif plan == "sequential":
-        pipeline.enable_sequential_cpu_offload(device=device)
-        savers.append("sequential CPU offload")
-    else:
-        pipeline.to(device)
-    vae = getattr(pipeline, "vae", None)
-    if device.startswith("cuda") and vae is not None:
-        for method, name in (("enable_tiling", "VAE tiling"), ("enable_slicing", "VAE slicing")):
-            if callable(getattr(vae, method, None)):
-                getattr(vae, method)()
-                savers.append(name)
-    return savers
 
 
 class GenerateVideoTool(LlavaTool):

@@ -21,6 +21,7 @@ below the VAE's tile size (240x360 for CogVideoX).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 GIB = 1024**3
 
@@ -108,3 +109,23 @@ def choose_offload(setting: str, free_bytes: int, weight_bytes: int, largest_com
     if free_bytes >= largest_component_bytes + WORKING_MEMORY_BYTES:
         return "model"
     return "sequential"
+
+
+def apply_memory_plan(pipeline: Any, device: str, plan: str) -> list[str]:
+    """Place ``pipeline`` on ``device`` with the memory savers of ``plan``; returns the savers applied."""
+    savers: list[str] = []
+    if plan == "model":
+        pipeline.enable_model_cpu_offload(device=device)
+        savers.append("model CPU offload")
+    elif plan == "sequential":
+        pipeline.enable_sequential_cpu_offload(device=device)
+        savers.append("sequential CPU offload")
+    else:
+        pipeline.to(device)
+    vae = getattr(pipeline, "vae", None)
+    if device.startswith("cuda") and vae is not None:
+        for method, name in (("enable_tiling", "VAE tiling"), ("enable_slicing", "VAE slicing")):
+            if callable(getattr(vae, method, None)):
+                getattr(vae, method)()
+                savers.append(name)
+    return savers

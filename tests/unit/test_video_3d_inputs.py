@@ -303,7 +303,7 @@ class RecordingPipeline:
      ["sequential CPU offload", "VAE tiling", "VAE slicing"]),
 ])
 def test_memory_plan_places_the_pipeline(device, plan, calls, savers):
-    from tools.generate_video import apply_memory_plan
+    from tools.video_cost import apply_memory_plan
 
     pipeline = RecordingPipeline()
     assert apply_memory_plan(pipeline, device, plan) == savers
