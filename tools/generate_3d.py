@@ -100,6 +100,9 @@ class Generate3DTool(LlavaTool):
     max_steps: int = Field(200, ge=1)
     grid_size: int = Field(MESH_GRID_SIZE, ge=16, le=512, description="Samples per side of the meshing grid.")
     preview_size: int = Field(256, ge=32, le=1024, description="Pixels per side of each preview view.")
+    max_faces: int = Field(
+        2_000_000, gt=0, description="Largest mesh kept, in triangles; more means the shape came out as noise."
+    )
 
     @classmethod
     def from_config(cls, config: AppConfig, manager: Any = None) -> Generate3DTool:
@@ -182,7 +185,9 @@ class Generate3DTool(LlavaTool):
                 generator=torch.Generator(device="cpu").manual_seed(seed), output_type="latent",
             ).images
             sampled = time.perf_counter()
-            vertices, faces, colors = decode_latent_to_mesh(pipeline.shap_e_renderer, latents[0], self.grid_size, table)
+            vertices, faces, colors = decode_latent_to_mesh(
+                pipeline.shap_e_renderer, latents[0], self.grid_size, table, max_faces=self.max_faces
+            )
         if len(faces) == 0:
             raise ToolError(
                 "the model produced no surface for this request (the whole box came out empty or full); try another "

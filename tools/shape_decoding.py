@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from agent.core.errors import ToolError
 from tools.marching_cubes import build_lookup_table, marching_cubes, table_is_empty
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,9 +48,14 @@ def ensure_mesh_table(renderer: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def decode_latent_to_mesh(
     renderer: Any, latent: Any, grid_size: int, table: tuple[np.ndarray, np.ndarray] | None = None,
-    query_batch: int = QUERY_BATCH,
+    query_batch: int = QUERY_BATCH, max_faces: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(vertices[V, 3], faces[F, 3], colors[V, 3])`` of one latent ``[tokens, width]``; z up, sRGB colours in [0, 1]."""
+    """``(vertices[V, 3], faces[F, 3], colors[V, 3])`` of one latent ``[tokens, width]``; z up, sRGB colours in [0, 1].
+
+    A surface of more than ``max_faces`` triangles is refused before it is coloured: a latent
+    that came out as noise fills the whole grid with surface (about 2.5 triangles per grid
+    cell), which no viewer wants and which takes gigabytes to draw and store.
+    """
     import numpy as np
     import torch
     from torch.func import functional_call
@@ -79,6 +85,12 @@ def decode_latent_to_mesh(
             field.reshape(grid_size, grid_size, grid_size).numpy(), tuple(low.tolist()), tuple(high.tolist()),
             table=table,
         )
+        if max_faces is not None and len(faces) > max_faces:
+            raise ToolError(
+                f"the surface came out with {len(faces):,} triangles at grid size {grid_size}, over the limit of "
+                f"{max_faces:,}: the shape is noise rather than an object; try another seed, more steps, or a "
+                "smaller tools.mesh_grid_size"
+            )
         colors = np.zeros((len(vertices), 3), dtype=np.float32)
         for start in range(0, len(vertices), query_batch):
             chunk = torch.from_numpy(vertices[start : start + query_batch]).to(device=device, dtype=dtype)

@@ -137,6 +137,13 @@ def test_photo_to_mesh_in_other_formats(shape_tool, tool_workspace, file_format)
     assert len(mesh.faces) == artifact["faces"] and mesh.is_watertight
 
 
+def test_a_noise_surface_over_the_face_limit_is_refused(shape_tool, tool_workspace):
+    limited = shape_tool.model_copy(update={"max_faces": 10})
+    message = call(limited, prompt="a chair", steps=1, seed=0)
+    assert message.status == "error" and "over the limit of 10: the shape is noise" in message.content
+    assert list(tool_workspace["artifacts"].iterdir()) == []
+
+
 def test_the_renderer_table_is_built_so_the_pipelines_own_mesh_path_works(shape_tool, video_3d_model_paths):
     call(shape_tool, prompt="a chair", steps=1, seed=0)
     key = ("3d", str(video_3d_model_paths["shap_e"]), "cpu")
