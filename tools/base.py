@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,20 @@ PIPELINE_LOAD_LOCK = threading.RLock()
 """Held while a tool imports and builds a diffusers pipeline. diffusers' and transformers' lazy
 modules can fail ("cannot import name 'DiffusionPipeline' from 'diffusers'") when two threads
 import from them for the first time at once, which the agent's parallel tool calls do."""
+
+
+@dataclass
+class SharedPipeline:
+    """A diffusers pipeline as the model manager shares it, with what its loader worked out.
+
+    Hold ``lock`` for each call: a pipeline keeps per-call state (its scheduler's timesteps and
+    step index), so two calls at once on one pipeline, as the agent's parallel tool calls would
+    make, must take turns.
+    """
+
+    pipeline: Any
+    details: Any = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 class LlavaTool(BaseTool):

@@ -28,6 +28,7 @@ from agent.core.runtime import tool_dtype
 from tools.base import (
     PIPELINE_LOAD_LOCK,
     LlavaTool,
+    SharedPipeline,
     default_allowed_dirs,
     default_artifacts_dir,
     require_package,
@@ -161,7 +162,7 @@ class Generate3DTool(LlavaTool):
                 )
             table = ensure_mesh_table(pipeline.shap_e_renderer)
             pipeline.set_progress_bar_config(desc=f"Generating 3-D ({device})")
-            return pipeline.to(device), table
+            return SharedPipeline(pipeline.to(device), table)
 
         return load
 
@@ -178,7 +179,8 @@ class Generate3DTool(LlavaTool):
         started = time.perf_counter()
         with self.get_manager().use(
             ("3d", model, device), self._loader(model, from_image), device=device, size_bytes=checkpoint_size_bytes(model)
-        ) as (pipeline, table):
+        ) as shared, shared.lock:
+            pipeline, table = shared.pipeline, shared.details
             condition = {"image": request.image} if request.image is not None else {"prompt": request.prompt}
             latents = pipeline(
                 **condition, num_inference_steps=request.steps, guidance_scale=request.guidance,

@@ -30,7 +30,7 @@ from agent.core.errors import InputError, ModelLoadError, ToolError
 from agent.core.files import write_new_artifact
 from agent.core.model_manager import checkpoint_size_bytes, model_size_bytes
 from agent.core.runtime import tool_dtype
-from tools.base import PIPELINE_LOAD_LOCK, LlavaTool, default_artifacts_dir, require_package
+from tools.base import PIPELINE_LOAD_LOCK, LlavaTool, SharedPipeline, default_artifacts_dir, require_package
 from tools.video_cost import (
     REFERENCE_CPU,
     apply_memory_plan,
@@ -199,7 +199,7 @@ class GenerateVideoTool(LlavaTool):
         pipeline.set_progress_bar_config(desc=f"Generating video ({device})")
         savers = apply_memory_plan(pipeline, device, plan)
         logger.info("%s on %s: %s", self.model, device, ", ".join(savers) or "no memory savers")
-        return pipeline, savers
+        return SharedPipeline(pipeline, savers)
 
     # -- the tool --------------------------------------------------------------------------------
     def _execute(self, **arguments: Any) -> tuple[str, dict[str, Any]]:
@@ -214,8 +214,9 @@ class GenerateVideoTool(LlavaTool):
         with self.get_manager().use(
             ("text-to-video", self.model, device, self.offload), self._load, device=device,
             size_bytes=checkpoint_size_bytes(self.model),
-        ) as (pipeline, savers):
-            result = pipeline(
+        ) as shared, shared.lock:
+            savers = shared.details
+            result = shared.pipeline(
                 prompt=request.prompt, negative_prompt=request.negative_prompt, num_frames=request.frames,
                 height=request.height, width=request.width, num_inference_steps=request.steps,
                 guidance_scale=request.guidance, generator=torch.Generator(device="cpu").manual_seed(seed),

@@ -137,6 +137,17 @@ def test_photo_to_mesh_in_other_formats(shape_tool, tool_workspace, file_format)
     assert len(mesh.faces) == artifact["faces"] and mesh.is_watertight
 
 
+def test_parallel_calls_take_turns_on_the_shared_pipeline(shape_tool):
+    """The agent runs a turn's tool calls in threads; a pipeline's scheduler state must not be shared mid-call."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    alone = call(shape_tool, prompt="a red ceramic mug", steps=3, seed=11).artifact
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        together = list(pool.map(lambda _: call(shape_tool, prompt="a red ceramic mug", steps=3, seed=11), range(3)))
+    assert all(m.status == "success" for m in together)
+    assert {(m.artifact["faces"], m.artifact["vertices"]) for m in together} == {(alone["faces"], alone["vertices"])}
+
+
 def test_a_noise_surface_over_the_face_limit_is_refused(shape_tool, tool_workspace):
     limited = shape_tool.model_copy(update={"max_faces": 10})
     message = call(limited, prompt="a chair", steps=1, seed=0)
@@ -147,7 +158,8 @@ def test_a_noise_surface_over_the_face_limit_is_refused(shape_tool, tool_workspa
 def test_the_renderer_table_is_built_so_the_pipelines_own_mesh_path_works(shape_tool, video_3d_model_paths):
     call(shape_tool, prompt="a chair", steps=1, seed=0)
     key = ("3d", str(video_3d_model_paths["shap_e"]), "cpu")
-    with shape_tool.get_manager().use(key, lambda: None, device="cpu") as (pipeline, _):
+    with shape_tool.get_manager().use(key, lambda: None, device="cpu") as shared:
+        pipeline = shared.pipeline
         renderer = pipeline.shap_e_renderer
         assert renderer.mesh_decoder.masks.any()
         latent = pipeline("a chair", num_inference_steps=1, output_type="latent").images[0]
