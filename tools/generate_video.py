@@ -165,11 +165,11 @@ class GenerateVideoTool(LlavaTool):
             return
         seconds = estimate_cpu_seconds(request.frames, request.height, request.width, request.steps, request.guidance)
         raise ToolError(
-            f"no CUDA GPU is available, and generating {request.frames} frames at {request.width}x{request.height} "
-            f"with {request.steps} steps on the CPU would take {describe_duration(seconds)} (estimated for a "
-            f"CogVideoX-2b-sized model from a benchmark on {REFERENCE_CPU.cores} CPU cores); run it on a machine "
-            "with a CUDA GPU, or set tools.video_allow_cpu = true to run on the CPU anyway (fewer frames, a "
-            "smaller size and fewer steps are faster)"
+            f"video generation would run on the CPU here (no CUDA GPU in use), where {request.frames} frames at "
+            f"{request.width}x{request.height} with {request.steps} steps would take {describe_duration(seconds)} "
+            f"(estimated for a CogVideoX-2b-sized model from a benchmark on {REFERENCE_CPU.cores} CPU cores); run "
+            "it with a CUDA GPU (tools.device), or set tools.video_allow_cpu = true to run on the CPU anyway "
+            "(fewer frames, a smaller size and fewer steps are faster)"
         )
 
     # -- the model -------------------------------------------------------------------------------

@@ -161,7 +161,8 @@ def check_video(config: AppConfig) -> Check:
         return Check("video generation", "warn", f"generate_video runs on the CPU (tools.video_allow_cpu): {cost}{opt_in}",
                      "use a machine with a CUDA GPU for clips in minutes")
     return Check(
-        "video generation", "warn" if enabled else "ok", f"no CUDA GPU: generate_video refuses to run here ({cost}){opt_in}",
+        "video generation", "warn" if enabled else "ok",
+        f"the tools run on the CPU: generate_video refuses to run here ({cost}){opt_in}",
         "use a machine with a CUDA GPU, or set tools.video_allow_cpu = true to run on the CPU anyway",
     )
 

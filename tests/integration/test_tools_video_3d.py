@@ -234,7 +234,7 @@ def test_cli_commands(tmp_path, video_3d_model_paths, capsys):
 
     assert main([*base, "video", "a boat", "--frames", "9", "--width", "48", "--height", "32"]) == 1
     refusal = capsys.readouterr().err
-    assert refusal.startswith("error: no CUDA GPU is available") and refusal.count("\n") == 1
+    assert refusal.startswith("error: video generation would run on the CPU here (no CUDA GPU in use)") and refusal.count("\n") == 1
     assert main([*base, "video", "a boat", "--frames", "10", "--allow-cpu"]) == 1
     assert "frames = 10 must be one more than a multiple of 4" in capsys.readouterr().err
     assert main([*base, "video", "a boat", "--frames", "9", "--width", "48", "--height", "32", "--steps", "1",

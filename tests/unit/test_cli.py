@@ -149,7 +149,7 @@ def test_doctor_says_video_generation_refuses_on_a_cpu(data_dir, tmp_path, capsy
                          f'video_model = "{models}"\nshape_model = "{models}"\nshape_image_model = "{models}"\n',
                          tmp_path, capsys)
     video = next(i for i, line in enumerate(lines) if "] video generation:" in line)
-    assert lines[video].startswith("[warn] video generation: no CUDA GPU: generate_video refuses to run here (a "
+    assert lines[video].startswith("[warn] video generation: the tools run on the CPU: generate_video refuses to run here (a "
                                    "49-frame 720x480 clip with 50 steps would take about ")
     assert "hours on a CPU)" in lines[video] and "tools.video_allow_cpu = true" in lines[video + 1]
     assert f"[ok  ] video model: local folder {models}" in lines
@@ -165,7 +165,7 @@ def test_doctor_says_video_generation_refuses_on_a_cpu(data_dir, tmp_path, capsy
 def test_doctor_notes_video_generation_is_opt_in(data_dir, tmp_path, capsys):
     lines = doctor_lines('[tools]\ndevice = "cpu"\n', tmp_path, capsys)
     line = next(line for line in lines if "] video generation:" in line)
-    assert line.startswith("[ok  ] video generation: no CUDA GPU: generate_video refuses to run here")
+    assert line.startswith("[ok  ] video generation: the tools run on the CPU: generate_video refuses to run here")
     assert line.endswith("(not enabled: add generate_video to tools.enabled)")
 
 

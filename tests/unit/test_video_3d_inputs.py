@@ -77,7 +77,8 @@ def test_cpu_run_is_refused_with_an_estimate_before_loading(tmp_path):
     tool = GenerateVideoTool(model=str(tmp_path / "no-such-model"), device="cpu", manager=manager)
     message = call(tool, prompt="a paper boat drifting on a pond")
     assert message.status == "error"
-    assert "no CUDA GPU is available, and generating 49 frames at 720x480 with 50 steps on the CPU would take about" in message.content
+    assert ("video generation would run on the CPU here (no CUDA GPU in use), where 49 frames at 720x480 with 50 "
+            "steps would take about") in message.content
     assert "hours" in message.content or "days" in message.content
     assert "tools.video_allow_cpu = true" in message.content
     assert manager.load_count == {}
