@@ -69,6 +69,14 @@ def tool_model_paths() -> dict[str, Path]:
     return session_tool_models()
 
 
+@pytest.fixture(scope="session")
+def video_3d_model_paths() -> dict[str, Path]:
+    """Folders of the tiny CogVideoX and Shap-E checkpoints: keys cogvideox, shap_e, shap_e_img2img."""
+    from tests.video_3d_models import session_video_3d_models
+
+    return session_video_3d_models()
+
+
 @pytest.fixture
 def tool_workspace(tmp_path) -> dict[str, Path]:
     """An allowed folder for tool inputs, an artifacts folder, and a folder outside both."""

@@ -1,4 +1,5 @@
-"""The agent's tools: ``caption_image``, ``generate_image``, ``search_images`` and ``speak``.
+"""The agent's tools: ``caption_image``, ``generate_image``, ``search_images``, ``speak``, and the opt-in
+heavy generators ``generate_video`` and ``generate_3d``.
 
 Each is a LangChain ``BaseTool`` usable on its own (``CaptionImageTool(model=..., device="cpu")``)
 or built from the configuration with :func:`build_tools`. All of them get their models through
@@ -13,6 +14,8 @@ from tools.registry import available_tools, build_tool, build_tools, register_to
 _EXPORTS = {
     "CaptionImageTool": "tools.caption",
     "GenerateImageTool": "tools.generate",
+    "GenerateVideoTool": "tools.generate_video",
+    "Generate3DTool": "tools.generate_3d",
     "SearchImagesTool": "tools.search",
     "SpeakTool": "tools.speak",
     "ModelManager": "agent.core.model_manager",
@@ -20,7 +23,7 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "CaptionImageTool", "GenerateImageTool", "ModelManager", "SearchImagesTool", "SpeakTool", "available_tools",
-    "build_tool", "build_tools", "get_model_manager", "register_tool",
+    "CaptionImageTool", "Generate3DTool", "GenerateImageTool", "GenerateVideoTool", "ModelManager", "SearchImagesTool",
+    "SpeakTool", "available_tools", "build_tool", "build_tools", "get_model_manager", "register_tool",
 ]  # fmt: skip
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import importlib
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +21,28 @@ from langchain_core.tools import BaseTool, ToolException
 from pydantic import ConfigDict, Field
 
 from agent.core.config import AppConfig
-from agent.core.errors import InputError, LlavaAgentError
+from agent.core.errors import InputError, LlavaAgentError, ToolError
 from agent.core.model_manager import get_model_manager
 from agent.core.runtime import resolve_device
+
+PIPELINE_LOAD_LOCK = threading.RLock()
+"""Held while a tool imports and builds a diffusers pipeline. diffusers' and transformers' lazy
+modules can fail ("cannot import name 'DiffusionPipeline' from 'diffusers'") when two threads
+import from them for the first time at once, which the agent's parallel tool calls do."""
+
+
+@dataclass
+class SharedPipeline:
+    """A diffusers pipeline as the model manager shares it, with what its loader worked out.
+
+    Hold ``lock`` for each call: a pipeline keeps per-call state (its scheduler's timesteps and
+    step index), so two calls at once on one pipeline, as the agent's parallel tool calls would
+    make, must take turns.
+    """
+
+    pipeline: Any
+    details: Any = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 class LlavaTool(BaseTool):
@@ -78,3 +100,14 @@ def default_allowed_dirs() -> list[Path]:
 def default_artifacts_dir() -> Path:
     """Where a tool built without ``artifacts_dir`` writes: ``<default data folder>/artifacts``."""
     return built_in_defaults().artifacts_dir
+
+
+def require_package(module: str, extra: str, purpose: str) -> Any:
+    """Import an optional package, or raise a :class:`ToolError` naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ToolError(
+            f"{purpose} needs the Python package {module!r}, which cannot be imported here ({exc}); install it "
+            f"with `pip install 'llava-agent[{extra}]'`"
+        ) from None

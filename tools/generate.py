@@ -26,7 +26,7 @@ from agent.core.files import write_new_artifact
 from agent.core.hub_access import hub_load_kwargs
 from agent.core.model_manager import checkpoint_size_bytes
 from agent.core.runtime import tool_dtype
-from tools.base import LlavaTool, default_artifacts_dir
+from tools.base import PIPELINE_LOAD_LOCK, LlavaTool, default_artifacts_dir
 from tools.cancellation import cancelled, raise_if_cancelled
 from tools.shared_state import exclusive
 
@@ -83,8 +83,6 @@ class GenerateImageTool(LlavaTool):
         )
 
     def _load(self) -> Any:
-        from diffusers import AutoPipelineForText2Image
-
         device = self.resolved_device()
         kwargs: dict[str, Any] = {
             "dtype": tool_dtype(device),
@@ -92,9 +90,11 @@ class GenerateImageTool(LlavaTool):
         }
         if not self.safety_checker:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
-
         kwargs.update(hub_load_kwargs(self.model, what="image model", config_file="model_index.json"))
-        pipeline = AutoPipelineForText2Image.from_pretrained(self.model, **kwargs)
+        with PIPELINE_LOAD_LOCK:  # diffusers' lazy imports are not thread-safe on first use
+            from diffusers import AutoPipelineForText2Image
+
+            pipeline = AutoPipelineForText2Image.from_pretrained(self.model, **kwargs)
         return pipeline.to(device)
 
     def validate(

@@ -20,6 +20,7 @@ from agent.llava.loading import check_model_available
 from memory.chroma import get_chroma_client
 from memory.embedders import resolve_text_embedder
 from tools.speak import ESPEAK_EXECUTABLE, INSTALL_HINT
+from tools.video_cost import describe_duration, estimate_cpu_seconds
 
 if TYPE_CHECKING:
     from agent.core.config import AppConfig
@@ -138,13 +139,46 @@ def check_chat_model(config: AppConfig) -> Check:
 def check_tool_models(config: AppConfig) -> Iterator[Check]:
     tools = config.tools
     wanted = {
-        "caption_image": ("caption model", tools.caption_model),
-        "generate_image": ("image model", tools.image_model),
-        "search_images": ("CLIP model", tools.clip_model),
+        "caption_image": [("caption model", tools.caption_model)],
+        "generate_image": [("image model", tools.image_model)],
+        "search_images": [("CLIP model", tools.clip_model)],
+        "generate_video": [("video model", tools.video_model)],
+        "generate_3d": [("3-D model", tools.shape_model), ("3-D image model", tools.shape_image_model)],
     }
-    for tool, (name, model) in wanted.items():
+    for tool, models in wanted.items():
         if tool in tools.enabled:
-            yield _model_status(name, model)
+            yield from (_model_status(name, model) for name, model in models)
+
+
+def check_video(config: AppConfig) -> Check:
+    """Where generate_video would run; on a CPU it refuses unless tools.video_allow_cpu, so say how long it would take."""
+    tools = config.tools
+    enabled = "generate_video" in tools.enabled
+    device = resolve_device(tools.device)
+    opt_in = "" if enabled else " (not enabled: add generate_video to tools.enabled)"
+    if device != "cpu":
+        return Check("video generation", "ok", f"generate_video runs on {device}{opt_in}")
+    seconds = estimate_cpu_seconds(49, 480, 720, tools.video_steps, 6.0)
+    cost = f"a 49-frame 720x480 clip with {tools.video_steps} steps would take {describe_duration(seconds)} on a CPU"
+    if tools.video_allow_cpu:
+        return Check("video generation", "warn", f"generate_video runs on the CPU (tools.video_allow_cpu): {cost}{opt_in}",
+                     "use a machine with a CUDA GPU for clips in minutes")
+    return Check(
+        "video generation", "warn" if enabled else "ok",
+        f"the tools run on the CPU: generate_video refuses to run here ({cost}){opt_in}",
+        "use a machine with a CUDA GPU, or set tools.video_allow_cpu = true to run on the CPU anyway",
+    )
+
+
+def check_generation_packages(config: AppConfig) -> Iterator[Check]:
+    """PyAV (MP4 writing) for generate_video and trimesh (mesh files) for generate_3d, from optional extras."""
+    for package, tool, extra in (("av", "generate_video", "video"), ("trimesh", "generate_3d", "3d")):
+        version = _version(package)
+        if version is not None:
+            yield Check(package, "ok", f"{version} (for {tool})")
+        elif tool in config.tools.enabled:
+            yield Check(package, "missing", f"not installed: {tool} cannot save its files",
+                        f"pip install 'llava-agent[{extra}]'")
 
 
 def check_text_embedder(config: AppConfig) -> Check:
@@ -180,6 +214,8 @@ CHECKS: list[Callable[[AppConfig], Check | Iterator[Check]]] = [
     check_chroma,
     check_chat_model,
     check_tool_models,
+    check_video,
+    check_generation_packages,
     check_text_embedder,
 ]
 

@@ -21,10 +21,10 @@ from agent.core.errors import LlavaAgentError
 logger = logging.getLogger(__name__)
 
 
-def _load_config(args: argparse.Namespace) -> Any:
+def _load_config(args: argparse.Namespace, tools: dict[str, Any] | None = None) -> Any:
     from agent.core.config import load_config
 
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {"tools": tools} if tools else {}
     if getattr(args, "model", None):
         overrides.setdefault("model", {})["model"] = args.model
     if getattr(args, "adapter", None):
@@ -147,6 +147,50 @@ def cmd_tools(args: argparse.Namespace) -> int:
     for tool in _all_tools(config):
         description = " ".join((tool.description or "").split())
         print(f"{tool.name}: {description}")
+    return 0
+
+
+def _run_tool(config: Any, name: str, arguments: dict[str, Any]) -> Any:
+    """Run one registered tool (enabled or not) and return its message; its errors are raised as library errors."""
+    from langchain_core.tools import ToolException
+
+    from tools.registry import build_tool
+
+    tool = build_tool(name, config)
+    tool.handle_tool_error = False
+    given = {key: value for key, value in arguments.items() if value is not None}
+    try:
+        return tool.invoke({"type": "tool_call", "id": f"cli-{name}", "name": name, "args": given})
+    except ToolException as exc:
+        if isinstance(exc.__cause__, LlavaAgentError):
+            raise exc.__cause__ from None
+        raise
+
+
+def _print_tool_result(message: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"text": message.content, "artifact": message.artifact}, ensure_ascii=False, default=str))
+    else:
+        print(message.content)
+
+
+def cmd_video(args: argparse.Namespace) -> int:
+    config = _load_config(args, tools={"video_allow_cpu": True} if args.allow_cpu else None)
+    message = _run_tool(config, "generate_video", {
+        "prompt": args.prompt, "negative_prompt": args.negative, "frames": args.frames, "fps": args.fps,
+        "width": args.width, "height": args.height, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
+    })
+    _print_tool_result(message, args.json)
+    return 0
+
+
+def cmd_3d(args: argparse.Namespace) -> int:
+    config = _load_config(args, tools={"mesh_grid_size": args.grid} if args.grid else None)
+    message = _run_tool(config, "generate_3d", {
+        "prompt": args.prompt, "image": args.image, "format": args.format, "steps": args.steps,
+        "guidance": args.guidance, "seed": args.seed,
+    })
+    _print_tool_result(message, args.json)
     return 0
 
 
@@ -277,6 +321,31 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("query", metavar="QUERY")
     search.add_argument("-k", type=int, default=5, help="number of results (default 5)")
     search.set_defaults(func=cmd_search)
+
+    video = sub.add_parser("video", parents=[common], help="make a short MP4 clip from a prompt (generate_video)")
+    video.add_argument("prompt")
+    video.add_argument("--negative", metavar="TEXT", help="what the clip should not show")
+    video.add_argument("--frames", type=int, help="frames, 1 + a multiple of 4 (default 49)")
+    video.add_argument("--fps", type=int, help="frames per second (default 8)")
+    video.add_argument("--width", type=int, help="pixels, a multiple of 16 (default 720)")
+    video.add_argument("--height", type=int, help="pixels, a multiple of 16 (default 480)")
+    video.add_argument("--steps", type=int, help="denoising steps (default tools.video_steps)")
+    video.add_argument("--guidance", type=float, help="guidance scale (default 6)")
+    video.add_argument("--seed", type=int)
+    video.add_argument("--allow-cpu", action="store_true", help="run on the CPU even though it takes hours")
+    video.add_argument("--json", action="store_true", help="print the message and the artifact as JSON")
+    video.set_defaults(func=cmd_video)
+
+    shape = sub.add_parser("3d", parents=[common], help="make a 3-D mesh from a prompt or a photo (generate_3d)")
+    shape.add_argument("prompt", nargs="?", help="the object, in a few words (or give --image)")
+    shape.add_argument("--image", metavar="PATH", help="a photo of the object, under tools.allowed_dirs")
+    shape.add_argument("--format", choices=["glb", "ply", "obj"], help="mesh file format (default glb)")
+    shape.add_argument("--steps", type=int, help="denoising steps (default tools.shape_steps)")
+    shape.add_argument("--guidance", type=float, help="guidance scale (default 15 from text, 3 from a photo)")
+    shape.add_argument("--seed", type=int)
+    shape.add_argument("--grid", type=int, help="samples per side of the meshing grid (default tools.mesh_grid_size)")
+    shape.add_argument("--json", action="store_true", help="print the message and the artifact as JSON")
+    shape.set_defaults(func=cmd_3d)
 
     tools = sub.add_parser("tools", parents=[common], help="list the tools the agent can call")
     tools.set_defaults(func=cmd_tools)

@@ -437,8 +437,11 @@ class TerminalChat:
         self.say(f"[tool done] {event.name}: {one_line(event.content)[:300]}")
         artifact = event.artifact if isinstance(event.artifact, dict) else {}
         path = artifact.get("path")
+        preview = artifact.get("preview")  # a video's contact sheet, a 3-D model's views
         if isinstance(path, str) and is_image_path(path) and Path(path).is_file():
             self._show_image(Path(path))
+        elif isinstance(preview, str) and is_image_path(preview) and Path(preview).is_file():
+            self._show_image(Path(preview))
         elif isinstance(path, str) and path.endswith(".wav") and event.name == "speak":
             self._play(Path(path))
 

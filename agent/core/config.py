@@ -116,6 +116,21 @@ class ToolsSection(_Section):
     vits_model: str = defaults.VITS_MODEL
     espeak_voice: str = defaults.ESPEAK_VOICE
     max_speech_chars: int = Field(defaults.MAX_SPEECH_CHARS, gt=0)
+    video_model: str = Field(defaults.VIDEO_MODEL, description="Text-to-video checkpoint (CogVideoX or one with its interface).")
+    video_allow_cpu: bool = Field(
+        False, description="Let generate_video run on a CPU, where a default clip takes many hours; off: it refuses with an estimate."
+    )
+    video_max_frames: int = Field(defaults.VIDEO_MAX_FRAMES, ge=1, le=1000, description="Longest clip, in frames.")
+    video_steps: int = Field(defaults.VIDEO_STEPS, ge=1, le=500, description="Denoising steps when a call gives none.")
+    video_offload: Literal["auto", "none", "model", "sequential"] = Field(
+        "auto", description="CUDA memory saver: auto picks by the GPU's free memory; model/sequential offload to CPU."
+    )
+    shape_model: str = Field(defaults.SHAPE_MODEL, description="Text-to-3D checkpoint (Shap-E).")
+    shape_image_model: str = Field(defaults.SHAPE_IMAGE_MODEL, description="Image-to-3D checkpoint (Shap-E img2img).")
+    shape_steps: int = Field(defaults.SHAPE_STEPS, ge=1, le=500, description="Denoising steps when a call gives none.")
+    mesh_grid_size: int = Field(
+        defaults.MESH_GRID_SIZE, ge=16, le=512, description="Samples per side of the grid a 3-D shape is meshed on."
+    )
     memory_budget_gb: dict[str, float] = Field(
         default_factory=dict, description="Per-device budget for tool models, e.g. {cuda = 12, cpu = 8}."
     )

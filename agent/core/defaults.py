@@ -12,6 +12,12 @@ IMAGE_MODEL = "stabilityai/sd-turbo"
 CLIP_MODEL = "openai/clip-vit-base-patch32"
 VITS_MODEL = "facebook/mms-tts-eng"
 TEXT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
+VIDEO_MODEL = "THUDM/CogVideoX-2b"
+"""Text-to-video (diffusers ``CogVideoXPipeline``); about 13 GB of fp16 weights, a CUDA GPU in practice."""
+SHAPE_MODEL = "openai/shap-e"
+"""Text-to-3D (diffusers ``ShapEPipeline``)."""
+SHAPE_IMAGE_MODEL = "openai/shap-e-img2img"
+"""Image-to-3D (diffusers ``ShapEImg2ImgPipeline``)."""
 
 # -- the chat model's generation settings ------------------------------------------------------
 MAX_NEW_TOKENS = 512
@@ -26,3 +32,11 @@ MAX_SPEECH_CHARS = 5000
 IMAGE_STEPS = 1
 """Denoising steps when a generate_image call gives none (1-4 suit sd-turbo)."""
 ESPEAK_VOICE = "en"
+VIDEO_MAX_FRAMES = 49
+"""Longest clip generate_video makes, in frames (CogVideoX-2b is trained on 49: 6 s at 8 fps)."""
+VIDEO_STEPS = 50
+"""Denoising steps when a generate_video call gives none (CogVideoX's recommended 50)."""
+SHAPE_STEPS = 64
+"""Denoising steps when a generate_3d call gives none (Shap-E's recommended 64)."""
+MESH_GRID_SIZE = 128
+"""Samples per side of the grid a Shap-E latent is turned into a mesh on (cost grows with its cube)."""

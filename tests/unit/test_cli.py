@@ -49,7 +49,8 @@ def test_help_is_fast_and_imports_nothing_heavy():
 
 def test_every_command_is_registered():
     help_text = build_parser().format_help()
-    for command in ("chat", "ask", "index", "search", "tools", "threads", "memories", "doctor", "config", "finetune"):
+    for command in ("chat", "ask", "index", "search", "video", "3d", "tools", "threads", "memories", "doctor", "config",
+                    "finetune"):
         assert command in help_text
 
 
@@ -132,6 +133,40 @@ def test_doctor_reports_every_check(data_dir, capsys):
         if line.startswith("[FAIL]") or line.startswith("[warn]"):
             index = out.splitlines().index(line)
             assert out.splitlines()[index + 1].strip().startswith("->"), "each problem says what to do"
+
+
+def doctor_lines(config_text: str, tmp_path, capsys) -> list[str]:
+    path = tmp_path / "c.toml"
+    path.write_text(config_text)
+    assert main(["--config", str(path), "doctor"]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_doctor_says_video_generation_refuses_on_a_cpu(data_dir, tmp_path, capsys):
+    models = tmp_path / "models"
+    models.mkdir()
+    lines = doctor_lines(f'[tools]\ndevice = "cpu"\nenabled = ["generate_video", "generate_3d"]\n'
+                         f'video_model = "{models}"\nshape_model = "{models}"\nshape_image_model = "{models}"\n',
+                         tmp_path, capsys)
+    video = next(i for i, line in enumerate(lines) if "] video generation:" in line)
+    assert lines[video].startswith("[warn] video generation: the tools run on the CPU: generate_video refuses to run here (a "
+                                   "49-frame 720x480 clip with 50 steps would take about ")
+    assert "hours on a CPU)" in lines[video] and "tools.video_allow_cpu = true" in lines[video + 1]
+    assert f"[ok  ] video model: local folder {models}" in lines
+    assert any(line.startswith("[ok  ] av: ") for line in lines)
+    assert any(line.startswith("[ok  ] trimesh: ") for line in lines)
+
+    allowed = doctor_lines('[tools]\ndevice = "cpu"\nvideo_allow_cpu = true\nenabled = []\n', tmp_path, capsys)
+    line = next(line for line in allowed if "] video generation:" in line)
+    assert line.startswith("[warn] video generation: generate_video runs on the CPU (tools.video_allow_cpu)")
+    assert line.endswith("(not enabled: add generate_video to tools.enabled)")
+
+
+def test_doctor_notes_video_generation_is_opt_in(data_dir, tmp_path, capsys):
+    lines = doctor_lines('[tools]\ndevice = "cpu"\n', tmp_path, capsys)
+    line = next(line for line in lines if "] video generation:" in line)
+    assert line.startswith("[ok  ] video generation: the tools run on the CPU: generate_video refuses to run here")
+    assert line.endswith("(not enabled: add generate_video to tools.enabled)")
 
 
 def test_ask_with_a_missing_image_fails_cleanly(data_dir, tmp_path):

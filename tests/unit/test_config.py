@@ -63,6 +63,9 @@ def test_dict_source_and_explicit_overrides(tmp_path):
         ('[tools]\ntts_engine = "say"\n',
          "tools.tts_engine = 'say': not allowed; input should be 'espeak-ng' or 'vits'"),
         ("[memory]\nrecall_min_score = 3\n", "memory.recall_min_score = 3: Input should be less than or equal to 1"),
+        ('[tools]\nvideo_offload = "disk"\n',
+         "tools.video_offload = 'disk': not allowed; input should be 'auto', 'none', 'model' or 'sequential'"),
+        ("[tools]\nmesh_grid_size = 8\n", "tools.mesh_grid_size = 8: Input should be greater than or equal to 16"),
     ],
 )
 def test_bad_values_quote_the_value_and_the_allowed_ones(tmp_path, toml, expected):
