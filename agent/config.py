@@ -96,6 +96,11 @@ class ToolsSection(_Section):
     tts_engine: Literal["espeak-ng", "vits"] = "espeak-ng"
     vits_model: str = "facebook/mms-tts-eng"
     espeak_voice: str = "en"
+    speak_voices: list[str] | Literal["all"] | None = Field(
+        None,
+        description="Voices the model may pick for speak (espeak-ng names, e.g. [\"en\", \"fr\"]), or \"all\"; "
+        "default: 20 widely used languages. Only voices the installed espeak-ng has are offered.",
+    )
     max_speech_chars: int = Field(5000, gt=0)
     memory_budget_gb: dict[str, float] = Field(
         default_factory=dict, description="Per-device budget for tool models, e.g. {cuda = 12, cpu = 8}."

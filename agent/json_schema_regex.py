@@ -9,12 +9,13 @@ constrained decoder must produce that formatting and nothing else: separators ``
 Supported: ``object`` (``properties``, ``required``; optional properties may be omitted, no other
 keys are produced -- ``additionalProperties: false`` is implied), ``string`` (``enum``, ``const``,
 ``minLength``/``maxLength``; ``format`` is not enforced), ``integer`` and ``number``
-(``minimum``/``maximum``/``exclusiveMinimum``/``exclusiveMaximum``), ``boolean``, ``null``,
+(``minimum``/``maximum``/``exclusiveMinimum``/``exclusiveMaximum``; ``multipleOf`` on integers
+bounded on both sides, at most 4096 values), ``boolean``, ``null``,
 ``array`` (``items``, ``minItems``/``maxItems``), ``enum``/``const`` of any JSON type,
 ``anyOf``/``oneOf`` (``Optional[X]`` is ``anyOf [X, null]``), a one-element ``allOf``, type
 lists (``["string", "null"]``), non-recursive ``$ref`` into ``$defs``/``definitions``, and the
 empty schema ``{}`` (any scalar, or an array/object of scalars). Anything else that would
-restrict values (``pattern``, ``multipleOf``, ``not``, ``if``, ``prefixItems``,
+restrict values (``pattern``, ``multipleOf`` on numbers, ``not``, ``if``, ``prefixItems``,
 ``uniqueItems: true``...) raises :class:`UnsupportedSchemaError` naming the construct.
 
 Numbers: only texts that survive ``json.loads`` then ``json.dumps`` unchanged are produced:
@@ -61,8 +62,9 @@ _METADATA = {
 _HANDLED = {
     "type", "properties", "required", "additionalProperties", "items", "minItems", "maxItems",
     "minLength", "maxLength", "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs",
-    "definitions", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+    "definitions", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
 }  # fmt: skip
+_MAX_MULTIPLES = 4096
 _REGEX_SPECIAL = set("\\.+*?()|[]{}^$#&-~")
 
 
@@ -439,12 +441,30 @@ class _Builder:
         bounds_low += [math.floor(ex_low) + 1] if ex_low is not None else []
         bounds_high = [math.floor(high)] if high is not None else []
         bounds_high += [math.ceil(ex_high) - 1] if ex_high is not None else []
+        if "multipleOf" in schema:
+            return self._multiples(schema["multipleOf"], max(bounds_low, default=None),
+                                   min(bounds_high, default=None), path)
         try:
             return integer_range_regex(max(bounds_low, default=None), min(bounds_high, default=None))
         except UnsupportedSchemaError as exc:
             raise self.fail(str(exc), path) from None
 
+    def _multiples(self, step: Any, low: int | None, high: int | None, path: str) -> str:
+        """The integers in ``[low, high]`` divisible by ``step``, listed (a bounded set, e.g. image sides)."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+            raise self.fail(f"multipleOf {step!r} (only a positive integer on an integer)", path)
+        if low is None or high is None:
+            raise self.fail("multipleOf without both a minimum and a maximum", path)
+        values = range(-(-low // step) * step, high + 1, step)
+        if not values:
+            raise self.fail(f"multipleOf {step} in [{low}, {high}] (no such integer)", path)
+        if len(values) > _MAX_MULTIPLES:
+            raise self.fail(f"multipleOf {step} in [{low}, {high}] ({len(values)} values, over {_MAX_MULTIPLES})", path)
+        return _alternatives([_literal_value(value) for value in values])
+
     def number(self, schema: dict, path: str) -> str:
+        if "multipleOf" in schema:
+            raise self.fail("multipleOf on a number", path)
         low, high, ex_low, ex_high = self._bounds(schema)
         step = Decimal(1).scaleb(-_FRACTION_DIGITS)
         lows = [Decimal(str(low))] if low is not None else []

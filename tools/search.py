@@ -20,12 +20,16 @@ if TYPE_CHECKING:
     from memory.image_index import ImageIndex
 
 
+MAX_RESULTS = 100  # memory.image_index.MAX_K
+
+
 class SearchImagesInput(BaseModel):
     query: str = Field(
+        min_length=1,
         description="What the wanted images show, in words (e.g. 'a dog on a beach'), or the path of an "
-        "image file to find similar images (e.g. 'photos/dog.jpg')."
+        "image file to find similar images (e.g. 'photos/dog.jpg').",
     )
-    k: int = Field(5, description="How many images to return, from 1 to 100.")
+    k: int = Field(5, ge=1, le=MAX_RESULTS, description=f"How many images to return, from 1 to {MAX_RESULTS}.")
 
 
 class SearchImagesTool(LlavaTool):

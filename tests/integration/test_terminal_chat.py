@@ -31,7 +31,7 @@ def spawn_chat(config: Path, data_dir: Path) -> pexpect.spawn:
 
 
 def write_config(path: Path, checkpoint: Path, **sections: dict) -> Path:
-    lines = [f'[model]\nmodel = "{checkpoint}"\ntemperature = 0.0']
+    lines = [f'[model]\nmodel = "{checkpoint}"\ntemperature = 0.0\nseed = 0']
     lines += [f"{k} = {v}" for k, v in sections.get("model", {}).items()]
     lines.append(f"[tools]\nenabled = {sections.get('tools', ['speak'])!r}".replace("'", '"'))
     lines.append("[agent]\nlong_term_memory = false\nrecursion_limit = 4")
@@ -40,10 +40,10 @@ def write_config(path: Path, checkpoint: Path, **sections: dict) -> Path:
     return path
 
 
-def test_terminal_chat_in_a_pty(tmp_path, tiny_llava_qwen2):
+def test_terminal_chat_in_a_pty(tmp_path, fixed_workdir, tiny_llava_qwen2):
     from PIL import Image
 
-    data_dir = tmp_path / "data"
+    data_dir = fixed_workdir / "data"  # the attached image's path is in the prompt: the same on every run
     picture = tmp_path / "red.png"
     Image.new("RGB", (40, 40), (220, 20, 20)).save(picture)
     tool_config = write_config(tmp_path / "tool.toml", tiny_llava_qwen2, model={"max_new_tokens": 96},

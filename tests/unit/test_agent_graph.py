@@ -138,6 +138,16 @@ def test_recursion_limit_ends_the_turn_with_a_clear_message(config):
     asked = {c["id"] for m in history if isinstance(m, AIMessage) for c in m.tool_calls}
     assert asked <= answered, "no tool call is left unanswered in the stored thread"
     assert isinstance(history[-1], AIMessage) and not history[-1].tool_calls
+    # the calls the limit cut off are answered as not run (an error the model reads), never as a success
+    ran = {m.tool_call_id for m in history if isinstance(m, ToolMessage) and m.status == "success"}
+    cut_off = [m for m in history if isinstance(m, ToolMessage) and m.tool_call_id not in ran]
+    assert cut_off, "the limit struck while a call was pending"
+    for message in cut_off:
+        assert message.status == "error" and message.content == "Not run: the turn ended first."
+    statuses = {c["id"]: c["status"] for c in reply.tool_calls}
+    assert {statuses[m.tool_call_id] for m in cut_off} == {"not_run"}
+    assert {statuses[i] for i in ran} == {"success"}
+    assert all(m.content == "1" for m in history if isinstance(m, ToolMessage) and m.tool_call_id in ran)
 
 
 def test_thread_continues_across_turns(config):
