@@ -74,7 +74,7 @@ class LlavaTool(BaseTool):
         super().model_post_init(context)
         if self.handle_tool_error and not self.handle_validation_error:
             # arguments that break the schema reach the model as text too (or raise, with handle_tool_error=False)
-            self.handle_validation_error = self.validation_message
+            self.handle_validation_error = _ValidationMessage(self)
 
     def get_manager(self):
         from tools.model_manager import get_model_manager
@@ -85,6 +85,19 @@ class LlavaTool(BaseTool):
         from tools.model_manager import resolve_device
 
         return resolve_device(self.device)
+
+
+class _ValidationMessage:
+    """``handle_validation_error`` of a tool: its :meth:`LlavaTool.validation_message` (with a short repr)."""
+
+    def __init__(self, tool: LlavaTool) -> None:
+        self.tool = tool
+
+    def __call__(self, error: Any) -> str:
+        return self.tool.validation_message(error)
+
+    def __repr__(self) -> str:
+        return f"<validation message of {self.tool.name}>"
 
 
 def default_allowed_dirs() -> list[Path]:
