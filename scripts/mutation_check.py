@@ -126,7 +126,7 @@ TARGETS: dict[str, Target] = {
             Mutant("cached checkpoint trusted after another process wrote",
                    "fresh = row is not None and row[0] == checkpoint_id", "fresh = row is not None"),
             Mutant("thread prefix wildcards not escaped", '.replace("_", "\\\\_")', ""),
-            Mutant("titles never set from the first message",
+            Mutant("a thread created untitled never takes its first message as title",
                    "title = CASE WHEN llava_agent_threads.title = '' THEN excluded.title",
                    "title = CASE WHEN 0 THEN excluded.title"),
         ),
@@ -139,9 +139,10 @@ TARGETS: dict[str, Target] = {
                    'ToolMessage(content="Not run: the turn ended first.", tool_call_id=c["id"], name=c["name"], '
                    'status="error")',
                    'ToolMessage(content="", tool_call_id=c["id"], name=c["name"], status="success")'),
-            Mutant("a failed first turn leaves an empty thread",
-                   "self.conversations.delete(thread_id)  # a failed first turn leaves no empty thread behind",
-                   "pass"),
+            Mutant("a failed first turn leaves an orphan thread",
+                   "if created:  # the caller never learns this thread's id: a failed first turn leaves no thread "
+                   "behind\n                self.conversations.delete(thread_id)",
+                   "if False:\n                pass"),
             Mutant("a stopped turn is not closed",
                    "if collector.limit_reached or collector.stopped:\n            self._close_turn(",
                    "if collector.limit_reached:\n            self._close_turn("),

@@ -117,8 +117,9 @@ def test_bad_queries_and_folders_are_refused(workspace, tmp_path):
     make_album(workspace["album"], 1)
     index = open_index(workspace)
     index.index_folder(workspace["album"], progress=False)
-    with pytest.raises(InputError, match="k = 0"):
-        index.search("cat", k=0)
+    for k in (0, 101, 2.5):
+        with pytest.raises(InputError, match=f"k = {k} must be an integer from 1 to 100"):
+            index.search("cat", k=k)
     with pytest.raises(InputError, match="query is empty"):
         index.search("  ")
     with pytest.raises(PathNotAllowedError):

@@ -26,6 +26,10 @@ def test_touch_creates_a_thread_titled_by_its_first_message(store):
     store.touch("custom-id", "Plan a trip\nto Lisbon   in May")
     store.touch("custom-id", "second message")
     assert store.get("custom-id").title == "Plan a trip to Lisbon in May"
+    untitled = store.new_thread()  # created before its first message (agent.new_thread())
+    store.touch(untitled.thread_id, "Name the birds in this photo")
+    store.touch(untitled.thread_id, "and the trees")
+    assert store.get(untitled.thread_id).title == "Name the birds in this photo"
 
 
 def test_titles_are_one_bounded_line():
