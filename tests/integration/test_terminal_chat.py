@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -25,8 +26,11 @@ PROMPT = "you>"
 def spawn_chat(config: Path, data_dir: Path) -> pexpect.spawn:
     env = {**os.environ, "LLAVA_AGENT_DATA_DIR": str(data_dir), "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm",
            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    # A shell that starts a job in the background (`cmd &`) makes it ignore SIGINT, and the chat would
+    # inherit that and never see Ctrl-C: the child gets the default disposition, as in a terminal.
     child = pexpect.spawn(sys.executable, ["-m", "agent.cli", "--config", str(config), "chat"], cwd=str(ROOT),
-                          env=env, encoding="utf-8", timeout=90, dimensions=(50, 200))
+                          env=env, encoding="utf-8", timeout=90, dimensions=(50, 200),
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return child
 
 
