@@ -320,6 +320,18 @@ def test_multiples_in_a_range_are_exactly_the_integers_matched(low, high, step):
     assert not pattern.fullmatch(f"{low}.0") and not pattern.fullmatch(f"0{abs(high)}")
 
 
+def test_multiples_make_a_small_automaton():
+    """Image sides (250 values) cost a third of the states of their plain alternation."""
+    from agent.json_schema_regex import factored_words_regex
+
+    words = [str(v) for v in range(64, 2049, 8)]
+    factored = indexed_automaton(factored_words_regex(words), BYTE_VOCABULARY)
+    plain = indexed_automaton("(" + "|".join(words) + ")", BYTE_VOCABULARY)
+    assert len(factored.dist) * 2 < len(plain.dist)
+    pattern = re.compile(factored_words_regex(["a.b", "a", "ab", "b-c"]))
+    assert [w for w in ["a.b", "a", "ab", "b-c", "axb", "b", ""] if pattern.fullmatch(w)] == ["a.b", "a", "ab", "b-c"]
+
+
 def test_escape_literal_round_trips_specials():
     text = 'a.b*c+d?e(f)g[h]i{j}k|l^m$n\\o#p&q-r~s\n\t"'
     assert re.fullmatch(escape_literal(text), text)
