@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,34 @@ def _isolated_data_dir(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture
+def fixed_workdir(request) -> Iterator[Path]:
+    """An empty folder at the same path on every run of a test, for tests whose prompts name paths.
+
+    A tiny random model's greedy reply depends on every token of its prompt, and an attached image
+    is named in the prompt by its path: under ``tmp_path`` (a new folder each run) the prompt, and
+    so the reply, changed from run to run. Runs of the same test elsewhere on this machine (other
+    checkouts) take turns through a lock file.
+    """
+    import fcntl
+    import re
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.gettempdir()) / "llava-agent-test-fixed-paths"
+    root.mkdir(exist_ok=True)
+    name = re.sub(r"[^A-Za-z0-9_]+", "_", request.node.name)[:80]
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        folder = root / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 # -- tiny tool checkpoints (BLIP, CLIP, Stable Diffusion, VITS) and a tool workspace ------------

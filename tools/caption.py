@@ -47,7 +47,7 @@ _GENERATION: dict[str, dict[str, Any]] = {
 class CaptionImageInput(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False)  # NaN and infinities are refused like any bad value
 
-    image: str = Field(description="Path of the image file to describe, for example 'photos/cat.jpg'.")
+    image: str = Field(min_length=1, description="Path of the image file to describe, for example 'photos/cat.jpg'.")
     detail: Detail = Field(
         "short", description="'short' for a one-line caption, 'detailed' for a longer description."
     )

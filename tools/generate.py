@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from agent.core.defaults import IMAGE_MODEL, IMAGE_STEPS
 from agent.core.errors import InputError, ToolError
@@ -47,16 +47,37 @@ def _stop_when_cancelled(pipeline: Any, step: int, timestep: Any, values: dict[s
     return values
 
 
+MAX_STEPS = 100
+MAX_GUIDANCE = 30.0
+# Any number of up to 18 digits: below torch's 2**63 limit, and a range constrained decoding
+# spells with a few automaton states (an exact 2**63 - 1 bound costs about 200 more).
+MAX_SEED = 10**18 - 1
+
+
 class GenerateImageInput(BaseModel):
+    """Every bounded argument carries its bounds, so constrained decoding writes only values the tool takes."""
+
     model_config = ConfigDict(allow_inf_nan=False)  # NaN and infinities are refused like any bad value
 
-    prompt: str = Field(description="What the picture should show, in plain words (subject, style, setting).")
+    prompt: str = Field(min_length=1, description="What the picture should show, in plain words (subject, style, setting).")
     negative_prompt: str | None = Field(None, description="What the picture should not show, if anything.")
-    width: int = Field(512, description=f"Width in pixels, a multiple of 8 from {MIN_SIDE} to {MAX_SIDE}.")
-    height: int = Field(512, description=f"Height in pixels, a multiple of 8 from {MIN_SIDE} to {MAX_SIDE}.")
-    steps: int | None = Field(None, description="Denoising steps; leave empty for the model's default.")
-    guidance: float = Field(0.0, description="Prompt guidance scale; 0 for turbo models, about 7 for others.")
-    seed: int | None = Field(None, description="Random seed to reproduce an image; leave empty for a new one.")
+    width: int = Field(
+        512, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8,
+        description=f"Width in pixels, a multiple of 8 from {MIN_SIDE} to {MAX_SIDE}.",
+    )
+    height: int = Field(
+        512, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8,
+        description=f"Height in pixels, a multiple of 8 from {MIN_SIDE} to {MAX_SIDE}.",
+    )
+    steps: int | None = Field(
+        None, ge=1, le=MAX_STEPS, description=f"Denoising steps (1 to {MAX_STEPS}); leave empty for the model's default."
+    )
+    guidance: float = Field(
+        0.0, ge=0.0, le=MAX_GUIDANCE, description="Prompt guidance scale from 0 to 30; 0 for turbo models, about 7 for others."
+    )
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="Random seed to reproduce an image; leave empty for a new one."
+    )
 
 
 class GenerateImageTool(LlavaTool):
@@ -71,7 +92,15 @@ class GenerateImageTool(LlavaTool):
     model: str = Field(DEFAULT_IMAGE_MODEL, description="Hub id or local folder of a diffusers checkpoint.")
     artifacts_dir: Path | None = Field(None, description="Where PNGs are written; None = config's.")
     default_steps: int = Field(IMAGE_STEPS, ge=1, description="Steps when the call gives none (1-4 for sd-turbo).")
-    max_steps: int = Field(100, ge=1)
+    max_steps: int = Field(MAX_STEPS, ge=1, le=MAX_STEPS)
+
+    @model_validator(mode="after")
+    def _schema_with_this_step_limit(self) -> GenerateImageTool:
+        if self.max_steps != MAX_STEPS:  # the schema promises only what this tool accepts
+            steps = Field(None, ge=1, le=self.max_steps,
+                          description=f"Denoising steps (1 to {self.max_steps}); leave empty for the model's default.")
+            self.args_schema = create_model("GenerateImageInput", __base__=GenerateImageInput, steps=(int | None, steps))
+        return self
     safety_checker: bool = Field(True, description="Keep the checkpoint's safety checker if it has one.")
 
     @classmethod
@@ -113,10 +142,10 @@ class GenerateImageTool(LlavaTool):
         steps = self.default_steps if steps is None else steps
         if not 1 <= steps <= self.max_steps:
             raise InputError(f"steps = {steps} must be from 1 to {self.max_steps}")
-        if not 0.0 <= guidance <= 30.0:
+        if not 0.0 <= guidance <= MAX_GUIDANCE:
             raise InputError(f"guidance = {guidance} must be from 0 to 30 (0 for turbo models)")
-        if seed is not None and not 0 <= seed < 2**63:
-            raise InputError(f"seed = {seed} must be a non-negative integer below 2**63")
+        if seed is not None and not 0 <= seed <= MAX_SEED:
+            raise InputError(f"seed = {seed} must be an integer from 0 to {MAX_SEED}")
         return steps
 
     def _execute(

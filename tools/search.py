@@ -19,15 +19,18 @@ from agent.core.defaults import CLIP_MODEL, MAX_IMAGE_PIXELS
 from memory.image_index import ImageIndex
 from tools.base import LlavaTool, built_in_defaults
 
+MAX_RESULTS = 100  # memory.image_index.MAX_K
+
 
 class SearchImagesInput(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False)  # NaN and infinities are refused like any bad value
 
     query: str = Field(
+        min_length=1,
         description="What the wanted images show, in words (e.g. 'a dog on a beach'), or the path of an "
-        "image file to find similar images (e.g. 'photos/dog.jpg')."
+        "image file to find similar images (e.g. 'photos/dog.jpg').",
     )
-    k: int = Field(5, description="How many images to return, from 1 to 100.")
+    k: int = Field(5, ge=1, le=MAX_RESULTS, description=f"How many images to return, from 1 to {MAX_RESULTS}.")
 
 
 class SearchImagesTool(LlavaTool):

@@ -9,6 +9,12 @@ Two engines, chosen by ``tools.tts_engine``:
 
 Long text is split into sentences, each chunk synthesised, and the WAVs joined (same sample
 rate) into one file written atomically into the artifacts folder.
+
+The ``voice`` argument is an enum in the tool's schema, so a model calling the tool through
+constrained decoding can only name a voice that exists: the voices of ``tools.speak_voices``
+(a short list of widely used languages by default, ``"all"`` for every language espeak-ng
+lists) that the installed espeak-ng really has, read from ``espeak-ng --voices`` when the tool
+is built. The VITS engine has one voice, so its schema has no ``voice`` argument.
 """
 
 from __future__ import annotations
@@ -22,13 +28,14 @@ import subprocess
 import tempfile
 import time
 import wave
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from agent.core.defaults import ESPEAK_VOICE, MAX_SPEECH_CHARS, VITS_MODEL
-from agent.core.errors import InputError, ModelLoadError, ToolError
+from agent.core.errors import ConfigError, InputError, ModelLoadError, ToolError
 from agent.core.files import write_new_artifact
 from agent.core.hub_access import hub_load_kwargs
 from agent.core.model_manager import checkpoint_size_bytes
@@ -51,12 +58,40 @@ VITS_SEED = 0
 INSTALL_HINT = "install it with `sudo apt-get install espeak-ng` (Debian/Ubuntu) or `brew install espeak-ng` (macOS)"
 
 
-class SpeakInput(BaseModel):
-    model_config = ConfigDict(allow_inf_nan=False)  # NaN and infinities are refused like any bad value
+# Widely used languages espeak-ng has had for years: the voices offered when tools.speak_voices is not set.
+DEFAULT_VOICES = (
+    "en", "en-us", "en-gb", "fr", "de", "es", "it", "pt", "pt-br", "nl", "pl", "ru", "uk", "sv", "tr", "ar",
+    "hi", "cmn", "ja", "ko",
+)  # fmt: skip
 
-    text: str = Field(description="The exact words to say aloud.")
-    voice: str | None = Field(None, description="Voice or language code such as 'en', 'en-us', 'fr'; empty for the default.")
-    speed: float = Field(1.0, description=f"Speaking speed, 1.0 is normal, from {MIN_SPEED} to {MAX_SPEED}.")
+
+def _text_field() -> Any:
+    return (str, Field(min_length=1, description="The exact words to say aloud."))
+
+
+def _speed_field() -> Any:
+    description = f"Speaking speed, 1.0 is normal, from {MIN_SPEED} to {MAX_SPEED}."
+    return (float, Field(1.0, ge=MIN_SPEED, le=MAX_SPEED, description=description))
+
+
+@functools.lru_cache(maxsize=16)
+def speak_arguments(voices: tuple[str, ...] | None, default_voice: str = "en") -> type[BaseModel]:
+    """The argument schema of ``speak``: ``voice`` is an enum of ``voices``; None: no voice argument (VITS)."""
+    config = ConfigDict(extra="forbid", allow_inf_nan=False)  # an unknown argument is refused, not dropped
+    if voices is None:
+        return create_model("SpeakVitsInput", __config__=config, text=_text_field(), speed=_speed_field())
+    if not voices:
+        raise ConfigError("the speak tool needs at least one voice; set tools.speak_voices")
+    voice_type = Optional[Literal.__getitem__(tuple(voices))]  # noqa: UP007 - a Literal built at run time
+    description = f"Voice (language) to speak in; leave empty for the default ({default_voice})."
+    return create_model(
+        "SpeakInput", __config__=config, text=_text_field(), voice=(voice_type, Field(None, description=description)),
+        speed=_speed_field(),
+    )
+
+
+SpeakInput = speak_arguments(DEFAULT_VOICES)
+"""The espeak-ng argument schema with the default voices (a tool's own may differ: ``tool.args_schema``)."""
 
 
 def split_sentences(text: str, max_chars: int = 400) -> list[str]:
@@ -101,6 +136,43 @@ def join_wavs(parts: list[bytes]) -> tuple[bytes, int, float]:
 
 
 @functools.lru_cache(maxsize=4)
+def espeak_languages(executable: str = "espeak-ng") -> tuple[str, ...]:
+    """The language codes ``espeak-ng --voices`` lists (``af``, ``en-gb``, ``en-us``, ``fr-fr``...)."""
+    output = subprocess.run([executable, "--voices"], capture_output=True, text=True, check=True, timeout=30).stdout
+    return tuple(dict.fromkeys(line.split()[1] for line in output.splitlines()[1:] if len(line.split()) >= 5))
+
+
+def offered_voices(requested: Sequence[str] | str, executable: str = "espeak-ng") -> tuple[str, ...]:
+    """The voices the ``voice`` enum lists: ``requested`` (or every language for ``"all"``) that espeak-ng has.
+
+    Without a working espeak-ng the requested list is offered as it is (the default one when
+    ``"all"``): calls then fail with the install hint, whatever voice they name.
+    """
+    try:
+        available = espeak_voices(executable)
+        languages = espeak_languages(executable)
+    except (OSError, subprocess.SubprocessError) as exc:
+        logger.debug("espeak-ng voices unavailable (%s); offering the configured list", exc)
+        return DEFAULT_VOICES if requested == "all" else tuple(dict.fromkeys(requested))
+    if requested == "all":
+        return languages
+    by_lower = {v.lower(): v for v in available}
+    missing = [v for v in requested if v.lower() not in by_lower]
+    if missing:
+        logger.warning(
+            "espeak-ng has no voice %s; left out of the speak tool (`espeak-ng --voices` lists the voices)",
+            ", ".join(repr(v) for v in missing),
+        )
+    offered = tuple(dict.fromkeys(v for v in requested if v.lower() in by_lower))
+    if not offered:
+        raise ConfigError(
+            f"none of the voices in tools.speak_voices ({', '.join(requested)}) is installed in espeak-ng; "
+            "choose some from `espeak-ng --voices`, or set it to \"all\""
+        )
+    return offered
+
+
+@functools.lru_cache(maxsize=4)
 def espeak_voices(executable: str = "espeak-ng") -> tuple[str, ...]:
     """Voice names espeak-ng accepts (language codes like ``en-us`` and voice files like ``gmw/en-US``)."""
     output = subprocess.run([executable, "--voices"], capture_output=True, text=True, check=True, timeout=30).stdout
@@ -127,13 +199,30 @@ class SpeakTool(LlavaTool):
     espeak_executable: str = ESPEAK_EXECUTABLE
     artifacts_dir: Path | None = Field(None, description="Where WAVs are written; None = config's.")
     max_chars: int = Field(MAX_SPEECH_CHARS, gt=0, description="Longest text accepted.")
+    voices: list[str] | Literal["all"] | None = Field(
+        None,
+        description="Voices the model may choose (the enum of the voice argument), kept to those espeak-ng has; "
+        "'all' for every language espeak-ng lists; None for DEFAULT_VOICES.",
+    )
+
+    def model_post_init(self, context: Any) -> None:
+        super().model_post_init(context)
+        # the voice enum lists the voices this engine really has, read when the tool is built
+        if self.engine == "vits":
+            self.args_schema = speak_arguments(None)
+        else:
+            offered = offered_voices(DEFAULT_VOICES if self.voices is None else self.voices, self.espeak_executable)
+            self.args_schema = speak_arguments(offered, self.default_voice)
 
     @classmethod
     def from_config(cls, config: AppConfig, manager: Any = None) -> SpeakTool:
+        voices = config.tools.speak_voices
+        if config.tools.tts_engine == "espeak-ng":  # checked here so a bad setting is a ConfigError
+            voices = list(offered_voices(DEFAULT_VOICES if voices is None else voices))
         return cls(
             engine=config.tools.tts_engine, default_voice=config.tools.espeak_voice,
             vits_model=config.tools.vits_model, device=config.tools.device, artifacts_dir=config.artifacts_dir,
-            max_chars=config.tools.max_speech_chars, manager=manager,
+            max_chars=config.tools.max_speech_chars, voices=voices, manager=manager,
             allow_pickle_weights=config.tools.allow_pickle_weights,
         )
 

@@ -390,8 +390,8 @@ class MultimodalAgent:
                 logger.warning("could not close the interrupted turn of thread %s: %s", thread_id, exc)
             raise
         except Exception:
-            if created and not self.graph.get_state(run_config).values.get("messages"):
-                self.conversations.delete(thread_id)  # a failed first turn leaves no empty thread behind
+            if created:  # the caller never learns this thread's id: a failed first turn leaves no thread behind
+                self.conversations.delete(thread_id)
             raise
         finally:
             parts.close()

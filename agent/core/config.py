@@ -115,6 +115,11 @@ class ToolsSection(_Section):
     tts_engine: Literal["espeak-ng", "vits"] = "espeak-ng"
     vits_model: str = defaults.VITS_MODEL
     espeak_voice: str = defaults.ESPEAK_VOICE
+    speak_voices: list[str] | Literal["all"] | None = Field(
+        None,
+        description="Voices the model may pick for speak (espeak-ng names, e.g. [\"en\", \"fr\"]), or \"all\"; "
+        "default: 20 widely used languages. Only voices the installed espeak-ng has are offered.",
+    )
     max_speech_chars: int = Field(defaults.MAX_SPEECH_CHARS, gt=0)
     video_model: str = Field(defaults.VIDEO_MODEL, description="Text-to-video checkpoint (CogVideoX or one with its interface).")
     video_allow_cpu: bool = Field(

@@ -117,8 +117,9 @@ def test_bad_queries_and_folders_are_refused(workspace, tmp_path):
     make_album(workspace["album"], 1)
     index = open_index(workspace)
     index.index_folder(workspace["album"], progress=False)
-    with pytest.raises(InputError, match="k = 0"):
-        index.search("cat", k=0)
+    for k in (0, 101, 2.5):
+        with pytest.raises(InputError, match=f"k = {k} must be an integer from 1 to 100"):
+            index.search("cat", k=k)
     with pytest.raises(InputError, match="query is empty"):
         index.search("  ")
     with pytest.raises(PathNotAllowedError):
@@ -204,17 +205,36 @@ def test_second_writer_process_gets_a_clear_error(workspace):
     assert report.added == 1
 
 
+class SizeCaptioner:
+    """A captioner whose captions can be predicted: each names its image's size."""
+
+    def caption_images(self, images):
+        return [f"a picture {image.width} by {image.height} pixels" for image in images]
+
+
+def test_each_image_is_stored_with_its_own_caption(workspace):
+    paths = make_album(workspace["album"], 5)
+    expected = {str(p): f"a picture {40 + i} by 30 pixels" for i, p in enumerate(paths)}
+    index = open_index(workspace)
+    index.index_folder(workspace["album"], captioner=SizeCaptioner(), batch_size=2, progress=False)
+    hits = index.search("a photo", k=5)
+    assert {h.path: h.caption for h in hits} == expected
+    for path in paths[:2]:  # an image query finds the image itself first, with its caption
+        assert index.search(str(path), k=1)[0].caption == expected[str(path)]
+
+
 def test_captions_are_stored_when_a_captioner_is_given(workspace, tool_model_paths):
     from tools.caption import CaptionImageTool
 
-    make_album(workspace["album"], 2)
+    paths = make_album(workspace["album"], 2)
     captioner = CaptionImageTool(model=str(tool_model_paths["blip"]), device="cpu")
     index = open_index(workspace)
     index.index_folder(workspace["album"], captioner=captioner, progress=False)
+    images = [Image.open(p).convert("RGB") for p in paths]
+    expected = dict(zip([str(p) for p in paths], captioner.caption_images(images), strict=True))
+    assert all(expected.values()), f"the tiny captioner wrote an empty caption: {expected}"
     hits = index.search("a photo", k=2)
-    assert len(hits) == 2 and all(h.caption is None or isinstance(h.caption, str) for h in hits)
-    stored = index._open_collection(write=False).get(include=["documents"])["documents"]
-    assert len(stored) == 2 and all(isinstance(d, str) for d in stored)
+    assert {h.path: h.caption for h in hits} == expected
 
 
 def test_symlink_loops_are_skipped_and_reported_never_ending_the_run(workspace):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -25,13 +26,16 @@ PROMPT = "you>"
 def spawn_chat(config: Path, data_dir: Path) -> pexpect.spawn:
     env = {**os.environ, "LLAVA_AGENT_DATA_DIR": str(data_dir), "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm",
            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    # A shell that starts a job in the background (`cmd &`) makes it ignore SIGINT, and the chat would
+    # inherit that and never see Ctrl-C: the child gets the default disposition, as in a terminal.
     child = pexpect.spawn(sys.executable, ["-m", "agent.cli.main", "--config", str(config), "chat"], cwd=str(ROOT),
-                          env=env, encoding="utf-8", timeout=90, dimensions=(50, 200))
+                          env=env, encoding="utf-8", timeout=90, dimensions=(50, 200),
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return child
 
 
 def write_config(path: Path, checkpoint: Path, **sections: dict) -> Path:
-    lines = [f'[model]\nmodel = "{checkpoint}"\ntemperature = 0.0']
+    lines = [f'[model]\nmodel = "{checkpoint}"\ntemperature = 0.0\nseed = 0']
     lines += [f"{k} = {v}" for k, v in sections.get("model", {}).items()]
     lines.append(f"[tools]\nenabled = {sections.get('tools', ['speak'])!r}".replace("'", '"'))
     lines.append("[agent]\nlong_term_memory = false\nrecursion_limit = 4")
@@ -40,10 +44,10 @@ def write_config(path: Path, checkpoint: Path, **sections: dict) -> Path:
     return path
 
 
-def test_terminal_chat_in_a_pty(tmp_path, tiny_llava_qwen2):
+def test_terminal_chat_in_a_pty(tmp_path, fixed_workdir, tiny_llava_qwen2):
     from PIL import Image
 
-    data_dir = tmp_path / "data"
+    data_dir = fixed_workdir / "data"  # the attached image's path is in the prompt: the same on every run
     picture = tmp_path / "red.png"
     Image.new("RGB", (40, 40), (220, 20, 20)).save(picture)
     tool_config = write_config(tmp_path / "tool.toml", tiny_llava_qwen2, model={"max_new_tokens": 96},

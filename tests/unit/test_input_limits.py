@@ -64,6 +64,10 @@ def test_tool_arguments_refuse_non_finite_numbers_and_null_strings(tool_class, a
 
     module, name = tool_class.rsplit(".", 1)
     tool = getattr(importlib.import_module(module), name)()
+    # the model reads the refusal as an error message it can act on
+    message = tool.invoke({"type": "tool_call", "id": "c", "name": tool.name, "args": args})
+    assert message.status == "error" and field in message.content
+    tool.handle_validation_error = False  # and a caller who asks for the exception gets it
     with pytest.raises(ValidationError) as caught:
         tool.invoke({"type": "tool_call", "id": "c", "name": tool.name, "args": args})
     assert field in str(caught.value)
