@@ -1,0 +1,269 @@
+"""The server's wire format, keys and queue, as pure functions (no model, no network)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from agent.core.errors import ConfigError, ContextLengthError, ImageError, InputError, ModelNotFoundError
+from agent.serve.protocol import (
+    APIError,
+    CompletionWriter,
+    assistant_message,
+    error_for,
+    openai_tool_calls,
+    parse_request,
+    response_schema,
+    sse,
+)
+from agent.serve.queue import FairQueue, QueueFull, QueueTimeout
+from agent.serve.security import (
+    LOCAL_CALLER,
+    ApiKeys,
+    bearer_token,
+    caller_name,
+    check_exposure,
+    is_loopback,
+    read_key_file,
+)
+
+KEY_A = "a" * 24
+KEY_B = "b-" + "x" * 30
+
+
+def body(**fields) -> bytes:
+    return json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}).encode()
+
+
+# ----- requests ---------------------------------------------------------------------------------
+
+
+def test_a_plain_request_parses_with_its_options():
+    request = parse_request(body(max_tokens=5, temperature=0.5, stop="x", seed=3, user="u1", store=True))
+    assert (request.token_limit, request.temperature, request.stop_sequences, request.seed) == (5, 0.5, ["x"], 3)
+    assert parse_request(body(max_completion_tokens=7, max_tokens=5)).token_limit == 7
+
+
+@pytest.mark.parametrize(
+    ("raw", "param", "fragment"),
+    [
+        (b"{not json", None, "not valid JSON"),
+        (b"[1, 2]", None, "not an object"),
+        (json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(), "model", "model"),
+        (body(messages=[]), "messages", "messages"),
+        (body(temperature=3), "temperature", "less than or equal to 2"),
+        (body(top_p=0), "top_p", "greater than 0"),
+        (body(max_tokens=0), "max_tokens", "greater than 0"),
+        (body(n=2), "n", "n=2 is not supported"),
+        (body(logprobs=True), "logprobs", "logprobs"),
+        (body(presence_penalty=0.5), "presence_penalty", "presence_penalty"),
+        (body(logit_bias={"1": 5}), "logit_bias", "logit_bias"),
+        (body(stop=["a", "b", "c", "d", "e"]), "stop", "up to 4"),
+        (body(tool_choice="required"), "tool_choice", "only allowed when tools"),
+        (body(tools=[{"type": "function", "function": {"name": "bad name"}}]), "tools.0.function.name", "pattern"),
+        (
+            body(tools=[{"type": "function", "function": {"name": "f"}}], response_format={"type": "json_object"}),
+            "response_format",
+            "cannot be combined",
+        ),
+    ],
+)
+def test_bad_requests_are_400_naming_the_field(raw, param, fragment):
+    with pytest.raises(APIError) as caught:
+        parse_request(raw)
+    assert caught.value.status == 400
+    assert caught.value.param == param
+    assert fragment in caught.value.message
+
+
+def test_zero_penalties_and_n_1_are_accepted():
+    parse_request(body(n=1, presence_penalty=0, frequency_penalty=0.0, logprobs=False))
+
+
+def test_response_format_becomes_a_schema():
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    assert response_schema(None) is None
+    assert response_schema({"type": "text"}) is None
+    assert response_schema({"type": "json_object"}) == {"type": "object"}
+    assert response_schema({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}) == schema
+    for bad in ({"type": "json_schema", "json_schema": {"name": "x"}}, {"type": "xml"}):
+        with pytest.raises(APIError) as caught:
+            response_schema(bad)
+        assert caught.value.status == 400 and caught.value.param.startswith("response_format")
+
+
+# ----- responses --------------------------------------------------------------------------------
+
+
+def test_an_event_stays_one_event_whatever_the_text_holds():
+    writer = CompletionWriter("m")
+    event = sse(writer.chunk({"content": "line one\n\ndata: [DONE]\r\nline two"}))
+    assert event.endswith(b"\n\n") and event.count(b"\n") == 2 and event.startswith(b"data: {")
+    assert json.loads(event[len(b"data: ") :])["choices"][0]["delta"]["content"].startswith("line one\n\ndata")
+
+
+def test_chunks_share_id_and_usage_chunk_has_no_choices():
+    writer = CompletionWriter("m")
+    first, last = writer.chunk({"content": "a"}), writer.chunk(None, usage={"prompt_tokens": 1})
+    assert first["id"] == last["id"] and first["id"].startswith("chatcmpl-")
+    assert last["choices"] == [] and last["usage"] == {"prompt_tokens": 1}
+    assert first["object"] == "chat.completion.chunk" and "usage" not in first
+
+
+def test_tool_calls_in_openai_shape():
+    calls = openai_tool_calls([{"name": "f", "args": {"x": "é"}, "id": "call_1"}, {"name": "g", "args": {}}])
+    assert calls[0] == {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"x": "é"}'}}
+    assert calls[1]["id"].startswith("call_") and calls[1]["function"]["arguments"] == "{}"
+    message = assistant_message("", calls)
+    assert message["content"] is None and "index" not in message["tool_calls"][0]
+    assert assistant_message("hi") == {"role": "assistant", "content": "hi"}
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code"),
+    [
+        (ContextLengthError("too long"), 400, "context_length_exceeded"),
+        (ImageError("bad image"), 400, "invalid_image"),
+        (InputError("bad"), 400, None),
+        (ModelNotFoundError("gone"), 503, "model_unavailable"),
+        (RuntimeError("secret detail /home/x"), 500, None),
+    ],
+)
+def test_library_errors_map_to_status_codes(exc, status, code):
+    error = error_for(exc, "req_1")
+    assert (error.status, error.code) == (status, code)
+    assert set(error.body()["error"]) == {"message", "type", "param", "code"}
+    if status == 500:
+        assert "secret" not in error.message and "req_1" in error.message
+
+
+# ----- keys -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.0.0.2", True), ("localhost", True), ("::1", True), ("[::1]", True),
+     ("0.0.0.0", False), ("::", False), ("192.168.1.4", False), ("example.com", False)],
+)  # fmt: skip
+def test_loopback_hosts(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+def test_every_key_is_a_caller_and_others_are_refused():
+    keys = ApiKeys([(KEY_A, "test"), (KEY_B, "test"), (KEY_A, "again")])
+    assert len(keys) == 2 and keys.required
+    assert keys.caller(KEY_A) == caller_name(KEY_A) != keys.caller(KEY_B)
+    assert KEY_A not in caller_name(KEY_A)
+    for wrong in (None, "", KEY_A + "x", KEY_A[:-1], "é" * 30):
+        assert keys.caller(wrong) is None
+    assert ApiKeys().caller(None) == LOCAL_CALLER and not ApiKeys().required
+
+
+def test_keys_are_all_compared_in_constant_time(monkeypatch):
+    import hmac
+
+    calls = []
+    real = hmac.compare_digest
+
+    def counting(a, b):
+        calls.append(1)
+        return real(a, b)
+
+    monkeypatch.setattr("agent.serve.security.hmac.compare_digest", counting)
+    keys = ApiKeys([(KEY_A, "t"), (KEY_B, "t"), ("c" * 20, "t")])
+    assert keys.caller(KEY_A) is not None
+    assert len(calls) == 3  # no early exit on the first (matching) key
+
+
+@pytest.mark.parametrize(("key", "fragment"), [("short", "minimum"), ("has a space in it ok", "spaces")])
+def test_weak_or_malformed_keys_are_refused(key, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        ApiKeys([(key, "--api-key")])
+
+
+def test_key_file_and_exposure_rule(tmp_path):
+    path = tmp_path / "keys"
+    path.write_text(f"# team keys\n{KEY_A}\n\n  {KEY_B}  \n")
+    assert read_key_file(path) == [KEY_A, KEY_B]
+    keys = ApiKeys.gather(["c" * 20], [], path)
+    assert len(keys) == 3
+    check_exposure("0.0.0.0", keys)
+    check_exposure("127.0.0.1", ApiKeys())
+    with pytest.raises(ConfigError, match="API keys are required"):
+        check_exposure("0.0.0.0", ApiKeys())
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_key_file(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [("Bearer abc", "abc"), ("bearer  abc ", "abc"), ("Basic abc", None), ("Bearer", None), (None, None), ("", None)],
+)
+def test_bearer_token(header, token):
+    assert bearer_token(header) == token
+
+
+def test_serve_section_reads_keys_from_the_environment():
+    from agent.core.config import load_config
+
+    config = load_config({}, environ={"LLAVA_AGENT_SERVE__API_KEYS": f"{KEY_A}, {KEY_B}", "LLAVA_AGENT_SERVE__PORT": "9"})
+    assert config.serve.api_keys == [KEY_A, KEY_B] and config.serve.port == 9
+    with pytest.raises(ConfigError, match="serve.max_queue"):
+        load_config({"serve": {"max_queue": -1}}, environ={})
+
+
+# ----- the fair queue ---------------------------------------------------------------------------
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_callers_take_turns_round_robin():
+    async def scenario() -> list[str]:
+        queue = FairQueue(max_waiting=10)
+        first = await queue.acquire("busy", None)
+        order: list[str] = []
+
+        async def client(name: str) -> None:
+            ticket = await queue.acquire(name.split("-")[0], None)
+            order.append(name)
+            await asyncio.sleep(0)
+            ticket.release()
+
+        tasks = [asyncio.create_task(client(n)) for n in ("busy-1", "busy-2", "busy-3", "quiet-1", "other-1")]
+        await asyncio.sleep(0.01)
+        assert queue.waiting == 5 and queue.active == 1
+        first.release()
+        await asyncio.gather(*tasks)
+        assert queue.waiting == 0 and queue.active == 0
+        return order
+
+    # arrival order was busy x3, quiet, other: round robin serves one of each before busy's second
+    assert run(scenario()) == ["busy-1", "quiet-1", "other-1", "busy-2", "busy-3"]
+
+
+def test_a_full_queue_refuses_at_once_and_a_deadline_ends_waiting():
+    async def scenario() -> None:
+        queue = FairQueue(max_waiting=1)
+        ticket = await queue.acquire("a", None)
+        waiter = asyncio.create_task(queue.acquire("b", None))
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull):
+            await queue.acquire("c", None)
+        waiter.cancel()  # a client that leaves frees its place
+        await asyncio.gather(waiter, return_exceptions=True)
+        assert queue.waiting == 0
+        with pytest.raises(QueueTimeout):
+            await queue.acquire("c", 0.05)
+        assert queue.waiting == 0
+        ticket.release()
+        ticket.release()  # idempotent
+        assert queue.active == 0
+        again = await queue.acquire("d", 0.05)
+        assert queue.active == 1
+        again.release()
+
+    run(scenario())
