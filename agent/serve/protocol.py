@@ -29,6 +29,12 @@ from agent.core.errors import (
 
 MAX_STOP_SEQUENCES = 4
 MAX_USER_CHARS = 256
+MAX_TOOLS = 32
+MAX_SCHEMA_BYTES = 32_000
+"""Tool and response schemas are compiled into a token automaton (seconds of CPU for a big one), so their size is capped."""
+JSON_MODE_SCHEMA = {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean", "null"]}}
+"""What ``{"type": "json_object"}`` writes: a flat object. Any-depth JSON compiles into an automaton too large to
+build per request (33 s at a 512-token vocabulary); nested output takes a ``json_schema``."""
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "timeout": "length"}
 """Our finish reasons -> OpenAI's (a generation cut by the time limit is reported as cut: ``length``)."""
@@ -187,6 +193,13 @@ def _refuse_unsupported(request: ChatCompletionRequest) -> None:
     if request.tool_choice is not None and not request.tools and request.tool_choice != "none":
         raise APIError(400, "tool_choice is only allowed when tools are given; send tools too or leave tool_choice out",
                        param="tool_choice")  # fmt: skip
+    if request.tools and len(request.tools) > MAX_TOOLS:
+        raise APIError(400, f"{len(request.tools)} tools is over the limit of {MAX_TOOLS}; send fewer", param="tools")
+    for name, value in (("tools", [t.model_dump() for t in request.tools or []]),
+                        ("response_format", request.response_format)):  # fmt: skip
+        if value and len(json.dumps(value)) > MAX_SCHEMA_BYTES:
+            raise APIError(400, f"{name} is over {MAX_SCHEMA_BYTES:,} bytes of JSON schema, the limit of this server; "
+                           "send smaller schemas", param=name, code="schema_too_large")  # fmt: skip
     if request.tools and request.response_format and request.response_format.get("type") != "text":
         raise APIError(400, "response_format and tools cannot be combined in one request; use one or the other",
                        param="response_format")  # fmt: skip
@@ -200,7 +213,7 @@ def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | 
     if kind == "text":
         return None
     if kind == "json_object":
-        return {"type": "object"}
+        return dict(JSON_MODE_SCHEMA)
     if kind == "json_schema":
         spec = response_format.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None

@@ -63,6 +63,12 @@ def test_a_plain_request_parses_with_its_options():
         (body(stop=["a", "b", "c", "d", "e"]), "stop", "up to 4"),
         (body(tool_choice="required"), "tool_choice", "only allowed when tools"),
         (body(tools=[{"type": "function", "function": {"name": "bad name"}}]), "tools.0.function.name", "pattern"),
+        (body(tools=[{"type": "function", "function": {"name": f"f{i}"}} for i in range(33)]), "tools", "limit of 32"),
+        (
+            body(response_format={"type": "json_schema", "json_schema": {"schema": {"enum": ["x" * 100] * 400}}}),
+            "response_format",
+            "over 32,000 bytes",
+        ),
         (
             body(tools=[{"type": "function", "function": {"name": "f"}}], response_format={"type": "json_object"}),
             "response_format",
@@ -86,7 +92,8 @@ def test_response_format_becomes_a_schema():
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     assert response_schema(None) is None
     assert response_schema({"type": "text"}) is None
-    assert response_schema({"type": "json_object"}) == {"type": "object"}
+    json_mode = response_schema({"type": "json_object"})
+    assert json_mode["type"] == "object" and json_mode["additionalProperties"]["type"] == ["string", "number", "boolean", "null"]
     assert response_schema({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}) == schema
     for bad in ({"type": "json_schema", "json_schema": {"name": "x"}}, {"type": "xml"}):
         with pytest.raises(APIError) as caught:
