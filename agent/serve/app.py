@@ -143,7 +143,8 @@ class RequestContext:
             await self.app(scope, receive, send_with_headers)
         finally:
             client = scope.get("client") or ("-", 0)
-            access_logger.info("%s %s %s %d %.3fs", client[0], scope.get("method"), scope.get("path"), status[0],
+            # the path is the client's text: quoted (%r), so it cannot forge log lines
+            access_logger.info("%s %s %r %d %.3fs", client[0], scope.get("method"), scope.get("path"), status[0],
                                time.perf_counter() - started)  # fmt: skip
             REQUEST_ID.reset(token)
 
@@ -392,7 +393,7 @@ async def _complete(state: ServerState, request: Request, caller: str, file_url:
         messages = await asyncio.to_thread(to_langchain_messages, body.messages, state.policy)
         produce = None  # built once the remaining time is known
     fair_key = f"{caller}:{body.user or ''}"
-    logger.info("chat completion model=%s stream=%s messages=%d", body.model, body.stream, len(body.messages))
+    logger.info("chat completion model=%r stream=%s messages=%d", body.model, body.stream, len(body.messages))
 
     watcher = DisconnectWatcher(request)
     watcher.on_disconnect(cancel.set)
@@ -448,10 +449,10 @@ async def _complete(state: ServerState, request: Request, caller: str, file_url:
         raise
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        stream = _sse_events(state, writer, first, pieces, include_usage)
+        stream = _sse_events(writer, first, pieces, include_usage)
         return StreamingResponse(stream, media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})  # fmt: skip
-    return JSONResponse(await _collect(state, writer, first, pieces), headers=headers)
+    return JSONResponse(await _collect(writer, first, pieces), headers=headers)
 
 
 async def _wait_for_turn(state: ServerState, caller: str, deadline: float, watcher: DisconnectWatcher) -> Any:
@@ -460,6 +461,11 @@ async def _wait_for_turn(state: ServerState, caller: str, deadline: float, watch
     gone = asyncio.ensure_future(watcher.disconnected.wait())
     try:
         await asyncio.wait({acquire, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this request itself is cancelled (shutdown): never keep a turn nobody uses
+        acquire.cancel()
+        if acquire.done() and not acquire.cancelled() and acquire.exception() is None:
+            acquire.result().release()
+        raise
     finally:
         gone.cancel()
     if not acquire.done():
@@ -482,7 +488,7 @@ async def _wait_for_turn(state: ServerState, caller: str, deadline: float, watch
 
 
 async def _sse_events(
-    state: ServerState, writer: CompletionWriter, first: Piece, pieces: AsyncIterator[Piece], include_usage: bool
+    writer: CompletionWriter, first: Piece, pieces: AsyncIterator[Piece], include_usage: bool
 ) -> AsyncIterator[bytes]:
     try:
         yield sse(writer.chunk({"role": "assistant", "content": ""}))
@@ -515,9 +521,7 @@ async def _prepend(first: Piece, rest: AsyncIterator[Piece]) -> AsyncIterator[Pi
         yield piece
 
 
-async def _collect(
-    state: ServerState, writer: CompletionWriter, first: Piece, pieces: AsyncIterator[Piece]
-) -> dict[str, Any]:
+async def _collect(writer: CompletionWriter, first: Piece, pieces: AsyncIterator[Piece]) -> dict[str, Any]:
     final: Final | None = None
     try:
         async for piece in _prepend(first, pieces):

@@ -274,3 +274,68 @@ def test_a_full_queue_refuses_at_once_and_a_deadline_ends_waiting():
         again.release()
 
     run(scenario())
+
+
+# ----- the worker-thread bridge -----------------------------------------------------------------
+
+
+def test_items_cross_from_the_worker_and_errors_follow():
+    import threading
+
+    from agent.serve.bridge import stream_in_thread
+
+    async def scenario() -> None:
+        done = asyncio.Event()
+        cancel = threading.Event()
+        seen = [item async for item in stream_in_thread(lambda: iter(range(5)), cancel=cancel, on_done=done.set)]
+        assert seen == [0, 1, 2, 3, 4] and not cancel.is_set()
+        await asyncio.wait_for(done.wait(), 5)
+
+        def failing():
+            yield "a"
+            raise ValueError("boom")
+
+        received = []
+        with pytest.raises(ValueError, match="boom"):
+            async for item in stream_in_thread(failing, cancel=threading.Event()):
+                received.append(item)
+        assert received == ["a"]
+
+    run(scenario())
+
+
+def test_leaving_early_cancels_and_the_turn_ends_when_the_worker_has():
+    import threading
+    import time as clock
+
+    from agent.serve.bridge import stream_in_thread
+
+    produced: list[int] = []
+    closed = threading.Event()
+
+    def generation(cancel: threading.Event):
+        try:
+            for token in range(1000):  # honours cancel at the next token, like ChatLlava's cancel_event
+                if cancel.is_set():
+                    return
+                produced.append(token)
+                clock.sleep(0.002)
+                yield token
+        finally:
+            closed.set()
+
+    async def scenario() -> float:
+        cancel = threading.Event()
+        done = asyncio.Event()
+        stream = stream_in_thread(lambda: generation(cancel), cancel=cancel, on_done=done.set)
+        async for token in stream:
+            if token == 3:
+                break
+        await stream.aclose()
+        assert cancel.is_set()
+        started = clock.perf_counter()
+        await asyncio.wait_for(done.wait(), 5)
+        return clock.perf_counter() - started
+
+    waited = run(scenario())
+    assert closed.is_set() and len(produced) < 100 and waited < 1
