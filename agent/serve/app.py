@@ -214,11 +214,12 @@ def create_app(
 
         raise ConfigError(f"serve.agent_model and the chat model are both named {state.model_name!r}; rename one")
 
+    if not load_on_start:  # the model loads with the first request
+        state.status = "ready"
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loader = asyncio.ensure_future(_load(state)) if load_on_start else None
-        if not load_on_start:
-            state.status = "ready"
         yield
         if loader is not None and not loader.done():
             loader.cancel()

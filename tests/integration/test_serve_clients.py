@@ -461,3 +461,31 @@ def test_a_full_queue_answers_429_and_every_reply_goes_to_its_request(server):
                                                max_tokens=12, temperature=0)  # fmt: skip
         assert results[prompt] == alone.choices[0].message.content
     assert server.health()["queue"] == {"waiting": 0, "active": 0, "limit": 2}
+
+
+# ----- time limits (the app in process, with the same tiny model) ------------------------------
+
+
+async def test_time_limits_cut_generation_and_queue_waits(tmp_path, in_process_model):
+    from agent.core.config import load_config
+    from agent.serve.app import create_app
+
+    config = load_config({"data_dir": str(tmp_path), "serve": {"request_timeout_s": 1.5, "agent_model": None}},
+                         environ={})  # fmt: skip
+    app = create_app(config, llm=in_process_model, load_on_start=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+        started = time.monotonic()
+        response = await client.post("/v1/chat/completions", json={"model": MODEL, "messages": STORY,
+                                                                   "max_tokens": 1900, "temperature": 0})  # fmt: skip
+        elapsed = time.monotonic() - started
+        reply = response.json()
+        assert response.status_code == 200 and reply["choices"][0]["finish_reason"] == "length"
+        assert reply["usage"]["completion_tokens"] < 1900 and elapsed < 10  # cut by the limit, with its text
+        held = await app.state.server.queue.acquire("someone-else", None)  # the model is busy
+        try:
+            waited = await client.post("/v1/chat/completions", json={"model": MODEL, "messages": STORY})
+        finally:
+            held.release()
+        assert waited.status_code == 503 and waited.json()["error"]["code"] == "queue_timeout"
+        assert waited.headers["retry-after"]
