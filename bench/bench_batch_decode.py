@@ -7,7 +7,9 @@ with the batch. This measures exactly that on the random-weight llava-interleave
 checkpoint of ``bench/bench_chat_model.py``, loaded through ``ChatLlava`` (4-bit NF4 by default,
 as the server loads it): for each batch size, ``generate`` on B different text prompts (left
 padded), greedy, exactly ``--new-tokens`` new tokens each, timed from the first new token to the
-last. Reported: total decode tokens/s and tokens/s per sequence, medians of ``--repeats``.
+last. Reported: total decode tokens/s and tokens/s per sequence, and tokens per CPU-second of
+this process (steadier than wall time on a machine shared with other work), medians of
+``--repeats``.
 
     HF_HUB_OFFLINE=1 python bench/bench_batch_decode.py --model-dir /tmp/llava-random-0.5b
 """
@@ -35,8 +37,11 @@ PROMPTS = [
 
 
 class _Timestamps:
+    """Wall and process CPU time at each step: on a shared machine CPU time per token is the steadier measure."""
+
     def __init__(self) -> None:
         self.times: list[float] = []
+        self.cpu: list[float] = []
         self._prompt_seen = False
 
     def put(self, value) -> None:
@@ -44,13 +49,14 @@ class _Timestamps:
             self._prompt_seen = True
             return
         self.times.append(time.perf_counter())
+        self.cpu.append(time.process_time())
 
     def end(self) -> None:
         pass
 
 
-def decode_rate(loaded, batch: int, new_tokens: int) -> float:
-    """Total new tokens per second after the first step, for one generate() on ``batch`` prompts."""
+def decode_rate(loaded, batch: int, new_tokens: int) -> tuple[float, float]:
+    """(total new tokens per wall second, per CPU second) after the first step, for one generate() on ``batch`` prompts."""
     import torch
 
     from agent.llava.prompting import render_prompt
@@ -69,8 +75,9 @@ def decode_rate(loaded, batch: int, new_tokens: int) -> float:
             **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
             temperature=None, top_p=None, top_k=None, streamer=streamer, pad_token_id=tokenizer.pad_token_id,
         )  # fmt: skip
-    steps = streamer.times
-    return batch * (len(steps) - 1) / (steps[-1] - steps[0])
+    steps, cpu = streamer.times, streamer.cpu
+    tokens = batch * (len(steps) - 1)
+    return tokens / (steps[-1] - steps[0]), tokens / (cpu[-1] - cpu[0])
 
 
 def main() -> None:
@@ -94,16 +101,19 @@ def main() -> None:
     print(f"loaded {folder} ({llm.spec.quantization}, {llm.spec.dtype}); torch threads: "
           f"{__import__('torch').get_num_threads()}", flush=True)  # fmt: skip
     decode_rate(loaded, 1, 4)  # warm-up
-    rates: dict[int, list[float]] = {b: [] for b in args.batches}
+    rates: dict[int, list[tuple[float, float]]] = {b: [] for b in args.batches}
     for _ in range(args.repeats):  # interleaved, so every batch size sees the same machine load
         for batch in args.batches:
             rates[batch].append(decode_rate(loaded, batch, args.new_tokens))
-    base = statistics.median(rates[args.batches[0]])
-    print(f"\n| batch | total decode tok/s | per sequence tok/s | vs batch {args.batches[0]} |")
-    print("|---|---|---|---|")
+    wall = {b: statistics.median(r[0] for r in rates[b]) for b in args.batches}
+    cpu = {b: statistics.median(r[1] for r in rates[b]) for b in args.batches}
+    first = args.batches[0]
+    print(f"\n| batch | total decode tok/s (wall) | per sequence tok/s | tokens per CPU-second | vs batch {first} "
+          "(wall, CPU) |")  # fmt: skip
+    print("|---|---|---|---|---|")
     for batch in args.batches:
-        total = statistics.median(rates[batch])
-        print(f"| {batch} | {total:.2f} | {total / batch:.2f} | {total / base:.2f}x |")
+        print(f"| {batch} | {wall[batch]:.2f} | {wall[batch] / batch:.2f} | {cpu[batch]:.2f} | "
+              f"{wall[batch] / wall[first]:.2f}x, {cpu[batch] / cpu[first]:.2f}x |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ with a random-weight checkpoint: the llava-interleave-0.5b-sized one of
    ``openai`` client, one after the other, each client cycling through the prompts from a
    different start, so concurrent requests always carry different prompts;
 3. every reply is checked against its prompt's reference (greedy decoding is deterministic, so a
-   reply that went to the wrong request, or got mixed with another, does not match), and each
-   stream's chunks must share one completion id;
+   reply that went to the wrong request, or got mixed with another, does not match; the eight
+   references differ from each other), and each stream's chunks must share one completion id;
 4. the server's resident memory is sampled every 0.25 s over the run.
 
 A fixed request count and a time limit bound the run (requests not finished in time count as
@@ -20,6 +20,7 @@ errors, mismatched replies, server memory at start, end and peak.
     HF_HUB_OFFLINE=1 python bench/bench_serve.py                       # 0.5b-sized, 8 x 10
     HF_HUB_OFFLINE=1 python bench/bench_serve.py --size tiny           # quick
     HF_HUB_OFFLINE=1 python bench/bench_serve.py --model-dir /tmp/llava-random-0.5b   # reuse a checkpoint
+    HF_HUB_OFFLINE=1 python bench/bench_serve.py --max-batch 1     # one request at a time, for comparison
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def start_server(model: Path, port: int, workdir: Path, args: argparse.Namespace
         f'data_dir = "{workdir / "data"}"\n[model]\ntemperature = 0.0\ndevice = "cpu"\n'
         f'quantization = "{args.quantization}"\n'
         f"[serve]\nmax_queue = {max(args.clients * 2, 8)}\nrequest_timeout_s = {args.time_limit}\n"
+        f"max_batch = {args.max_batch}\n"
     )
     env = {**os.environ, "LLAVA_AGENT_CONFIG": str(config), "PYTHONPATH": str(ROOT)}
     env.pop("LLAVA_AGENT_DATA_DIR", None)
@@ -161,6 +163,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=10, help="requests per client")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--time-limit", type=float, default=1800.0, help="seconds for the load phase")
+    parser.add_argument("--max-batch", type=int, default=4, help="serve.max_batch (1: one request at a time)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 
@@ -246,6 +249,7 @@ def main() -> None:
         "clients": args.clients,
         "requests_per_client": args.requests,
         "max_tokens": args.max_tokens,
+        "max_batch": args.max_batch,
         "completed": len(done),
         "errors": len(errors) + missing,
         "mismatched_replies": len(mismatched),
@@ -260,11 +264,12 @@ def main() -> None:
         "server_rss_mib_end": round(rss[-1] / 2**20, 1) if rss else None,
         "server_rss_mib_peak": round(max(rss) / 2**20, 1) if rss else None,
         "server_counters": final_health.get("requests"),
+        "batched_requests": final_health.get("queue", {}).get("batched_requests"),
         "first_errors": [r.error for r in errors[:3]],
     }
     print()
     print(f"{args.clients} streaming clients x {args.requests} requests, {args.size}, max_tokens={args.max_tokens}, "
-          f"{psutil.cpu_count()} CPUs")  # fmt: skip
+          f"max_batch={args.max_batch}, {psutil.cpu_count()} CPUs")  # fmt: skip
     print("| metric | value |")
     print("|---|---|")
     for key, value in report.items():

@@ -161,6 +161,9 @@ class ServeSection(_Section):
     max_image_pixels: MaxImagePixels = defaults.SERVE_MAX_IMAGE_PIXELS
     max_images: int = Field(defaults.SERVE_MAX_IMAGES, ge=0, description="Images per request.")
     max_queue: int = Field(defaults.SERVE_MAX_QUEUE, ge=0, description="Requests waiting for the model; more get 429.")
+    max_batch: int = Field(
+        defaults.SERVE_MAX_BATCH, ge=1, le=64, description="Plain requests generated together when several wait; 1: never."
+    )
     request_timeout_s: float = Field(defaults.SERVE_REQUEST_TIMEOUT_S, gt=0, description="Queue wait plus generation.")
     allow_remote_images: bool = Field(False, description="Let requests name http(s) image URLs the server fetches.")
     model_name: str | None = Field(

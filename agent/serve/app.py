@@ -25,7 +25,6 @@ import contextvars
 import logging
 import re
 import secrets
-import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -45,9 +44,9 @@ from agent.core.config import AppConfig
 from agent.core.errors import PathNotAllowedError
 from agent.core.files import resolve_allowed_path
 from agent.serve.agent_model import AgentModel
-from agent.serve.bridge import stream_in_thread
 from agent.serve.completions import ChatCompletions, EventPiece, Final, Piece, TextPiece
 from agent.serve.inputs import ImagePolicy, agent_input, to_langchain_messages
+from agent.serve.jobs import Job, job_pieces, start_group
 from agent.serve.ownership import FileRecord, OwnershipStore
 from agent.serve.protocol import (
     SSE_DONE,
@@ -61,7 +60,7 @@ from agent.serve.protocol import (
     sse,
     usage,
 )
-from agent.serve.queue import FairQueue, QueueFull, QueueTimeout
+from agent.serve.queue import FairQueue, Group, QueueFull, QueueTimeout
 from agent.serve.security import ApiKeys, bearer_token
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -200,7 +199,7 @@ def create_app(
         chat=ChatCompletions(llm),
         agent=AgentModel(config, store, build=build_agent) if settings.agent_model else None,
         store=store,
-        queue=FairQueue(settings.max_queue),
+        queue=FairQueue(settings.max_queue, max_batch=settings.max_batch),
         model_name=settings.model_name or served_model_name(llm.spec.model),
         policy=ImagePolicy(
             allowed_dirs=config.allowed_dirs,
@@ -209,6 +208,7 @@ def create_app(
             max_images=settings.max_images,
         ),
     )
+    state.queue.start = partial(_start_group, state)
     if state.agent is not None and settings.agent_model == state.model_name:
         from agent.core.errors import ConfigError
 
@@ -263,7 +263,8 @@ def create_app(
             "model": state.model_name,
             "model_loaded": loaded,
             "agent_model": settings.agent_model,
-            "queue": {"waiting": state.queue.waiting, "active": state.queue.active, "limit": state.queue.max_waiting},
+            "queue": {"waiting": state.queue.waiting, "active": state.queue.active, "limit": state.queue.max_waiting,
+                      "max_batch": state.queue.max_batch, "batched_requests": state.queue.batched_requests},
             "requests": {k: state.counters[k] for k in ("completed", "cancelled", "failed", "rejected", "unauthorized")},
             "completion_tokens": state.counters["completion_tokens"],
             "uptime_s": round(time.time() - state.started, 1),
@@ -376,7 +377,8 @@ async def _complete(state: ServerState, request: Request, caller: str, file_url:
         names = [state.model_name] + ([settings.agent_model] if state.agent is not None else [])
         raise _model_not_found(body.model, names)
     headers: dict[str, str] = {}
-    cancel = threading.Event()
+    loop = asyncio.get_running_loop()
+    batch_key = None
     if is_agent:
         if body.tools or (body.response_format or {}).get("type", "text") != "text":
             raise APIError(400, f"the {settings.agent_model} model runs its own tools and answers in text; send tools "
@@ -388,58 +390,31 @@ async def _complete(state: ServerState, request: Request, caller: str, file_url:
         assert agent is not None
         _, thread_key = await asyncio.to_thread(agent.thread_for, caller, thread_key, turn.text or "image")
         headers[THREAD_HEADER] = thread_key
-        produce = partial(agent.produce, caller, thread_key, turn, cancel=cancel, file_url=partial(file_url, base))
+        job = Job(loop, deadline, produce=lambda time_left: agent.produce(
+            caller, thread_key, turn, cancel=job.cancel, file_url=partial(file_url, base)), stop_at_deadline=True)
     else:
         state.chat.check(body)
         messages = await asyncio.to_thread(to_langchain_messages, body.messages, state.policy)
-        produce = None  # built once the remaining time is known
-    fair_key = f"{caller}:{body.user or ''}"
+        job = Job(loop, deadline, produce=lambda time_left: state.chat.produce(
+            messages, body, cancel=job.cancel, time_left=time_left))
+        if state.queue.max_batch > 1 and (batch_key := state.chat.batch_key(body, messages)) is not None:
+            job.batch = (messages, body, job.cancel, deadline)
     logger.info("chat completion model=%r stream=%s messages=%d", body.model, body.stream, len(body.messages))
 
     watcher = DisconnectWatcher(request)
-    watcher.on_disconnect(cancel.set)
+    watcher.on_disconnect(job.cancel.set)
+    job.watcher = watcher  # type: ignore[attr-defined]
     try:
-        ticket = await _wait_for_turn(state, fair_key, deadline, watcher)
+        joined = await _wait_for_turn(state, f"{caller}:{body.user or ''}", job, batch_key, watcher)
     except BaseException:
+        job.cancel.set()  # granted at the last moment: the started work ends at once
         watcher.stop()
         raise
-    if ticket is None:  # the client left while waiting
+    if not joined:  # the client left while waiting
         watcher.stop()
         state.counters["cancelled"] += 1
         return JSONResponse({"error": {"message": "client disconnected", "type": "cancelled"}}, status_code=499)
-    time_left = deadline - time.monotonic()
-    timer = None
-    if produce is None:
-        produce = partial(state.chat.produce, messages, body, cancel=cancel, time_left=time_left)
-    else:  # the agent stops gracefully (with what it has said) when the time is up
-        timer = asyncio.get_running_loop().call_later(max(time_left, 0.5), cancel.set)
-
-    failures: list[BaseException] = []
-    finals: list[Final] = []
-
-    def recorded() -> Any:
-        try:
-            for piece in produce():
-                if isinstance(piece, Final):
-                    finals.append(piece)
-                yield piece
-        except BaseException as exc:
-            failures.append(exc)
-            raise
-
-    def finished() -> None:  # on the loop, once the worker has really stopped
-        ticket.release()
-        watcher.stop()
-        if timer is not None:
-            timer.cancel()
-        outcome = "cancelled" if watcher.disconnected.is_set() else "failed" if failures else "completed"
-        state.counters[outcome] += 1
-        state.counters["completion_tokens"] += sum(f.completion_tokens for f in finals)
-        if outcome == "cancelled":
-            logger.info("stopped: the client disconnected (%d tokens generated)",
-                        sum(f.completion_tokens for f in finals))  # fmt: skip
-
-    pieces = stream_in_thread(recorded, cancel=cancel, on_done=finished, name="serve-generate")
+    pieces = job_pieces(job)
     writer = CompletionWriter(body.model)
     try:
         first = await pieces.__anext__()
@@ -456,16 +431,55 @@ async def _complete(state: ServerState, request: Request, caller: str, file_url:
     return JSONResponse(await _collect(writer, first, pieces), headers=headers)
 
 
-async def _wait_for_turn(state: ServerState, caller: str, deadline: float, watcher: DisconnectWatcher) -> Any:
-    """A queue ticket; None when the client left first. Full queue: 429; deadline passed: 503."""
-    acquire = asyncio.ensure_future(state.queue.acquire(caller, max(deadline - time.monotonic(), 0.0)))
+def _start_group(state: ServerState, group: Group) -> None:
+    """The queue granted these jobs: run them (alone, or as one batch); account for each when all end."""
+    jobs: list[Job] = group.payloads
+
+    def run_batch(members: list[Job]) -> Any:
+        logger.info("running %d requests as one batch", len(members))
+        return state.chat.produce_batch([member.batch for member in members])
+
+    def done() -> None:
+        group.ticket.release()
+        for job in jobs:
+            watcher = getattr(job, "watcher", None)
+            gone = watcher is not None and watcher.disconnected.is_set()
+            if watcher is not None:
+                watcher.stop()
+            outcome = "cancelled" if gone else "failed" if job.failures else "completed"
+            state.counters[outcome] += 1
+            state.counters["completion_tokens"] += job.completion_tokens
+            if gone:
+                with contextvars_run(job):
+                    logger.info("stopped: the client disconnected (%d tokens generated)", job.completion_tokens)
+
+    start_group(jobs, run_batch, done)
+
+
+class contextvars_run:  # noqa: N801 - used as a statement: ``with contextvars_run(job):``
+    """Log with a job's request id from the loop (where the id of another request may be current)."""
+
+    def __init__(self, job: Job) -> None:
+        self.request_id = job.context.get(REQUEST_ID, "-")
+
+    def __enter__(self) -> None:
+        self.token = REQUEST_ID.set(self.request_id)
+
+    def __exit__(self, *exc: Any) -> None:
+        REQUEST_ID.reset(self.token)
+
+
+async def _wait_for_turn(
+    state: ServerState, caller: str, job: Job, batch_key: Any, watcher: DisconnectWatcher
+) -> bool:
+    """Queue the job until its group starts; False when the client left first. Full queue: 429; deadline: 503."""
+    timeout = max(job.deadline - time.monotonic(), 0.0)
+    acquire = asyncio.ensure_future(state.queue.acquire(caller, timeout, batch_key=batch_key, payload=job))
     gone = asyncio.ensure_future(watcher.disconnected.wait())
     try:
         await asyncio.wait({acquire, gone}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:  # this request itself is cancelled (shutdown): never keep a turn nobody uses
+    except BaseException:  # this request itself is cancelled (shutdown)
         acquire.cancel()
-        if acquire.done() and not acquire.cancelled() and acquire.exception() is None:
-            acquire.result().release()
         raise
     finally:
         gone.cancel()
@@ -473,11 +487,12 @@ async def _wait_for_turn(state: ServerState, caller: str, deadline: float, watch
         acquire.cancel()
         try:
             await acquire
+            return True  # started just as the client left: its cancel event ends it
         except (asyncio.CancelledError, QueueTimeout, QueueFull):
-            pass
-        return None
+            return False
     try:
-        return acquire.result()
+        acquire.result()
+        return True
     except QueueFull as exc:
         state.counters["rejected"] += 1
         raise APIError(429, f"the server is busy: {exc}; retry in a few seconds", type="rate_limit_error",

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +70,55 @@ class ChatCompletions:
     def check(self, request: ChatCompletionRequest) -> dict[str, Any] | None:
         """Check what can be checked before queueing; returns the response schema (or None)."""
         return response_schema(request.response_format)
+
+    def batch_key(self, request: ChatCompletionRequest, messages: list[BaseMessage]) -> Hashable | None:
+        """The key of the batches this request can join, or None when it must run alone.
+
+        Plain requests batch: text only, no tools, no JSON output, no seed (a seed fixes one
+        sequence's sampling). Requests batch together when their sampling settings are the same.
+        """
+        if request.tools or response_schema(request.response_format) is not None or request.seed is not None:
+            return None
+        if any(isinstance(m.content, list) and any(isinstance(b, dict) and b.get("type") == "image" for b in m.content)
+               for m in messages):  # fmt: skip
+            return None
+        temperature = self.llm.temperature if request.temperature is None else request.temperature
+        top_p = self.llm.top_p if request.top_p is None else request.top_p
+        return ("plain", float(temperature), float(top_p))
+
+    def produce_batch(
+        self, requests: Sequence[tuple[list[BaseMessage], ChatCompletionRequest, threading.Event, float]]
+    ) -> Iterator[tuple[int, Piece | BaseException]]:
+        """Generate the replies of several plain requests at once (messages, request, cancel, deadline each).
+
+        Yields ``(index, piece)`` in the order they come; a request that cannot run (its prompt
+        over the context) gets ``(index, exception)``, the others go on.
+        """
+        from agent.llava.batching import BatchRequest, stream_batch
+
+        _, temperature, top_p = self.batch_key(requests[0][1], requests[0][0])  # type: ignore[misc]
+        batch = [
+            BatchRequest(messages, max_tokens=request.token_limit, stop=request.stop_sequences, cancel=cancel,
+                         timeout=max(deadline - time.monotonic(), 0.5))
+            for messages, request, cancel, deadline in requests
+        ]  # fmt: skip
+        text: dict[int, list[str]] = {index: [] for index in range(len(batch))}
+        for index, chunk in stream_batch(self.llm, batch, temperature=temperature, top_p=top_p):
+            if isinstance(chunk, BaseException):
+                yield index, chunk
+                continue
+            if chunk.content:
+                text[index].append(chunk.content)
+                yield index, TextPiece(chunk.content)
+            if chunk.usage_metadata is not None:
+                finish = chunk.response_metadata.get("finish_reason", "stop")
+                usage = chunk.usage_metadata
+                yield index, Final(
+                    finish_reason=FINISH_REASONS.get(finish, finish),
+                    prompt_tokens=usage["input_tokens"],
+                    completion_tokens=usage["output_tokens"],
+                    text="".join(text[index]),
+                )
 
     def produce(
         self,

@@ -130,7 +130,7 @@ def in_process_model(tiny_llava_qwen2):
 def test_health_models_and_request_ids(server):
     health = server.health()
     assert health["status"] == "ready" and health["model_loaded"] is True and health["model"] == MODEL
-    assert health["queue"] == {"waiting": 0, "active": 0, "limit": 2}
+    assert health["queue"] == {"waiting": 0, "active": 0, "limit": 2, "max_batch": 4, "batched_requests": 0}
     models = server.client().models.list()
     assert [m.id for m in models.data] == [MODEL, AGENT]
     response = httpx.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}",
@@ -460,7 +460,9 @@ def test_a_full_queue_answers_429_and_every_reply_goes_to_its_request(server):
         alone = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}],
                                                max_tokens=12, temperature=0)  # fmt: skip
         assert results[prompt] == alone.choices[0].message.content
-    assert server.health()["queue"] == {"waiting": 0, "active": 0, "limit": 2}
+    queue = server.health()["queue"]
+    assert (queue["waiting"], queue["active"]) == (0, 0)
+    assert queue["batched_requests"] >= 2  # the two that waited ran together
 
 
 # ----- time limits (the app in process, with the same tiny model) ------------------------------
@@ -482,10 +484,92 @@ async def test_time_limits_cut_generation_and_queue_waits(tmp_path, in_process_m
         reply = response.json()
         assert response.status_code == 200 and reply["choices"][0]["finish_reason"] == "length"
         assert reply["usage"]["completion_tokens"] < 1900 and elapsed < 10  # cut by the limit, with its text
-        held = await app.state.server.queue.acquire("someone-else", None)  # the model is busy
+        queue = app.state.server.queue
+        start, queue.start = queue.start, None  # take a turn by hand: the model is busy
+        held = await queue.acquire("someone-else", None)
+        queue.start = start
         try:
             waited = await client.post("/v1/chat/completions", json={"model": MODEL, "messages": STORY})
         finally:
-            held.release()
+            held.ticket.release()
         assert waited.status_code == 503 and waited.json()["error"]["code"] == "queue_timeout"
         assert waited.headers["retry-after"]
+
+
+def _hold_the_model(server: Server) -> threading.Thread:
+    """A long greedy request (it runs its whole budget), running when this returns."""
+    client = server.client()
+    long = threading.Thread(target=lambda: client.chat.completions.create(
+        model=MODEL, messages=STORY, max_tokens=400, temperature=0))  # fmt: skip
+    long.start()
+    deadline = time.monotonic() + 60
+    while server.health()["queue"]["active"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return long
+
+
+def test_waiting_plain_requests_run_as_one_batch_with_their_own_limits(server):
+    client = server.client()
+    short = {"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 6}
+    story = client.chat.completions.create(model=MODEL, messages=STORY, max_tokens=30, temperature=0)
+    stop = story.choices[0].message.content[8:10]
+    cut = {"messages": STORY, "max_tokens": 30, "stop": [stop]}
+    alone = [client.chat.completions.create(model=MODEL, temperature=0, **fields) for fields in (short, cut)]
+    assert alone[1].choices[0].finish_reason == "stop"
+    before = server.health()["queue"]["batched_requests"]
+
+    results: dict[int, object] = {}
+
+    def ask(index: int, fields: dict) -> None:
+        chunks = list(client.chat.completions.create(model=MODEL, temperature=0, stream=True, **fields))
+        results[index] = ("".join(c.choices[0].delta.content or "" for c in chunks if c.choices),
+                          chunks[-1].choices[0].finish_reason, chunks[-1].usage.completion_tokens)  # fmt: skip
+
+    long = _hold_the_model(server)
+    threads = [threading.Thread(target=ask, args=(i, f)) for i, f in enumerate((short, cut))]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.2)
+    for thread in [long, *threads]:
+        thread.join(timeout=180)
+    assert server.health()["queue"]["batched_requests"] == before + 2
+    for index, single in enumerate(alone):  # each row: the same reply and finish reason as alone
+        choice = single.choices[0]
+        assert results[index][:2] == (choice.message.content, choice.finish_reason)
+        if choice.finish_reason == "length":  # (after a stop sequence, one more token may have been made alone)
+            assert results[index][2] == single.usage.completion_tokens
+
+
+def test_a_client_leaving_a_batch_stops_only_its_row(server):
+    client = server.client()
+    short = {"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 6}
+    alone = client.chat.completions.create(model=MODEL, temperature=0, **short)
+    before = server.health()
+    kept: dict[str, object] = {}
+
+    def leave() -> None:
+        with client.chat.completions.create(model=MODEL, messages=STORY, max_tokens=400, temperature=0,
+                                            stream=True) as stream:  # fmt: skip
+            for index, _ in enumerate(stream):
+                if index == 2:
+                    break
+
+    def stay() -> None:
+        kept["reply"] = client.chat.completions.create(model=MODEL, temperature=0, **short)
+
+    long = _hold_the_model(server)
+    threads = [threading.Thread(target=leave), threading.Thread(target=stay)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.2)
+    for thread in [long, *threads]:
+        thread.join(timeout=180)
+    deadline = time.monotonic() + 60
+    while (health := server.health())["requests"]["cancelled"] == before["requests"]["cancelled"]:
+        assert time.monotonic() < deadline, health
+        time.sleep(0.1)
+    assert health["queue"]["batched_requests"] == before["queue"]["batched_requests"] + 2
+    assert kept["reply"].choices[0].message.content == alone.choices[0].message.content
+    generated = health["completion_tokens"] - before["completion_tokens"]
+    assert generated < 400 + 400 + 6  # the long holder's 400, the stayer's few, and only a part of the leaver's 400

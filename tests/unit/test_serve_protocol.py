@@ -235,15 +235,15 @@ def test_callers_take_turns_round_robin():
         order: list[str] = []
 
         async def client(name: str) -> None:
-            ticket = await queue.acquire(name.split("-")[0], None)
+            group = await queue.acquire(name.split("-")[0], None)
             order.append(name)
             await asyncio.sleep(0)
-            ticket.release()
+            group.ticket.release()
 
         tasks = [asyncio.create_task(client(n)) for n in ("busy-1", "busy-2", "busy-3", "quiet-1", "other-1")]
         await asyncio.sleep(0.01)
         assert queue.waiting == 5 and queue.active == 1
-        first.release()
+        first.ticket.release()
         await asyncio.gather(*tasks)
         assert queue.waiting == 0 and queue.active == 0
         return order
@@ -255,7 +255,7 @@ def test_callers_take_turns_round_robin():
 def test_a_full_queue_refuses_at_once_and_a_deadline_ends_waiting():
     async def scenario() -> None:
         queue = FairQueue(max_waiting=1)
-        ticket = await queue.acquire("a", None)
+        group = await queue.acquire("a", None)
         waiter = asyncio.create_task(queue.acquire("b", None))
         await asyncio.sleep(0.01)
         with pytest.raises(QueueFull):
@@ -266,40 +266,92 @@ def test_a_full_queue_refuses_at_once_and_a_deadline_ends_waiting():
         with pytest.raises(QueueTimeout):
             await queue.acquire("c", 0.05)
         assert queue.waiting == 0
-        ticket.release()
-        ticket.release()  # idempotent
+        group.ticket.release()
+        group.ticket.release()  # idempotent
         assert queue.active == 0
         again = await queue.acquire("d", 0.05)
         assert queue.active == 1
-        again.release()
+        again.ticket.release()
 
     run(scenario())
 
 
-# ----- the worker-thread bridge -----------------------------------------------------------------
+def test_waiting_requests_with_one_key_run_as_a_batch_in_turn_order():
+    async def scenario() -> None:
+        started: list[list[str]] = []
+        queue = FairQueue(max_waiting=20, max_batch=3, start=lambda group: started.append(list(group.payloads)))
+        running = await queue.acquire("x", None, payload="x-0")  # starts alone: nothing waits
+        tasks = [
+            asyncio.create_task(queue.acquire(caller, None, batch_key=key, payload=name))
+            for caller, key, name in [("a", "plain", "a-1"), ("a", "plain", "a-2"), ("b", None, "b-1"),
+                                      ("c", "plain", "c-1"), ("d", "plain", "d-1"), ("e", "other", "e-1")]
+        ]  # fmt: skip
+        await asyncio.sleep(0.01)
+        assert started == [["x-0"]]
+        running.ticket.release()
+        await asyncio.sleep(0.01)
+        # a-1 comes first; the batch fills round robin: c and d come before a's second request
+        assert started[1] == ["a-1", "c-1", "d-1"]
+        groups = {name: task for name, task in zip(["a-1", "a-2", "b-1", "c-1", "d-1", "e-1"], tasks, strict=True)}
+        batch = groups["a-1"].result()
+        assert batch is groups["c-1"].result() and batch.callers == ["a", "c", "d"]
+        batch.ticket.release()
+        await asyncio.sleep(0.01)
+        assert started[2] == ["b-1"]  # no key: alone
+        groups["b-1"].result().ticket.release()
+        await asyncio.sleep(0.01)
+        assert started[3] == ["e-1"]  # the round goes on: e before a's second request
+        groups["e-1"].result().ticket.release()
+        await asyncio.sleep(0.01)
+        assert started[4] == ["a-2"]
+        groups["a-2"].result().ticket.release()
+        assert queue.active == 0 and queue.waiting == 0 and queue.batched_requests == 3
+
+    run(scenario())
 
 
-def test_items_cross_from_the_worker_and_errors_follow():
+# ----- jobs: a group in a worker thread -----------------------------------------------------------
+
+
+def test_a_job_hands_its_pieces_over_and_a_batch_fans_out():
     import threading
 
-    from agent.serve.bridge import stream_in_thread
+    from agent.serve.completions import Final, TextPiece
+    from agent.serve.jobs import Job, job_pieces, start_group
 
     async def scenario() -> None:
+        loop = asyncio.get_running_loop()
         done = asyncio.Event()
-        cancel = threading.Event()
-        seen = [item async for item in stream_in_thread(lambda: iter(range(5)), cancel=cancel, on_done=done.set)]
-        assert seen == [0, 1, 2, 3, 4] and not cancel.is_set()
+        final = Final("stop", 1, 2, "ab")
+        single = Job(loop, float("inf"), produce=lambda left: iter([TextPiece("a"), TextPiece("b"), final]))
+        start_group([single], run_batch=None, on_done=done.set)
+        assert [p async for p in job_pieces(single)] == [TextPiece("a"), TextPiece("b"), final]
+        await asyncio.wait_for(done.wait(), 5)
+        assert single.completion_tokens == 2
+
+        def batch(jobs):
+            yield 1, TextPiece("one")
+            yield 0, ValueError("row 0 cannot run")
+            yield 1, Final("length", 3, 4, "one")
+
+        jobs = [Job(loop, float("inf"), produce=None) for _ in range(2)]
+        done.clear()
+        start_group(jobs, run_batch=batch, on_done=done.set)
+        with pytest.raises(ValueError, match="row 0"):
+            [p async for p in job_pieces(jobs[0])]
+        assert [p.text for p in [p async for p in job_pieces(jobs[1])]] == ["one", "one"]
         await asyncio.wait_for(done.wait(), 5)
 
-        def failing():
-            yield "a"
-            raise ValueError("boom")
+        def broken(jobs):
+            yield 0, TextPiece("x")
+            raise RuntimeError("the batch failed")
 
-        received = []
-        with pytest.raises(ValueError, match="boom"):
-            async for item in stream_in_thread(failing, cancel=threading.Event()):
-                received.append(item)
-        assert received == ["a"]
+        jobs = [Job(loop, float("inf"), produce=None) for _ in range(2)]
+        start_group(jobs, run_batch=broken, on_done=lambda: None)
+        for job in jobs:  # every job still waiting for its reply hears of the failure
+            with pytest.raises(RuntimeError, match="the batch failed"):
+                [p async for p in job_pieces(job)]
+        assert threading.active_count() >= 1
 
     run(scenario())
 
@@ -308,34 +360,35 @@ def test_leaving_early_cancels_and_the_turn_ends_when_the_worker_has():
     import threading
     import time as clock
 
-    from agent.serve.bridge import stream_in_thread
+    from agent.serve.completions import TextPiece
+    from agent.serve.jobs import Job, job_pieces, start_group
 
     produced: list[int] = []
-    closed = threading.Event()
 
-    def generation(cancel: threading.Event):
-        try:
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+
+        def generation(left: float):
             for token in range(1000):  # honours cancel at the next token, like ChatLlava's cancel_event
-                if cancel.is_set():
+                if job.cancel.is_set():
                     return
                 produced.append(token)
                 clock.sleep(0.002)
-                yield token
-        finally:
-            closed.set()
+                yield TextPiece(str(token))
 
-    async def scenario() -> float:
-        cancel = threading.Event()
-        done = asyncio.Event()
-        stream = stream_in_thread(lambda: generation(cancel), cancel=cancel, on_done=done.set)
-        async for token in stream:
-            if token == 3:
+        job = Job(loop, float("inf"), produce=generation)
+        start_group([job], run_batch=None, on_done=done.set)
+        stream = job_pieces(job)
+        async for piece in stream:
+            if piece.text == "3":
                 break
         await stream.aclose()
-        assert cancel.is_set()
+        assert job.cancel.is_set() and job.left
         started = clock.perf_counter()
         await asyncio.wait_for(done.wait(), 5)
         return clock.perf_counter() - started
 
     waited = run(scenario())
-    assert closed.is_set() and len(produced) < 100 and waited < 1
+    assert len(produced) < 100 and waited < 1
+    assert not any(t.name == "serve-generate" and t.is_alive() for t in threading.enumerate())
