@@ -203,7 +203,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     check_dependencies()  # a clear message before any model work when the serve extra is missing
     overrides: dict[str, Any] = {}
-    for option in ("host", "port", "model_name", "agent_model", "public_url"):
+    for option in ("host", "port", "model_name", "agent_model", "public_url", "max_batch"):
         if getattr(args, option, None) is not None:
             overrides[option] = getattr(args, option)
     if args.no_agent:
@@ -338,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cors-origin", action="append", metavar="ORIGIN", help="allow browser calls from ORIGIN")
     serve.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs in requests")
     serve.add_argument("--public-url", help="the URL clients reach the server at, for file links (behind a proxy)")
+    serve.add_argument("--max-batch", type=int, help="plain requests generated together when several wait (default 4; "
+                       "1: one at a time)")  # fmt: skip
     serve.set_defaults(func=cmd_serve)
 
     doctor = sub.add_parser("doctor", parents=[common], help="check torch, CUDA, bitsandbytes, espeak-ng, Chroma and model caches")

@@ -1,6 +1,6 @@
 """Chat completions on ``ChatLlava``: an OpenAI request -> a stream of :class:`Piece` s.
 
-:meth:`ChatCompletions.produce` runs in a worker thread (see :mod:`agent.serve.bridge`) and
+:meth:`ChatCompletions.produce` runs in a worker thread (see :mod:`agent.serve.jobs`) and
 yields what the reply is made of, in order: :class:`TextPiece` s as tokens arrive, then one
 :class:`Final` with the finish reason, the tool calls and the token counts. The app
 (:mod:`agent.serve.app`) writes them as stream chunks or as one response; the agent model
@@ -10,7 +10,8 @@ Everything the request asks for goes through ``ChatLlava`` itself: tools through
 (the same always-valid constrained calls), ``response_format`` as the JSON-schema constraint
 (``with_structured_output(method="json_schema")`` uses the same), ``stop``, ``seed``,
 ``temperature``, ``top_p`` and ``max_tokens`` as call options, and the request's remaining time
-as ``timeout``.
+as ``timeout``. Plain requests that wait together run as one batch
+(:meth:`ChatCompletions.produce_batch`, :mod:`agent.llava.batching`), each with its own limits.
 """
 
 from __future__ import annotations

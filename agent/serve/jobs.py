@@ -51,6 +51,8 @@ class Job:
     pieces: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     finals: list[Final] = field(default_factory=list)
     failures: list[BaseException] = field(default_factory=list)
+    watcher: Any = None
+    """What notices the client leaving (the route's ``DisconnectWatcher``)."""
     left: bool = False
     """The consumer is gone: nothing more is handed over."""
     ended: bool = False

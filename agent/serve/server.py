@@ -33,7 +33,7 @@ def check_dependencies() -> None:
 
 def configure_logging(verbose: bool = False) -> None:
     """One line per event on stderr, each with the request id it belongs to."""
-    from agent.serve.app import RequestIdFilter
+    from agent.serve.request_context import RequestIdFilter
 
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(LOG_FORMAT))

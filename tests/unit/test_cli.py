@@ -192,8 +192,9 @@ def test_serve_options_become_the_serve_section(data_dir, monkeypatch):
     monkeypatch.setattr(server, "run_server", lambda config, api_keys, verbose: seen.update(
         config=config, keys=list(api_keys)) or 0)
     argv = ["serve", "--host", "::1", "--port", "9001", "--api-key", "k" * 20, "--api-key", "j" * 20, "--no-agent",
-            "--cors-origin", "https://app.example", "--model-name", "mine", "--allow-remote-images"]
+            "--cors-origin", "https://app.example", "--model-name", "mine", "--allow-remote-images", "--max-batch", "2"]
     assert main(argv) == 0
     serve = seen["config"].serve
     assert (serve.host, serve.port, serve.agent_model, serve.cors_origins) == ("::1", 9001, None, ["https://app.example"])
     assert serve.model_name == "mine" and serve.allow_remote_images and seen["keys"] == ["k" * 20, "j" * 20]
+    assert serve.max_batch == 2
