@@ -248,6 +248,28 @@ def cmd_memories(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from agent.serve.server import check_dependencies, run_server
+
+    check_dependencies()  # a clear message before any model work when the serve extra is missing
+    overrides: dict[str, Any] = {}
+    for option in ("host", "port", "model_name", "agent_model", "public_url", "max_batch"):
+        if getattr(args, option, None) is not None:
+            overrides[option] = getattr(args, option)
+    if args.no_agent:
+        overrides["agent_model"] = None
+    if args.cors_origin:
+        overrides["cors_origins"] = args.cors_origin
+    if args.allow_remote_images:
+        overrides["allow_remote_images"] = True
+    config = _load_config(args)
+    if overrides:
+        from agent.core.config import load_config
+
+        config = load_config(config, overrides={"serve": overrides})
+    return run_server(config, api_keys=args.api_key or (), verbose=args.verbose)
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from agent.cli.doctor import run_checks
 
@@ -373,6 +395,27 @@ def build_parser() -> argparse.ArgumentParser:
     recall.add_argument("query", nargs="+")
     recall.add_argument("-k", type=int, default=3)
     memories.set_defaults(func=cmd_memories)
+
+    serve = sub.add_parser(
+        "serve", parents=[common], help="an OpenAI-compatible HTTP server for the chat model and the agent",
+        description="Serve POST /v1/chat/completions (the chat model, and the agent as the model 'llava-agent'), "
+        "GET /v1/models and GET /health. Listens on loopback unless --host says otherwise; any other host "
+        "requires API keys (--api-key, serve.api_keys, LLAVA_AGENT_SERVE__API_KEYS or serve.api_keys_file).",
+    )  # fmt: skip
+    serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--model", help="hub id or local folder of the chat model (overrides the config)")
+    serve.add_argument("--adapter", metavar="PATH", help="folder of a LoRA adapter to apply (overrides the config)")
+    serve.add_argument("--api-key", action="append", metavar="KEY", help="accept this bearer key (repeatable)")
+    serve.add_argument("--model-name", help="the name clients use for the chat model (default: its id or folder name)")
+    serve.add_argument("--agent-model", help="the name of the agent model (default llava-agent)")
+    serve.add_argument("--no-agent", action="store_true", help="serve the chat model only")
+    serve.add_argument("--cors-origin", action="append", metavar="ORIGIN", help="allow browser calls from ORIGIN")
+    serve.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs in requests")
+    serve.add_argument("--public-url", help="the URL clients reach the server at, for file links (behind a proxy)")
+    serve.add_argument("--max-batch", type=int, help="plain requests generated together when several wait (default 4; "
+                       "1: one at a time)")  # fmt: skip
+    serve.set_defaults(func=cmd_serve)
 
     doctor = sub.add_parser("doctor", parents=[common], help="check torch, CUDA, bitsandbytes, espeak-ng, Chroma and model caches")
     doctor.set_defaults(func=cmd_doctor)

@@ -28,6 +28,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.core import defaults
 from agent.core.chroma_auth import SECRET_FIELDS, check_auth_settings, redact_url
@@ -216,6 +217,51 @@ class AgentSection(_Section):
     long_term_memory: bool = Field(True, description="Add remember/recall tools and recalled facts to the prompt.")
 
 
+def _comma_list(value: Any) -> Any:
+    """``"a, b"`` (an environment variable) -> ``["a", "b"]``; lists pass unchanged."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class ServeSection(_Section):
+    """The OpenAI-compatible server (``llava-agent serve``)."""
+
+    host: str = Field(defaults.SERVE_HOST, description="Interface to listen on; any but loopback requires API keys.")
+    port: int = Field(defaults.SERVE_PORT, ge=0, le=65535, description="0 picks a free port.")
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Bearer keys accepted (several allowed); an environment variable may list them comma-separated.",
+    )
+    api_keys_file: Path | None = Field(None, description="A file of API keys, one per line ('#' starts a comment).")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Browser origins allowed to call the server (CORS); none by default."
+    )
+    max_request_bytes: int = Field(defaults.SERVE_MAX_REQUEST_BYTES, gt=0)
+    max_image_pixels: MaxImagePixels = defaults.SERVE_MAX_IMAGE_PIXELS
+    max_images: int = Field(defaults.SERVE_MAX_IMAGES, ge=0, description="Images per request.")
+    max_queue: int = Field(defaults.SERVE_MAX_QUEUE, ge=0, description="Requests waiting for the model; more get 429.")
+    max_batch: int = Field(
+        defaults.SERVE_MAX_BATCH, ge=1, le=64, description="Plain requests generated together when several wait; 1: never."
+    )
+    request_timeout_s: float = Field(defaults.SERVE_REQUEST_TIMEOUT_S, gt=0, description="Queue wait plus generation.")
+    allow_remote_images: bool = Field(False, description="Let requests name http(s) image URLs the server fetches.")
+    model_name: str | None = Field(
+        None, description="Name clients use for the chat model; default the hub id or the local folder's name."
+    )
+    agent_model: str | None = Field(
+        defaults.AGENT_MODEL_NAME, description="Name of the agent-as-a-model (tools run on the server); None: off."
+    )
+    public_url: str | None = Field(
+        None, description="Base URL clients reach the server at (behind a proxy), for links to generated files."
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1", description="Proxies whose X-Forwarded-* headers are trusted (comma-separated, or '*')."
+    )
+
+    _split_keys = field_validator("api_keys", "cors_origins", mode="before")(_comma_list)
+
+
 class AppConfig(_Section):
     """The resolved application configuration."""
 
@@ -224,6 +270,7 @@ class AppConfig(_Section):
     tools: ToolsSection = Field(default_factory=ToolsSection)
     memory: MemorySection = Field(default_factory=MemorySection)
     agent: AgentSection = Field(default_factory=AgentSection)
+    serve: ServeSection = Field(default_factory=ServeSection)
 
     @property
     def artifacts_dir(self) -> Path:

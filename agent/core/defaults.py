@@ -40,3 +40,22 @@ SHAPE_STEPS = 64
 """Denoising steps when a generate_3d call gives none (Shap-E's recommended 64)."""
 MESH_GRID_SIZE = 128
 """Samples per side of the grid a Shap-E latent is turned into a mesh on (cost grows with its cube)."""
+
+# -- the OpenAI-compatible server (llava-agent serve) ------------------------------------------
+SERVE_HOST = "127.0.0.1"
+SERVE_PORT = 8000
+AGENT_MODEL_NAME = "llava-agent"
+"""The model name under which the server offers a full agent turn (tools run on the server)."""
+SERVE_MAX_REQUEST_BYTES = 20 * 1024 * 1024
+"""Largest request body accepted (images come base64-encoded inside it)."""
+SERVE_MAX_IMAGE_PIXELS = 16_000_000
+"""Largest image a server request may carry; lower than the local limit, since strangers send them."""
+SERVE_MAX_IMAGES = 8
+"""Images per request."""
+SERVE_MAX_QUEUE = 32
+"""Requests waiting for the model; more are refused with 429."""
+SERVE_MAX_BATCH = 4
+"""Plain requests generated together when several wait (a CPU decode step costs about the same for 4 as for 1)."""
+SERVE_REQUEST_TIMEOUT_S = 300.0
+"""Seconds a request may take in all, waiting in the queue included."""
+SERVE_MIN_API_KEY_CHARS = 16

@@ -74,6 +74,11 @@ class ChatLlava(BaseChatModel):
     When ``timeout`` runs out, generation stops and the text produced so far is returned with
     ``response_metadata["finish_reason"] == "timeout"``; if it ran out inside a tool call,
     :class:`GenerationTimeoutError` is raised instead, since half a call is not a call.
+
+    A ``threading.Event`` passed as the call option ``cancel_event`` (``llm.stream(msgs,
+    cancel_event=event)``) ends generation at the next token once set, from any thread, also
+    while a tool call or JSON reply is being written (nothing is streamed then); the reply ends
+    with ``finish_reason == "cancelled"`` and carries no tool calls.
     """
 
     model_config = ConfigDict(populate_by_name=True, protected_namespaces=())
@@ -288,6 +293,7 @@ class ChatLlava(BaseChatModel):
         tools = kwargs.pop("tools", None) or None
         tool_choice = kwargs.pop("tool_choice", None)
         response_format = kwargs.pop("response_format", None)
+        cancel_event = kwargs.pop("cancel_event", None)  # a threading.Event: set it to end generation early
         if response_format is not None and tools:
             raise InputError("response_format and tools cannot be combined in one call; use one or the other")
         options = self._call_options(kwargs)
@@ -348,6 +354,7 @@ class ChatLlava(BaseChatModel):
                 timeout=self.timeout,
                 constraint_processor=constraint_processor,
                 hold_back=hold_back,
+                cancel=cancel_event,
             ):
                 if isinstance(event, str):
                     emitted.append(event)
@@ -379,7 +386,9 @@ class ChatLlava(BaseChatModel):
                 f"generation ran past timeout={self.timeout}s before the JSON output was complete "
                 f"({result.text!r:.200}); raise the timeout or lower max_new_tokens"
             )
-        if result.mode == "tool_call" and not structured:
+        if finish_reason == "cancelled":  # the caller walked away: what was said, never half a call
+            text = result.text if result.mode == "text" else emitted
+        elif result.mode == "tool_call" and not structured:
             if finish_reason == "timeout":
                 raise GenerationTimeoutError(
                     f"generation ran past timeout={self.timeout}s in the middle of a tool call "

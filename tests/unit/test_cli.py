@@ -50,7 +50,7 @@ def test_help_is_fast_and_imports_nothing_heavy():
 def test_every_command_is_registered():
     help_text = build_parser().format_help()
     for command in ("chat", "ask", "index", "search", "video", "3d", "tools", "threads", "memories", "doctor", "config",
-                    "finetune"):
+                    "finetune", "serve"):
         assert command in help_text
 
 
@@ -200,3 +200,35 @@ def test_model_and_adapter_options_override_the_config(data_dir, tmp_path):
         config = _load_config(args)
         assert config.model.model == str(tmp_path / "base")
         assert config.model.adapter == str(adapter)
+
+
+def test_serve_refuses_an_open_network_server_without_keys(data_dir, capsys):
+    assert main(["serve", "--host", "0.0.0.0", "--model", "/models/none"]) == 1  # refused before any model loads
+    error = capsys.readouterr().err
+    assert error.startswith("error: host '0.0.0.0' is reachable from other machines, so API keys are required")
+    assert main(["serve", "--host", "0.0.0.0", "--api-key", "short"]) == 1
+    assert "under the minimum of 16" in capsys.readouterr().err
+
+
+def test_serve_without_its_extra_says_what_to_install(data_dir, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
+    assert main(["serve"]) == 1
+    assert "pip install 'llava-agent[serve]'" in capsys.readouterr().err
+
+
+def test_serve_options_become_the_serve_section(data_dir, monkeypatch):
+    from agent.serve import server
+
+    seen = {}
+    monkeypatch.setattr(server, "run_server", lambda config, api_keys, verbose: seen.update(
+        config=config, keys=list(api_keys)) or 0)
+    argv = ["serve", "--host", "::1", "--port", "9001", "--api-key", "k" * 20, "--api-key", "j" * 20, "--no-agent",
+            "--cors-origin", "https://app.example", "--model-name", "mine", "--allow-remote-images", "--max-batch", "2"]
+    assert main(argv) == 0
+    serve = seen["config"].serve
+    assert (serve.host, serve.port, serve.agent_model, serve.cors_origins) == ("::1", 9001, None, ["https://app.example"])
+    assert serve.model_name == "mine" and serve.allow_remote_images and seen["keys"] == ["k" * 20, "j" * 20]
+    assert serve.max_batch == 2
