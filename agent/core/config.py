@@ -28,7 +28,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.core import defaults
 from agent.core.chroma_auth import SECRET_FIELDS, check_auth_settings, redact_url

@@ -7,7 +7,7 @@ FastAPI and uvicorn come with the ``serve`` extra (``pip install 'llava-agent[se
 
 from __future__ import annotations
 
-from agent._lazy import lazy_exports
+from agent.core.lazy import lazy_exports
 
 _EXPORTS = {
     "create_app": "agent.serve.app",
