@@ -1,4 +1,4 @@
-"""The agent's tools: ``caption_image``, ``generate_image``, ``search_images`` and ``speak``.
+"""The agent's tools: ``caption_image``, ``generate_image``, ``search_images``, ``speak`` and ``describe_video``.
 
 Each is a LangChain ``BaseTool`` usable on its own (``CaptionImageTool(model=..., device="cpu")``)
 or built from the configuration with :func:`build_tools`. All of them get their models through
@@ -12,6 +12,7 @@ from tools.registry import available_tools, build_tool, build_tools, register_to
 
 _EXPORTS = {
     "CaptionImageTool": "tools.caption",
+    "DescribeVideoTool": "tools.describe_video",
     "GenerateImageTool": "tools.generate",
     "SearchImagesTool": "tools.search",
     "SpeakTool": "tools.speak",
@@ -20,7 +21,7 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "CaptionImageTool", "GenerateImageTool", "ModelManager", "SearchImagesTool", "SpeakTool", "available_tools",
+    "CaptionImageTool", "DescribeVideoTool", "GenerateImageTool", "ModelManager", "SearchImagesTool", "SpeakTool", "available_tools",
     "build_tool", "build_tools", "get_model_manager", "register_tool",
 ]  # fmt: skip
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -103,3 +103,10 @@ def _speak(config: AppConfig, manager: ModelManager) -> BaseTool:
     from tools.speak import SpeakTool
 
     return SpeakTool.from_config(config, manager)
+
+
+@register_tool("describe_video")
+def _describe_video(config: AppConfig, manager: ModelManager) -> BaseTool:
+    from tools.describe_video import DescribeVideoTool
+
+    return DescribeVideoTool.from_config(config, manager)

@@ -35,7 +35,8 @@ EXPECTED_ALL = {
     ],
     "agent.cli": ["main"],
     "tools": [
-        "CaptionImageTool", "GenerateImageTool", "ModelManager", "SearchImagesTool", "SpeakTool", "available_tools",
+        "CaptionImageTool", "DescribeVideoTool", "GenerateImageTool", "ModelManager", "SearchImagesTool", "SpeakTool",
+        "available_tools",
         "build_tool", "build_tools", "get_model_manager", "register_tool",
     ],
     "memory": ["ClipEmbedder", "ConversationStore", "ImageIndex", "LongTermMemory", "TextEmbedder", "get_chroma_client"],

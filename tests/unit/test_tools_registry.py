@@ -14,17 +14,18 @@ from agent.core.config import load_config
 from agent.core.errors import ConfigError
 from tools import available_tools, build_tools, register_tool
 from tools.caption import CaptionImageTool
+from tools.describe_video import DescribeVideoTool
 from tools.generate import GenerateImageTool
 from tools.registry import build_tool, get_tool_factory, unregister_tool
 from tools.search import SearchImagesTool
 from tools.speak import SpeakTool
 
-TOOL_NAMES = ["caption_image", "generate_image", "search_images", "speak"]
+TOOL_NAMES = ["caption_image", "generate_image", "search_images", "speak", "describe_video"]
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_builtin_tools_are_registered_in_order():
-    assert available_tools()[:4] == TOOL_NAMES
+    assert available_tools()[:5] == TOOL_NAMES
 
 
 def test_build_tools_follows_config_and_shares_one_manager(tmp_path):
@@ -41,7 +42,7 @@ def test_generation_steps_come_from_config():
     assert build_tools(config)[0].default_steps == 4
 
 
-def test_default_build_has_the_four_tools():
+def test_default_build_has_the_five_tools():
     assert [t.name for t in build_tools()] == TOOL_NAMES
 
 
@@ -100,7 +101,8 @@ def test_every_argument_is_described_for_the_model(tool_class):
 
 
 def test_tool_names_are_exact():
-    assert [cls().name for cls in (CaptionImageTool, GenerateImageTool, SearchImagesTool, SpeakTool)] == TOOL_NAMES
+    classes = (CaptionImageTool, GenerateImageTool, SearchImagesTool, SpeakTool, DescribeVideoTool)
+    assert [cls().name for cls in classes] == TOOL_NAMES
 
 
 class TestCaptionImageToolUnit(ToolsUnitTests):
@@ -157,3 +159,17 @@ class TestSpeakToolUnit(ToolsUnitTests):
     @property
     def tool_invoke_params_example(self) -> dict:
         return {"text": "Hello there.", "voice": "en", "speed": 1.0}
+
+
+class TestDescribeVideoToolUnit(ToolsUnitTests):
+    @property
+    def tool_constructor(self):
+        return DescribeVideoTool
+
+    @property
+    def tool_constructor_params(self) -> dict:
+        return {"caption_model": "some/blip", "device": "cpu", "artifacts_dir": "/tmp/artifacts", "max_frames": 4}
+
+    @property
+    def tool_invoke_params_example(self) -> dict:
+        return {"video": "clips/party.mp4", "question": "Who is dancing?", "start": 0.0, "end": 10.0}
