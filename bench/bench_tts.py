@@ -37,8 +37,9 @@ PARAGRAPH = (
 )
 
 
-def real_time_factor(tool: SpeakTool, repeats: int, text: str = PARAGRAPH) -> dict:
-    tool.synthesize("Warm up.")
+def real_time_factor(tool: SpeakTool, repeats: int, text: str = PARAGRAPH, warm_up: bool = True) -> dict:
+    if warm_up:  # Bark's chunks take long enough that a warm-up only doubles the run
+        tool.synthesize("Warm up.")
     synth, audio = 0.0, 0.0
     for _ in range(repeats):
         started = time.perf_counter()
@@ -60,6 +61,9 @@ def main() -> None:
                         help="suno/bark-small (default) or suno/bark dimensions")
     parser.add_argument("--bark-text", choices=["paragraph", "sentence"], default="paragraph",
                         help="what Bark reads (one sentence is one Bark chunk)")
+    parser.add_argument("--bark-semantic-tokens", type=int, default=None,
+                        help="cap Bark's semantic tokens per chunk (768 by default, ~15 s of audio; random "
+                             "weights always reach the cap) to measure the rate on shorter audio")
     parser.add_argument("--device", default="cpu", help="device for VITS and Bark")
     parser.add_argument("--output", type=Path)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -80,12 +84,13 @@ def main() -> None:
         row["parameters_mb"] = _loaded_mb(vits, ("vits", vits.vits_model, vits.resolved_device()), vits._load_vits)
         results.append(row)
     if "bark" in args.engines:
-        folder = build_bark(work / f"bark-{args.bark_size}", size=args.bark_size)
+        folder = build_bark(work / f"bark-{args.bark_size}", size=args.bark_size,
+                            semantic_max_new_tokens=args.bark_semantic_tokens)
         bark = SpeakTool(engine="bark", bark_model=str(folder), bark_voice="v2/en_speaker_0", device=args.device,
                          artifacts_dir=work)
         text = PARAGRAPH if args.bark_text == "paragraph" else PARAGRAPH.split(". ")[0] + "."
-        row = real_time_factor(bark, args.bark_repeats, text=text)
-        row.update(size=args.bark_size, device=bark.resolved_device(), characters=len(text),
+        row = real_time_factor(bark, args.bark_repeats, text=text, warm_up=False)
+        row.update(size=args.bark_size, semantic_tokens=args.bark_semantic_tokens or 768, device=bark.resolved_device(), characters=len(text),
                    parameters_mb=_loaded_mb(bark, ("bark", bark.bark_model, bark.resolved_device()), bark._load_bark))
         results.append(row)
     for row in results:

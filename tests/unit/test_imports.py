@@ -41,8 +41,9 @@ EXPECTED_ALL = {
     ],
     "memory": ["ClipEmbedder", "ConversationStore", "ImageIndex", "LongTermMemory", "TextEmbedder", "get_chroma_client"],
     "finetune": [
-        "ConversationEncoder", "EvalResult", "Sample", "TrainConfig", "TrainResult", "TrainingCollator",
-        "ValidationReport", "evaluate", "merge", "train", "validate",
+        "ConversationEncoder", "EvalResult", "PairTrainConfig", "PairTrainResult", "Sample", "TrainConfig",
+        "TrainResult", "TrainingCollator", "ValidationReport", "evaluate", "merge", "train", "train_caption",
+        "train_clip", "validate",
     ],
 }  # fmt: skip
 
