@@ -102,21 +102,10 @@ def train_caption(config: PairTrainConfig | None = None, *, captioner: Captioner
         from agent.core.defaults import CAPTION_MODEL
 
         config = replace(config, model=CAPTION_MODEL)
-    import torch
-    from tqdm.auto import tqdm
-
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise ModelLoadError("caption fine-tuning needs peft; install it with `pip install peft`") from None
     started = time.monotonic()
     output = check_output(config)
-    device = resolve_device(config.device)
-    device = "cpu" if device == "mps" else device
-    random.seed(config.seed)
-    torch.manual_seed(config.seed)
 
-    # ---- 2. data ---------------------------------------------------------------------
+    # ---- 2. data (checked before torch is even imported) -------------------------------
     report = read_pairs(config.pairs, image_folder=config.image_folder, captioner=captioner,
                         skip_invalid=config.skip_invalid)
     if config.eval_pairs:
@@ -126,6 +115,17 @@ def train_caption(config: PairTrainConfig | None = None, *, captioner: Captioner
     else:
         train_pairs, eval_pairs = split_pairs(report.pairs, config.eval_split, config.seed)
     eval_images = load_images(eval_pairs)
+    import torch
+    from tqdm.auto import tqdm
+
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ModelLoadError("caption fine-tuning needs peft; install it with `pip install peft`") from None
+    device = resolve_device(config.device)
+    device = "cpu" if device == "mps" else device
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
 
     # ---- 3. model --------------------------------------------------------------------
     base, processor = load_captioner(config.model, device)

@@ -221,19 +221,19 @@ def train_clip(config: PairTrainConfig | None = None, *, captioner: Captioner | 
         from agent.core.defaults import CLIP_MODEL
 
         config = replace(config, model=CLIP_MODEL)
+    started = time.monotonic()
+    output = check_output(config)
+
+    # ---- 2. data (checked before torch is even imported) -------------------------------
+    report, train_pairs, eval_pairs = _data(config, captioner)
+    eval_images = load_images(eval_pairs)
     import torch
     from tqdm.auto import tqdm
 
-    started = time.monotonic()
-    output = check_output(config)
-    device = resolve_device(config.device if config.device != "auto" else "auto")
+    device = resolve_device(config.device)
     device = "cpu" if device == "mps" else device
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-
-    # ---- 2. data ---------------------------------------------------------------------
-    report, train_pairs, eval_pairs = _data(config, captioner)
-    eval_images = load_images(eval_pairs)
     logger.info("CLIP fine-tuning on %d pairs, %d held out, %s", len(train_pairs), len(eval_pairs), config.method)
 
     # ---- 3. model --------------------------------------------------------------------

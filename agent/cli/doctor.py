@@ -138,10 +138,21 @@ def check_tool_models(config: AppConfig) -> Iterator[Check]:
         "caption_image": ("caption model", tools.caption_model),
         "generate_image": ("image model", tools.image_model),
         "search_images": ("CLIP model", tools.clip_model),
+        "speak": ("Bark model", tools.bark_model) if tools.tts_engine == "bark" else None,
     }
-    for tool, (name, model) in wanted.items():
-        if tool in tools.enabled:
-            yield _model_status(name, model)
+    for tool, entry in wanted.items():
+        if entry is not None and tool in tools.enabled:
+            yield _model_status(*entry)
+
+
+def check_video(config: AppConfig) -> Check:
+    """PyAV, which describe_video decodes with (only when the tool is enabled)."""
+    if "describe_video" not in config.tools.enabled:
+        return Check("video", "ok", "describe_video is not enabled")
+    if importlib.util.find_spec("av") is None:
+        return Check("video", "missing", "PyAV is not installed: describe_video cannot read videos",
+                     "pip install 'llava-agent[video]'")
+    return Check("video", "ok", "PyAV is installed (describe_video reads mp4, mov, webm, mkv and gif)")
 
 
 def check_text_embedder(config: AppConfig) -> Check:
@@ -163,6 +174,7 @@ CHECKS: list[Callable[[AppConfig], Check | Iterator[Check]]] = [
     check_chroma,
     check_chat_model,
     check_tool_models,
+    check_video,
     check_text_embedder,
 ]
 
