@@ -106,6 +106,14 @@ def video_3d_model_paths() -> dict[str, Path]:
     return session_video_3d_models()
 
 
+@pytest.fixture(scope="session")
+def tiny_bark(tmp_path_factory) -> Path:
+    """A tiny random Bark (semantic, coarse, fine, EnCodec codec, tokenizer, two voice presets)."""
+    from tests.tool_models import build_bark
+
+    return build_bark(tmp_path_factory.mktemp("bark") / "bark-tiny")
+
+
 @pytest.fixture
 def tool_workspace(tmp_path) -> dict[str, Path]:
     """An allowed folder for tool inputs, an artifacts folder, and a folder outside both."""

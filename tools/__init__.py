@@ -1,5 +1,5 @@
-"""The agent's tools: ``caption_image``, ``generate_image``, ``search_images``, ``speak``, and the opt-in
-heavy generators ``generate_video`` and ``generate_3d``.
+"""The agent's tools: ``caption_image``, ``generate_image``, ``search_images``, ``speak``, ``describe_video``,
+and the opt-in heavy generators ``generate_video`` and ``generate_3d``.
 
 Each is a LangChain ``BaseTool`` usable on its own (``CaptionImageTool(model=..., device="cpu")``)
 or built from the configuration with :func:`build_tools`. All of them get their models through
@@ -13,6 +13,7 @@ from tools.registry import available_tools, build_tool, build_tools, register_to
 
 _EXPORTS = {
     "CaptionImageTool": "tools.caption",
+    "DescribeVideoTool": "tools.describe_video",
     "GenerateImageTool": "tools.generate",
     "GenerateVideoTool": "tools.generate_video",
     "Generate3DTool": "tools.generate_3d",
@@ -23,7 +24,8 @@ _EXPORTS = {
 }
 
 __all__ = [
-    "CaptionImageTool", "Generate3DTool", "GenerateImageTool", "GenerateVideoTool", "ModelManager", "SearchImagesTool",
-    "SpeakTool", "available_tools", "build_tool", "build_tools", "get_model_manager", "register_tool",
+    "CaptionImageTool", "DescribeVideoTool", "Generate3DTool", "GenerateImageTool", "GenerateVideoTool",
+    "ModelManager", "SearchImagesTool", "SpeakTool", "available_tools", "build_tool", "build_tools",
+    "get_model_manager", "register_tool",
 ]  # fmt: skip
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -105,6 +105,13 @@ def _speak(config: AppConfig, manager: ModelManager) -> BaseTool:
     return SpeakTool.from_config(config, manager)
 
 
+@register_tool("describe_video")
+def _describe_video(config: AppConfig, manager: ModelManager) -> BaseTool:
+    from tools.describe_video import DescribeVideoTool
+
+    return DescribeVideoTool.from_config(config, manager)
+
+
 # Heavy generators: registered, but not in the default ``tools.enabled`` (add them to opt in).
 @register_tool("generate_video")
 def _generate_video(config: AppConfig, manager: ModelManager) -> BaseTool:

@@ -1,11 +1,15 @@
 """``speak``: text-to-speech into a WAV file.
 
-Two engines, chosen by ``tools.tts_engine``:
+Three engines, chosen by ``tools.tts_engine``:
 
 * ``espeak-ng`` (default): the offline speech synthesiser from the system's packages
   (``sudo apt-get install espeak-ng``, ``brew install espeak-ng``); fast on any CPU.
 * ``vits``: a neural voice through transformers' ``VitsModel`` (``facebook/mms-tts-eng`` or any
   VITS checkpoint), loaded through the model manager.
+* ``bark``: expressive speech through transformers' ``BarkModel`` (``suno/bark-small``,
+  ``suno/bark``): voice presets (``v2/en_speaker_6``...) and non-speech cues written in the text
+  (``[laughs]``, ``[sighs]``, ``[music]``, ``♪`` around sung words, ``...`` for hesitation) are
+  passed to the model untouched; sentences are split so that a cue or a sung line is never cut.
 
 Long text is split into sentences, each chunk synthesised, and the WAVs joined (same sample
 rate) into one file written atomically into the artifacts folder.
@@ -32,13 +36,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from agent.core.defaults import ESPEAK_VOICE, MAX_SPEECH_CHARS, VITS_MODEL
+from agent.core.defaults import BARK_MODEL, BARK_VOICE, ESPEAK_VOICE, MAX_SPEECH_CHARS, VITS_MODEL
 from agent.core.errors import ConfigError, InputError, ModelLoadError, ToolError
 from agent.core.files import write_new_artifact
 from agent.core.hub_access import hub_load_kwargs
 from agent.core.model_manager import checkpoint_size_bytes
+from agent.core.runtime import tool_dtype
 from agent.core.weights_policy import weight_kwargs
 from tools.base import LlavaTool, default_artifacts_dir
 from tools.cancellation import raise_if_cancelled
@@ -63,6 +68,10 @@ DEFAULT_VOICES = (
     "en", "en-us", "en-gb", "fr", "de", "es", "it", "pt", "pt-br", "nl", "pl", "ru", "uk", "sv", "tr", "ar",
     "hi", "cmn", "ja", "ko",
 )  # fmt: skip
+BARK_CHUNK_CHARS = 220
+"""Bark speaks about 13 seconds per generation: longer text is split into chunks of about this size."""
+BARK_PAUSE_S = 0.25
+"""Silence put between two Bark chunks."""
 
 
 def _text_field() -> Any:
@@ -75,9 +84,19 @@ def _speed_field() -> Any:
 
 
 @functools.lru_cache(maxsize=16)
-def speak_arguments(voices: tuple[str, ...] | None, default_voice: str = "en") -> type[BaseModel]:
-    """The argument schema of ``speak``: ``voice`` is an enum of ``voices``; None: no voice argument (VITS)."""
+def speak_arguments(voices: tuple[str, ...] | None, default_voice: str = "en", *, free_voice: bool = False) -> type[BaseModel]:
+    """The argument schema of ``speak``: ``voice`` is an enum of ``voices``; None: no voice argument (VITS).
+
+    ``free_voice``: a free-text voice (Bark's presets are known only once its processor is loaded;
+    an unknown one is refused with the list).
+    """
     config = ConfigDict(extra="forbid", allow_inf_nan=False)  # an unknown argument is refused, not dropped
+    if free_voice:
+        description = "Bark voice preset such as 'v2/en_speaker_6'; leave empty for the default."
+        return create_model(
+            "SpeakBarkInput", __config__=config, text=_text_field(),
+            voice=(Optional[str], Field(None, description=description)), speed=_speed_field(),  # noqa: UP007
+        )
     if voices is None:
         return create_model("SpeakVitsInput", __config__=config, text=_text_field(), speed=_speed_field())
     if not voices:
@@ -92,6 +111,84 @@ def speak_arguments(voices: tuple[str, ...] | None, default_voice: str = "en") -
 
 SpeakInput = speak_arguments(DEFAULT_VOICES)
 """The espeak-ng argument schema with the default voices (a tool's own may differ: ``tool.args_schema``)."""
+
+
+class BarkSpeakInput(BaseModel):
+    text: str = Field(
+        description="The exact words to say. May hold sounds in brackets such as [laughs], [sighs], [gasps], "
+        "[music], ... for a pause, and ♪ around words to sing them."
+    )
+    voice: str | None = Field(None, description="Voice preset such as 'v2/en_speaker_6'; empty for the default.")
+    speed: float = Field(1.0, description="Must be 1.0: Bark speaks at its own pace.")
+
+
+def split_bark_text(text: str, max_chars: int = BARK_CHUNK_CHARS) -> list[str]:
+    """Split text for Bark at sentence ends, never inside a ``[cue]`` or between two ``♪`` marks.
+
+    Sentences are packed into chunks of at most ``max_chars`` where possible; a longer sentence is
+    cut at a space outside cues and songs (or, for one unbroken word, where it must).
+    """
+    sentences: list[str] = []
+    current: list[str] = []
+    depth, singing = 0, False
+    for index, char in enumerate(text):
+        current.append(char)
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth = max(0, depth - 1)
+        elif char == "♪":
+            singing = not singing
+        following = text[index + 1] if index + 1 < len(text) else " "
+        if char in ".!?" and following.isspace() and not depth and not singing:
+            sentences.append("".join(current).strip())
+            current = []
+    sentences.append("".join(current).strip())
+    chunks: list[str] = []
+    for sentence in (s for s in sentences if s):
+        for piece in _cut_outside_cues(sentence, max_chars):
+            if chunks and len(chunks[-1]) + 1 + len(piece) <= max_chars:
+                chunks[-1] = f"{chunks[-1]} {piece}"
+            else:
+                chunks.append(piece)
+    return chunks
+
+
+def _cut_outside_cues(sentence: str, max_chars: int) -> list[str]:
+    pieces: list[str] = []
+    while len(sentence) > max_chars:
+        spaces, depth, singing = [], 0, False
+        for index, char in enumerate(sentence):
+            if char == "[":
+                depth += 1
+            elif char == "]":
+                depth = max(0, depth - 1)
+            elif char == "♪":
+                singing = not singing
+            elif char == " " and not depth and not singing:
+                spaces.append(index)
+        cut = max((i for i in spaces if i <= max_chars), default=None)
+        if cut is None:  # no allowed space early enough: the first allowed one, else a hard cut
+            cut = min(spaces, default=max_chars) or max_chars
+        pieces.append(sentence[:cut].strip())
+        sentence = sentence[cut:].strip()
+    if sentence:
+        pieces.append(sentence)
+    return pieces
+
+
+def pcm_wav(waveform: Any, rate: int) -> bytes:
+    """A mono 16-bit WAV of a float waveform in [-1, 1]."""
+    import numpy as np
+
+    pcm = (np.clip(np.asarray(waveform, dtype=np.float32), -1.0, 1.0) * 32767).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(rate)
+        writer.writeframes(pcm.tobytes())
+    return buffer.getvalue()
 
 
 def split_sentences(text: str, max_chars: int = 400) -> list[str]:
@@ -193,9 +290,11 @@ class SpeakTool(LlavaTool):
         "asks to say, read out, pronounce or voice something."
     )
     args_schema: type[BaseModel] = SpeakInput
-    engine: Literal["espeak-ng", "vits"] = "espeak-ng"
+    engine: Literal["espeak-ng", "vits", "bark"] = "espeak-ng"
     default_voice: str = Field(ESPEAK_VOICE, description="espeak-ng voice used when the call names none.")
     vits_model: str = Field(VITS_MODEL, description="VITS checkpoint for engine='vits'.")
+    bark_model: str = Field(BARK_MODEL, description="Bark checkpoint for engine='bark'.")
+    bark_voice: str | None = Field(BARK_VOICE, description="Bark voice preset used when the call names none.")
     espeak_executable: str = ESPEAK_EXECUTABLE
     artifacts_dir: Path | None = Field(None, description="Where WAVs are written; None = config's.")
     max_chars: int = Field(MAX_SPEECH_CHARS, gt=0, description="Longest text accepted.")
@@ -210,6 +309,8 @@ class SpeakTool(LlavaTool):
         # the voice enum lists the voices this engine really has, read when the tool is built
         if self.engine == "vits":
             self.args_schema = speak_arguments(None)
+        elif self.engine == "bark":
+            self.args_schema = speak_arguments(None, free_voice=True)
         else:
             offered = offered_voices(DEFAULT_VOICES if self.voices is None else self.voices, self.espeak_executable)
             self.args_schema = speak_arguments(offered, self.default_voice)
@@ -221,10 +322,17 @@ class SpeakTool(LlavaTool):
             voices = list(offered_voices(DEFAULT_VOICES if voices is None else voices))
         return cls(
             engine=config.tools.tts_engine, default_voice=config.tools.espeak_voice,
-            vits_model=config.tools.vits_model, device=config.tools.device, artifacts_dir=config.artifacts_dir,
-            max_chars=config.tools.max_speech_chars, voices=voices, manager=manager,
-            allow_pickle_weights=config.tools.allow_pickle_weights,
+            vits_model=config.tools.vits_model, bark_model=config.tools.bark_model, bark_voice=config.tools.bark_voice,
+            device=config.tools.device, artifacts_dir=config.artifacts_dir, max_chars=config.tools.max_speech_chars,
+            voices=voices, manager=manager, allow_pickle_weights=config.tools.allow_pickle_weights,
         )
+
+    @model_validator(mode="after")
+    def _bark_arguments(self) -> SpeakTool:
+        """With Bark the model reads what the text may hold (cues, songs) and which voices exist."""
+        if self.engine == "bark" and self.args_schema is SpeakInput:
+            self.args_schema = BarkSpeakInput
+        return self
 
     # -- espeak-ng -------------------------------------------------------------------------------
     def _espeak_path(self) -> str:
@@ -267,7 +375,6 @@ class SpeakTool(LlavaTool):
         return model, AutoTokenizer.from_pretrained(self.vits_model, **hub)
 
     def _vits_chunks(self, chunks: list[str], speed: float) -> list[bytes]:
-        import numpy as np
         import torch
 
         device = self.resolved_device()
@@ -289,14 +396,51 @@ class SpeakTool(LlavaTool):
                     torch.manual_seed(VITS_SEED)
                     model.speaking_rate = speed
                     waveform = model(**inputs).waveform[0].float().cpu().numpy()
-                pcm = (np.clip(waveform, -1.0, 1.0) * 32767).astype("<i2")
-                buffer = io.BytesIO()
-                with wave.open(buffer, "wb") as writer:
-                    writer.setnchannels(1)
-                    writer.setsampwidth(2)
-                    writer.setframerate(rate)
-                    writer.writeframes(pcm.tobytes())
-                parts.append(buffer.getvalue())
+                parts.append(pcm_wav(waveform, rate))
+        return parts
+
+    # -- Bark ------------------------------------------------------------------------------------
+    def _load_bark(self) -> tuple[Any, Any]:
+        from transformers import AutoProcessor, BarkModel
+
+        device = self.resolved_device()
+        model = BarkModel.from_pretrained(self.bark_model, dtype=tool_dtype(device)).to(device).eval()
+        return model, AutoProcessor.from_pretrained(self.bark_model)
+
+    def _bark_preset(self, processor: Any, voice: str | None) -> str | None:
+        if voice is None:
+            return None
+        presets = list(getattr(processor, "available_voice_presets", None) or [])
+        for candidate in (voice, f"v2/{voice}"):
+            if candidate in presets:
+                return candidate
+        shown = ", ".join(presets[:8]) + (f" ... ({len(presets)} in all)" if len(presets) > 8 else "")
+        raise InputError(
+            f"voice {voice!r} is not a voice preset of the Bark model {self.bark_model!r} (it has "
+            f"{shown or 'none'}); use one of them, or leave voice empty (tools.bark_voice is the default)"
+        )
+
+    def _bark_chunks(self, chunks: list[str], voice: str | None) -> list[bytes]:
+        import numpy as np
+        import torch
+
+        device = self.resolved_device()
+        parts = []
+        with self.get_manager().use(
+            ("bark", self.bark_model, device), self._load_bark, device=device,
+            size_bytes=checkpoint_size_bytes(self.bark_model),
+        ) as (model, processor), torch.inference_mode():
+            preset = self._bark_preset(processor, voice)
+            rate = int(getattr(model.generation_config, "sample_rate", 0) or model.codec_model.config.sampling_rate)
+            pause = pcm_wav(np.zeros(int(BARK_PAUSE_S * rate), dtype=np.float32), rate)
+            for number, chunk in enumerate(chunks):
+                raise_if_cancelled()  # a call past its time limit stops between chunks
+                inputs = processor(chunk, voice_preset=preset, return_tensors="pt").to(device)
+                with exclusive(model):
+                    waveform = model.generate(**inputs)[0].float().cpu().numpy()
+                if number:
+                    parts.append(pause)
+                parts.append(pcm_wav(waveform, rate))
         return parts
 
     # -- the tool --------------------------------------------------------------------------------
@@ -318,6 +462,13 @@ class SpeakTool(LlavaTool):
             for chunk in split_sentences(text, 1000):
                 raise_if_cancelled()  # a call past its time limit stops between chunks
                 parts.append(self._espeak_chunk(executable, chunk, chosen, speed))
+        elif self.engine == "bark":
+            if speed != 1.0:
+                raise InputError(f"speed = {speed} cannot be changed with the Bark engine; leave it at 1.0")
+            try:
+                parts = self._bark_chunks(split_bark_text(text), voice or self.bark_voice)
+            except ImportError as exc:
+                raise ModelLoadError(f"the Bark engine needs transformers and torch: {exc}") from None
         else:
             if voice:
                 raise InputError(f"voice {voice!r} cannot be chosen with the VITS engine; leave voice empty")
@@ -334,7 +485,7 @@ class SpeakTool(LlavaTool):
         path = write_new_artifact(folder, "speech-" + text[:30], ".wav", lambda handle: handle.write(audio))
         artifact = {
             "path": str(path), "duration_s": round(duration, 3), "sample_rate": rate, "engine": self.engine,
-            "voice": voice or (self.default_voice if self.engine == "espeak-ng" else None), "speed": speed,
+            "voice": voice or {"espeak-ng": self.default_voice, "bark": self.bark_voice}.get(self.engine), "speed": speed,
             "seconds": round(time.perf_counter() - started, 3),
         }
         return f"Saved {duration:.1f} s of speech to {path}.", artifact

@@ -1,7 +1,10 @@
-"""User turns: checking and keeping attached images, and building the message the agent stores.
+"""User turns: checking and keeping attached images and videos, and building the message the agent stores.
 
 Attached images are copied into the data folder (named by content hash and a cleaned-up file
 name) so tools can read them by path, and the message names each one as ``[attached image: PATH]``.
+Attached videos are checked (a video container, within the size limit), linked or copied into the
+same folder and named as ``[attached video: PATH]``; only their path travels in the message, and
+the ``describe_video`` tool looks at them.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.core.errors import ImageError, InputError, StoreError
+from agent.core.errors import ImageError, InputError, StoreError, VideoError
 from agent.core.images import DECODERS, FORMATS_HINT, mime_type
 from agent.core.private_files import private_dir, write_file_atomically
+from agent.core.videos import VIDEO_FORMATS_HINT, is_video_path, probe_video
 
 if TYPE_CHECKING:
     from langchain_core.messages import HumanMessage
@@ -78,8 +82,46 @@ def save_attachment(path: str | os.PathLike[str], folder: Path) -> tuple[Path, s
     return target.resolve(), mime, data
 
 
-def build_user_message(text: str, images: Sequence[str | os.PathLike[str]], attachments_dir: Path) -> HumanMessage:
-    """A user turn: the text, one ``[attached image: PATH]`` line per image, then the images."""
+def save_video_attachment(path: str | os.PathLike[str], folder: Path) -> Path:
+    """Check a video file and keep it in ``folder`` (a hard link when possible, else a copy); returns its path."""
+    import shutil
+
+    source = Path(path).expanduser()
+    if not source.is_file():
+        raise VideoError(f"video {str(path)!r} does not exist or is not a file; check the path")
+    if not is_video_path(source):
+        raise VideoError(f"file {str(path)!r} is not a video by its name; give a {VIDEO_FORMATS_HINT} file")
+    if source.stat().st_size == 0:
+        raise VideoError(f"video {str(path)!r} is empty; give a {VIDEO_FORMATS_HINT} file")
+    probe_video(source, label=str(path))
+    digest = hashlib.sha256()
+    with open(source, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    target = folder / f"{digest.hexdigest()[:12]}-{source.name}"
+    if not target.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            try:
+                os.link(source.resolve(), tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    return target.resolve()
+
+
+def build_user_message(
+    text: str,
+    images: Sequence[str | os.PathLike[str]],
+    attachments_dir: Path,
+    videos: Sequence[str | os.PathLike[str]] = (),
+) -> HumanMessage:
+    """A user turn: the text, one ``[attached image: PATH]`` line per image and
+    ``[attached video: PATH]`` per video, then the images."""
     import base64
 
     from langchain_core.messages import HumanMessage
@@ -88,11 +130,15 @@ def build_user_message(text: str, images: Sequence[str | os.PathLike[str]], atta
         raise InputError(f"message must be a str, got {type(text).__name__}; pass the user's text")
     if isinstance(images, (str, os.PathLike)):
         images = [images]
-    if not text.strip() and not images:
+    if isinstance(videos, (str, os.PathLike)):
+        videos = [videos]
+    if not text.strip() and not images and not videos:
         raise InputError("the message is empty; type some text or attach an image")
     saved = [save_attachment(path, attachments_dir) for path in images]
+    kept_videos = [save_video_attachment(path, attachments_dir) for path in videos]
     lines = [text.strip()] if text.strip() else []
     lines += [f"[attached image: {path}]" for path, _, _ in saved]
+    lines += [f"[attached video: {path}]" for path in kept_videos]
     blocks: list[str | dict[str, Any]] = [{"type": "text", "text": "\n".join(lines)}]
     for path, mime, data in saved:
         blocks.append(

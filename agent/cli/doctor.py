@@ -144,13 +144,14 @@ def check_tool_models(config: AppConfig) -> Iterator[Check]:
         "search_images": [("CLIP model", tools.clip_model)],
         "generate_video": [("video model", tools.video_model)],
         "generate_3d": [("3-D model", tools.shape_model), ("3-D image model", tools.shape_image_model)],
+        "speak": [("Bark model", tools.bark_model)] if tools.tts_engine == "bark" else [],
     }
     for tool, models in wanted.items():
         if tool in tools.enabled:
             yield from (_model_status(name, model) for name, model in models)
 
 
-def check_video(config: AppConfig) -> Check:
+def check_video_generation(config: AppConfig) -> Check:
     """Where generate_video would run; on a CPU it refuses unless tools.video_allow_cpu, so say how long it would take."""
     tools = config.tools
     enabled = "generate_video" in tools.enabled
@@ -179,6 +180,16 @@ def check_generation_packages(config: AppConfig) -> Iterator[Check]:
         elif tool in config.tools.enabled:
             yield Check(package, "missing", f"not installed: {tool} cannot save its files",
                         f"pip install 'llava-agent[{extra}]'")
+
+
+def check_video(config: AppConfig) -> Check:
+    """PyAV, which describe_video decodes with (only when the tool is enabled)."""
+    if "describe_video" not in config.tools.enabled:
+        return Check("video", "ok", "describe_video is not enabled")
+    if importlib.util.find_spec("av") is None:
+        return Check("video", "missing", "PyAV is not installed: describe_video cannot read videos",
+                     "pip install 'llava-agent[video]'")
+    return Check("video", "ok", "PyAV is installed (describe_video reads mp4, mov, webm, mkv and gif)")
 
 
 def check_text_embedder(config: AppConfig) -> Check:

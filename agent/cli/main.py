@@ -100,21 +100,26 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from agent.core.errors import InputError
     from memory.image_index import ImageIndex
 
     config = _load_config(args)
-    folder = Path(args.folder).expanduser()
-    if not folder.is_dir():
-        from agent.core.errors import InputError
-
+    if args.folder is None and not args.reindex:
+        raise InputError("give a folder of images to index, or --reindex to rebuild the index with the current CLIP")
+    folder = Path(args.folder).expanduser() if args.folder is not None else None
+    if folder is not None and not folder.is_dir():
         raise InputError(f"folder {args.folder!r} does not exist or is not a folder; give a folder of images")
+    index = ImageIndex.from_config(config)
+    if args.reindex:
+        print(index.reindex().summary())
+    if folder is None:
+        return 0
     captioner = None
     if args.captions:
-        from tools import build_tools
+        from tools.caption import CaptionImageTool
 
-        captioner = next((t for t in build_tools(config) if t.name == "caption_image"), None)
-    report = ImageIndex.from_config(config).index_folder(folder, captioner=captioner)
-    print(report.summary())
+        captioner = CaptionImageTool.from_config(config)
+    print(index.index_folder(folder, captioner=captioner).summary())
     return 0
 
 
@@ -335,8 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask.set_defaults(func=cmd_ask)
 
     index = sub.add_parser("index", parents=[common], help="add the images in a folder to the search index")
-    index.add_argument("folder", metavar="DIR")
+    index.add_argument("folder", metavar="DIR", nargs="?", help="folder of images (recursively)")
     index.add_argument("--captions", action="store_true", help="also caption each image (slower)")
+    index.add_argument("--reindex", action="store_true",
+                       help="rebuild the index with the configured CLIP (after changing or fine-tuning it); resumable")
     index.set_defaults(func=cmd_index)
 
     search = sub.add_parser("search", parents=[common], help="search the indexed images by text or by an image path")
@@ -428,8 +435,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     from finetune.cli import register
 
-    register(sub)
+    register(sub, captioner_factory=_finetune_captioner)
     return parser
+
+
+def _finetune_captioner(args: argparse.Namespace) -> Any:
+    """The captioning model for ``finetune clip|caption --caption-missing`` (fine-tuning does not use the tools)."""
+    from agent.core.config import load_config
+    from tools.caption import CaptionImageTool
+
+    tool = CaptionImageTool.from_config(load_config(getattr(args, "config", None)))
+    return lambda images: tool.caption_images(list(images))
 
 
 def _configure_logging(verbose: bool) -> None:

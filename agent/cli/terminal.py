@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from agent.app.events import ReplyEvent, TokenEvent, ToolCallEvent, ToolResultEvent
 from agent.cli.main import one_line
-from agent.core.errors import ImageError, InputError, LlavaAgentError
+from agent.core.errors import ImageError, InputError, LlavaAgentError, VideoError
 from agent.core.images import is_image_path
 from agent.core.terminal_safe import TerminalSafeWriter, terminal_safe
+from agent.core.videos import VIDEO_FORMATS_HINT, is_video_path
 
 if TYPE_CHECKING:
     from agent.app.multimodal_agent import AgentReply, MultimodalAgent
@@ -36,6 +37,7 @@ AUDIO_PLAYERS = (("paplay",), ("aplay", "-q"), ("ffplay", "-nodisp", "-autoexit"
 HELP = """\
 Commands:
   /image PATH      attach an image to your next message (or paste an image path)
+  /video PATH      attach a video to your next message (the agent describes it with describe_video)
   /new             start a new conversation
   /threads         list conversations
   /resume ID       continue a conversation
@@ -125,6 +127,7 @@ class TerminalChat:
         self.thread_id: str | None = None
         self.resume_id = thread_id
         self.pending_images: list[Path] = []
+        self.pending_videos: list[Path] = []
         self.speak_replies = False
         self._agent_factory = agent_factory
         self._agent: MultimodalAgent | None = None
@@ -188,10 +191,11 @@ class TerminalChat:
     # ----- the loop ----------------------------------------------------------------------------
 
     def prompt_text(self) -> str:
-        if self.pending_images:
-            count = len(self.pending_images)
-            return f"you [{count} image{'s' if count > 1 else ''}]> "
-        return "you> "
+        parts = []
+        for count, noun in ((len(self.pending_images), "image"), (len(self.pending_videos), "video")):
+            if count:
+                parts.append(f"{count} {noun}{'s' if count > 1 else ''}")
+        return f"you [{', '.join(parts)}]> " if parts else "you> "
 
     def run(self) -> int:
         from prompt_toolkit import PromptSession
@@ -286,10 +290,22 @@ class TerminalChat:
             if not path.is_file():
                 raise ImageError(f"image {rest!r} does not exist or is not a file; check the path")
             self._attach([path])
+        elif name == "/video":
+            if not rest:
+                raise InputError("/video needs a path: /video PATH")
+            path = Path(rest.strip("'\"")).expanduser()
+            if not path.is_file():
+                raise VideoError(f"video {rest!r} does not exist or is not a file; check the path")
+            if not is_video_path(path):
+                raise VideoError(f"{rest!r} is not a video file by its name; give a {VIDEO_FORMATS_HINT} file")
+            if path not in self.pending_videos:
+                self.pending_videos.append(path)
+            self.say(f"attached {path}; type your message")
         elif name == "/new":
             self._open_thread(None)
             self.thread_id = None
             self.pending_images.clear()
+            self.pending_videos.clear()
             self.say("new conversation")
         elif name == "/threads":
             self._list_threads()
@@ -358,11 +374,14 @@ class TerminalChat:
         if self._loader.is_alive():
             self.say("(loading the model…)")
         images, self.pending_images = list(self.pending_images), []
+        videos, self.pending_videos = list(self.pending_videos), []
         events: queue.Queue[Any] = queue.Queue()
+        # only a turn with videos passes them: an agent (or a stand-in) without video support still works
+        extra: dict[str, Any] = {"videos": videos} if videos else {}
 
         def produce() -> None:
             try:
-                for event in agent.stream(text, images=images, thread_id=self.thread_id):
+                for event in agent.stream(text, images=images, thread_id=self.thread_id, **extra):
                     events.put(event)
             except BaseException as exc:  # shown by the printing loop
                 events.put(exc)

@@ -102,17 +102,20 @@ class ToolsSection(_Section):
     """The tools and the model manager they share."""
 
     enabled: list[str] = Field(
-        default_factory=lambda: ["caption_image", "generate_image", "search_images", "speak"]
+        default_factory=lambda: ["caption_image", "generate_image", "search_images", "speak", "describe_video"]
     )
     device: str = "auto"
     caption_model: str = defaults.CAPTION_MODEL
+    caption_adapter: str | None = Field(
+        None, description="Folder of a LoRA adapter for the captioning model (`llava-agent finetune caption`)."
+    )
     image_model: str = defaults.IMAGE_MODEL
     image_steps: int = Field(defaults.IMAGE_STEPS, ge=1, le=100, description="Denoising steps when a call gives none (1-4 for sd-turbo).")
     safety_checker: bool = Field(
         True, description="Keep a checkpoint's safety checker when it ships one (sd-turbo ships none)."
     )
     clip_model: str = defaults.CLIP_MODEL
-    tts_engine: Literal["espeak-ng", "vits"] = "espeak-ng"
+    tts_engine: Literal["espeak-ng", "vits", "bark"] = "espeak-ng"
     vits_model: str = defaults.VITS_MODEL
     espeak_voice: str = defaults.ESPEAK_VOICE
     speak_voices: list[str] | Literal["all"] | None = Field(
@@ -120,6 +123,21 @@ class ToolsSection(_Section):
         description="Voices the model may pick for speak (espeak-ng names, e.g. [\"en\", \"fr\"]), or \"all\"; "
         "default: 20 widely used languages. Only voices the installed espeak-ng has are offered.",
     )
+    bark_model: str = defaults.BARK_MODEL
+    bark_voice: str | None = Field(
+        defaults.BARK_VOICE, description="Bark voice preset used when a call names none; None lets Bark pick a voice."
+    )
+    describe_video_max_frames: int = Field(
+        defaults.DESCRIBE_VIDEO_MAX_FRAMES, ge=1, le=64, description="Keyframes describe_video looks at."
+    )
+    video_sampling: Literal["uniform", "scenes", "both"] = Field(
+        "both", description="Keyframes at even intervals, at scene changes, or both."
+    )
+    video_description: Literal["auto", "chat_model", "captions"] = Field(
+        "auto", description="auto: frames go to the chat model when it takes several images, else per-frame captions."
+    )
+    video_max_seconds: float = Field(defaults.MAX_VIDEO_SECONDS, gt=0, description="Longest stretch of video decoded per call.")
+    video_max_pixels: int = Field(defaults.MAX_VIDEO_PIXELS, gt=0, description="Larger video frames are refused.")
     max_speech_chars: int = Field(defaults.MAX_SPEECH_CHARS, gt=0)
     video_model: str = Field(defaults.VIDEO_MODEL, description="Text-to-video checkpoint (CogVideoX or one with its interface).")
     video_allow_cpu: bool = Field(

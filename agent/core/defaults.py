@@ -59,3 +59,16 @@ SERVE_MAX_BATCH = 4
 SERVE_REQUEST_TIMEOUT_S = 300.0
 """Seconds a request may take in all, waiting in the queue included."""
 SERVE_MIN_API_KEY_CHARS = 16
+BARK_MODEL = "suno/bark-small"
+BARK_VOICE = "v2/en_speaker_6"
+"""Bark voice preset used when a speak call names none (one of the presets the checkpoint ships)."""
+
+# -- videos ------------------------------------------------------------------------------------
+DESCRIBE_VIDEO_MAX_FRAMES = 8
+"""Keyframes one describe_video call looks at (a multi-image chat model may take fewer)."""
+MAX_VIDEO_PIXELS = 7680 * 4320
+"""Largest video frame (width x height, 8K UHD) accepted; larger ones are refused before decoding."""
+MAX_VIDEO_SECONDS = 1800.0
+"""Longest stretch of video decoded per call (the whole video, or the requested time range)."""
+MAX_FRAME_PIXELS = 448 * 448
+"""Keyframes are scaled down to at most this many pixels before any model sees them."""

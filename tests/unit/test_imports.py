@@ -36,14 +36,15 @@ EXPECTED_ALL = {
     "agent.cli": ["main"],
     "agent.serve": ["ApiKeys", "FairQueue", "build_app", "create_app", "run_server"],
     "tools": [
-        "CaptionImageTool", "Generate3DTool", "GenerateImageTool", "GenerateVideoTool", "ModelManager",
-        "SearchImagesTool", "SpeakTool", "available_tools", "build_tool", "build_tools", "get_model_manager",
-        "register_tool",
+        "CaptionImageTool", "DescribeVideoTool", "Generate3DTool", "GenerateImageTool", "GenerateVideoTool",
+        "ModelManager", "SearchImagesTool", "SpeakTool", "available_tools", "build_tool", "build_tools",
+        "get_model_manager", "register_tool",
     ],
     "memory": ["ClipEmbedder", "ConversationStore", "ImageIndex", "LongTermMemory", "TextEmbedder", "get_chroma_client"],
     "finetune": [
-        "ConversationEncoder", "EvalResult", "Sample", "TrainConfig", "TrainResult", "TrainingCollator",
-        "ValidationReport", "evaluate", "merge", "train", "validate",
+        "ConversationEncoder", "EvalResult", "PairTrainConfig", "PairTrainResult", "Sample", "TrainConfig",
+        "TrainResult", "TrainingCollator", "ValidationReport", "evaluate", "merge", "train", "train_caption",
+        "train_clip", "validate",
     ],
 }  # fmt: skip
 

@@ -14,6 +14,7 @@ from agent.core.config import load_config
 from agent.core.errors import ConfigError
 from tools import available_tools, build_tools, register_tool
 from tools.caption import CaptionImageTool
+from tools.describe_video import DescribeVideoTool
 from tools.generate import GenerateImageTool
 from tools.generate_3d import Generate3DTool
 from tools.generate_video import GenerateVideoTool
@@ -21,12 +22,12 @@ from tools.registry import build_tool, get_tool_factory, unregister_tool
 from tools.search import SearchImagesTool
 from tools.speak import SpeakTool
 
-TOOL_NAMES = ["caption_image", "generate_image", "search_images", "speak"]
+TOOL_NAMES = ["caption_image", "generate_image", "search_images", "speak", "describe_video"]
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_builtin_tools_are_registered_in_order():
-    assert available_tools()[:6] == [*TOOL_NAMES, "generate_video", "generate_3d"]
+    assert available_tools()[:len(TOOL_NAMES) + 2] == [*TOOL_NAMES, "generate_video", "generate_3d"]
 
 
 def test_heavy_generators_are_opt_in_and_built_from_config(tmp_path):
@@ -61,7 +62,7 @@ def test_generation_steps_come_from_config():
     assert build_tools(config)[0].default_steps == 4
 
 
-def test_default_build_has_the_four_tools():
+def test_default_build_has_the_five_tools():
     assert [t.name for t in build_tools()] == TOOL_NAMES
 
 
@@ -124,7 +125,8 @@ def test_every_argument_is_described_for_the_model(tool_class):
 
 
 def test_tool_names_are_exact():
-    assert [cls().name for cls in (CaptionImageTool, GenerateImageTool, SearchImagesTool, SpeakTool)] == TOOL_NAMES
+    classes = (CaptionImageTool, GenerateImageTool, SearchImagesTool, SpeakTool, DescribeVideoTool)
+    assert [cls().name for cls in classes] == TOOL_NAMES
 
 
 class TestCaptionImageToolUnit(ToolsUnitTests):
@@ -211,3 +213,15 @@ class TestGenerate3DToolUnit(ToolsUnitTests):
     @property
     def tool_invoke_params_example(self) -> dict:
         return {"prompt": "a red ceramic mug", "format": "glb", "steps": 8, "seed": 1}
+class TestDescribeVideoToolUnit(ToolsUnitTests):
+    @property
+    def tool_constructor(self):
+        return DescribeVideoTool
+
+    @property
+    def tool_constructor_params(self) -> dict:
+        return {"caption_model": "some/blip", "device": "cpu", "artifacts_dir": "/tmp/artifacts", "max_frames": 4}
+
+    @property
+    def tool_invoke_params_example(self) -> dict:
+        return {"video": "clips/party.mp4", "question": "Who is dancing?", "start": 0.0, "end": 10.0}
