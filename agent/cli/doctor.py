@@ -226,6 +226,7 @@ CHECKS: list[Callable[[AppConfig], Check | Iterator[Check]]] = [
     check_chat_model,
     check_tool_models,
     check_video,
+    check_video_generation,
     check_generation_packages,
     check_text_embedder,
 ]
