@@ -10,7 +10,10 @@ with a random-weight checkpoint: the llava-interleave-0.5b-sized one of
    different start, so concurrent requests always carry different prompts;
 3. every reply is checked against its prompt's reference (greedy decoding is deterministic, so a
    reply that went to the wrong request, or got mixed with another, does not match; the eight
-   references differ from each other), and each stream's chunks must share one completion id;
+   references differ from each other), and each stream's chunks must share one completion id.
+   With batching, a padded row's floating-point sums differ slightly from the request run alone,
+   and a random model's greedy pick can flip mid-reply; a mismatch is therefore classed as
+   "drifted" (it starts as its own reference) or "mixed-up" (closer to another prompt's);
 4. the server's resident memory is sampled every 0.25 s over the run.
 
 A fixed request count and a time limit bound the run (requests not finished in time count as
@@ -146,6 +149,26 @@ def stream_one(client, model: str, result: Result, max_tokens: int) -> Result:
     return result
 
 
+def common_prefix(a: str, b: str) -> int:
+    size = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        size += 1
+    return size
+
+
+def classify(reply: str, own: str, others: list[str]) -> str:
+    """"mixed-up" when the reply is closer to another prompt's reference than to its own, else "drifted".
+
+    Batched rows are padded, so their floating-point sums are not bit-identical to a request run
+    alone, and a random-weight model's greedy choice can then flip; such a reply still starts as its
+    own reference does. A reply that went to the wrong request starts as another one's.
+    """
+    own_prefix = common_prefix(reply, own)
+    return "mixed-up" if any(common_prefix(reply, other) > own_prefix for other in others) else "drifted"
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -234,6 +257,11 @@ def main() -> None:
     errors = [r for r in results if r.error is not None]
     missing = args.clients * args.requests - len(results)
     mismatched = [r for r in done if r.text != references[r.prompt] or len(r.ids) != 1]
+    others = {p: [t for q, t in references.items() if q != p] for p in references}
+    mixed_up = [r for r in mismatched if len(r.ids) != 1 or classify(r.text, references[r.prompt], others[r.prompt])
+                == "mixed-up"]  # fmt: skip
+    drifted = [r for r in mismatched if r not in mixed_up]
+    shared = [common_prefix(r.text, references[r.prompt]) / max(len(references[r.prompt]), 1) for r in drifted]
     ttft = [r.first_token - r.started for r in done if r.first_token is not None]
     tokens = sum(r.tokens for r in done)
     per_client = []
@@ -253,6 +281,9 @@ def main() -> None:
         "completed": len(done),
         "errors": len(errors) + missing,
         "mismatched_replies": len(mismatched),
+        "mixed_up_replies": len(mixed_up),
+        "drifted_replies": len(drifted),
+        "drifted_median_shared_prefix": round(statistics.median(shared), 2) if shared else None,
         "distinct_references": len(set(references.values())),  # the mix-up check needs replies that differ
         "wall_s": round(wall, 2),
         "requests_per_s": round(len(done) / wall, 3),
