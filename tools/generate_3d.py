@@ -199,7 +199,7 @@ class Generate3DTool(LlavaTool):
         data = mesh_bytes(vertices, faces, colors, request.format)
         stem = request.prompt or f"3d-{request.image_path.stem}"
         folder = self.artifacts_dir or default_artifacts_dir()
-        path = write_new_artifact(folder, stem, f".{request.format}", lambda tmp: tmp.write_bytes(data))
+        path = write_new_artifact(folder, stem, f".{request.format}", lambda handle: handle.write(data))
         preview = preview_image(vertices, faces, colors, self.preview_size)
         preview_path = write_new_artifact(
             folder, f"{stem[:30]}-preview", ".png", lambda tmp: preview.save(tmp, format="PNG")

@@ -38,7 +38,7 @@ from tools.video_cost import (
     describe_duration,
     estimate_cpu_seconds,
 )
-from tools.video_files import contact_sheet, frames_to_uint8, write_mp4
+from tools.video_files import contact_sheet, frames_to_uint8, mp4_bytes
 
 if TYPE_CHECKING:
     from agent.core.config import AppConfig
@@ -233,7 +233,7 @@ class GenerateVideoTool(LlavaTool):
             "steps": request.steps, "guidance": request.guidance, "model": self.model,
         }
         folder = self.artifacts_dir or default_artifacts_dir()
-        video = write_new_artifact(folder, request.prompt, ".mp4", lambda tmp: write_mp4(frames, request.fps, tmp, metadata))
+        video = write_new_artifact(folder, request.prompt, ".mp4", lambda handle: handle.write(mp4_bytes(frames, request.fps, metadata)))
         sheet_image = contact_sheet(frames, fps=request.fps)
         sheet = write_new_artifact(
             folder, f"{request.prompt[:30]}-sheet", ".png", lambda tmp: sheet_image.save(tmp, format="PNG")

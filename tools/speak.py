@@ -83,20 +83,25 @@ def _speed_field() -> Any:
     return (float, Field(1.0, ge=MIN_SPEED, le=MAX_SPEED, description=description))
 
 
-@functools.lru_cache(maxsize=16)
-def speak_arguments(voices: tuple[str, ...] | None, default_voice: str = "en", *, free_voice: bool = False) -> type[BaseModel]:
-    """The argument schema of ``speak``: ``voice`` is an enum of ``voices``; None: no voice argument (VITS).
+class BarkSpeakInput(BaseModel):
+    """The Bark engine's arguments: its voice presets are known only once its processor is loaded (an
+    unknown one is refused with the list), and it speaks at its own pace."""
 
-    ``free_voice``: a free-text voice (Bark's presets are known only once its processor is loaded;
-    an unknown one is refused with the list).
-    """
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    text: str = Field(
+        min_length=1,
+        description="The exact words to say. May hold sounds in brackets such as [laughs], [sighs], [gasps], "
+        "[music], ... for a pause, and ♪ around words to sing them.",
+    )
+    voice: str | None = Field(None, description="Voice preset such as 'v2/en_speaker_6'; empty for the default.")
+    speed: float = Field(1.0, ge=1.0, le=1.0, description="Must be 1.0: Bark speaks at its own pace.")
+
+
+@functools.lru_cache(maxsize=16)
+def speak_arguments(voices: tuple[str, ...] | None, default_voice: str = "en") -> type[BaseModel]:
+    """The argument schema of ``speak``: ``voice`` is an enum of ``voices``; None: no voice argument (VITS)."""
     config = ConfigDict(extra="forbid", allow_inf_nan=False)  # an unknown argument is refused, not dropped
-    if free_voice:
-        description = "Bark voice preset such as 'v2/en_speaker_6'; leave empty for the default."
-        return create_model(
-            "SpeakBarkInput", __config__=config, text=_text_field(),
-            voice=(Optional[str], Field(None, description=description)), speed=_speed_field(),  # noqa: UP007
-        )
     if voices is None:
         return create_model("SpeakVitsInput", __config__=config, text=_text_field(), speed=_speed_field())
     if not voices:
@@ -111,15 +116,6 @@ def speak_arguments(voices: tuple[str, ...] | None, default_voice: str = "en", *
 
 SpeakInput = speak_arguments(DEFAULT_VOICES)
 """The espeak-ng argument schema with the default voices (a tool's own may differ: ``tool.args_schema``)."""
-
-
-class BarkSpeakInput(BaseModel):
-    text: str = Field(
-        description="The exact words to say. May hold sounds in brackets such as [laughs], [sighs], [gasps], "
-        "[music], ... for a pause, and ♪ around words to sing them."
-    )
-    voice: str | None = Field(None, description="Voice preset such as 'v2/en_speaker_6'; empty for the default.")
-    speed: float = Field(1.0, description="Must be 1.0: Bark speaks at its own pace.")
 
 
 def split_bark_text(text: str, max_chars: int = BARK_CHUNK_CHARS) -> list[str]:
@@ -310,7 +306,7 @@ class SpeakTool(LlavaTool):
         if self.engine == "vits":
             self.args_schema = speak_arguments(None)
         elif self.engine == "bark":
-            self.args_schema = speak_arguments(None, free_voice=True)
+            self.args_schema = BarkSpeakInput
         else:
             offered = offered_voices(DEFAULT_VOICES if self.voices is None else self.voices, self.espeak_executable)
             self.args_schema = speak_arguments(offered, self.default_voice)

@@ -93,3 +93,14 @@ def contact_sheet(
         sheet.paste(Image.fromarray(frames[index]).resize(thumb, Image.Resampling.LANCZOS), (x, y + label))
         draw.text((x, y), f"{index / fps:.2f} s", fill=(60, 60, 60))
     return sheet
+
+
+def mp4_bytes(frames: np.ndarray, fps: int, metadata: dict[str, Any] | None = None) -> bytes:
+    """The MP4 of :func:`write_mp4` as bytes (written in a private temporary folder: PyAV's
+    ``+faststart`` rewrites the file by name, which a bare file handle cannot offer)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="llava-agent-video-") as folder:
+        path = Path(folder) / "clip.mp4"
+        write_mp4(frames, fps, path, metadata)
+        return path.read_bytes()

@@ -74,7 +74,7 @@ def server(tmp_path_factory, tiny_llava_qwen2) -> Server:
     config.write_text(
         f'data_dir = "{data_dir}"\n'
         f'[model]\nmodel = "{tiny_llava_qwen2}"\ndevice = "cpu"\ntemperature = 0.0\nmax_new_tokens = 96\n'
-        f'[tools]\nenabled = ["speak"]\ndevice = "cpu"\nallowed_dirs = ["{images_dir}", "{data_dir}"]\n'
+        f'[tools]\nenabled = ["speak"]\nspeak_voices = ["en", "fr"]\ndevice = "cpu"\nallowed_dirs = ["{images_dir}", "{data_dir}"]\n'
         '[agent]\nlong_term_memory = false\ntool_choice = "speak"\nrecursion_limit = 4\n'
         f"[serve]\nmax_image_pixels = {MAX_PIXELS}\nmax_request_bytes = {MAX_BODY}\nmax_queue = 2\n"
     )

@@ -64,7 +64,11 @@ def test_voice_presets(bark_tool):
 
 
 def test_speed_other_than_normal_is_refused(bark_tool):
-    assert "cannot be changed with the Bark engine" in call(bark_tool, text="Hi.", speed=1.5).content
+    # the schema bounds speed to 1.0 (so constrained decoding never writes another), and a caller
+    # passing one anyway reads the refusal
+    message = call(bark_tool, text="Hi.", speed=1.5)
+    assert message.status == "error" and "speed" in message.content and "1" in message.content
+    assert bark_tool.args_schema.model_json_schema()["properties"]["speed"]["maximum"] == 1.0
 
 
 def test_the_model_reads_bark_arguments(bark_tool):
