@@ -6,7 +6,7 @@ the check copies the repository (tracked and untracked, not ignored, files) to a
 folder, applies the mutant there, runs the tests that guard that file, and reports whether they
 caught it (killed) or not (survived). The working tree is never modified.
 
-    python scripts/mutation_check.py                  # every mutant (about 10-20 minutes on 2 cores)
+    python scripts/mutation_check.py                  # every mutant (25-45 minutes on 2 shared cores)
     python scripts/mutation_check.py --list           # the table, without running anything
     python scripts/mutation_check.py --only index     # mutants whose file or name contains "index"
     python scripts/mutation_check.py --json out.json  # the results, machine-readable
