@@ -24,6 +24,7 @@ errors, mismatched replies, server memory at start, end and peak.
     HF_HUB_OFFLINE=1 python bench/bench_serve.py --size tiny           # quick
     HF_HUB_OFFLINE=1 python bench/bench_serve.py --model-dir /tmp/llava-random-0.5b   # reuse a checkpoint
     HF_HUB_OFFLINE=1 python bench/bench_serve.py --max-batch 1     # one request at a time, for comparison
+    HF_HUB_OFFLINE=1 python bench/bench_serve.py --quantization none --dtype float32   # batched rows exact
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def start_server(model: Path, port: int, workdir: Path, args: argparse.Namespace
     config = workdir / "config.toml"
     config.write_text(
         f'data_dir = "{workdir / "data"}"\n[model]\ntemperature = 0.0\ndevice = "cpu"\n'
-        f'quantization = "{args.quantization}"\n'
+        f'quantization = "{args.quantization}"\ndtype = "{args.dtype}"\n'
         f"[serve]\nmax_queue = {max(args.clients * 2, 8)}\nrequest_timeout_s = {args.time_limit}\n"
         f"max_batch = {args.max_batch}\n"
     )
@@ -182,6 +183,7 @@ def main() -> None:
     parser.add_argument("--size", choices=["0.5b", "tiny"], default="0.5b")
     parser.add_argument("--model-dir", type=Path, default=None, help="reuse (or build into) this checkpoint folder")
     parser.add_argument("--quantization", default="auto")
+    parser.add_argument("--dtype", default="auto", help="float32 (with --quantization none) makes batched rows exact")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=10, help="requests per client")
     parser.add_argument("--max-tokens", type=int, default=32)
@@ -271,6 +273,7 @@ def main() -> None:
         if busy > 0:
             per_client.append(sum(r.tokens for r in mine) / busy)
     rss = [value for _, value in memory]
+    quarters = [rss[min(len(rss) - 1, int(q * (len(rss) - 1)))] / 2**20 for q in (0.25, 0.5, 0.75, 1.0)] if rss else []
     report = {
         "size": args.size,
         "model": str(model),
@@ -294,17 +297,22 @@ def main() -> None:
         "server_rss_mib_start": round(rss[0] / 2**20, 1) if rss else None,
         "server_rss_mib_end": round(rss[-1] / 2**20, 1) if rss else None,
         "server_rss_mib_peak": round(max(rss) / 2**20, 1) if rss else None,
+        "server_rss_mib_at_25_50_75_100pct": [round(q, 1) for q in quarters],
         "server_counters": final_health.get("requests"),
         "batched_requests": final_health.get("queue", {}).get("batched_requests"),
         "first_errors": [r.error for r in errors[:3]],
+        "mismatches": [{"prompt": r.prompt, "reply": r.text, "reference": references[r.prompt],
+                        "shared_prefix": common_prefix(r.text, references[r.prompt]), "ids": len(r.ids),
+                        "class": "mixed-up" if r in mixed_up else "drifted"} for r in mismatched],
     }
     print()
     print(f"{args.clients} streaming clients x {args.requests} requests, {args.size}, max_tokens={args.max_tokens}, "
-          f"max_batch={args.max_batch}, {psutil.cpu_count()} CPUs")  # fmt: skip
+          f"max_batch={args.max_batch}, quantization={args.quantization}, dtype={args.dtype}, "
+          f"{psutil.cpu_count()} CPUs")  # fmt: skip
     print("| metric | value |")
     print("|---|---|")
     for key, value in report.items():
-        if key not in ("model", "first_errors"):
+        if key not in ("model", "first_errors", "mismatches"):
             print(f"| {key} | {value} |")
     if errors:
         print("errors:", report["first_errors"])
