@@ -102,6 +102,11 @@ class ChatLlava(BaseChatModel):
         default=False, description="Run code shipped with a checkpoint (off by default)."
     )
     streaming: bool = Field(default=False, description="Stream by default when invoked.")
+    prompt_cache: bool | None = Field(
+        default=None,
+        description="Reuse the encoded start of the previous prompt (system prompt, tools, earlier turns). "
+        "None: on for CPU, where encoding the prompt dominates the time to first token.",
+    )
 
     _spec: ModelSpec | None = PrivateAttr(default=None)
 
@@ -288,6 +293,7 @@ class ChatLlava(BaseChatModel):
             timeout=self.timeout,
             constraint_processor=constraint_processor,
             hold_back=hold_back,
+            reuse_prompt=self.prompt_cache if self.prompt_cache is not None else loaded.spec.device == "cpu",
         ):
             if isinstance(event, str):
                 emitted.append(event)

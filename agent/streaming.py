@@ -136,11 +136,13 @@ def stream_generate(
     timeout: float | None = None,
     constraint_processor: Any = None,
     hold_back: Sequence[str] = (),
+    reuse_prompt: bool = False,
 ) -> Iterator[str | GenerationResult]:
     """Generate a reply to the encoded ``inputs``; yield text pieces, then a :class:`GenerationResult`.
 
     Text is never yielded from a ``hold_back`` marker on (nor a tail that may start one): with
     tools bound, the ``<tool_call>`` opener and what follows it belong to the calls, not the text.
+    With ``reuse_prompt`` the encoded start of the previous prompt is reused (:mod:`agent.prompt_cache`).
     """
     import torch
     from transformers import LogitsProcessorList, StoppingCriteriaList
@@ -177,10 +179,26 @@ def stream_generate(
         generate_kwargs["logits_processor"] = LogitsProcessorList([constraint_processor])
     errors: list[BaseException] = []
 
+    prompt_cache = None
+    if reuse_prompt and inputs["input_ids"].shape[0] == 1:
+        from agent.prompt_cache import cache_argument_name, prompt_cache_for
+
+        prompt_cache = prompt_cache_for(loaded)
+        generate_kwargs["return_dict_in_generate"] = True
+    prompt_ids = inputs["input_ids"][0].tolist() if prompt_cache is not None else []
+
     def run() -> None:
         try:
             with torch.inference_mode():
-                model.generate(**generate_kwargs)
+                if prompt_cache is None:
+                    model.generate(**generate_kwargs)
+                    return
+                reused = prompt_cache.take(prompt_ids, getattr(loaded.config, "image_token_id", None))
+                name = cache_argument_name()
+                if reused is not None:
+                    generate_kwargs[name] = reused
+                output = model.generate(**generate_kwargs)
+                prompt_cache.keep(prompt_ids, getattr(output, name, None))
         except BaseException as exc:  # handed to the consuming thread
             errors.append(exc)
         finally:
