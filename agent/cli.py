@@ -302,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub.add_parser("path", parents=[common], help="print the default config file path").set_defaults(func=cmd_config_path)
     config.set_defaults(func=cmd_config_show)
 
+    from agent.routing_cli import register as register_eval
+
+    register_eval(sub, common)
+
     try:
         from finetune.cli import register
     except ImportError as exc:  # fine-tuning is optional; the rest of the CLI works without it

@@ -44,7 +44,7 @@ class PromptCache:
         if image_token_id is not None and image_token_id in token_ids:
             limit = min(limit, token_ids.index(image_token_id))
         shared = 0
-        for cached, new in zip(self.token_ids, token_ids[:limit]):
+        for cached, new in zip(self.token_ids, token_ids[:limit], strict=False):
             if cached != new:
                 break
             shared += 1
