@@ -70,3 +70,20 @@ def default_artifacts_dir() -> Path:
     from agent.config import load_config
 
     return load_config().artifacts_dir
+
+
+def ranged(kind: type, minimum: float, maximum: float, *, optional: bool = False) -> Any:
+    """A numeric argument type whose JSON schema shows its allowed range: ``Side = ranged(int, 64, 2048)``.
+
+    Constrained decoding enforces what the schema says, so a model can never write, say, a
+    200-digit seed (which no tool can use and no conversation store can save). Only the schema
+    changes: the tool still checks the range itself at run time, with its own message, for
+    callers that do not constrain decoding. ``optional`` allows ``None`` too.
+    """
+    from typing import Annotated
+
+    from pydantic import WithJsonSchema
+
+    branch = {"type": "integer" if kind is int else "number", "minimum": minimum, "maximum": maximum}
+    schema = {"anyOf": [branch, {"type": "null"}]} if optional else branch
+    return Annotated[kind | None if optional else kind, WithJsonSchema(schema)]  # type: ignore[operator]

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from agent.errors import InputError, ToolError
-from tools.base import LlavaTool, default_artifacts_dir
+from tools.base import LlavaTool, default_artifacts_dir, ranged
 from tools.paths import write_new_artifact
 
 if TYPE_CHECKING:
@@ -32,16 +32,23 @@ logger = logging.getLogger(__name__)
 DEFAULT_IMAGE_MODEL = "stabilityai/sd-turbo"
 MIN_SIDE, MAX_SIDE = 64, 2048
 MAX_PROMPT_CHARS = 2000
+MAX_STEPS = 100
+MAX_GUIDANCE = 30
+MAX_SEED = 2**32 - 1
+Side = ranged(int, MIN_SIDE, MAX_SIDE)
+Steps = ranged(int, 1, MAX_STEPS, optional=True)
+Guidance = ranged(float, 0, MAX_GUIDANCE)
+Seed = ranged(int, 0, MAX_SEED, optional=True)
 
 
 class GenerateImageInput(BaseModel):
     prompt: str = Field(description="What the picture should show, in plain words (subject, style, setting).")
     negative_prompt: str | None = Field(None, description="What the picture should not show, if anything.")
-    width: int = Field(512, description=f"Width in pixels, a multiple of 8 from {MIN_SIDE} to {MAX_SIDE}.")
-    height: int = Field(512, description=f"Height in pixels, a multiple of 8 from {MIN_SIDE} to {MAX_SIDE}.")
-    steps: int | None = Field(None, description="Denoising steps; leave empty for the model's default.")
-    guidance: float = Field(0.0, description="Prompt guidance scale; 0 for turbo models, about 7 for others.")
-    seed: int | None = Field(None, description="Random seed to reproduce an image; leave empty for a new one.")
+    width: Side = Field(512, description=f"Width in pixels, a multiple of 8 from {MIN_SIDE} to {MAX_SIDE}.")
+    height: Side = Field(512, description=f"Height in pixels, a multiple of 8 from {MIN_SIDE} to {MAX_SIDE}.")
+    steps: Steps = Field(None, description="Denoising steps; leave empty for the model's default.")
+    guidance: Guidance = Field(0.0, description="Prompt guidance scale; 0 for turbo models, about 7 for others.")
+    seed: Seed = Field(None, description="Random seed to reproduce an image; leave empty for a new one.")
 
 
 class GenerateImageTool(LlavaTool):
@@ -56,7 +63,7 @@ class GenerateImageTool(LlavaTool):
     model: str = Field(DEFAULT_IMAGE_MODEL, description="Hub id or local folder of a diffusers checkpoint.")
     artifacts_dir: Path | None = Field(None, description="Where PNGs are written; None = config's.")
     default_steps: int = Field(1, ge=1, description="Steps when the call gives none (1-4 for sd-turbo).")
-    max_steps: int = Field(100, ge=1)
+    max_steps: int = Field(MAX_STEPS, ge=1)
     safety_checker: bool = Field(True, description="Keep the checkpoint's safety checker if it has one.")
 
     @classmethod
@@ -96,8 +103,8 @@ class GenerateImageTool(LlavaTool):
         steps = self.default_steps if steps is None else steps
         if not 1 <= steps <= self.max_steps:
             raise InputError(f"steps = {steps} must be from 1 to {self.max_steps}")
-        if not 0.0 <= guidance <= 30.0:
-            raise InputError(f"guidance = {guidance} must be from 0 to 30 (0 for turbo models)")
+        if not 0.0 <= guidance <= MAX_GUIDANCE:
+            raise InputError(f"guidance = {guidance} must be from 0 to {MAX_GUIDANCE} (0 for turbo models)")
         if seed is not None and not 0 <= seed < 2**63:
             raise InputError(f"seed = {seed} must be a non-negative integer below 2**63")
         return steps

@@ -13,11 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, PrivateAttr
 
-from tools.base import LlavaTool
+from tools.base import LlavaTool, ranged
 
 if TYPE_CHECKING:
     from agent.config import AppConfig
     from memory.image_index import ImageIndex
+
+
+ResultCount = ranged(int, 1, 100)
 
 
 class SearchImagesInput(BaseModel):
@@ -25,7 +28,7 @@ class SearchImagesInput(BaseModel):
         description="What the wanted images show, in words (e.g. 'a dog on a beach'), or the path of an "
         "image file to find similar images (e.g. 'photos/dog.jpg')."
     )
-    k: int = Field(5, description="How many images to return, from 1 to 100.")
+    k: ResultCount = Field(5, description="How many images to return, from 1 to 100.")
 
 
 class SearchImagesTool(LlavaTool):

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field
 
 from agent.errors import InputError, ModelLoadError, ToolError
-from tools.base import LlavaTool, default_artifacts_dir
+from tools.base import LlavaTool, default_artifacts_dir, ranged
 from tools.paths import write_new_artifact
 
 if TYPE_CHECKING:
@@ -38,13 +38,14 @@ logger = logging.getLogger(__name__)
 
 ESPEAK_WORDS_PER_MINUTE = 175
 MIN_SPEED, MAX_SPEED = 0.5, 2.0
+Speed = ranged(float, MIN_SPEED, MAX_SPEED)
 INSTALL_HINT = "install it with `sudo apt-get install espeak-ng` (Debian/Ubuntu) or `brew install espeak-ng` (macOS)"
 
 
 class SpeakInput(BaseModel):
     text: str = Field(description="The exact words to say aloud.")
     voice: str | None = Field(None, description="Voice or language code such as 'en', 'en-us', 'fr'; empty for the default.")
-    speed: float = Field(1.0, description=f"Speaking speed, 1.0 is normal, from {MIN_SPEED} to {MAX_SPEED}.")
+    speed: Speed = Field(1.0, description=f"Speaking speed, 1.0 is normal, from {MIN_SPEED} to {MAX_SPEED}.")
 
 
 def split_sentences(text: str, max_chars: int = 400) -> list[str]:

@@ -112,3 +112,22 @@ def test_missing_engine_says_how_to_install(tmp_path):
     message = tool.invoke({"type": "tool_call", "id": "1", "name": "speak", "args": {"text": "hello"}})
     assert "apt-get install espeak-ng" in message.content and message.status == "error"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("arguments", "allowed"),
+    [
+        ({"prompt": "a cat", "seed": 7}, True),
+        ({"prompt": "a cat", "seed": 10**30}, False),  # no tool can use it, no conversation store can save it
+        ({"prompt": "a cat", "width": 4096}, False),
+        ({"prompt": "a cat", "steps": 0}, False),
+    ],
+)
+def test_numeric_ranges_reach_constrained_decoding(arguments, allowed):
+    import re
+
+    from agent.constrained import tool_call_regex
+    from agent.tool_protocol import format_tool_call, tool_schemas
+
+    schemas = tool_schemas([GenerateImageTool()])
+    assert bool(re.fullmatch(tool_call_regex(schemas, "any"), format_tool_call("generate_image", arguments))) is allowed
