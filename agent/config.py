@@ -130,6 +130,18 @@ class AgentSection(_Section):
         None, description="Force the first model call of each turn: 'any' or a tool name; None lets the model choose."
     )
     long_term_memory: bool = Field(True, description="Add remember/recall tools and recalled facts to the prompt.")
+    routing: Literal["model", "semantic", "hybrid"] = Field(
+        "model",
+        description="Who picks the tool on a turn's first model call: 'model' (the model alone), 'semantic' (the "
+        "request's meaning against each tool's example requests; no route means a plain answer) or 'hybrid' "
+        "(semantic when it is sure, else the model). See agent.routing.",
+    )
+    routing_threshold: float = Field(
+        0.38, ge=0.0, le=1.0, description="Least probability of the best tool for a semantic route (calibrated)."
+    )
+    routing_margin: float = Field(
+        0.05, ge=0.0, le=1.0, description="Least lead of the routed tool over the other tools and over no tool (calibrated)."
+    )
 
 
 class AppConfig(_Section):

@@ -267,6 +267,11 @@ class MultimodalAgent:
                     f"use one of {', '.join(allowed)}"
                 )
             stack.append(_FirstCallToolChoice.create(self.config.agent.tool_choice))
+        from agent.routing import routing_middleware
+
+        self.routing = routing_middleware(self.config, self.tools, memory.embedder if memory is not None else None)
+        if self.routing is not None:  # inside a forced tool_choice, which it leaves alone
+            stack.append(self.routing)
         stack.extend(middleware)
         self.graph = create_agent(
             model,

@@ -423,6 +423,11 @@ def evaluate_routing(
         if agent_overrides:
             overrides["agent"] = agent_overrides
         run_config = load_config(base_config, overrides=overrides)
+        # the fitted semantic router is kept with the user's data, not refitted for every run
+        shared_routing = base_config.data_dir.expanduser() / "routing"
+        shared_routing.mkdir(parents=True, exist_ok=True)
+        run_config.data_dir.mkdir(parents=True, exist_ok=True)
+        (run_config.data_dir / "routing").symlink_to(shared_routing, target_is_directory=True)
         chat_model = _chat_model(model, adapter, run_config, temperature, max_new_tokens)
         tools = stand_in_tools(agent_tools(run_config))
         names = [t.name for t in tools]
@@ -442,6 +447,7 @@ def evaluate_routing(
             for number, case in enumerate(loaded_cases, start=1):
                 files = [_write_picture(pictures, name) for name in case.images]
                 attached = [str(save_attachment(f, agent.attachments_dir)[0]) for f in files]
+                logger.debug("routing request %s: %r", case.id, case.request)
                 stop = threading.Event()
                 called: str | None = None
                 args: dict[str, Any] = {}
@@ -464,13 +470,19 @@ def evaluate_routing(
                 results.append(result)
                 if progress is not None:
                     progress(number, len(loaded_cases), result)
+            decisions = list(getattr(agent.routing, "decisions", []))
             agent.close()
-    settings = {
+    settings: dict[str, Any] = {
         "model": _model_label(model, run_config),
         "adapter": adapter or run_config.model.adapter,
-        "routing": run_config.agent.routing if hasattr(run_config.agent, "routing") else "model",
+        "routing": run_config.agent.routing,
         "temperature": temperature,
     }
+    if decisions:
+        from agent.routing import median_ms
+
+        settings["routing_ms_median"] = round(median_ms(decisions), 2)
+        settings["routing_cpu_ms_median"] = round(median_ms(decisions, cpu=True), 2)
     return RoutingReport(results, names, settings)
 
 

@@ -7,6 +7,7 @@ Importing this package is cheap; torch, transformers and peft load only when a f
     result = finetune.train(model="llava-hf/llava-interleave-qwen-0.5b-hf", data="data.json",
                             image_folder="images", output_dir="adapters/mine")
     finetune.merge("adapters/mine", "models/mine")
+    finetune.train_tool_adapter("llava-hf/llava-interleave-qwen-0.5b-hf", "adapters/tools")  # tool use
     finetune.evaluate("held_out.json", model="llava-hf/llava-interleave-qwen-0.5b-hf",
                       adapter="adapters/mine", image_folder="images")
 """
@@ -20,6 +21,7 @@ from finetune.config import TrainConfig
 from finetune.evaluate import EvalResult, evaluate
 from finetune.formats import Sample
 from finetune.merge import merge
+from finetune.tool_adapter import ToolAdapterResult, train_tool_adapter
 from finetune.train import TrainResult, train
 from finetune.validate import ValidationReport, validate
 
@@ -29,10 +31,12 @@ __all__ = [
     "Sample",
     "TrainConfig",
     "TrainResult",
+    "ToolAdapterResult",
     "TrainingCollator",
     "ValidationReport",
     "evaluate",
     "merge",
+    "train_tool_adapter",
     "train",
     "validate",
 ]

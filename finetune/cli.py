@@ -61,7 +61,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--verbose", dest="finetune_verbose", action="store_true", help="Debug logging and full tracebacks"
     )
-    commands = parser.add_subparsers(dest="finetune_command", metavar="{validate,train,merge,eval}")
+    commands = parser.add_subparsers(dest="finetune_command", metavar="{validate,train,merge,eval,tools}")
     commands.required = True
 
     check = commands.add_parser("validate", help="Report every bad sample of a dataset")
@@ -99,6 +99,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     score.add_argument("--skip-invalid", action="store_true", help="Leave out invalid samples")
     score.add_argument("--json", action="store_true", help="Print the result (and every prediction) as JSON")
     score.set_defaults(func=run_eval)
+
+    from finetune.tool_adapter import register_cli as register_tools
+
+    register_tools(commands)
     return parser
 
 

@@ -156,7 +156,7 @@ def train(config: TrainConfig | None = None, **options: Any) -> TrainResult:
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=lora_target_pattern(model, config.target_modules),
+        target_modules=lora_target_pattern(model, config.target_modules, config.lora_layers),
         modules_to_save=[projector_name(model)] if config.train_projector else None,
         bias="none",
         task_type="CAUSAL_LM",
@@ -210,7 +210,13 @@ def train(config: TrainConfig | None = None, **options: Any) -> TrainResult:
                 if folder.is_dir():
                     (folder / COMPLETE_MARKER).write_text(json.dumps({"global_step": state.global_step}))
 
-    trainer = Trainer(
+    trainer_class: Any = Trainer
+    if config.shared_prefix:
+        from finetune.shared_prefix import shared_prefix_trainer_class
+
+        trainer_class = shared_prefix_trainer_class()
+        trainer_class.image_token_id = encoder.image_token_id
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=train_samples,

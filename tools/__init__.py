@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from tools.examples import ToolExample, register_tool_examples, tool_examples
 from tools.registry import available_tools, build_tool, build_tools, register_tool
 
 _LAZY = {
@@ -21,7 +22,16 @@ _LAZY = {
     "get_model_manager": "tools.model_manager",
 }
 
-__all__ = ["available_tools", "build_tool", "build_tools", "register_tool", *_LAZY]
+__all__ = [
+    "ToolExample",
+    "available_tools",
+    "build_tool",
+    "build_tools",
+    "register_tool",
+    "register_tool_examples",
+    "tool_examples",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -11,6 +11,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import ConfigError
+from tools.examples import (
+    CAPTION_EXAMPLES,
+    GENERATE_EXAMPLES,
+    SEARCH_EXAMPLES,
+    SPEAK_EXAMPLES,
+    register_tool_examples,
+    tool_examples,
+)
 
 if TYPE_CHECKING:
     from langchain_core.tools import BaseTool
@@ -24,8 +32,12 @@ _factories: dict[str, ToolFactory] = {}
 _guard = threading.Lock()
 
 
-def register_tool(name: str, factory: ToolFactory | None = None) -> Any:
-    """Register ``factory`` under ``name``; usable as ``register_tool("x", f)`` or as a decorator."""
+def register_tool(name: str, factory: ToolFactory | None = None, *, examples: Any = None) -> Any:
+    """Register ``factory`` under ``name``; usable as ``register_tool("x", f)`` or as a decorator.
+
+    ``examples`` are the requests the tool answers (:class:`tools.examples.ToolExample`, or dicts
+    with ``request`` and ``arguments``); tool-use training data and semantic routing read them.
+    """
 
     def add(function: ToolFactory) -> ToolFactory:
         if not name or not name.replace("_", "").isalnum():
@@ -34,6 +46,8 @@ def register_tool(name: str, factory: ToolFactory | None = None) -> Any:
             if name in _factories:
                 raise ConfigError(f"a tool named {name!r} is already registered; choose another name")
             _factories[name] = function
+        if examples is not None:
+            register_tool_examples(name, examples)
         return function
 
     return add(factory) if factory is not None else add
@@ -43,6 +57,7 @@ def unregister_tool(name: str) -> None:
     """Remove a registered tool (for plugins replacing a tool, and tests)."""
     with _guard:
         _factories.pop(name, None)
+    register_tool_examples(name, ())
 
 
 def available_tools() -> list[str]:
@@ -60,10 +75,18 @@ def get_tool_factory(name: str) -> ToolFactory:
     return factory
 
 
+def _with_examples(tool: BaseTool) -> BaseTool:
+    """Carry the examples registered for the tool's name in ``tool.metadata["examples"]``."""
+    registered = tool_examples(tool.name)
+    if registered and not (tool.metadata or {}).get("examples"):
+        tool.metadata = {**(tool.metadata or {}), "examples": list(registered)}
+    return tool
+
+
 def build_tool(name: str, config: AppConfig, manager: ModelManager | None = None) -> BaseTool:
     from tools.model_manager import get_model_manager
 
-    return get_tool_factory(name)(config, manager or get_model_manager(config))
+    return _with_examples(get_tool_factory(name)(config, manager or get_model_manager(config)))
 
 
 def build_tools(config: AppConfig | None = None, manager: ModelManager | None = None) -> list[BaseTool]:
@@ -73,32 +96,32 @@ def build_tools(config: AppConfig | None = None, manager: ModelManager | None = 
 
     config = config or load_config()
     manager = manager or get_model_manager(config)
-    return [get_tool_factory(name)(config, manager) for name in config.tools.enabled]
+    return [_with_examples(get_tool_factory(name)(config, manager)) for name in config.tools.enabled]
 
 
 # -- the built-in tools register through the same path plugins use -------------------------------
-@register_tool("caption_image")
+@register_tool("caption_image", examples=CAPTION_EXAMPLES)
 def _caption_image(config: AppConfig, manager: ModelManager) -> BaseTool:
     from tools.caption import CaptionImageTool
 
     return CaptionImageTool.from_config(config, manager)
 
 
-@register_tool("generate_image")
+@register_tool("generate_image", examples=GENERATE_EXAMPLES)
 def _generate_image(config: AppConfig, manager: ModelManager) -> BaseTool:
     from tools.generate import GenerateImageTool
 
     return GenerateImageTool.from_config(config, manager)
 
 
-@register_tool("search_images")
+@register_tool("search_images", examples=SEARCH_EXAMPLES)
 def _search_images(config: AppConfig, manager: ModelManager) -> BaseTool:
     from tools.search import SearchImagesTool
 
     return SearchImagesTool.from_config(config, manager)
 
 
-@register_tool("speak")
+@register_tool("speak", examples=SPEAK_EXAMPLES)
 def _speak(config: AppConfig, manager: ModelManager) -> BaseTool:
     from tools.speak import SpeakTool
 
