@@ -65,6 +65,12 @@ class ModelSection(_Section):
     temperature: float = Field(0.2, ge=0.0, le=5.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     seed: int | None = None
+    repetition_penalty: float = Field(
+        1.2, gt=0.0, le=3.0, description="Penalty on tokens the reply already used (1.0: none); prompt and tool calls exempt."
+    )
+    no_repeat_ngram_size: int = Field(
+        0, ge=0, description="Forbid repeating any n-gram of this size within a reply (0: off); tool calls exempt."
+    )
     max_images: int | None = Field(
         None, ge=1, description="Images kept as pixels per prompt; None follows the model's capability."
     )
@@ -137,10 +143,10 @@ class AgentSection(_Section):
         "(semantic when it is sure, else the model). See agent.routing.",
     )
     routing_threshold: float = Field(
-        0.38, ge=0.0, le=1.0, description="Least probability of the best tool for a semantic route (calibrated)."
+        0.55, ge=0.0, le=1.0, description="Least probability of the best tool for a semantic route (calibrated)."
     )
     routing_margin: float = Field(
-        0.05, ge=0.0, le=1.0, description="Least lead of the routed tool over the other tools and over no tool (calibrated)."
+        0.40, ge=0.0, le=1.0, description="Least lead of the routed tool over the other tools and over no tool (calibrated)."
     )
 
 

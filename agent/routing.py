@@ -53,8 +53,8 @@ logger = logging.getLogger(__name__)
 
 ROUTING_MODES = ("model", "semantic", "hybrid")
 NO_TOOL = "(none)"
-DEFAULT_THRESHOLD = 0.38
-DEFAULT_MARGIN = 0.05
+DEFAULT_THRESHOLD = 0.55
+DEFAULT_MARGIN = 0.40
 """Calibrated with :func:`calibrate` on the built-in tools (``python bench/bench_routing.py``)."""
 TRAINING_REQUESTS = 1200
 FIT_VERSION = 2
@@ -372,7 +372,8 @@ def calibrate(tools: Sequence[BaseTool], embedder: TextEmbedder, *, requests: in
                     right += tool == label
                     wrong += tool != label
             grid.append((threshold, margin, right, wrong))
-            if best is None or right - wrong_cost * wrong > best.routed_right - wrong_cost * best.routed_wrong:
+            # ties go to the stricter setting (the grid grows stricter as it goes)
+            if best is None or right - wrong_cost * wrong >= best.routed_right - wrong_cost * best.routed_wrong:
                 best = Calibration(threshold, margin, right, wrong, len(scored) - right - wrong, len(scored))
     assert best is not None
     best.grid = grid

@@ -187,7 +187,7 @@ class _Synthesizer:
         slots.discard("attached")
         # facts and topics are paired: a recall of topic i finds fact i
         pair = self.rng.randrange(min(len(self.lexicons.get("fact", [])), len(self.lexicons.get("topic", []))) or 1)
-        for slot in slots:
+        for slot in sorted(slots):
             choices = example.slots.get(slot) or self.lexicons.get(slot)
             if not choices:
                 raise InputError(

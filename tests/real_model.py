@@ -251,3 +251,77 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- a tool-use adapter for the SmolLM2 LLaVA, trained once and cached --------------------------
+CI_ADAPTER_SETTINGS = {
+    "count": 240,
+    "seed": 0,
+    "max_steps": 30,
+    "batch_size": 8,
+    "learning_rate": 1e-3,
+    "lora_r": 16,
+    "lora_alpha": 32,
+    "lora_layers": 15,
+    "warmup_ratio": 0.1,
+}
+"""A CI-sized recipe: the same data and training as ``llava-agent finetune tools``, fewer steps."""
+
+_ADAPTER_SOURCES = ("agent/tool_data.py", "agent/data/tool_lexicons.json", "tools/examples.py",
+                    "agent/prompts.py", "agent/tool_protocol.py", "finetune/shared_prefix.py")
+
+
+def _adapter_fingerprint(model_path: Path, settings: dict) -> str:
+    import hashlib
+
+    from agent.config import load_config
+    from agent.routing_eval import agent_tools
+    from agent.tool_protocol import tool_schemas
+
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256(json.dumps([settings, model_path.name], sort_keys=True).encode())
+    for name in _ADAPTER_SOURCES:
+        digest.update((root / name).read_bytes())
+    with tempfile.TemporaryDirectory() as scratch:
+        schemas = tool_schemas(agent_tools(load_config({"data_dir": scratch}, environ={})))
+    digest.update(json.dumps(schemas, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def smollm2_tool_adapter_path(model_path: Path | None = None, settings: dict | None = None,
+                              root: Path | None = None) -> Path:
+    """A tool-use adapter for the SmolLM2 LLaVA, trained with :data:`CI_ADAPTER_SETTINGS` once and cached.
+
+    The cache key covers the settings and the code that makes the data (tools, examples,
+    lexicons, prompts), so a change there trains a fresh adapter.
+    """
+    import fcntl
+
+    from agent.config import load_config
+    from agent.prompts import build_system_prompt
+    from agent.routing_eval import agent_tools
+    from agent.tool_data import synthesize_tool_data
+
+    model_path = Path(model_path) if model_path is not None else smollm2_llava_path()
+    settings = dict(settings or CI_ADAPTER_SETTINGS)
+    root = Path(root) if root is not None else cache_dir() / "adapters"
+    folder = root / f"tools-{_adapter_fingerprint(model_path, settings)}"
+    if (folder / "adapter_config.json").is_file():
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".train.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (folder / "adapter_config.json").is_file():
+            return folder
+        import finetune
+
+        with tempfile.TemporaryDirectory(dir=root, prefix=".train-") as scratch:
+            config = load_config({"data_dir": str(Path(scratch) / "data")}, environ={})
+            tools = agent_tools(config)
+            data = synthesize_tool_data(tools, Path(scratch) / "tool-data", system_prompt=build_system_prompt(tools),
+                                        count=settings.pop("count"), seed=settings["seed"])
+            finetune.train(model=str(model_path), data=str(data.path), image_folder=str(data.image_folder),
+                           output_dir=str(Path(scratch) / "adapter"), format="messages", shared_prefix=True,
+                           max_length=4096, logging_steps=5, save_steps=1000, device="cpu", **settings)
+            os.replace(Path(scratch) / "adapter", folder)
+    return folder

@@ -132,3 +132,22 @@ def test_tools_without_examples_are_refused(tmp_path):
         synthesize_tool_data([StructuredTool.from_function(ping)], tmp_path, count=5)
     with pytest.raises(InputError, match="count must be at least 1"):
         synthesize_tool_data([], tmp_path, count=0)
+
+
+def test_the_same_seed_gives_the_same_rows_in_any_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from agent.config import load_config; from agent.routing_eval import agent_tools; "
+        "from agent.tool_data import synthesize_tool_data; "
+        "synthesize_tool_data(agent_tools(load_config({'data_dir': sys.argv[2]})), sys.argv[1], count=60, seed=5)"
+    )
+    texts = []
+    for hash_seed in ("1", "2"):
+        out = tmp_path / f"run{hash_seed}"
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        subprocess.run([sys.executable, "-c", code, str(out), str(tmp_path / "d")], check=True, env=env)
+        texts.append((out / "train.jsonl").read_text())
+    assert texts[0] == texts[1]
