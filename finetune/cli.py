@@ -80,10 +80,15 @@ def _add_pair_options(parser: argparse.ArgumentParser, skip: Sequence[str] = ())
     parser.add_argument("--json", action="store_true", help="Print the result as JSON")
 
 
-def register(subparsers: Any, captioner_factory: Any = None) -> argparse.ArgumentParser:
+def register(
+    subparsers: Any, captioner_factory: Any = None, extra_commands: Sequence[Any] = ()
+) -> argparse.ArgumentParser:
     """Add the ``finetune`` command (with its sub-commands) to a parent CLI's sub-parsers.
 
     ``captioner_factory(args)`` returns a function from images to captions for ``--caption-missing``.
+    ``extra_commands`` are functions that add sub-commands of their own to ``finetune``'s; the parent
+    CLI adds those that need more than fine-tuning may import (``tools``: the agent's tools and its
+    routing benchmark).
     """
     parser = subparsers.add_parser(
         "finetune",
@@ -139,6 +144,9 @@ def register(subparsers: Any, captioner_factory: Any = None) -> argparse.Argumen
     caption = commands.add_parser("caption", help="Fine-tune the captioning model (LoRA) on image-caption pairs")
     _add_pair_options(caption, skip=("method", "last_layers", "recall_k"))
     caption.set_defaults(func=run_pairs, pair_task="caption", captioner_factory=captioner_factory)
+    for add_command in extra_commands:
+        add_command(commands)
+    commands.metavar = "{" + ",".join(commands.choices) + "}"
     return parser
 
 

@@ -55,6 +55,9 @@ class TrainConfig:
     target_modules: list[str] | None = _field(
         None, "Names of language-model linear layers to adapt (e.g. q_proj v_proj); default all of them."
     )
+    lora_layers: int | None = _field(
+        None, "Adapt only the last N decoder layers (backward stops there: cheaper steps); default every layer."
+    )
     train_projector: bool = _field(False, "Also train the multimodal projector (saved in full with the adapter).")
 
     learning_rate: float = _field(2e-4, "Peak learning rate.")
@@ -70,6 +73,11 @@ class TrainConfig:
     seed: int = _field(42, "Seed of initialisation, shuffling and dropout.")
     gradient_checkpointing: bool | None = _field(None, "Recompute activations to save memory; default on for 4-bit.")
     optimizer: str | None = _field(None, "transformers optim name; default paged_adamw_8bit for 4-bit CUDA, else adamw_torch.")
+    shared_prefix: bool = _field(
+        False,
+        "Encode the prompt start all samples of a batch share (system prompt, tool list) once per step, without "
+        "gradients through it; several times faster on agent data (see finetune.shared_prefix).",
+    )
 
     save_steps: int = _field(100, "Save a checkpoint every N optimizer steps.")
     save_total_limit: int | None = _field(3, "Checkpoints kept (older ones deleted).")
@@ -102,7 +110,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"`{name}` should be a positive integer, got {value!r}")
-        for name in ("max_steps", "eval_steps", "save_total_limit"):
+        for name in ("max_steps", "eval_steps", "save_total_limit", "lora_layers"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):
                 raise ConfigError(f"`{name}` should be a positive integer or None, got {value!r}")

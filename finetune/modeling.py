@@ -77,11 +77,13 @@ def language_model_linears(model: Any) -> tuple[str, list[str]]:
     return prefix, leaves
 
 
-def lora_target_pattern(model: Any, target_modules: list[str] | None) -> str:
+def lora_target_pattern(model: Any, target_modules: list[str] | None, last_layers: int | None = None) -> str:
     """A regex matching the chosen linear layers inside the language model, and nothing else.
 
     The vision tower, the projector and ``lm_head`` are outside the language model, so they are
-    never adapted even when they share layer names (CLIP also has ``q_proj``).
+    never adapted even when they share layer names (CLIP also has ``q_proj``). With
+    ``last_layers`` only the last N decoder layers are adapted: backward then stops at the lowest
+    of them, which makes each step cheaper.
     """
     prefix, leaves = language_model_linears(model)
     chosen = leaves if target_modules is None else list(target_modules)
@@ -91,7 +93,15 @@ def lora_target_pattern(model: Any, target_modules: list[str] | None) -> str:
             f"target_modules {unknown} are not linear layers of the language model; choose from {', '.join(leaves)}"
         )
     names = "|".join(re.escape(name) for name in chosen)
-    return rf"{re.escape(prefix)}\.(?:.*\.)?(?:{names})"
+    if last_layers is None:
+        return rf"{re.escape(prefix)}\.(?:.*\.)?(?:{names})"
+    layers = getattr(model.get_decoder(), "layers", None)
+    if layers is None:
+        raise ConfigError("this language model has no `layers` list; drop lora_layers to adapt every layer")
+    if not 0 < last_layers <= len(layers):
+        raise ConfigError(f"lora_layers should be from 1 to {len(layers)} (the model's decoder layers), got {last_layers}")
+    indices = "|".join(str(i) for i in range(len(layers) - last_layers, len(layers)))
+    return rf"{re.escape(prefix)}\.layers\.(?:{indices})\.(?:.*\.)?(?:{names})"
 
 
 def projector_name(model: Any) -> str:

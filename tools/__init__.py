@@ -9,6 +9,7 @@ one :class:`~agent.core.model_manager.ModelManager`. Importing this package load
 from __future__ import annotations
 
 from agent.core.lazy import lazy_exports
+from tools.examples import ToolExample, register_tool_examples, tool_examples
 from tools.registry import available_tools, build_tool, build_tools, register_tool
 
 _EXPORTS = {
@@ -25,7 +26,7 @@ _EXPORTS = {
 
 __all__ = [
     "CaptionImageTool", "DescribeVideoTool", "Generate3DTool", "GenerateImageTool", "GenerateVideoTool",
-    "ModelManager", "SearchImagesTool", "SpeakTool", "available_tools", "build_tool", "build_tools",
-    "get_model_manager", "register_tool",
+    "ModelManager", "SearchImagesTool", "SpeakTool", "ToolExample", "available_tools", "build_tool", "build_tools",
+    "get_model_manager", "register_tool", "register_tool_examples", "tool_examples",
 ]  # fmt: skip
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -13,6 +13,17 @@ from typing import TYPE_CHECKING, Any
 from agent.core.config import load_config
 from agent.core.errors import ConfigError
 from agent.core.model_manager import get_model_manager
+from tools.examples import (
+    CAPTION_EXAMPLES,
+    DESCRIBE_VIDEO_EXAMPLES,
+    GENERATE_3D_EXAMPLES,
+    GENERATE_EXAMPLES,
+    GENERATE_VIDEO_EXAMPLES,
+    SEARCH_EXAMPLES,
+    SPEAK_EXAMPLES,
+    register_tool_examples,
+    tool_examples,
+)
 
 if TYPE_CHECKING:
     from langchain_core.tools import BaseTool
@@ -26,8 +37,12 @@ _factories: dict[str, ToolFactory] = {}
 _guard = threading.Lock()
 
 
-def register_tool(name: str, factory: ToolFactory | None = None) -> Any:
-    """Register ``factory`` under ``name``; usable as ``register_tool("x", f)`` or as a decorator."""
+def register_tool(name: str, factory: ToolFactory | None = None, *, examples: Any = None) -> Any:
+    """Register ``factory`` under ``name``; usable as ``register_tool("x", f)`` or as a decorator.
+
+    ``examples`` are the requests the tool answers (:class:`tools.examples.ToolExample`, or dicts
+    with ``request`` and ``arguments``); tool-use training data and semantic routing read them.
+    """
 
     def add(function: ToolFactory) -> ToolFactory:
         if not name or not name.replace("_", "").isalnum():
@@ -36,6 +51,8 @@ def register_tool(name: str, factory: ToolFactory | None = None) -> Any:
             if name in _factories:
                 raise ConfigError(f"a tool named {name!r} is already registered; choose another name")
             _factories[name] = function
+        if examples is not None:
+            register_tool_examples(name, examples)
         return function
 
     return add(factory) if factory is not None else add
@@ -45,6 +62,7 @@ def unregister_tool(name: str) -> None:
     """Remove a registered tool (for plugins replacing a tool, and tests)."""
     with _guard:
         _factories.pop(name, None)
+    register_tool_examples(name, ())
 
 
 def available_tools() -> list[str]:
@@ -62,8 +80,16 @@ def get_tool_factory(name: str) -> ToolFactory:
     return factory
 
 
+def _with_examples(tool: BaseTool) -> BaseTool:
+    """Carry the examples registered for the tool's name in ``tool.metadata["examples"]``."""
+    registered = tool_examples(tool.name)
+    if registered and not (tool.metadata or {}).get("examples"):
+        tool.metadata = {**(tool.metadata or {}), "examples": list(registered)}
+    return tool
+
+
 def build_tool(name: str, config: AppConfig, manager: ModelManager | None = None) -> BaseTool:
-    return get_tool_factory(name)(config, manager or get_model_manager(config))
+    return _with_examples(get_tool_factory(name)(config, manager or get_model_manager(config)))
 
 
 def build_tools(config: AppConfig | None = None, manager: ModelManager | None = None) -> list[BaseTool]:
@@ -71,41 +97,41 @@ def build_tools(config: AppConfig | None = None, manager: ModelManager | None = 
 
     config = config or load_config()
     manager = manager or get_model_manager(config)
-    return [get_tool_factory(name)(config, manager) for name in config.tools.enabled]
+    return [_with_examples(get_tool_factory(name)(config, manager)) for name in config.tools.enabled]
 
 
 # -- the built-in tools register through the same path plugins use -------------------------------
 # Each factory imports its tool module when called: the tool classes bring LangChain, and
 # ``import tools`` (the registry) stays cheap for the CLI and for plugins registering themselves.
-@register_tool("caption_image")
+@register_tool("caption_image", examples=CAPTION_EXAMPLES)
 def _caption_image(config: AppConfig, manager: ModelManager) -> BaseTool:
     from tools.caption import CaptionImageTool
 
     return CaptionImageTool.from_config(config, manager)
 
 
-@register_tool("generate_image")
+@register_tool("generate_image", examples=GENERATE_EXAMPLES)
 def _generate_image(config: AppConfig, manager: ModelManager) -> BaseTool:
     from tools.generate import GenerateImageTool
 
     return GenerateImageTool.from_config(config, manager)
 
 
-@register_tool("search_images")
+@register_tool("search_images", examples=SEARCH_EXAMPLES)
 def _search_images(config: AppConfig, manager: ModelManager) -> BaseTool:
     from tools.search import SearchImagesTool
 
     return SearchImagesTool.from_config(config, manager)
 
 
-@register_tool("speak")
+@register_tool("speak", examples=SPEAK_EXAMPLES)
 def _speak(config: AppConfig, manager: ModelManager) -> BaseTool:
     from tools.speak import SpeakTool
 
     return SpeakTool.from_config(config, manager)
 
 
-@register_tool("describe_video")
+@register_tool("describe_video", examples=DESCRIBE_VIDEO_EXAMPLES)
 def _describe_video(config: AppConfig, manager: ModelManager) -> BaseTool:
     from tools.describe_video import DescribeVideoTool
 
@@ -113,14 +139,14 @@ def _describe_video(config: AppConfig, manager: ModelManager) -> BaseTool:
 
 
 # Heavy generators: registered, but not in the default ``tools.enabled`` (add them to opt in).
-@register_tool("generate_video")
+@register_tool("generate_video", examples=GENERATE_VIDEO_EXAMPLES)
 def _generate_video(config: AppConfig, manager: ModelManager) -> BaseTool:
     from tools.generate_video import GenerateVideoTool
 
     return GenerateVideoTool.from_config(config, manager)
 
 
-@register_tool("generate_3d")
+@register_tool("generate_3d", examples=GENERATE_3D_EXAMPLES)
 def _generate_3d(config: AppConfig, manager: ModelManager) -> BaseTool:
     from tools.generate_3d import Generate3DTool
 

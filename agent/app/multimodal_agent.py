@@ -43,6 +43,7 @@ from agent.app.events import (
     ToolResultEvent,
     TurnCollector,
 )
+from agent.app.routing import routing_middleware
 from agent.app.system_prompt import build_system_prompt
 from agent.app.tool_limits import ToolLimitsMiddleware
 from agent.app.vision_chat import ChatModelVision, attach_vision_chat
@@ -247,6 +248,9 @@ class MultimodalAgent:
             except InputError as exc:
                 raise InputError(f"agent.tool_choice: {exc}") from None
             stack.append(_FirstCallToolChoice(choice))
+        self.routing = routing_middleware(self.config, self.tools, memory.embedder if memory is not None else None)
+        if self.routing is not None:  # inside a forced tool_choice, which it leaves alone
+            stack.append(self.routing)
         stack.extend(middleware)
         self.graph = create_agent(
             model,

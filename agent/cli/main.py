@@ -433,9 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub.add_parser("path", parents=[common], help="print the default config file path").set_defaults(func=cmd_config_path)
     config.set_defaults(func=cmd_config_show)
 
+    from agent.cli.routing import register_eval, register_finetune_tools
     from finetune.cli import register
 
-    register(sub, captioner_factory=_finetune_captioner)
+    register_eval(sub, common)
+    register(sub, captioner_factory=_finetune_captioner, extra_commands=[register_finetune_tools])
     return parser
 
 

@@ -44,6 +44,8 @@ APP_NAME = "llava-agent"
 ENV_PREFIX = "LLAVA_AGENT_"
 CONFIG_ENV = "LLAVA_AGENT_CONFIG"
 
+ROUTING_MODES = defaults.ROUTING_MODES
+RoutingMode = Literal[ROUTING_MODES]
 Quantization = Literal[QUANTIZATIONS]  # the choices themselves live in agent.core.runtime
 DType = Literal[DTYPES]
 
@@ -57,6 +59,17 @@ MaxImages = Annotated[
     Field(ge=0, description="Images kept as pixels per prompt (0: none); None follows the model's capability."),
 ]
 MaxImagePixels = Annotated[int, Field(gt=0, description="Larger images are refused before decoding.")]
+RepetitionPenalty = Annotated[
+    float,
+    Field(
+        gt=0.0,
+        le=defaults.MAX_REPETITION_PENALTY,
+        description="Penalty on tokens the reply already used (1.0: none); the prompt and tool calls are exempt.",
+    ),
+]
+NoRepeatNgramSize = Annotated[
+    int, Field(ge=0, description="Forbid repeating any n-gram of this size within a reply (0: off); tool calls exempt.")
+]
 
 
 def default_data_dir() -> Path:
@@ -90,6 +103,8 @@ class ModelSection(_Section):
     temperature: Temperature = defaults.TEMPERATURE
     top_p: TopP = defaults.TOP_P
     seed: int | None = None
+    repetition_penalty: RepetitionPenalty = defaults.REPETITION_PENALTY
+    no_repeat_ngram_size: NoRepeatNgramSize = defaults.NO_REPEAT_NGRAM_SIZE
     max_images: MaxImages = None
     allow_remote_images: bool = Field(False, description="Fetch http(s) image URLs found in messages.")
     trust_remote_code: bool = False
@@ -232,6 +247,18 @@ class AgentSection(_Section):
         None, description="Force the first model call of each turn: 'any' or a tool name; None lets the model choose."
     )
     long_term_memory: bool = Field(True, description="Add remember/recall tools and recalled facts to the prompt.")
+    routing: RoutingMode = Field(
+        "model",
+        description="Who picks the tool on a turn's first model call: 'model' (the model alone), 'semantic' (the "
+        "request's meaning against each tool's example requests; no route means a plain answer) or 'hybrid' "
+        "(semantic when it is sure, else the model). See agent.routing.",
+    )
+    routing_threshold: float = Field(
+        defaults.ROUTING_THRESHOLD, ge=0.0, le=1.0, description="Least probability of the best tool for a semantic route (calibrated)."
+    )
+    routing_margin: float = Field(
+        defaults.ROUTING_MARGIN, ge=0.0, le=1.0, description="Least lead of the routed tool over the other tools and over no tool (calibrated)."
+    )
 
 
 def _comma_list(value: Any) -> Any:

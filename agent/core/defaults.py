@@ -24,6 +24,18 @@ MAX_NEW_TOKENS = 512
 TEMPERATURE = 0.2
 TOP_P = 0.95
 MAX_TEMPERATURE = 5.0
+REPETITION_PENALTY = 1.2
+"""Penalty on tokens the reply already used; 1.2 stops small greedy models looping on one sentence
+(measured with bench/bench_repetition.py)."""
+MAX_REPETITION_PENALTY = 3.0
+NO_REPEAT_NGRAM_SIZE = 0
+
+# -- semantic pre-routing (agent.app.routing) ---------------------------------------------------
+ROUTING_MODES = ("model", "semantic", "hybrid")
+"""Who picks the tool on a turn's first model call (``agent.routing``)."""
+ROUTING_THRESHOLD = 0.53
+ROUTING_MARGIN = 0.30
+"""Calibrated on the built-in tools with ``python bench/bench_routing.py`` (never on the held-out set)."""
 
 # -- inputs ------------------------------------------------------------------------------------
 MAX_IMAGE_PIXELS = 50_000_000

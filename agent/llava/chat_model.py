@@ -33,7 +33,9 @@ from agent.core.config import (
     MaxImages,
     MaxNewTokens,
     ModelSection,
+    NoRepeatNgramSize,
     Quantization,
+    RepetitionPenalty,
     Temperature,
     TopP,
 )
@@ -103,6 +105,8 @@ class ChatLlava(BaseChatModel):
     seed: int | None = Field(
         default=None, description="Seed set before each generation for reproducible sampling."
     )
+    repetition_penalty: RepetitionPenalty = defaults.REPETITION_PENALTY
+    no_repeat_ngram_size: NoRepeatNgramSize = defaults.NO_REPEAT_NGRAM_SIZE
     adapter: str | None = Field(default=None, description="Folder of a LoRA adapter applied at load time.")
     stop: list[str] | None = Field(
         default=None, description="Stop sequences; the reply ends before the first one."
@@ -151,6 +155,8 @@ class ChatLlava(BaseChatModel):
             "temperature": self.temperature,
             "top_p": self.top_p,
             "seed": self.seed,
+            "repetition_penalty": self.repetition_penalty,
+            "no_repeat_ngram_size": self.no_repeat_ngram_size,
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -440,6 +446,8 @@ class ChatLlava(BaseChatModel):
             "temperature": self.temperature,
             "top_p": self.top_p,
             "seed": self.seed,
+            "repetition_penalty": self.repetition_penalty,
+            "no_repeat_ngram_size": self.no_repeat_ngram_size,
         }
         aliases = {"max_tokens": "max_new_tokens"}
         for key, value in kwargs.items():

@@ -177,8 +177,17 @@ def stream_generate(
         )
     else:
         generate_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    if constraint_processor is not None:
-        generate_kwargs["logits_processor"] = LogitsProcessorList([constraint_processor])
+    from agent.llava.repetition import repetition_guard
+
+    guard = repetition_guard(
+        int(inputs["input_ids"].shape[1]),
+        float(options.get("repetition_penalty") or 1.0),
+        int(options.get("no_repeat_ngram_size") or 0),
+        active=(lambda: getattr(constraint_processor, "mode", "text") != "tool_call") if constraint_processor else None,
+    )
+    processors = [p for p in (guard, constraint_processor) if p is not None]  # the constraint goes last
+    if processors:
+        generate_kwargs["logits_processor"] = LogitsProcessorList(processors)
     errors: list[BaseException] = []
 
     def run() -> None:

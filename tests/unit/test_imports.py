@@ -31,14 +31,16 @@ EXPECTED_ALL = {
     ],
     "agent.app": [
         "AgentEvent", "AgentReply", "ContextPolicyMiddleware", "GenerationStopped", "MultimodalAgent", "ReplyEvent",
-        "TokenEvent", "ToolCallEvent", "ToolResultEvent", "build_system_prompt",
+        "RoutingReport", "SemanticRouter", "SemanticRoutingMiddleware", "TokenEvent", "ToolCallEvent",
+        "ToolResultEvent", "build_system_prompt", "evaluate_routing", "load_routing_set", "synthesize_tool_data",
+        "train_tool_adapter",
     ],
     "agent.cli": ["main"],
     "agent.serve": ["ApiKeys", "FairQueue", "build_app", "create_app", "run_server"],
     "tools": [
         "CaptionImageTool", "DescribeVideoTool", "Generate3DTool", "GenerateImageTool", "GenerateVideoTool",
-        "ModelManager", "SearchImagesTool", "SpeakTool", "available_tools", "build_tool", "build_tools",
-        "get_model_manager", "register_tool",
+        "ModelManager", "SearchImagesTool", "SpeakTool", "ToolExample", "available_tools", "build_tool",
+        "build_tools", "get_model_manager", "register_tool", "register_tool_examples", "tool_examples",
     ],
     "memory": ["ClipEmbedder", "ConversationStore", "ImageIndex", "LongTermMemory", "TextEmbedder", "get_chroma_client"],
     "finetune": [

@@ -1,0 +1,117 @@
+"""Semantic pre-routing with the real MiniLM embedder, and its middleware inside the agent."""
+
+from __future__ import annotations
+
+import pytest
+from langchain_core.messages import AIMessage
+
+import agent.app.routing as routing
+from agent import MultimodalAgent
+from agent.app.routing import NO_TOOL, SemanticRouter, SemanticRoutingMiddleware
+from agent.app.routing_eval import agent_tools, stand_in_tools
+from agent.core.config import load_config
+from tests.scripted_chat_model import ScriptedChatModel, tool_call
+
+pytestmark = pytest.mark.integration
+
+FIT_REQUESTS = routing.TRAINING_REQUESTS  # the product's fit: with seven tools a smaller one is not sure enough to route
+
+
+class CountingEmbedder:
+    """The real embedder, counting how many texts it embeds."""
+
+    def __init__(self, embedder):
+        self.inner = embedder
+        self.model_id = embedder.model_id
+        self.texts = 0
+
+    def embed(self, texts):
+        self.texts += len(texts)
+        return self.inner.embed(texts)
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    from memory.embedders import TextEmbedder
+
+    return CountingEmbedder(TextEmbedder(device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def tools(tmp_path_factory):
+    return stand_in_tools(agent_tools(load_config({"data_dir": str(tmp_path_factory.mktemp("d"))})))
+
+
+@pytest.fixture(scope="module")
+def router(tools, embedder, tmp_path_factory):
+    router = SemanticRouter(tools, embedder, cache_dir=tmp_path_factory.mktemp("routing"), requests=FIT_REQUESTS)
+    router.readout  # noqa: B018
+    return router
+
+
+@pytest.mark.parametrize(
+    ("request_text", "expected"),
+    [
+        ("please read this out loud: the kettle has boiled", "speak"),
+        ("don't forget that my niece is called Lily", "remember"),
+        ("What is the capital of Peru?", None),
+        ("hello, how are you?", None),
+    ],
+)
+def test_unsure_requests_are_left_to_the_model_never_routed_wrong(router):
+    # the router is precise rather than complete: a request it is unsure of goes to the model
+    for request_text, expected in [("draw me a pirate ship in a storm", "generate_image"),
+                                   ("what happens in clips/party.mp4?", "describe_video")]:
+        assert router.route(request_text).tool in (expected, None)
+
+
+def test_clear_requests_route_and_questions_do_not(router, request_text, expected):
+    decision = router.route(request_text)
+    assert decision.tool == expected, decision
+    assert set(decision.scores) == {*(t.name for t in router.tools), NO_TOOL}
+    assert sum(decision.scores.values()) == pytest.approx(1.0, abs=1e-4)
+    assert decision.seconds > 0 and decision.cpu_seconds >= 0
+
+
+def test_the_fitted_readout_is_cached(router, tools, embedder):
+    before = embedder.texts
+    again = SemanticRouter(tools, embedder, cache_dir=router.cache_dir, requests=FIT_REQUESTS)
+    again.readout  # noqa: B018
+    assert embedder.texts == before  # read from the cache: no request embedded
+    assert list(router.cache_dir.glob("router-*.npz"))
+    changed = SemanticRouter(tools[:3], embedder, cache_dir=router.cache_dir, requests=FIT_REQUESTS)
+    assert changed.fingerprint() != router.fingerprint()
+
+
+def _agent(tmp_path, mode, router, reply):
+    config = load_config({"data_dir": str(tmp_path), "agent": {"routing": "model"}})
+    model = ScriptedChatModel(replies=[reply])
+    middleware = SemanticRoutingMiddleware(router, mode)
+    return MultimodalAgent(model, router.tools, config=config, middleware=[middleware]), model, middleware
+
+
+def test_hybrid_forces_a_routed_tool_and_leaves_the_rest_to_the_model(tmp_path, router):
+    call = AIMessage(content="", tool_calls=[tool_call("speak", {"text": "the kettle has boiled"})])
+    agent, model, middleware = _agent(tmp_path, "hybrid", router, lambda messages: call if len(messages) == 2 else "Done.")
+    agent.chat("please read this out loud: the kettle has boiled")
+    assert model.bound[0]["tool_choice"] == "speak"  # the first call of the turn
+    assert model.bound[1]["tool_choice"] in (None, "auto")  # after the tool result the model answers freely
+    assert middleware.decisions[-1].tool == "speak"
+    agent.chat("What is the capital of Peru?")
+    assert model.bound[-1]["tool_choice"] in (None, "auto")
+
+
+def test_semantic_mode_answers_unrouted_requests_in_words(tmp_path, router):
+    agent, model, _ = _agent(tmp_path, "semantic", router, "Lima.")
+    agent.chat("What is the capital of Peru?")
+    assert model.bound[-1]["tool_choice"] == "none"
+
+
+def test_config_routing_builds_the_middleware(tmp_path, tools, monkeypatch):
+    monkeypatch.setattr(routing, "TRAINING_REQUESTS", FIT_REQUESTS)
+    config = load_config({"data_dir": str(tmp_path), "agent": {"routing": "hybrid", "long_term_memory": False}})
+    agent = MultimodalAgent(ScriptedChatModel(replies=["hi"]), tools, config=config)
+    assert isinstance(agent.routing, SemanticRoutingMiddleware) and agent.routing.mode == "hybrid"
+    assert agent.routing.router.threshold == config.agent.routing_threshold
+    off = MultimodalAgent(ScriptedChatModel(), tools, config=load_config({"data_dir": str(tmp_path)}))
+    assert off.routing is None

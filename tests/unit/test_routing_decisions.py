@@ -1,0 +1,72 @@
+"""Semantic routing's pure parts: the decision rule, the read-out fit, request text, lexicon split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.app.routing import NO_TOOL, SemanticRouter, fit_softmax, request_text, split_lexicons
+from agent.app.tool_data import default_lexicons
+
+
+class _NoEmbedder:
+    model_id = "none"
+
+    def embed(self, texts):  # pragma: no cover - the decision rule needs no embeddings
+        raise AssertionError("not used")
+
+
+@pytest.fixture
+def router():
+    return SemanticRouter([], _NoEmbedder(), threshold=0.5, margin=0.1)
+
+
+@pytest.mark.parametrize(
+    ("scores", "expected"),
+    [
+        ({"speak": 0.8, "remember": 0.1, NO_TOOL: 0.1}, "speak"),
+        ({"speak": 0.45, "remember": 0.05, NO_TOOL: 0.5}, None),  # no tool is likelier
+        ({"speak": 0.55, "remember": 0.0, NO_TOOL: 0.48}, None),  # clears the threshold, not the margin
+        ({"speak": 0.48, "remember": 0.02, NO_TOOL: 0.3}, None),  # below the threshold
+        ({"speak": 0.5, "remember": 0.45, NO_TOOL: 0.05}, None),  # two tools too close
+    ],
+)
+def test_decision_rule(router, scores, expected):
+    assert router.decide(scores)[0] == expected
+
+
+def test_only_bound_tools_are_routed_to(router):
+    scores = {"speak": 0.9, "remember": 0.05, NO_TOOL: 0.05}
+    assert router.decide(scores, allowed=["remember"])[0] is None
+    tool, score, lead = router.decide(scores)
+    assert tool == "speak" and score == 0.9 and lead == pytest.approx(0.85)
+
+
+def test_bad_settings_are_refused():
+    from agent.core.errors import InputError
+
+    with pytest.raises(InputError, match="threshold and margin"):
+        SemanticRouter([], _NoEmbedder(), threshold=1.5)
+
+
+def test_fit_softmax_separates_labelled_directions():
+    rng = np.random.default_rng(0)
+    centres = np.eye(4, 16)
+    features = np.concatenate([centre + 0.1 * rng.standard_normal((30, 16)) for centre in centres])
+    labels = [name for name in ["a", "b", "c", NO_TOOL] for _ in range(30)]
+    weights, bias, names = fit_softmax(features, labels)
+    predicted = [names[i] for i in np.argmax(features @ weights + bias, axis=1)]
+    assert names == sorted(set(labels)) and predicted == labels
+
+
+def test_request_text_drops_attachment_lines():
+    text = "Describe this\n[attached image: /data/attachments/1a-cat.png]"
+    assert request_text(text) == "Describe this"
+
+
+def test_split_lexicons_share_no_values():
+    first, second = split_lexicons(default_lexicons())
+    for key in ("subject", "sentence", "fact", "plain", "traps"):
+        assert first[key] and second[key]
+        assert not {str(v) for v in first[key]} & {str(v) for v in second[key]}
+    assert first["prefix"] == second["prefix"]  # phrasing material is shared, values are not

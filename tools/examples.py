@@ -1,0 +1,183 @@
+"""Example requests a tool declares: how users ask for it, with argument slots.
+
+A :class:`ToolExample` is a request with ``{slot}`` placeholders and the arguments that request
+means, in terms of the same slots::
+
+    ToolExample("Draw {subject}, {style}", {"prompt": "{subject}, {style}"})
+    ToolExample("What is in this picture?", {"image": "{attached}"})     # an image is attached
+
+Slots are filled from lexicons (:mod:`agent.app.tool_data` ships paths, subjects, styles, sentences,
+facts...; a tool can bring its own values with ``slots=``). ``{attached}`` marks a request sent
+with an attached image; the argument becomes that image's path. An argument that is exactly one
+slot takes the slot's value with its type (``"{count}"`` -> ``3``).
+
+Two consumers read them: the tool-use training data (:func:`agent.app.tool_data.synthesize_tool_data`)
+and semantic pre-routing (:mod:`agent.app.routing`). Tools declare examples when they register
+(``register_tool(name, factory, examples=[...])``, the path built-in and plugin tools share), or
+any LangChain tool carries them in ``tool.metadata["examples"]``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from agent.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from langchain_core.tools import BaseTool
+
+ATTACHED_SLOT = "attached"
+_SLOT = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class ToolExample:
+    """One way of asking for a tool: a request with ``{slot}`` placeholders and the arguments it means."""
+
+    request: str
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+    slots: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    """Values for slots of this example only (others come from the shared lexicons)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.request, str) or not self.request.strip():
+            raise ConfigError(f"a tool example needs a request text, got {self.request!r}")
+        if not isinstance(self.arguments, Mapping):
+            raise ConfigError(f"arguments of the example {self.request!r} must be a dict, got {self.arguments!r}")
+        request_slots = set(_SLOT.findall(self.request))
+        if ATTACHED_SLOT in request_slots:
+            raise ConfigError(
+                f"example {self.request!r}: {{attached}} belongs in the arguments only (the image is attached, "
+                "not written in the request)"
+            )
+        for name, value in self.arguments.items():
+            missing = set(_SLOT.findall(value)) - request_slots - {ATTACHED_SLOT} if isinstance(value, str) else set()
+            if missing:
+                raise ConfigError(
+                    f"example {self.request!r}: argument {name!r} uses slot(s) {sorted(missing)} the request does not "
+                    "contain; every slot of an argument must appear in the request"
+                )
+
+    @property
+    def request_slots(self) -> list[str]:
+        return _SLOT.findall(self.request)
+
+    @property
+    def attaches_image(self) -> bool:
+        return any(isinstance(v, str) and f"{{{ATTACHED_SLOT}}}" in v for v in self.arguments.values())
+
+
+def as_examples(items: Iterable[ToolExample | Mapping[str, Any] | str], tool: str = "") -> tuple[ToolExample, ...]:
+    """Accept examples as ``ToolExample``, ``{"request": ..., "arguments": ...}`` dicts or plain strings."""
+    out = []
+    for item in items or ():
+        if isinstance(item, ToolExample):
+            out.append(item)
+        elif isinstance(item, str):
+            out.append(ToolExample(item))
+        elif isinstance(item, Mapping) and "request" in item:
+            out.append(ToolExample(item["request"], dict(item.get("arguments") or {}),
+                                   {k: tuple(v) for k, v in (item.get("slots") or {}).items()}))
+        else:
+            raise ConfigError(f"example {item!r} of tool {tool!r} is not a ToolExample, a dict with 'request', or a string")
+    return tuple(out)
+
+
+_registered: dict[str, tuple[ToolExample, ...]] = {}
+
+
+def register_tool_examples(name: str, examples: Iterable[ToolExample | Mapping[str, Any] | str]) -> None:
+    """Declare example requests for the tool called ``name`` (replaces earlier ones)."""
+    _registered[name] = as_examples(examples, name)
+
+
+def tool_examples(tool: BaseTool | str) -> tuple[ToolExample, ...]:
+    """A tool's examples: ``tool.metadata["examples"]`` if it carries them, else those registered for its name."""
+    if not isinstance(tool, str):
+        carried = (getattr(tool, "metadata", None) or {}).get("examples")
+        if carried:
+            return as_examples(carried, tool.name)
+        tool = tool.name
+    return _registered.get(tool, ())
+
+
+# -- the built-in tools' examples ---------------------------------------------------------------
+CAPTION_EXAMPLES = (
+    ToolExample("What does {image} show?", {"image": "{image}"}),
+    ToolExample("Describe the picture {image}", {"image": "{image}"}),
+    ToolExample("caption {image}", {"image": "{image}"}),
+    ToolExample("Tell me what's in the photo at {image}", {"image": "{image}"}),
+    ToolExample("Look at {image} and tell me what you see", {"image": "{image}"}),
+    ToolExample("Give me a detailed description of {image}", {"image": "{image}", "detail": "detailed"}),
+    ToolExample("What is in this image?", {"image": "{attached}"}),
+    ToolExample("Describe this photo for me", {"image": "{attached}"}),
+    ToolExample("Describe this picture in detail", {"image": "{attached}", "detail": "detailed"}),
+)
+GENERATE_EXAMPLES = (
+    ToolExample("Draw {subject}", {"prompt": "{subject}"}),
+    ToolExample("Create an image of {subject}, {style}", {"prompt": "{subject}, {style}"}),
+    ToolExample("Make a picture of {subject}", {"prompt": "{subject}"}),
+    ToolExample("Paint {subject} {style}", {"prompt": "{subject} {style}"}),
+    ToolExample("Generate a picture showing {subject}", {"prompt": "{subject}"}),
+    ToolExample("I'd like an image of {subject}", {"prompt": "{subject}"}),
+    ToolExample("Render {subject}, {style}", {"prompt": "{subject}, {style}"}),
+)
+SEARCH_EXAMPLES = (
+    ToolExample("Find my photos of {query}", {"query": "{query}"}),
+    ToolExample("Search my pictures for {query}", {"query": "{query}"}),
+    ToolExample("Show me the images I have of {query}", {"query": "{query}"}),
+    ToolExample("Do I have any pictures of {query}?", {"query": "{query}"}),
+    ToolExample("Show me {count} of my photos of {query}", {"query": "{query}", "k": "{count}"}),
+    ToolExample("Find images that look like {image}", {"query": "{image}"}),
+    ToolExample("Find photos of mine that look like this one", {"query": "{attached}"}),
+)
+SPEAK_EXAMPLES = (
+    ToolExample("Say '{sentence}'", {"text": "{sentence}"}),
+    ToolExample("Read this aloud: {sentence}", {"text": "{sentence}"}),
+    ToolExample("Please say out loud: {sentence}", {"text": "{sentence}"}),
+    ToolExample("Speak this sentence: {sentence}", {"text": "{sentence}"}),
+    ToolExample('Can you read "{sentence}" out loud?', {"text": "{sentence}"}),
+    ToolExample("Make a recording of you saying: {sentence}", {"text": "{sentence}"}),
+)
+DESCRIBE_VIDEO_EXAMPLES = (
+    ToolExample("What happens in {video}?", {"video": "{video}"}),
+    ToolExample("Describe the video {video}", {"video": "{video}"}),
+    ToolExample("Summarise the clip {video} for me", {"video": "{video}"}),
+    ToolExample("Watch {video} and tell me what goes on", {"video": "{video}"}),
+    ToolExample("Give me a rundown of the footage in {video}", {"video": "{video}"}),
+    ToolExample("What is going on in the recording {video}?", {"video": "{video}"}),
+)
+GENERATE_VIDEO_EXAMPLES = (
+    ToolExample("Make a short video of {subject}", {"prompt": "{subject}"}),
+    ToolExample("Generate a clip showing {subject}", {"prompt": "{subject}"}),
+    ToolExample("Animate {subject}", {"prompt": "{subject}"}),
+    ToolExample("Create a video of {subject}, {style}", {"prompt": "{subject}, {style}"}),
+    ToolExample("I'd like a few seconds of video of {subject}", {"prompt": "{subject}"}),
+)
+GENERATE_3D_EXAMPLES = (
+    ToolExample("Make a 3D model of {subject}", {"prompt": "{subject}"}),
+    ToolExample("Create a 3D object of {subject}", {"prompt": "{subject}"}),
+    ToolExample("Generate a mesh of {subject}", {"prompt": "{subject}"}),
+    ToolExample("I need a 3D version of {subject} for my game", {"prompt": "{subject}"}),
+    ToolExample("Turn {image} into a 3D model", {"image": "{image}"}),
+)
+REMEMBER_EXAMPLES = (
+    ToolExample("Remember that {fact}", {"fact": "{fact}"}),
+    ToolExample("Please keep in mind: {fact}", {"fact": "{fact}"}),
+    ToolExample("Note that {fact}", {"fact": "{fact}"}),
+    ToolExample("Don't forget that {fact}", {"fact": "{fact}"}),
+    ToolExample("Save this for later: {fact}", {"fact": "{fact}"}),
+)
+RECALL_EXAMPLES = (
+    ToolExample("What did I tell you about {topic}?", {"query": "{topic}"}),
+    ToolExample("Do you remember {topic}?", {"query": "{topic}"}),
+    ToolExample("Remind me of {topic}", {"query": "{topic}"}),
+    ToolExample("Look up what I said about {topic}", {"query": "{topic}"}),
+    ToolExample("What do you remember about {topic}?", {"query": "{topic}"}),
+)
+
+for _name, _examples in {"remember": REMEMBER_EXAMPLES, "recall": RECALL_EXAMPLES}.items():
+    register_tool_examples(_name, _examples)  # long-term memory's tools are built outside the registry
