@@ -63,6 +63,20 @@ def main() -> None:
             wrong += 1
     print(f"held-out set, router alone: {right} routed right, {wrong} routed wrong, {unrouted} unrouted "
           f"of {len(cases)} (unrouted no-tool requests are right in 'semantic' mode)")
+    # In 'semantic' mode the decision is the router's alone (a routed request gets a call of that
+    # tool, any other a plain answer), so its routing accuracy and false-call rate need no model.
+    decided = [(case, router.route(case.request).tool) for case in cases]
+    plain = [tool for case, tool in decided if case.tool is None]
+    accuracy = sum(tool == case.tool for case, tool in decided) / len(decided)
+    false_calls = sum(tool is not None for tool in plain) / max(1, len(plain))
+    print(f"'semantic' mode on the held-out set: routing accuracy {accuracy:.3f}, false-call rate {false_calls:.3f} "
+          f"({len(plain)} no-tool requests)")
+    by_tool: dict[str, list[int]] = {}
+    for case, tool in decided:
+        counts = by_tool.setdefault(case.tool or NO_TOOL, [0, 0])
+        counts[0] += tool == case.tool
+        counts[1] += 1
+    print("  right per expected tool: " + ", ".join(f"{name} {a}/{b}" for name, (a, b) in by_tool.items()))
 
 
 if __name__ == "__main__":

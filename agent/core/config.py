@@ -251,7 +251,7 @@ class AgentSection(_Section):
         "model",
         description="Who picks the tool on a turn's first model call: 'model' (the model alone), 'semantic' (the "
         "request's meaning against each tool's example requests; no route means a plain answer) or 'hybrid' "
-        "(semantic when it is sure, else the model). See agent.routing.",
+        "(semantic when it is sure, else the model). See agent.app.routing.",
     )
     routing_threshold: float = Field(
         defaults.ROUTING_THRESHOLD, ge=0.0, le=1.0, description="Least probability of the best tool for a semantic route (calibrated)."

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from agent.core.errors import ContextLengthError, InputError
 from agent.llava.messages import messages_to_turns
 from agent.llava.prompting import render_prompt
+from agent.llava.repetition import repetition_guard
 from agent.llava.streaming import (
     _END,
     GenerationResult,
@@ -78,10 +79,15 @@ def stream_generate_batch(
     *,
     temperature: float,
     top_p: float,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
 ) -> Iterator[tuple[int, str | GenerationResult]]:
-    """Generate replies to a left-padded batch; yield ``(row, piece)`` and ``(row, GenerationResult)`` per row."""
+    """Generate replies to a left-padded batch; yield ``(row, piece)`` and ``(row, GenerationResult)`` per row.
+
+    Repetition control is the single-request path's (:mod:`agent.llava.repetition`, over each reply only).
+    """
     import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
+    from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
     model = loaded.model
     tokenizer = loaded.tokenizer
@@ -123,6 +129,9 @@ def stream_generate_batch(
         generate_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
     else:
         generate_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    guard = repetition_guard(prompt_length, repetition_penalty, no_repeat_ngram_size)
+    if guard is not None:
+        generate_kwargs["logits_processor"] = LogitsProcessorList([guard])
     errors: list[BaseException] = []
     abandon = threading.Event()
 
@@ -263,7 +272,8 @@ def stream_batch(
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         emitted: dict[int, list[str]] = {position: [] for position in range(len(prepared))}
         for position, event in stream_generate_batch(
-            loaded, inputs, [row for _, _, row in prepared], temperature=temperature, top_p=top_p
+            loaded, inputs, [row for _, _, row in prepared], temperature=temperature, top_p=top_p,
+            repetition_penalty=llm.repetition_penalty, no_repeat_ngram_size=llm.no_repeat_ngram_size,
         ):
             index = prepared[position][0]
             if isinstance(event, str):

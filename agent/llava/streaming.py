@@ -20,6 +20,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from agent.llava.repetition import repetition_guard
+
 if TYPE_CHECKING:  # pragma: no cover
     from agent.llava.loading import LoadedModel
 
@@ -177,8 +179,6 @@ def stream_generate(
         )
     else:
         generate_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    from agent.llava.repetition import repetition_guard
-
     guard = repetition_guard(
         int(inputs["input_ids"].shape[1]),
         float(options.get("repetition_penalty") or 1.0),
