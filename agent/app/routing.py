@@ -293,10 +293,33 @@ class SemanticRoutingMiddleware(AgentMiddleware):
         return request
 
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
-        return handler(self.prepare(request))
+        prepared = self.prepare(request)
+        return _one_routed_call(handler(prepared), prepared, request)
 
     async def awrap_model_call(self, request: ModelRequest, handler: Any) -> Any:
-        return await handler(self.prepare(request))
+        prepared = self.prepare(request)
+        return _one_routed_call(await handler(prepared), prepared, request)
+
+
+def _one_routed_call(response: Any, prepared: Any, original: Any) -> Any:
+    """A routed request asked for one call of one tool: keep the first, drop the repeats.
+
+    The grammar of a forced ``tool_choice`` allows several calls, and a model that was never
+    trained on tool calls tends to write the same call again until its token budget runs out;
+    running the tool that many times is never what the request meant.
+    """
+    from langchain_core.messages import AIMessage
+
+    if prepared is original or prepared.tool_choice in (None, "auto", "none"):
+        return response
+    messages = getattr(response, "result", None)
+    if not messages or not isinstance(messages[-1], AIMessage) or len(messages[-1].tool_calls) <= 1:
+        return response
+    message = messages[-1]
+    kept = message.model_copy(update={"tool_calls": message.tool_calls[:1]})
+    logger.debug("routed call: kept 1 of %d calls of %s", len(message.tool_calls), prepared.tool_choice)
+    response.result = [*messages[:-1], kept]
+    return response
 
 
 def routing_middleware(config: Any, tools: Sequence[BaseTool], embedder: TextEmbedder | None = None) -> AgentMiddleware | None:

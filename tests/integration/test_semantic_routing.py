@@ -49,6 +49,13 @@ def router(tools, embedder, tmp_path_factory):
     return router
 
 
+def test_unsure_requests_are_left_to_the_model_never_routed_wrong(router):
+    # the router is precise rather than complete: a request it is unsure of goes to the model
+    for request_text, expected in [("draw me a pirate ship in a storm", "generate_image"),
+                                   ("what happens in clips/party.mp4?", "describe_video")]:
+        assert router.route(request_text).tool in (expected, None)
+
+
 @pytest.mark.parametrize(
     ("request_text", "expected"),
     [
@@ -58,13 +65,6 @@ def router(tools, embedder, tmp_path_factory):
         ("hello, how are you?", None),
     ],
 )
-def test_unsure_requests_are_left_to_the_model_never_routed_wrong(router):
-    # the router is precise rather than complete: a request it is unsure of goes to the model
-    for request_text, expected in [("draw me a pirate ship in a storm", "generate_image"),
-                                   ("what happens in clips/party.mp4?", "describe_video")]:
-        assert router.route(request_text).tool in (expected, None)
-
-
 def test_clear_requests_route_and_questions_do_not(router, request_text, expected):
     decision = router.route(request_text)
     assert decision.tool == expected, decision
@@ -99,6 +99,19 @@ def test_hybrid_forces_a_routed_tool_and_leaves_the_rest_to_the_model(tmp_path, 
     assert middleware.decisions[-1].tool == "speak"
     agent.chat("What is the capital of Peru?")
     assert model.bound[-1]["tool_choice"] in (None, "auto")
+
+
+def test_a_routed_request_runs_its_tool_once_when_the_model_repeats_the_call(tmp_path, router):
+    repeated = AIMessage(content="", tool_calls=[tool_call("speak", {"text": "the kettle has boiled"}, f"c{n}")
+                                                 for n in range(3)])
+    agent, model, _ = _agent(tmp_path, "hybrid", router, lambda messages: repeated if len(messages) == 2 else "Done.")
+    reply = agent.chat("please read this out loud: the kettle has boiled")
+    assert model.bound[0]["tool_choice"] == "speak"
+    assert [c["name"] for c in reply.tool_calls] == ["speak"]  # one call kept, the tool ran once
+    unrouted = AIMessage(content="", tool_calls=[tool_call("speak", {"text": "a"}, "d1"), tool_call("speak", {"text": "b"}, "d2")])
+    agent, model, _ = _agent(tmp_path / "free", "hybrid", router, lambda messages: unrouted if len(messages) == 2 else "Done.")
+    reply = agent.chat("hello, how are you?")  # the model chose freely: its calls are its own
+    assert len(reply.tool_calls) == 2
 
 
 def test_semantic_mode_answers_unrouted_requests_in_words(tmp_path, router):
