@@ -54,20 +54,23 @@ async function errorOf(response) {
   return new ApiError(response.status, message, code);
 }
 
-async function api(path, options = {}, retried = false) {
-  const init = { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } };
+async function api(path, options = {}) {
+  const init = { ...options };
   if (options.json !== undefined) {
     init.body = JSON.stringify(options.json);
-    init.headers["Content-Type"] = "application/json";
     delete init.json;
   }
-  const response = await fetch(path, init);
-  if (response.status === 401 && !retried) {
-    await askForKey(sessionStorage.getItem(KEY_STORAGE) ? "That key was not accepted." : "");
-    return api(path, options, true);
+  for (;;) {
+    init.headers = { ...authHeaders(), ...(options.headers || {}) };
+    if (options.json !== undefined) init.headers["Content-Type"] = "application/json";
+    const response = await fetch(path, init);
+    if (response.status === 401) {  // no key yet, or a wrong one: ask (again) and retry
+      await askForKey(sessionStorage.getItem(KEY_STORAGE) ? "That key was not accepted." : "");
+      continue;
+    }
+    if (!response.ok) throw await errorOf(response);
+    return response;
   }
-  if (!response.ok) throw await errorOf(response);
-  return response;
 }
 
 function askForKey(problem) {
@@ -350,16 +353,13 @@ async function send(event) {
   const headers = { ...authHeaders(), "Content-Type": "application/json" };
   if (state.thread) headers["X-Thread-Id"] = state.thread;
   try {
-    let response = await fetch("/v1/chat/completions", {
-      method: "POST", headers, signal: state.controller.signal,
-      body: JSON.stringify({ model: state.agentModel, stream: true, messages: [{ role: "user", content }] }),
-    });
-    if (response.status === 401) {
-      await askForKey(sessionStorage.getItem(KEY_STORAGE) ? "That key was not accepted." : "");
+    const body = JSON.stringify({ model: state.agentModel, stream: true, messages: [{ role: "user", content }] });
+    let response;
+    for (;;) {
       response = await fetch("/v1/chat/completions", {
-        method: "POST", headers: { ...headers, ...authHeaders() }, signal: state.controller.signal,
-        body: JSON.stringify({ model: state.agentModel, stream: true, messages: [{ role: "user", content }] }),
-      });
+        method: "POST", headers: { ...headers, ...authHeaders() }, signal: state.controller.signal, body });
+      if (response.status !== 401) break;
+      await askForKey(sessionStorage.getItem(KEY_STORAGE) ? "That key was not accepted." : "");
     }
     if (!response.ok) throw await errorOf(response);
     const thread = response.headers.get("X-Thread-Id");
