@@ -275,6 +275,7 @@ class ServeSection(_Section):
     forwarded_allow_ips: str = Field(
         "127.0.0.1", description="Proxies whose X-Forwarded-* headers are trusted (comma-separated, or '*')."
     )
+    ui: bool = Field(True, description="Serve the chat page at / (false: the API only).")
 
     _split_keys = field_validator("api_keys", "cors_origins", mode="before")(_comma_list)
 
