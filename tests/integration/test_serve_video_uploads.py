@@ -67,7 +67,7 @@ def _app(tmp_path: Path, keys: list[str], blip: Path | None):
     from tools.describe_video import DescribeVideoTool
 
     config = load_config({"data_dir": str(tmp_path / "data"), "agent": {"long_term_memory": False},
-                          "serve": {"max_video_bytes": LIMIT}})  # fmt: skip
+                          "serve": {"max_video_bytes": LIMIT}}, environ={})  # its own data folder  # fmt: skip
     if blip is not None:  # it reads videos from the data folder only, where attachments are kept
         tool = DescribeVideoTool(caption_model=str(blip), device="cpu", allowed_dirs=[config.data_dir],
                                  artifacts_dir=config.artifacts_dir, manager=ModelManager(), max_frames=2,
