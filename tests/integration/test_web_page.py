@@ -492,5 +492,9 @@ def test_videos_picked_pasted_and_dropped_reach_the_agent_and_generated_videos_p
     _image_loaded(page, page.locator(".tool-call[data-tool=describe_video] img.artifact"))
     _media_loaded(page, page.locator(".tool-call[data-tool=generate_video] video.artifact"))
     _no_injected_markup(page)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(200)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # players and sheets fit a phone
+    _shot(page, "phone-390-video")
     assert not errors, errors
     page.close()
