@@ -257,6 +257,9 @@ class ServeSection(_Section):
     max_request_bytes: int = Field(defaults.SERVE_MAX_REQUEST_BYTES, gt=0)
     max_image_pixels: MaxImagePixels = defaults.SERVE_MAX_IMAGE_PIXELS
     max_images: int = Field(defaults.SERVE_MAX_IMAGES, ge=0, description="Images per request.")
+    max_video_bytes: int = Field(
+        defaults.SERVE_MAX_VIDEO_BYTES, gt=0, description="Largest video upload (POST /v1/uploads); larger get 413."
+    )
     max_queue: int = Field(defaults.SERVE_MAX_QUEUE, ge=0, description="Requests waiting for the model; more get 429.")
     max_batch: int = Field(
         defaults.SERVE_MAX_BATCH, ge=1, le=64, description="Plain requests generated together when several wait; 1: never."

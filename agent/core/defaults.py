@@ -52,6 +52,8 @@ SERVE_MAX_IMAGE_PIXELS = 16_000_000
 """Largest image a server request may carry; lower than the local limit, since strangers send them."""
 SERVE_MAX_IMAGES = 8
 """Images per request."""
+SERVE_MAX_VIDEO_BYTES = 200 * 1024 * 1024
+"""Largest video a caller may upload (``POST /v1/uploads``); a longer one is refused with 413."""
 SERVE_MAX_QUEUE = 32
 """Requests waiting for the model; more are refused with 429."""
 SERVE_MAX_BATCH = 4

@@ -119,8 +119,8 @@ class AgentModel:
         from agent.app.events import ReplyEvent, TokenEvent, ToolCallEvent, ToolResultEvent
 
         agent = self.agent()
-        thread_id, key = self.thread_for(caller, thread_key, turn.text or "image")
-        logger.info("agent turn on thread %s (%d image(s))", thread_id, len(turn.images))
+        thread_id, key = self.thread_for(caller, thread_key, turn.text or ("video" if turn.videos else "image"))
+        logger.info("agent turn on thread %s (%d image(s), %d video(s))", thread_id, len(turn.images), len(turn.videos))
         uploads = Path(tempfile.mkdtemp(prefix="llava-serve-"))
         try:
             paths: list[str] = []
@@ -134,7 +134,8 @@ class AgentModel:
             usage = UsageMetadataCallbackHandler()
             all_files: list[dict] = []
             started: dict[str, float] = {}
-            events = agent.stream(turn.text, images=paths, thread_id=thread_id, callbacks=[usage], stop=cancel)
+            events = agent.stream(turn.text, images=paths, thread_id=thread_id, callbacks=[usage], stop=cancel,
+                                  videos=turn.videos)  # fmt: skip
             try:
                 for event in events:
                     if isinstance(event, TokenEvent):

@@ -4,10 +4,11 @@
   has one caller (the person at this machine), who sees every thread of the conversation
   database, the terminal chat's too; with keys, each caller sees the threads it made only.
 * ``POST /v1/agent/threads`` (``{"title"}``): a new, empty thread.
-* ``GET /v1/agent/threads/{id}``: a thread and its messages (user text and images, replies, tool
-  calls and results with their files); ``PATCH`` (``{"title"}``) renames it; ``DELETE`` deletes it
+* ``GET /v1/agent/threads/{id}``: a thread and its messages (user text, images and videos, replies,
+  tool calls and results with their files); ``PATCH`` (``{"title"}``) renames it; ``DELETE`` deletes it
   (every turn of it, as ``llava-agent threads delete`` does).
-* ``GET /v1/agent/tools``: the tools the agent can call, with their argument schemas.
+* ``GET /v1/agent/tools``: the tools the agent can call, with their argument schemas, and whether
+  it takes uploaded videos (``videos``: ``accepted`` and ``max_bytes``; :mod:`agent.serve.uploads`).
 * ``GET /v1/agent/memories`` and ``DELETE /v1/agent/memories/{id}``: long-term memory, on a
   server without keys only (its facts are shared by everyone using the data folder).
 
@@ -27,10 +28,12 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from agent.app.attachments import attachments_folder
 from agent.serve.artifact_files import served_files
 from agent.serve.ownership import FileRecord
 from agent.serve.protocol import APIError
 from agent.serve.security import LOCAL_CALLER
+from agent.serve.uploads import history_video, video_uploads_offered
 
 if TYPE_CHECKING:  # pragma: no cover
     from agent.app.multimodal_agent import MultimodalAgent
@@ -80,8 +83,9 @@ def _content_blocks(content: Any) -> list[Any]:
     return [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
 
 
-def _user_item(message: Any) -> dict[str, Any]:
-    """A user turn: its text without the server-side attachment paths, its images as data URLs."""
+def _user_item(message: Any, video: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    """A user turn: its text without the server-side attachment paths, its images as data URLs, its videos
+    as ``video(path)`` describes them (a name, and a link for their owner)."""
     lines, images, videos = [], [], []
     for block in _content_blocks(message.content):
         if not isinstance(block, dict):
@@ -92,7 +96,7 @@ def _user_item(message: Any) -> dict[str, Any]:
                 if attached is None:
                     lines.append(line)
                 elif attached.group(1) == "video":
-                    videos.append(Path(attached.group(2)).name)
+                    videos.append(video(attached.group(2)))
         elif block.get("type") == "image":
             name = Path(str((block.get("extras") or {}).get("path", "image"))).name
             data, mime = block.get("base64"), block.get("mime_type") or "image/png"
@@ -102,15 +106,26 @@ def _user_item(message: Any) -> dict[str, Any]:
 
 
 def history_items(
-    messages: list[Any], caller: str, state: ServerState, file_url: Callable[[FileRecord], str]
+    messages: list[Any],
+    caller: str,
+    state: ServerState,
+    file_url: Callable[[FileRecord], str],
+    attachments_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """A thread's messages as the page shows them (blocking: may register files and make thumbnails)."""
+    """A thread's messages as the page shows them (blocking: may register files and make thumbnails).
+
+    ``attachments_dir``: the agent's attachments folder, where the thread's attached videos lie."""
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    folder = attachments_dir if attachments_dir is not None else attachments_folder(state.config.data_dir)
+
+    def video(path: str) -> dict[str, Any]:
+        return history_video(path, caller, state, folder, file_url)
 
     items: list[dict[str, Any]] = []
     for message in messages:
         if isinstance(message, HumanMessage):
-            items.append(_user_item(message))
+            items.append(_user_item(message, video))
         elif isinstance(message, AIMessage):
             calls = [{"id": c.get("id") or "", "name": c["name"], "arguments": c.get("args") or {}}
                      for c in message.tool_calls]  # fmt: skip
@@ -183,7 +198,8 @@ def add_agent_routes(app: FastAPI, state: ServerState, caller_of: Any, file_url:
             agent = agent_of()
             thread_id, info = owned_thread(agent, caller, key)
             body = _thread_json(key, info)
-            body["messages"] = history_items(agent.conversations.messages(thread_id), caller, state, link)
+            body["messages"] = history_items(agent.conversations.messages(thread_id), caller, state, link,
+                                             agent.attachments_dir)  # fmt: skip
             return body
 
         return JSONResponse(await asyncio.to_thread(work))
@@ -229,7 +245,9 @@ def add_agent_routes(app: FastAPI, state: ServerState, caller_of: Any, file_url:
             return tools
 
         tools = await asyncio.to_thread(work)
-        return JSONResponse({"object": "list", "data": tools, "memory": memory_available()})
+        videos = {"accepted": await asyncio.to_thread(lambda: video_uploads_offered(agent_of())),
+                  "max_bytes": state.settings.max_video_bytes}  # fmt: skip
+        return JSONResponse({"object": "list", "data": tools, "memory": memory_available(), "videos": videos})
 
     def memory_available() -> bool:
         return caller_is_alone() and state.config.agent.long_term_memory

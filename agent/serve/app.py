@@ -6,7 +6,9 @@ Routes:
   (``model`` = ``serve.agent_model``, ``llava-agent`` by default); ``stream: true`` answers with
   server-sent events in OpenAI's chunk format.
 * ``GET /v1/models``, ``GET /v1/models/{id}``.
-* ``GET /v1/files/{id}`` and ``/v1/files/{id}/content``: files the agent generated, to their caller only.
+* ``GET /v1/files/{id}`` and ``/v1/files/{id}/content``: files the agent generated and videos the
+  caller uploaded or attached, to their caller only.
+* ``POST /v1/uploads``: a video for the agent to look at (:mod:`agent.serve.uploads`).
 * ``GET /health``: whether the model is loaded, the queue depth, request counters (no key needed).
 * ``/v1/agent/...``: the agent's threads, tools and memories (:mod:`agent.serve.agent_routes`).
 * ``GET /``: the chat page (:mod:`agent.serve.web_page`), unless ``serve.ui`` is off.
@@ -47,6 +49,7 @@ from agent.serve.protocol import APIError, error_for
 from agent.serve.queue import FairQueue
 from agent.serve.request_context import REQUEST_ID, RequestContext
 from agent.serve.security import ApiKeys, bearer_token
+from agent.serve.uploads import add_upload_routes, served_folders
 from agent.serve.web_page import add_page_routes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -208,8 +211,8 @@ def create_app(
         missing = APIError(404, f"no file {file_id!r} for this API key", code="file_not_found", param="file_id")
         if record is None:
             raise missing
-        try:  # still a regular file inside the artifacts folder (not replaced by a link elsewhere)
-            resolve_allowed_path(record.path, [config.artifacts_dir])
+        try:  # still a regular file inside the served folders (not replaced by a link elsewhere)
+            resolve_allowed_path(record.path, served_folders(config))
         except PathNotAllowedError:
             raise missing from None
         if not record.path.is_file():
@@ -238,6 +241,7 @@ def create_app(
         return await complete(state, request, caller, file_url)
 
     add_agent_routes(app, state, caller_of, file_url)
+    add_upload_routes(app, state, caller_of)
     if settings.ui:
         add_page_routes(app)
 

@@ -81,16 +81,21 @@ class OwnershipStore:
         with self._lock:
             self._db.execute("DELETE FROM threads WHERE thread_id = ?", (thread_id,))
 
-    def file_for_path(self, caller: str, path: Path) -> FileRecord:
-        """The caller's record of ``path``: the one registered before, else a new one."""
+    def path_record(self, caller: str, path: Path) -> FileRecord | None:
+        """The caller's latest record of ``path``, if the file was ever registered to that caller."""
         with self._lock:
             row = self._db.execute(
                 "SELECT file_id, caller, path, mime_type, bytes, created FROM files WHERE caller = ? AND path = ? "
                 "ORDER BY created DESC LIMIT 1",
                 (caller, str(path)),
             ).fetchone()
-        if row is not None and row[4] == path.stat().st_size:
-            return FileRecord(row[0], row[1], Path(row[2]), row[3], row[4], row[5])
+        return FileRecord(row[0], row[1], Path(row[2]), row[3], row[4], row[5]) if row else None
+
+    def file_for_path(self, caller: str, path: Path) -> FileRecord:
+        """The caller's record of ``path``: the one registered before, else a new one."""
+        record = self.path_record(caller, path)
+        if record is not None and record.bytes == path.stat().st_size:
+            return record
         return self.add_file(caller, path)
 
     def add_file(self, caller: str, path: Path) -> FileRecord:

@@ -7,12 +7,19 @@
 * a server with an API key whose agent must call ``speak`` first and may then write a long
   reply: the key prompt, the audio element's source loaded, the Stop button ending the reply.
 
+* a server run in this process whose agent is scripted (a random model cannot write the path of
+  the attached video) and calls the real ``describe_video`` (tiny BLIP) and ``generate_video``
+  (tiny CogVideoX): videos picked, pasted and dropped into the message box are uploaded, a
+  refused one says why, the contact sheet loads and the generated MP4 plays inline, also after
+  a reload.
+
 Screenshots of the main states (desktop and a 390 px phone) go to ``test-output/web/``.
 Playwright's own browser downloads are never used: the system's Chromium runs the page.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import re
@@ -20,6 +27,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -332,5 +340,161 @@ def test_streamed_reply_with_an_image_stops_with_the_stop_button(browser, server
     expect(page.locator("#thread-list .open")).to_have_text(["Tell me a long story about this picture"])
     page.locator("#thread-list .open").click()
     expect(page.locator(".msg.user img")).to_have_count(1)
+    assert not errors, errors
+    page.close()
+
+
+# -- videos ------------------------------------------------------------------------------------
+ATTACHED_VIDEO = re.compile(r"\[attached video: (.+)\]")
+CLIP = {"frames": 9, "width": 48, "height": 32, "steps": 2, "fps": 4}
+
+
+def _video_script(messages):
+    """The scripted agent: describe an attached video, else make a clip; after a tool, say which one ran."""
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    from tests.scripted_chat_model import tool_call
+
+    if isinstance(messages[-1], ToolMessage):
+        return f"{messages[-1].name} is done."
+    human = [m for m in messages if isinstance(m, HumanMessage)][-1]
+    found = ATTACHED_VIDEO.search(human.text)
+    if found:
+        return AIMessage("", tool_calls=[tool_call("describe_video", {"video": found.group(1)})])
+    return AIMessage("", tool_calls=[tool_call("generate_video", {"prompt": "a paper boat on a pond", **CLIP})])
+
+
+@pytest.fixture(scope="module")
+def video_server(tmp_path_factory):
+    """A keyless server in this process: scripted agent, real describe_video and generate_video on tiny models."""
+    pytest.importorskip("av")
+    import uvicorn
+
+    from agent.app.multimodal_agent import MultimodalAgent
+    from agent.core.config import load_config
+    from agent.core.model_manager import ModelManager
+    from agent.serve.app import create_app
+    from agent.serve.security import ApiKeys
+    from tests.scripted_chat_model import ScriptedChatModel
+    from tests.tool_models import build_blip
+    from tests.video_3d_models import build_cogvideox
+    from tests.videos import write_video
+    from tools.describe_video import DescribeVideoTool
+    from tools.generate_video import GenerateVideoTool
+
+    root = tmp_path_factory.mktemp("web-video")
+    config = load_config({"data_dir": str(root / "data"), "agent": {"long_term_memory": False}},
+                         environ={})  # its own data folder, not the session's shared one  # fmt: skip
+    manager = ModelManager()
+    tools = [
+        DescribeVideoTool(caption_model=str(build_blip(root / "blip")), device="cpu", allowed_dirs=[config.data_dir],
+                          artifacts_dir=config.artifacts_dir, manager=manager, max_frames=3, describe_with="captions"),
+        GenerateVideoTool(model=str(build_cogvideox(root / "cogvideox")), device="cpu", allow_cpu=True,
+                          artifacts_dir=config.artifacts_dir, manager=manager),
+    ]  # fmt: skip
+    agent = MultimodalAgent(ScriptedChatModel(replies=[_video_script]), tools, config=config)
+    app = create_app(config, keys=ApiKeys(), build_agent=lambda: agent, load_on_start=False)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="video-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the in-process server did not start"
+        time.sleep(0.05)
+    clip = write_video(root / "party.mp4", (("red", 1.0), ("blue", 1.0)), fps=5)
+    try:
+        yield {"url": f"http://127.0.0.1:{port}", "clip": clip.read_bytes()}
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        agent.close()
+
+
+def _media_loaded(page, element, timeout: int = 20_000) -> None:
+    page.wait_for_function("(v) => v.src.startsWith('blob:') && v.readyState >= 1 && v.videoWidth > 0",
+                           arg=element.element_handle(), timeout=timeout)  # fmt: skip
+
+
+def _image_loaded(page, element, timeout: int = 20_000) -> None:
+    page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=element.element_handle(), timeout=timeout)
+
+
+def test_videos_picked_pasted_and_dropped_reach_the_agent_and_generated_videos_play(browser, video_server):
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    expect = pytest.importorskip("playwright.sync_api").expect
+    page.goto(video_server["url"] + "/")
+    # the tools route says this agent reads videos: the picker, the hint and the label follow
+    expect(page.locator("#attach")).to_have_attribute("accept", "image/*,video/*")
+    expect(page.locator("#drop-hint")).to_have_text("Paste or drop images or videos here.")
+
+    # picked: a picture renamed .mp4 is refused by the server, and the page says why
+    page.set_input_files("#attach", files=[{"name": "fake.mp4", "mimeType": "video/mp4", "buffer": png_bytes()}])
+    expect(page.locator("#status")).to_contain_text("fake.mp4: file 'fake.mp4' is an image, not a video")
+    expect(page.locator("#attachments li")).to_have_count(0)
+
+    # pasted and dropped: a real H.264 clip; the second chip is removed again
+    clip = base64.b64encode(video_server["clip"]).decode()
+    deliver = """([kind, name, data]) => {
+        const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], name, { type: "video/mp4" }));
+        if (kind === "paste") document.getElementById("prompt").dispatchEvent(
+            new ClipboardEvent("paste", { clipboardData: transfer, bubbles: true, cancelable: true }));
+        else document.getElementById("composer").dispatchEvent(
+            new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+    }"""
+    page.evaluate(deliver, ["paste", f"{HOSTILE}.mp4", clip])
+    chip = page.locator("#attachments li.video").first
+    expect(chip).to_have_attribute("data-state", "ready", timeout=20_000)
+    expect(chip.locator(".name")).to_have_text(f"{HOSTILE}.mp4")
+    expect(chip.locator(".detail")).to_have_text("0:02")
+    page.evaluate(deliver, ["drop", "dropped.mp4", clip])
+    expect(page.locator("#attachments li.video")).to_have_count(2)
+    page.get_by_role("button", name="Remove dropped.mp4").click()
+    expect(page.locator("#attachments li.video")).to_have_count(1)
+    page.fill("#prompt", "What happens in this video?")
+    _shot(page, "desktop-video-attached")
+    page.press("#prompt", "Enter")
+    sent = page.locator(".msg.user").last.locator(".attached-video video")
+    expect(sent).to_have_count(1)
+    reply = page.locator(".msg.assistant").last
+    card = reply.locator(".tool-call[data-tool=describe_video]")
+    expect(card.locator(".tool-state")).to_have_text(re.compile(r"done in \d"), timeout=60_000)
+    expect(card.locator(".tool-result")).to_contain_text("Timeline of video")
+    sheet = card.locator("img.artifact")
+    expect(sheet).to_have_count(1)
+    _image_loaded(page, sheet)
+    expect(reply.locator(".text")).to_have_text("describe_video is done.", timeout=20_000)
+    expect(page.locator("#send")).to_be_visible()
+
+    # a generated MP4 plays inline, its contact sheet as the poster and below it
+    page.fill("#prompt", "Make a short clip of a paper boat")
+    page.press("#prompt", "Enter")
+    made = page.locator(".msg.assistant").last.locator(".tool-call[data-tool=generate_video]")
+    expect(made.locator(".tool-state")).to_have_text(re.compile(r"done in \d"), timeout=60_000)
+    player = made.locator("video.artifact")
+    _media_loaded(page, player)
+    assert page.evaluate("(v) => [v.videoWidth, v.videoHeight]", player.element_handle()) == [48, 32]
+    page.wait_for_function("(v) => v.poster.startsWith('blob:')", arg=player.element_handle(), timeout=20_000)
+    _image_loaded(page, made.locator("img.contact-sheet"))
+    expect(page.locator("#send")).to_be_visible(timeout=20_000)
+    _shot(page, "desktop-video")
+
+    # reload: the attached video plays from the thread's history, the generated one too
+    page.reload()
+    page.locator("#thread-list .open", has_text="What happens in this video?").click()
+    kept_name = re.compile(r"^img_src_x_onerror_window\.__pwned_1\.mp4$")  # the server keeps a clean name
+    expect(page.locator(".msg.user .attached-video figcaption")).to_have_text(kept_name)
+    _media_loaded(page, page.locator(".msg.user .attached-video video"))
+    _image_loaded(page, page.locator(".tool-call[data-tool=describe_video] img.artifact"))
+    _media_loaded(page, page.locator(".tool-call[data-tool=generate_video] video.artifact"))
+    _no_injected_markup(page)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(200)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # players and sheets fit a phone
+    _shot(page, "phone-390-video")
     assert not errors, errors
     page.close()

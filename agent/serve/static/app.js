@@ -1,17 +1,21 @@
 // The chat page of `llava-agent serve`: a client of the server's own JSON routes.
 // Everything the model, a tool or a file name says is put on the page with textContent or as an
 // attribute value, never parsed as HTML. Generated files are fetched with the API key and shown
-// through blob: URLs (an <img src> cannot send the key).
+// through blob: URLs (an <img src> cannot send the key). Videos the user attaches are uploaded at once
+// (POST /v1/uploads, when the server's agent has a tool that reads videos) and named in the message
+// by their file id.
 "use strict";
 
 const KEY_STORAGE = "llava-agent-api-key";
 const AGENT_MODEL = "llava-agent";
 const MAX_IMAGE_BYTES = 8 * 1024 * 1024;
+const VIDEO_NAME = /\.(mp4|m4v|mov|webm|mkv)$/i;
 
 const state = {
   thread: null,         // the caller's key of the open thread (null: a new chat)
   agentModel: AGENT_MODEL,
-  attachments: [],      // {name, dataUrl}
+  attachments: [],      // {kind: "image", name, dataUrl} or {kind: "video", name, localUrl, fileId, upload, info}
+  videos: { accepted: false, maxBytes: 0 },  // what the server's tools route says about video uploads
   controller: null,     // AbortController of the reply being streamed
   blobUrls: [],
 };
@@ -231,9 +235,29 @@ function addUserMessage(text, images = [], videos = []) {
     }
     box.append(row);
   }
-  for (const video of videos) box.append(el("p", { className: "note", text: "[video " + video + "]" }));
+  for (const video of videos) box.append(userVideo(video));
   $("messages").append(box);
   scrollDown();
+}
+
+function formatSeconds(seconds) {
+  if (typeof seconds !== "number" || !isFinite(seconds)) return "";
+  const whole = Math.round(seconds);
+  return `${Math.floor(whole / 60)}:${String(whole % 60).padStart(2, "0")}`;
+}
+
+function userVideo(video) {
+  // video: {name, localUrl} while sending, or {name, url} from a thread's history (url null: not available)
+  const name = video.name || "video";
+  if (!video.localUrl && !video.url) {
+    return el("p", { className: "attached-video unavailable", text: "Video: " + name + " (not available here)" });
+  }
+  const player = el("video", { controls: "", preload: "metadata", "aria-label": "Attached video " + name });
+  const figure = el("figure", { className: "attached-video" }, player, el("figcaption", { className: "note", text: name }));
+  if (video.localUrl) player.src = video.localUrl;
+  else blobUrl(video.url).then((url) => { player.src = url; })
+    .catch((error) => { figure.append(el("p", { className: "error", text: name + ": " + error.message })); });
+  return figure;
 }
 
 function addReply() {
@@ -289,9 +313,13 @@ function renderFiles(card, files) {
   const box = el("div", { className: "artifacts" });
   const thumbs = files.filter((f) => f.kind === "thumbnail");
   const grid = thumbs.length ? el("div", { className: "thumb-grid", role: "list", "aria-label": "Search results" }) : null;
+  // a generated video plays inline; the picture made for it (its contact sheet) is its poster and is shown too
+  const video = files.find((f) => f.kind === "output" && (f.mime_type || "").startsWith("video/"));
+  const sheet = video ? files.find((f) => f.kind === "preview" && (f.mime_type || "").startsWith("image/")) : null;
   for (const file of files) {
     if (file.kind === "thumbnail") grid.append(thumbnail(file));
-    else box.append(artifact(file));
+    else if (file === video) box.append(videoArtifact(file, sheet));
+    else box.append(artifact(file, file === sheet ? "contact-sheet" : ""));
   }
   if (grid) box.append(grid);
   card.append(box);
@@ -308,10 +336,21 @@ function thumbnail(file) {
   return el("figure", { role: "listitem" }, image, caption);
 }
 
-function artifact(file) {
+function videoArtifact(file, sheet) {
+  const player = el("video", { className: "artifact", controls: "", preload: "metadata", playsinline: "",
+    "aria-label": file.filename });
+  const wrap = el("figure", { className: "file video" }, player, el("figcaption", { className: "note", text: file.filename }));
+  if (sheet) blobUrl(sheet.url).then((url) => { player.poster = url; }).catch(() => {});
+  blobUrl(file.url).then((url) => { player.src = url; })
+    .catch((error) => { wrap.append(el("p", { className: "error", text: file.filename + ": " + error.message })); });
+  return wrap;
+}
+
+function artifact(file, role = "") {
   const mime = file.mime_type || "";
   let node;
-  if (mime.startsWith("image/")) node = el("img", { className: "artifact", alt: file.filename });
+  if (mime.startsWith("image/")) node = el("img", { className: role ? "artifact " + role : "artifact",
+    alt: role === "contact-sheet" ? "Contact sheet of " + file.filename : file.filename });
   else if (mime.startsWith("audio/")) node = el("audio", { controls: "", preload: "auto", "aria-label": file.filename });
   else if (mime.startsWith("video/")) node = el("video", { controls: "", preload: "metadata", "aria-label": file.filename });
   else node = el("a", { className: "download", download: file.filename, text: "Download " + file.filename });
@@ -333,18 +372,30 @@ function setBusy(busy) {
 
 async function send(event) {
   if (event) event.preventDefault();
-  if (state.controller) return;
+  if (state.controller || state.waiting) return;
   const prompt = $("prompt");
+  const uploading = state.attachments.filter((a) => a.kind === "video" && !a.fileId).map((a) => a.upload);
+  if (uploading.length) {  // the message goes once its videos are on the server
+    state.waiting = true;
+    setStatus("Uploading the video…");
+    try { await Promise.allSettled(uploading); } finally { state.waiting = false; }
+  }
   const text = prompt.value.trim();
-  const attachments = state.attachments.slice();
+  const attachments = state.attachments.filter((a) => a.kind === "image" || a.fileId);
   if (!text && !attachments.length) { prompt.focus(); return; }
   const content = [];
   if (text) content.push({ type: "text", text });
-  for (const image of attachments) content.push({ type: "image_url", image_url: { url: image.dataUrl } });
+  for (const item of attachments) {
+    if (item.kind === "image") content.push({ type: "image_url", image_url: { url: item.dataUrl } });
+    else content.push({ type: "file", file: { file_id: item.fileId, filename: item.name } });
+  }
   prompt.value = "";
   state.attachments = [];
   renderAttachments();
-  addUserMessage(text, attachments.map((a) => ({ name: a.name, url: a.dataUrl })));
+  const videos = attachments.filter((a) => a.kind === "video");
+  for (const video of videos) state.blobUrls.push(video.localUrl);  // revoked with the conversation's other files
+  addUserMessage(text, attachments.filter((a) => a.kind === "image").map((a) => ({ name: a.name, url: a.dataUrl })),
+    videos.map((v) => ({ name: v.name, localUrl: v.localUrl })));
   const reply = addReply();
   state.controller = new AbortController();
   setBusy(true);
@@ -437,30 +488,96 @@ function stopReply() {
 
 // ----- attachments -----------------------------------------------------------------------------
 
+function isVideo(file) {
+  return file.type.startsWith("video/") || (!file.type && VIDEO_NAME.test(file.name || ""));
+}
+
+function megabytes(bytes) { return `${Math.round(bytes / 104857.6) / 10} MB`; }
+
 function addFiles(files) {
   for (const file of files) {
-    if (!file.type.startsWith("image/")) { setStatus(`${file.name}: only images can be attached here`); continue; }
+    if (isVideo(file) && state.videos.accepted) { addVideo(file); continue; }
+    if (!file.type.startsWith("image/")) {
+      const kinds = state.videos.accepted ? "images and videos" : "images";
+      setStatus(`${file.name}: only ${kinds} can be attached here`);
+      continue;
+    }
     if (file.size > MAX_IMAGE_BYTES) { setStatus(`${file.name} is over ${MAX_IMAGE_BYTES / 1048576} MB; send a smaller image`); continue; }
     const reader = new FileReader();
     reader.onload = () => {
-      state.attachments.push({ name: file.name || "pasted image", dataUrl: String(reader.result) });
+      state.attachments.push({ kind: "image", name: file.name || "pasted image", dataUrl: String(reader.result) });
       renderAttachments();
     };
     reader.readAsDataURL(file);
   }
 }
 
+function addVideo(file) {
+  const name = file.name || "pasted video";
+  if (file.size > state.videos.maxBytes) {
+    setStatus(`${name} is ${megabytes(file.size)}, over this server's limit of ${megabytes(state.videos.maxBytes)}; send a shorter video`);
+    return;
+  }
+  const item = { kind: "video", name, localUrl: URL.createObjectURL(file), fileId: null, info: null };
+  item.upload = api("/v1/uploads?filename=" + encodeURIComponent(name), {
+    method: "POST", body: file, headers: { "Content-Type": file.type || "application/octet-stream" },
+  }).then((response) => response.json()).then((uploaded) => {
+    item.fileId = uploaded.id;
+    item.info = uploaded.video || null;
+    renderAttachments();
+  }).catch((error) => {  // not a video, too large...: the chip goes, the reason stays in the status line
+    removeAttachment(item);
+    setStatus(`${name}: ${error.message}`);
+  });
+  state.attachments.push(item);
+  renderAttachments();
+}
+
+function removeAttachment(item) {
+  const index = state.attachments.indexOf(item);
+  if (index < 0) return;
+  state.attachments.splice(index, 1);
+  if (item.localUrl) URL.revokeObjectURL(item.localUrl);
+  renderAttachments();
+}
+
 function renderAttachments() {
   const list = $("attachments");
   list.replaceChildren();
-  state.attachments.forEach((image, index) => {
-    const remove = el("button", { type: "button", text: "×", "aria-label": "Remove " + image.name,
-      onclick: () => { state.attachments.splice(index, 1); renderAttachments(); $("prompt").focus(); } });
-    list.append(el("li", {}, el("img", { src: image.dataUrl, alt: "" }), el("span", { className: "name", text: image.name }), remove));
-  });
+  for (const item of state.attachments) {
+    const remove = el("button", { type: "button", text: "×", "aria-label": "Remove " + item.name,
+      onclick: () => { removeAttachment(item); $("prompt").focus(); } });
+    if (item.kind === "image") {
+      list.append(el("li", { className: "image" }, el("img", { src: item.dataUrl, alt: "" }),
+        el("span", { className: "name", text: item.name }), remove));
+      continue;
+    }
+    const ready = Boolean(item.fileId);
+    const detail = ready ? formatSeconds(item.info && item.info.duration_s) : "uploading…";
+    list.append(el("li", { className: "video", "data-state": ready ? "ready" : "uploading" },
+      el("video", { src: item.localUrl, muted: "", preload: "metadata", "aria-hidden": "true" }),
+      el("span", { className: "name", text: item.name }),
+      el("span", { className: "detail muted", text: detail }), remove));
+  }
 }
 
 // ----- panels ----------------------------------------------------------------------------------
+
+async function loadVideoSupport() {
+  // the tools route says whether the agent takes videos; the picker, paste and drop follow it
+  try {
+    const answer = await (await api("/v1/agent/tools")).json();
+    const videos = answer.videos || {};
+    state.videos = { accepted: Boolean(videos.accepted), maxBytes: Number(videos.max_bytes) || 0 };
+  } catch (_) {
+    state.videos = { accepted: false, maxBytes: 0 };
+  }
+  const accepted = state.videos.accepted;
+  $("attach").accept = accepted ? "image/*,video/*" : "image/*";
+  $("attach-label").textContent = accepted ? "Attach images or videos" : "Attach images";
+  $("attach-button").title = $("attach-label").textContent;
+  $("drop-hint").textContent = accepted ? "Paste or drop images or videos here." : "Paste or drop images here.";
+}
 
 async function openTools() {
   const list = $("tools-list");
@@ -543,7 +660,7 @@ function start() {
     if (health.agent_model) state.agentModel = health.agent_model;
     else setStatus("The agent model is off on this server.");
   }).catch(() => {});
-  loadThreads();
+  loadThreads().then(loadVideoSupport);
   $("prompt").focus();
 }
 
