@@ -28,11 +28,16 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from agent.core import defaults
 from agent.core.config import (
+    Decoder,
     DType,
+    HeadPrecision,
+    KVCacheMode,
     MaxImagePixels,
     MaxImages,
     MaxNewTokens,
     ModelSection,
+    PrefixCacheEntries,
+    PrefixCacheMiB,
     Quantization,
     Temperature,
     TopP,
@@ -45,6 +50,7 @@ from agent.decoding.tool_protocol import (
     normalise_tool_choice,
     parse_tool_calls,
 )
+from agent.llava.decode_loop import DecodeSettings
 from agent.llava.loading import LoadedModel, ModelSpec, load_model, resolve_spec, use_model
 from agent.llava.messages import messages_to_turns, tool_schemas
 from agent.llava.prompting import image_capacity, render_prompt
@@ -114,6 +120,28 @@ class ChatLlava(BaseChatModel):
         default=False, description="Run code shipped with a checkpoint (off by default)."
     )
     streaming: bool = Field(default=False, description="Stream by default when invoked.")
+    decoder: Decoder = Field(
+        default="auto",
+        description="auto: the decode loop (prefix reuse, jump-forward, cheaper steps; falls back to "
+        "model.generate for what it does not drive); transformers: always model.generate.",
+    )
+    prefix_cache: bool = Field(
+        default=True, description="Reuse the keys/values of the prompt prefix shared with earlier calls."
+    )
+    prefix_cache_entries: PrefixCacheEntries = defaults.PREFIX_CACHE_ENTRIES
+    prefix_cache_mib: PrefixCacheMiB = defaults.PREFIX_CACHE_MIB
+    jump_forward: bool = Field(
+        default=True,
+        description="Inside tool calls, append what the grammar forces in one pass, and compute logits "
+        "only for the allowed tokens when they are few.",
+    )
+    kv_cache: KVCacheMode = Field(
+        default="auto", description="static (auto): preallocated and written in place; dynamic: concatenated."
+    )
+    lm_head: HeadPrecision = Field(
+        default="auto", description="auto: an int8 copy of the head on CPU, the model's own head elsewhere."
+    )
+    cuda_graphs: bool = Field(default=True, description="Replay single-token steps as CUDA graphs on CUDA.")
 
     _spec: ModelSpec | None = PrivateAttr(default=None)
 
@@ -285,6 +313,7 @@ class ChatLlava(BaseChatModel):
         response_format = kwargs.pop("response_format", None)
         if response_format is not None and tools:
             raise InputError("response_format and tools cannot be combined in one call; use one or the other")
+        decode_settings = self._decode_settings(kwargs)
         options = self._call_options(kwargs)
         stops = [s for s in (stop if stop is not None else self.stop) or [] if s]
         if tools:
@@ -343,6 +372,7 @@ class ChatLlava(BaseChatModel):
                 timeout=self.timeout,
                 constraint_processor=constraint_processor,
                 hold_back=hold_back,
+                decode_settings=decode_settings,
             ):
                 if isinstance(event, str):
                     emitted.append(event)
@@ -411,13 +441,26 @@ class ChatLlava(BaseChatModel):
                 "output_tokens": result.output_tokens,
                 "total_tokens": prompt_tokens + result.output_tokens,
             },
-            response_metadata={"finish_reason": finish_reason, "model_name": self.spec.model},
+            response_metadata={
+                "finish_reason": finish_reason,
+                "model_name": self.spec.model,
+                **({"decode": result.decode} if result.decode is not None else {}),
+            },
             chunk_position="last",
         )
         chunk = ChatGenerationChunk(message=message, generation_info={"finish_reason": finish_reason})
         if run_manager and remaining:
             run_manager.on_llm_new_token(remaining, chunk=chunk)
         return chunk
+
+    def _decode_settings(self, kwargs: dict[str, Any]) -> DecodeSettings | None:
+        """The decode loop's switches: the fields, overridden by invoke()/bind() kwargs (popped from them)."""
+        names = (*_DECODE_FIELDS, "decoder")
+        values = {name: kwargs.pop(name) if name in kwargs else getattr(self, name) for name in names}
+        decoder = values.pop("decoder")
+        if decoder not in ("auto", "transformers"):
+            raise InputError(f"decoder must be 'auto' or 'transformers', got {decoder!r}")
+        return None if decoder == "transformers" else DecodeSettings(**values)
 
     def _call_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Per-call generation settings: the fields, overridden by invoke()/bind() kwargs."""
@@ -437,6 +480,17 @@ class ChatLlava(BaseChatModel):
         if not isinstance(options["max_new_tokens"], int) or options["max_new_tokens"] <= 0:
             raise InputError(f"max_new_tokens must be a positive integer, got {options['max_new_tokens']!r}")
         return options
+
+
+_DECODE_FIELDS = (
+    "prefix_cache",
+    "prefix_cache_entries",
+    "prefix_cache_mib",
+    "jump_forward",
+    "kv_cache",
+    "lm_head",
+    "cuda_graphs",
+)
 
 
 def _without_titles(schema: Any) -> Any:

@@ -1,7 +1,10 @@
-"""Run ``model.generate`` in a background thread and yield the reply text as tokens arrive.
+"""Generate in a background thread and yield the reply text as tokens arrive.
 
-:func:`stream_generate` is the one generation loop behind :class:`agent.llava.chat_model.ChatLlava`.
-It holds the model's lock for the whole generation (so threads sharing a model take turns),
+:func:`stream_generate` is the one generation path behind :class:`agent.llava.chat_model.ChatLlava`.
+The tokens come from :func:`agent.llava.decode_loop.decode` (prefix reuse, jump-forward, cheaper
+steps), or from ``model.generate`` for what that loop does not drive (``decode_settings=None``,
+or :func:`agent.llava.decode_loop.unsupported_reason`). It holds the model's lock for the whole
+generation (so threads sharing a model take turns),
 decodes tokens incrementally (no word buffering: each token's text is yielded as soon as it
 forms whole characters), honours stop sequences (generation is stopped and the text trimmed
 before the stop), enforces a timeout, and, with a tool-call constraint, only yields text once
@@ -19,6 +22,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from agent.llava.decode_loop import DecodeSettings, decode, unsupported_reason
 
 if TYPE_CHECKING:  # pragma: no cover
     from agent.llava.loading import LoadedModel
@@ -39,6 +44,8 @@ class GenerationResult:
     """"stop" (end of sequence or stop sequence), "length" (max_new_tokens) or "timeout"."""
     mode: str
     """The tool-call constraint's final mode ("text", "tool_call", "undecided"); "text" without one."""
+    decode: dict[str, Any] | None = None
+    """What the decode loop reports (:class:`agent.llava.decode_loop.DecodeStats`); None with ``generate``."""
 
 
 class IncrementalDecoder:
@@ -136,6 +143,7 @@ def stream_generate(
     timeout: float | None = None,
     constraint_processor: Any = None,
     hold_back: Sequence[str] = (),
+    decode_settings: DecodeSettings | None = None,
 ) -> Iterator[str | GenerationResult]:
     """Generate a reply to the encoded ``inputs``; yield text pieces, then a :class:`GenerationResult`.
 
@@ -176,11 +184,30 @@ def stream_generate(
     if constraint_processor is not None:
         generate_kwargs["logits_processor"] = LogitsProcessorList([constraint_processor])
     errors: list[BaseException] = []
+    if decode_settings is not None and (reason := unsupported_reason(loaded, options)) is not None:
+        logger.info("Using transformers' generate for this model: %s", reason)
+        decode_settings = None
+    decode_stats: list[Any] = []
 
     def run() -> None:
         try:
-            with torch.inference_mode():
-                model.generate(**generate_kwargs)
+            if decode_settings is None:
+                with torch.inference_mode():
+                    model.generate(**generate_kwargs)
+                return
+            deadline = started + timeout if timeout is not None else None
+            decode_stats.append(
+                decode(
+                    loaded,
+                    inputs,
+                    options=options,
+                    settings=decode_settings,
+                    emit=streamer.queue.put,
+                    should_stop=lambda: cancel.is_set()
+                    or (deadline is not None and time.perf_counter() >= deadline),
+                    constraint_processor=constraint_processor,
+                )
+            )
         except BaseException as exc:  # handed to the consuming thread
             errors.append(exc)
         finally:
@@ -243,4 +270,10 @@ def stream_generate(
         finish_reason = "timeout"
     else:
         finish_reason = "stop"
-    yield GenerationResult(text=text, output_tokens=output_tokens, finish_reason=finish_reason, mode=mode())
+    yield GenerationResult(
+        text=text,
+        output_tokens=output_tokens,
+        finish_reason=finish_reason,
+        mode=mode(),
+        decode=decode_stats[0].as_dict() if decode_stats else None,
+    )
