@@ -95,7 +95,8 @@ class ModelSection(_Section):
     prefix_cache: bool = Field(True, description="Reuse the keys/values of the prompt prefix shared with earlier calls.")
     prefix_cache_entries: PrefixCacheEntries = defaults.PREFIX_CACHE_ENTRIES
     prefix_cache_mib: PrefixCacheMiB = defaults.PREFIX_CACHE_MIB
-    jump_forward: bool = Field(True, description="Append forced stretches of tool calls in one pass; few-row logits.")
+    jump_forward: bool = Field(True, description="Append the stretches of a tool call the grammar forces in one pass.")
+    few_row_logits: bool = Field(True, description="When the constraint allows few tokens, compute only their logits.")
     kv_cache: KVCacheMode = Field("auto", description="static: preallocated, written in place; dynamic: grown by concatenation.")
     lm_head: HeadPrecision = Field("auto", description="auto: an int8 copy of the head on CPU, the model's own elsewhere.")
     cuda_graphs: bool = Field(True, description="Replay single-token decode steps as CUDA graphs on CUDA.")

@@ -98,7 +98,9 @@ def _longest_token_spelling(
         best = None
         for candidate in moves:
             piece = vocabulary.token_bytes[candidate]
-            if data.startswith(piece, position) and (best is None or len(piece) > len(vocabulary.token_bytes[best])):
+            if data.startswith(piece, position) and (
+                best is None or len(piece) > len(vocabulary.token_bytes[best])
+            ):
                 best = candidate
         if best is None:
             return None
@@ -133,25 +135,23 @@ def forced_tokens(
     tokens_here = automaton.tokens.get(state)
     if state in automaton.finals or tokens_here is None or tokens_here.size == 0:
         return []
-    if tokens_here.size == 1:  # a single token is allowed: it is forced whatever the spelling
-        only = [int(tokens_here[0])]
-        after = automaton.transitions[state][only[0]]
-        return only if automaton.dist.get(after, 1 << 30) <= remaining - 1 else []
+    only_one = tokens_here.size == 1  # a single token is allowed: it is forced whatever the spelling
     data, _ = forced_bytes(automaton, state, vocabulary)
     data = _utf8_prefix(data)
-    if not data:
-        return []
-    tokens = spell(data) if spell is not None else None
+    tokens = spell(data) if spell is not None and data else None
     if tokens is not None and (
         b"".join(vocabulary.token_bytes[t] if t < vocabulary.size else b"\x00" for t in tokens) != data
         or walk_tokens(automaton, state, tokens) is None
     ):
         tokens = None
-    if tokens is None:
+    if tokens is None and data:
         tokens = _longest_token_spelling(automaton, state, data, vocabulary)
-    if not tokens or len(tokens) < 2:
+    if tokens and len(tokens) >= 2:
+        tokens = tokens[:-1]  # the model writes the seam itself
+    elif only_one:
+        tokens = [int(tokens_here[0])]
+    else:
         return []
-    tokens = tokens[:-1]  # the model writes the seam itself
     after = walk_tokens(automaton, state, tokens)
     if after is None or automaton.dist.get(after, 1 << 30) > remaining - len(tokens):
         return []

@@ -135,6 +135,9 @@ class ChatLlava(BaseChatModel):
         description="Inside tool calls, append what the grammar forces in one pass, and compute logits "
         "only for the allowed tokens when they are few.",
     )
+    few_row_logits: bool = Field(
+        default=True, description="When the constraint allows few tokens, compute the logits of those only."
+    )
     kv_cache: KVCacheMode = Field(
         default="auto", description="static (auto): preallocated and written in place; dynamic: concatenated."
     )
@@ -487,6 +490,7 @@ _DECODE_FIELDS = (
     "prefix_cache_entries",
     "prefix_cache_mib",
     "jump_forward",
+    "few_row_logits",
     "kv_cache",
     "lm_head",
     "cuda_graphs",

@@ -8,9 +8,10 @@ with three differences, each behind a switch of :class:`DecodeSettings`:
    same model is taken from :class:`agent.llava.prefix_cache.PrefixCache`; only the rest of the
    prompt is prefilled. After the reply, the prompt and the tokens fed to the model are stored.
 2. **jump-forward** (``jump_forward``): inside a tool call, what the grammar alone decides is
-   appended in one pass with the token before it (:mod:`agent.decoding.jump_forward`), and
-   where the constraint allows few tokens only their rows of the head are computed
-   (:meth:`agent.llava.output_head.OutputHead.rows`).
+   appended in one pass with the token before it (:mod:`agent.decoding.jump_forward`); and
+   (``few_row_logits``) where the constraint allows few tokens, only their rows of the head are
+   computed (:meth:`agent.llava.output_head.OutputHead.rows`) -- exact: the other logits are
+   the ones the mask sets to ``-inf``.
 3. **cheaper steps** (``kv_cache``, ``lm_head``): keys and values are written in place into
    preallocated buffers instead of concatenated (:mod:`agent.llava.kv_cache`), and the head may
    be an int8 copy (:mod:`agent.llava.output_head`). On CUDA, single-token steps replay a
@@ -85,6 +86,7 @@ class DecodeSettings:
     prefix_cache_entries: int = DEFAULT_MAX_ENTRIES
     prefix_cache_mib: int = DEFAULT_MAX_MIB
     jump_forward: bool = True
+    few_row_logits: bool = True
     kv_cache: str = "auto"
     lm_head: str = "auto"
     cuda_graphs: bool = True
@@ -127,7 +129,9 @@ class DecodeStats:
             "prompt_tokens": self.prompt_tokens,
             "cached_tokens": self.cached_tokens,
             "prefill_seconds": round(self.prefill_seconds, 4),
-            "first_token_seconds": None if self.first_token_seconds is None else round(self.first_token_seconds, 4),
+            "first_token_seconds": None
+            if self.first_token_seconds is None
+            else round(self.first_token_seconds, 4),
             "generated_tokens": self.generated_tokens,
             "forward_passes": self.forward_passes,
             "forced_tokens": self.forced_tokens,
@@ -176,7 +180,9 @@ def model_parts(model: Any) -> ModelParts | str:
         if getattr(text_config, name, None) not in (None, 1, 1.0):
             return f"text_config.{name} rescales the logits"
     layer_types = getattr(text_config, "layer_types", None) or []
-    if any(kind != "full_attention" for kind in layer_types) or getattr(text_config, "use_sliding_window", False):
+    if any(kind != "full_attention" for kind in layer_types) or getattr(
+        text_config, "use_sliding_window", False
+    ):
         return "the language model has sliding-window or non-attention layers"
     image_token_id = getattr(config, "image_token_id", None)
     if image_token_id is None:
@@ -330,20 +336,26 @@ def decode(
         raise InputError(f"the decode loop cannot drive this model: {parts}")
     input_ids = inputs["input_ids"]
     if input_ids.shape[0] != 1:
-        raise InputError(f"the decode loop generates one sequence at a time, got a batch of {input_ids.shape[0]}")
+        raise InputError(
+            f"the decode loop generates one sequence at a time, got a batch of {input_ids.shape[0]}"
+        )
     device = input_ids.device
     max_new_tokens = int(options["max_new_tokens"])
     prompt_length = int(input_ids.shape[1])
     stats.prompt_tokens = prompt_length
     tokens = input_ids[0].to("cpu").numpy().astype(np.int64)
-    image_inputs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask") and v is not None}
+    image_inputs = {
+        k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask") and v is not None
+    }
     spans = image_spans(input_ids.to("cpu"), parts.image_token_id, image_inputs)
 
     eos = loaded.model.generation_config.eos_token_id
     eos_ids = {int(e) for e in ([eos] if isinstance(eos, int) else list(eos or []))}
     temperature = float(options.get("temperature") or 0.0)
     sampler = Sampler(
-        temperature, float(options.get("top_p") or 1.0), getattr(loaded.model.generation_config, "top_k", None)
+        temperature,
+        float(options.get("top_p") or 1.0),
+        getattr(loaded.model.generation_config, "top_k", None),
     )
     head = output_head(loaded, resolve_head_mode(settings.lm_head, device))
     kv_mode = resolve_kv_mode(settings.kv_cache)
@@ -373,7 +385,9 @@ def decode(
     stats.cached_tokens = reused
     suffix_inputs = _suffix_image_inputs(image_inputs, spans, reused)
     with torch.inference_mode():
-        output = parts.backbone(input_ids=input_ids[:, reused:], cache=kv.cache, use_cache=True, **suffix_inputs)
+        output = parts.backbone(
+            input_ids=input_ids[:, reused:], cache=kv.cache, use_cache=True, **suffix_inputs
+        )
         hidden = output.last_hidden_state[:, -1]
     del output
     stats.prefill_seconds = time.perf_counter() - started
@@ -406,7 +420,9 @@ def decode(
                     stats.forced_tokens += len(forced)
                     chosen = forced
                 else:
-                    chosen = [_pick(hidden, head, processor, sampler, remaining, stats, jump)]
+                    chosen = [
+                        _pick(hidden, head, processor, sampler, remaining, stats, settings.few_row_logits)
+                    ]
                 emit_tokens(chosen)
                 if chosen[-1] in eos_ids or generated >= max_new_tokens or should_stop():
                     break
@@ -437,9 +453,11 @@ def decode(
             if kv.length == sequence.shape[0]:
                 if graphs is not None:  # the graph's buffers are reused by the next reply: keep a copy
                     kv = kv.copy_prefix(kv.length, kv.length)
-                prefix_cache.store(sequence, spans, parts.context, kv)
+                prefix_cache.store(sequence, spans, parts.context, kv, prompt_length)
             else:  # pragma: no cover - a bug, never a reason to fail the reply
-                logger.warning("prefix not stored: cache holds %d positions for %d tokens", kv.length, len(sequence))
+                logger.warning(
+                    "prefix not stored: cache holds %d positions for %d tokens", kv.length, len(sequence)
+                )
     return stats
 
 
@@ -454,7 +472,9 @@ def _pick(
 ) -> int:
     import torch
 
-    allowed = processor.allowed_ids(remaining, head.vocab_size) if processor is not None and few_rows else None
+    allowed = (
+        processor.allowed_ids(remaining, head.vocab_size) if processor is not None and few_rows else None
+    )
     if allowed is not None and 0 < allowed.size <= FEW_ROWS:
         stats.few_row_steps += 1
         if allowed.size == 1:

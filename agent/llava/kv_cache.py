@@ -168,6 +168,8 @@ def per_token_bytes(text_config: Any, dtype: torch.dtype) -> int:
     import torch
 
     heads = getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads
-    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    head_dim = (
+        getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    )
     element = torch.empty((), dtype=dtype).element_size()
     return 2 * text_config.num_hidden_layers * heads * head_dim * element

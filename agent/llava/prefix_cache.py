@@ -70,6 +70,8 @@ class PrefixEntry:
     images: tuple[ImageSpan, ...]
     context: Hashable
     kv: KVBuffers
+    prompt_length: int
+    """How many of ``tokens`` were the call's prompt (the rest is the reply it generated)."""
 
     @property
     def length(self) -> int:
@@ -120,7 +122,9 @@ def _digest(*tensors: Any) -> str:
     return digest.hexdigest()
 
 
-def image_spans(input_ids: Any, image_token_id: int | None, inputs: Mapping[str, Any]) -> tuple[ImageSpan, ...]:
+def image_spans(
+    input_ids: Any, image_token_id: int | None, inputs: Mapping[str, Any]
+) -> tuple[ImageSpan, ...]:
     """The image placeholder runs of a batch-1 prompt, each keyed by a digest of its image's inputs.
 
     When the runs cannot be matched one to one with the images (adjacent placeholders merge, or
@@ -155,7 +159,10 @@ def image_spans(input_ids: Any, image_token_id: int | None, inputs: Mapping[str,
 
 
 def common_prefix(
-    tokens: np.ndarray, images: tuple[ImageSpan, ...], other_tokens: np.ndarray, other_images: tuple[ImageSpan, ...]
+    tokens: np.ndarray,
+    images: tuple[ImageSpan, ...],
+    other_tokens: np.ndarray,
+    other_images: tuple[ImageSpan, ...],
 ) -> int:
     """How many leading positions two prompts share: equal token ids, and the same images there."""
     import numpy as np
@@ -226,7 +233,9 @@ class PrefixCache:
         self._report()
 
     # -- use -------------------------------------------------------------------------------------
-    def match(self, tokens: np.ndarray, images: tuple[ImageSpan, ...], context: Hashable) -> PrefixMatch | None:
+    def match(
+        self, tokens: np.ndarray, images: tuple[ImageSpan, ...], context: Hashable
+    ) -> PrefixMatch | None:
         """The entry sharing the longest prefix with ``tokens`` (None when none shares any)."""
         best: PrefixMatch | None = None
         with self._lock:
@@ -263,18 +272,30 @@ class PrefixCache:
             return entry.kv
         return entry.kv.copy_prefix(match.length, capacity)
 
-    def store(self, tokens: np.ndarray, images: tuple[ImageSpan, ...], context: Hashable, kv: KVBuffers) -> bool:
-        """Keep ``kv`` (holding ``tokens``' keys and values) for later calls; False when it does not fit."""
+    def store(
+        self,
+        tokens: np.ndarray,
+        images: tuple[ImageSpan, ...],
+        context: Hashable,
+        kv: KVBuffers,
+        prompt_length: int | None = None,
+    ) -> bool:
+        """Keep ``kv`` (holding ``tokens``' keys and values) for later calls; False when it does not fit.
+
+        ``prompt_length``: how many of ``tokens`` were the prompt. An entry whose whole prompt
+        the new one contains is dropped: the thread has moved on (its reply is in the new prompt,
+        re-rendered), and a call repeating that prompt matches the new entry at least as far.
+        """
         if self.max_entries == 0 or kv.length != tokens.shape[0] or kv.length == 0:
             return False
-        entry = PrefixEntry(tokens, images, context, kv)
+        entry = PrefixEntry(tokens, images, context, kv, prompt_length or int(tokens.shape[0]))
         size = entry.nbytes
         with self._lock:
             for key, other in list(self._entries.items()):
                 if other.context != context:
                     continue
                 shared = common_prefix(tokens, images, other.tokens, other.images)
-                if shared == other.length:  # the new entry extends it: it is redundant now
+                if shared >= other.prompt_length:  # superseded (or extended) by the new entry
                     del self._entries[key]
                 elif shared == entry.length:  # the new one is a prefix of a kept one
                     self._entries.move_to_end(key)
@@ -288,7 +309,9 @@ class PrefixCache:
                     self.stats.stored += 1
         self._report()
         if not stored:
-            logger.debug("prefix of %d tokens (%.1f MiB) not kept: over the cache's bounds", entry.length, size / 2**20)
+            logger.debug(
+                "prefix of %d tokens (%.1f MiB) not kept: over the cache's bounds", entry.length, size / 2**20
+            )
         return stored
 
     # -- internals -------------------------------------------------------------------------------
