@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, get_args
 
 from agent.core.config import HeadPrecision, KVCacheMode
 from agent.core.errors import InputError
+from agent.llava.cuda_graphs import graph_decoder
 from agent.llava.kv_cache import KVBuffers
 from agent.llava.output_head import OutputHead, int8_supported
 from agent.llava.prefix_cache import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_MIB, PrefixMatch, image_spans
@@ -360,9 +361,7 @@ def decode(
     head = output_head(loaded, resolve_head_mode(settings.lm_head, device))
     kv_mode = resolve_kv_mode(settings.kv_cache)
     graphs = None
-    if settings.cuda_graphs and device.type == "cuda" and kv_mode == "static":
-        from agent.llava.cuda_graphs import graph_decoder
-
+    if settings.cuda_graphs and kv_mode == "static":  # None unless on CUDA
         graphs = graph_decoder(loaded, parts, prompt_length + max_new_tokens + 1)
     prefix_cache = loaded.prefix_cache
     capacity = prompt_length + max_new_tokens + 1
@@ -376,7 +375,8 @@ def decode(
         if match is not None:
             reused = min(match.length, prompt_length - 1)  # the last prompt position gives the first logits
             if reused > 0:
-                kv = prefix_cache.take(PrefixMatch(reused, match.entry), capacity)
+                with torch.inference_mode():
+                    kv = prefix_cache.take(PrefixMatch(reused, match.entry), capacity)
     if graphs is not None:
         kv = graphs.adopt(kv, reused)
     elif kv is None:

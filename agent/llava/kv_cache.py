@@ -95,6 +95,15 @@ def _layer_class() -> type:
                 self.keys = self.key_buffer[:, :, : self.length]
                 self.values = self.value_buffer[:, :, : self.length]
 
+        def set_length(self, length: int) -> None:
+            """Declare the first ``length`` positions filled (written by someone else, e.g. a CUDA graph)."""
+            if not 0 <= length <= self.capacity:
+                raise ValueError(f"length {length} is outside the buffer's 0..{self.capacity}")
+            self.length = length
+            if self.is_initialized:
+                self.keys = self.key_buffer[:, :, :length]
+                self.values = self.value_buffer[:, :, :length]
+
         def reset(self) -> None:
             self.truncate(0)
 

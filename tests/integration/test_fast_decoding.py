@@ -129,6 +129,27 @@ def test_same_tokens_with_each_exact_switch_on_and_off(tiny_llava_any, switch):
         assert sum(s["few_row_steps"] for s in stats) > 0
 
 
+def test_the_graph_step_computation_on_cpu(tiny_llava_any, monkeypatch):
+    """What a CUDA graph captures (static buffers, a bucket of positions under a mask), run uncaptured."""
+    import agent.llava.decode_loop as decode_loop
+    from agent.llava.cuda_graphs import GraphDecoder
+
+    llm = _model(tiny_llava_any)
+    reference, _ = _conversation(llm, ALL_OFF, turns=2)
+
+    def uncaptured(loaded, parts, positions):
+        decoder = loaded.accelerators.get("uncaptured-graphs")
+        if decoder is None or not decoder.fits(positions):
+            decoder = GraphDecoder(parts, positions, loaded.input_device, parts.head.weight.dtype, capture=False)
+            loaded.accelerators["uncaptured-graphs"] = decoder
+        return decoder
+
+    monkeypatch.setattr(decode_loop, "graph_decoder", uncaptured)
+    replies, stats = _conversation(llm, {**ALL_OFF, "prefix_cache": True, "kv_cache": "static"}, turns=2)
+    assert replies == reference
+    assert all(s["graph_steps"] > 0 for s in stats)
+
+
 def test_decode_loop_matches_transformers_generate(tiny_llava_any):
     llm = _model(tiny_llava_any)
     reference, _ = _conversation(llm, {"decoder": "transformers"}, turns=2)
