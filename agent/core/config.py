@@ -99,6 +99,7 @@ class ModelSection(_Section):
     few_row_logits: bool = Field(True, description="When the constraint allows few tokens, compute only their logits.")
     kv_cache: KVCacheMode = Field("auto", description="static: preallocated, written in place; dynamic: grown by concatenation.")
     lm_head: HeadPrecision = Field("auto", description="auto: an int8 copy of the head on CPU, the model's own elsewhere.")
+    fast_attention: bool = Field(True, description="On CPU, decode attention as grouped float32 matmuls, not bf16 SDPA.")
     cuda_graphs: bool = Field(True, description="Replay single-token decode steps as CUDA graphs on CUDA.")
 
 

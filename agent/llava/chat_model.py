@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -143,6 +144,10 @@ class ChatLlava(BaseChatModel):
     )
     lm_head: HeadPrecision = Field(
         default="auto", description="auto: an int8 copy of the head on CPU, the model's own head elsewhere."
+    )
+    fast_attention: bool = Field(
+        default=True,
+        description="On CPU, decode steps compute attention as grouped float32 matmuls instead of bf16 SDPA.",
     )
     cuda_graphs: bool = Field(default=True, description="Replay single-token steps as CUDA graphs on CUDA.")
 
@@ -311,6 +316,7 @@ class ChatLlava(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        call_started = time.perf_counter()
         tools = kwargs.pop("tools", None) or None
         tool_choice = kwargs.pop("tool_choice", None)
         response_format = kwargs.pop("response_format", None)
@@ -387,7 +393,12 @@ class ChatLlava(BaseChatModel):
                     result = event
             assert result is not None
             yield self._final_chunk(
-                result, "".join(emitted), prompt_tokens, run_manager, structured=response_format is not None
+                result,
+                "".join(emitted),
+                prompt_tokens,
+                run_manager,
+                structured=response_format is not None,
+                time_to_first_token=None if result.first_token_at is None else result.first_token_at - call_started,
             )
 
     def _final_chunk(
@@ -398,6 +409,7 @@ class ChatLlava(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None,
         *,
         structured: bool = False,
+        time_to_first_token: float | None = None,
     ) -> ChatGenerationChunk:
         tool_call_chunks: list[dict[str, Any]] = []
         finish_reason = result.finish_reason
@@ -448,6 +460,7 @@ class ChatLlava(BaseChatModel):
                 "finish_reason": finish_reason,
                 "model_name": self.spec.model,
                 **({"decode": result.decode} if result.decode is not None else {}),
+                **({"time_to_first_token": round(time_to_first_token, 4)} if time_to_first_token is not None else {}),
             },
             chunk_position="last",
         )
@@ -493,6 +506,7 @@ _DECODE_FIELDS = (
     "few_row_logits",
     "kv_cache",
     "lm_head",
+    "fast_attention",
     "cuda_graphs",
 )
 

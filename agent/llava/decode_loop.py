@@ -12,10 +12,12 @@ with three differences, each behind a switch of :class:`DecodeSettings`:
    (``few_row_logits``) where the constraint allows few tokens, only their rows of the head are
    computed (:meth:`agent.llava.output_head.OutputHead.rows`) -- exact: the other logits are
    the ones the mask sets to ``-inf``.
-3. **cheaper steps** (``kv_cache``, ``lm_head``): keys and values are written in place into
-   preallocated buffers instead of concatenated (:mod:`agent.llava.kv_cache`), and the head may
-   be an int8 copy (:mod:`agent.llava.output_head`). On CUDA, single-token steps replay a
-   captured CUDA graph (:mod:`agent.llava.cuda_graphs`).
+3. **cheaper steps** (``kv_cache``, ``lm_head``, ``fast_attention``): keys and values are
+   written in place into preallocated buffers instead of concatenated (:mod:`agent.llava.kv_cache`),
+   the head may be an int8 copy (:mod:`agent.llava.output_head`), and on CPU decode steps
+   compute attention as grouped float32 matmuls instead of bf16 SDPA
+   (:mod:`agent.llava.decode_attention`). On CUDA, single-token steps replay a captured CUDA
+   graph (:mod:`agent.llava.cuda_graphs`).
 
 Sampling follows ``generate``: the constraint, then temperature, the generation config's top-k,
 top-p, and a draw from the softmax; at temperature 0 the argmax. Models or generation configs
@@ -34,6 +36,7 @@ from typing import TYPE_CHECKING, Any, get_args
 
 from agent.core.config import HeadPrecision, KVCacheMode
 from agent.core.errors import InputError
+from agent.llava import decode_attention
 from agent.llava.cuda_graphs import graph_decoder
 from agent.llava.kv_cache import KVBuffers
 from agent.llava.output_head import OutputHead, int8_supported
@@ -90,6 +93,7 @@ class DecodeSettings:
     few_row_logits: bool = True
     kv_cache: str = "auto"
     lm_head: str = "auto"
+    fast_attention: bool = True
     cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
@@ -359,6 +363,9 @@ def decode(
         getattr(loaded.model.generation_config, "top_k", None),
     )
     head = output_head(loaded, resolve_head_mode(settings.lm_head, device))
+    if settings.fast_attention and "attention" not in loaded.accelerators:
+        with loaded.accelerators_lock:
+            loaded.accelerators["attention"] = decode_attention.install(loaded.model)
     kv_mode = resolve_kv_mode(settings.kv_cache)
     graphs = None
     if settings.cuda_graphs and kv_mode == "static":  # None unless on CUDA
@@ -384,81 +391,83 @@ def decode(
     kv.set_dynamic(kv_mode == "dynamic")
     stats.cached_tokens = reused
     suffix_inputs = _suffix_image_inputs(image_inputs, spans, reused)
-    with torch.inference_mode():
-        output = parts.backbone(
-            input_ids=input_ids[:, reused:], cache=kv.cache, use_cache=True, **suffix_inputs
-        )
-        hidden = output.last_hidden_state[:, -1]
-    del output
-    stats.prefill_seconds = time.perf_counter() - started
-
-    # -- decode ---------------------------------------------------------------------------------
-    processor = constraint_processor
-    if processor is not None:
-        processor.begin()
-    jump = settings.jump_forward and processor is not None and hasattr(processor, "forced_run")
-    spell = token_speller(loaded.tokenizer) if jump else None
-    fed: list[int] = []
-    generated = 0
-    stored = False
-
-    def emit_tokens(new: list[int]) -> None:
-        nonlocal generated
-        if stats.first_token_seconds is None:
-            stats.first_token_seconds = time.perf_counter() - started
-        generated += len(new)
-        emit(new)
-        if processor is not None:
-            processor.accept(new)
-
-    try:
+    # grouped float32 attention for the decode steps (this thread only), see decode_attention
+    with decode_attention.enabled(settings.fast_attention):
         with torch.inference_mode():
-            while True:
-                remaining = max_new_tokens - generated
-                forced = processor.forced_run(remaining, spell) if jump else []
-                if forced:
-                    stats.forced_tokens += len(forced)
-                    chosen = forced
-                else:
-                    chosen = [
-                        _pick(hidden, head, processor, sampler, remaining, stats, settings.few_row_logits)
-                    ]
-                emit_tokens(chosen)
-                if chosen[-1] in eos_ids or generated >= max_new_tokens or should_stop():
-                    break
-                if jump and not forced:  # a stretch forced right after the pick rides in the same pass
-                    more = processor.forced_run(max_new_tokens - generated, spell)
-                    if more:
-                        stats.forced_tokens += len(more)
-                        emit_tokens(more)
-                        chosen = chosen + more
-                        if generated >= max_new_tokens or should_stop():
-                            break
-                step = torch.tensor([chosen], dtype=torch.long, device=device)
-                if graphs is not None and len(chosen) == 1:
-                    hidden = graphs.step(kv, step)
-                    stats.graph_steps += 1
-                else:
-                    output = parts.language_model(input_ids=step, cache=kv.cache, use_cache=True)
-                    hidden = output.last_hidden_state[:, -1]
-                    del output
-                fed.extend(chosen)
-                stats.forward_passes += 1
-        stored = True
-    finally:
-        stats.generated_tokens = generated
-        stats.seconds = time.perf_counter() - started
-        if stored and settings.prefix_cache:
-            sequence = np.concatenate([tokens, np.asarray(fed, dtype=np.int64)])
-            if kv.length == sequence.shape[0]:
-                if graphs is not None:  # the graph's buffers are reused by the next reply: keep a copy
-                    kv = kv.copy_prefix(kv.length, kv.length)
-                prefix_cache.store(sequence, spans, parts.context, kv, prompt_length)
-            else:  # pragma: no cover - a bug, never a reason to fail the reply
-                logger.warning(
-                    "prefix not stored: cache holds %d positions for %d tokens", kv.length, len(sequence)
-                )
-    return stats
+            output = parts.backbone(
+                input_ids=input_ids[:, reused:], cache=kv.cache, use_cache=True, **suffix_inputs
+            )
+            hidden = output.last_hidden_state[:, -1]
+        del output
+        stats.prefill_seconds = time.perf_counter() - started
+
+        # -- decode ---------------------------------------------------------------------------------
+        processor = constraint_processor
+        if processor is not None:
+            processor.begin()
+        jump = settings.jump_forward and processor is not None and hasattr(processor, "forced_run")
+        spell = token_speller(loaded.tokenizer) if jump else None
+        fed: list[int] = []
+        generated = 0
+        stored = False
+
+        def emit_tokens(new: list[int]) -> None:
+            nonlocal generated
+            if stats.first_token_seconds is None:
+                stats.first_token_seconds = time.perf_counter() - started
+            generated += len(new)
+            emit(new)
+            if processor is not None:
+                processor.accept(new)
+
+        try:
+            with torch.inference_mode():
+                while True:
+                    remaining = max_new_tokens - generated
+                    forced = processor.forced_run(remaining, spell) if jump else []
+                    if forced:
+                        stats.forced_tokens += len(forced)
+                        chosen = forced
+                    else:
+                        chosen = [
+                            _pick(hidden, head, processor, sampler, remaining, stats, settings.few_row_logits)
+                        ]
+                    emit_tokens(chosen)
+                    if chosen[-1] in eos_ids or generated >= max_new_tokens or should_stop():
+                        break
+                    if jump and not forced:  # a stretch forced right after the pick rides in the same pass
+                        more = processor.forced_run(max_new_tokens - generated, spell)
+                        if more:
+                            stats.forced_tokens += len(more)
+                            emit_tokens(more)
+                            chosen = chosen + more
+                            if generated >= max_new_tokens or should_stop():
+                                break
+                    step = torch.tensor([chosen], dtype=torch.long, device=device)
+                    if graphs is not None and len(chosen) == 1:
+                        hidden = graphs.step(kv, step)
+                        stats.graph_steps += 1
+                    else:
+                        output = parts.language_model(input_ids=step, cache=kv.cache, use_cache=True)
+                        hidden = output.last_hidden_state[:, -1]
+                        del output
+                    fed.extend(chosen)
+                    stats.forward_passes += 1
+            stored = True
+        finally:
+            stats.generated_tokens = generated
+            stats.seconds = time.perf_counter() - started
+            if stored and settings.prefix_cache:
+                sequence = np.concatenate([tokens, np.asarray(fed, dtype=np.int64)])
+                if kv.length == sequence.shape[0]:
+                    if graphs is not None:  # the graph's buffers are reused by the next reply: keep a copy
+                        kv = kv.copy_prefix(kv.length, kv.length)
+                    prefix_cache.store(sequence, spans, parts.context, kv, prompt_length)
+                else:  # pragma: no cover - a bug, never a reason to fail the reply
+                    logger.warning(
+                        "prefix not stored: cache holds %d positions for %d tokens", kv.length, len(sequence)
+                    )
+        return stats
 
 
 def _pick(

@@ -46,6 +46,8 @@ class GenerationResult:
     """The tool-call constraint's final mode ("text", "tool_call", "undecided"); "text" without one."""
     decode: dict[str, Any] | None = None
     """What the decode loop reports (:class:`agent.llava.decode_loop.DecodeStats`); None with ``generate``."""
+    first_token_at: float | None = None
+    """``time.perf_counter()`` when the first generated token reached this thread (None if none did)."""
 
 
 class IncrementalDecoder:
@@ -222,6 +224,7 @@ def stream_generate(
     output_tokens = 0
     longest_stop = max((len(s) for s in stops), default=0)
     guarded = [*stops, *hold_back]
+    first_token_at: float | None = None
     with loaded.lock:
         if options.get("seed") is not None:
             torch.manual_seed(int(options["seed"]))
@@ -233,6 +236,8 @@ def stream_generate(
                 item = streamer.queue.get()
                 if item is _END:
                     break
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
                 output_tokens += len(item)
                 if stop_at is not None or not decoder.add(item):
                     continue
@@ -276,4 +281,5 @@ def stream_generate(
         finish_reason=finish_reason,
         mode=mode(),
         decode=decode_stats[0].as_dict() if decode_stats else None,
+        first_token_at=first_token_at,
     )

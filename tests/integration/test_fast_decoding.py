@@ -33,6 +33,7 @@ ALL_OFF = {
     "few_row_logits": False,
     "lm_head": "model",
     "kv_cache": "dynamic",
+    "fast_attention": False,
 }
 
 
@@ -140,7 +141,9 @@ def test_the_graph_step_computation_on_cpu(tiny_llava_any, monkeypatch):
     def uncaptured(loaded, parts, positions):
         decoder = loaded.accelerators.get("uncaptured-graphs")
         if decoder is None or not decoder.fits(positions):
-            decoder = GraphDecoder(parts, positions, loaded.input_device, parts.head.weight.dtype, capture=False)
+            decoder = GraphDecoder(
+                parts, positions, loaded.input_device, parts.head.weight.dtype, capture=False
+            )
             loaded.accelerators["uncaptured-graphs"] = decoder
         return decoder
 
@@ -153,7 +156,9 @@ def test_the_graph_step_computation_on_cpu(tiny_llava_any, monkeypatch):
 def test_decode_loop_matches_transformers_generate(tiny_llava_any):
     llm = _model(tiny_llava_any)
     reference, _ = _conversation(llm, {"decoder": "transformers"}, turns=2)
-    replies, stats = _conversation(llm, {"jump_forward": False, "lm_head": "model"}, turns=2)
+    replies, stats = _conversation(
+        llm, {"jump_forward": False, "lm_head": "model", "fast_attention": False}, turns=2
+    )
     assert replies == reference
     assert all(s is not None for s in stats)
 
