@@ -91,7 +91,8 @@ class ChatLlava(BaseChatModel):
         "llava-interleave-qwen-0.5b elsewhere.",
     )
     quantization: Quantization = Field(
-        default="auto", description="auto: 4-bit NF4 on CUDA and CPU (none without bitsandbytes, or on MPS). 4bit/8bit use bitsandbytes."
+        default="auto",
+        description="auto: 4-bit NF4 on CUDA and CPU (none without bitsandbytes, or on MPS). 4bit/8bit use bitsandbytes.",
     )
     dtype: DType = Field(
         default="auto",
@@ -353,7 +354,9 @@ class ChatLlava(BaseChatModel):
             hold_back: list[str] = []
             if response_format is not None:  # the whole reply is JSON valid for the schema
                 constraint = json_output_constraint(
-                    loaded.tokenizer, response_format, eos_token_ids=loaded.model.generation_config.eos_token_id
+                    loaded.tokenizer,
+                    response_format,
+                    eos_token_ids=loaded.model.generation_config.eos_token_id,
                 )
                 constraint_processor = constraint.logits_processor(options["max_new_tokens"])
             elif use_tools:
@@ -398,7 +401,9 @@ class ChatLlava(BaseChatModel):
                 prompt_tokens,
                 run_manager,
                 structured=response_format is not None,
-                time_to_first_token=None if result.first_token_at is None else result.first_token_at - call_started,
+                time_to_first_token=None
+                if result.first_token_at is None
+                else result.first_token_at - call_started,
             )
 
     def _final_chunk(
@@ -460,7 +465,11 @@ class ChatLlava(BaseChatModel):
                 "finish_reason": finish_reason,
                 "model_name": self.spec.model,
                 **({"decode": result.decode} if result.decode is not None else {}),
-                **({"time_to_first_token": round(time_to_first_token, 4)} if time_to_first_token is not None else {}),
+                **(
+                    {"time_to_first_token": round(time_to_first_token, 4)}
+                    if time_to_first_token is not None
+                    else {}
+                ),
             },
             chunk_position="last",
         )

@@ -10,8 +10,10 @@ keeps it.
 :func:`install` registers ``"llava_agent_decode"`` with ``transformers``' attention (and mask)
 interfaces and switches a model's *language model* to it when it uses ``"sdpa"`` (the vision
 tower is untouched). The function falls through to SDPA unless :func:`enabled` is on in the
-calling thread (the decode loop turns it on; ``model.generate`` never does), the tensors are on
-the CPU and there are at most :data:`MAX_QUERIES` queries. The math is SDPA's: softmax of
+calling thread (the decode loop turns it on for its decode steps, never for a prefill, so a
+prompt's keys and values do not depend on how much of it came from the prompt cache;
+``model.generate`` never does), the tensors are on the CPU and there are at most
+:data:`MAX_QUERIES` queries (jump-forward appends several tokens in one step). The math is SDPA's: softmax of
 scaled scores plus the mask, in float32, times the values.
 """
 
@@ -63,7 +65,9 @@ def grouped_attention(
     if attention_mask is not None:
         mask = attention_mask[..., :keys]
         if mask.dtype == torch.bool:
-            mask = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(~mask, -float("inf"))
+            mask = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(
+                ~mask, -float("inf")
+            )
         else:
             mask = mask.float()
         # (batch, 1 or heads, queries, keys) -> rows ordered (group, query) like ``grouped``
@@ -105,7 +109,15 @@ def _attention_function() -> Any:
             scale = scaling if scaling is not None else query.shape[-1] ** -0.5
             return grouped_attention(query, key, value, attention_mask, scale), None
         return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=is_causal,
+            **kwargs,
         )
 
     return llava_agent_decode_attention

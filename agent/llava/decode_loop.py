@@ -40,7 +40,14 @@ from agent.llava import decode_attention
 from agent.llava.cuda_graphs import graph_decoder
 from agent.llava.kv_cache import KVBuffers
 from agent.llava.output_head import OutputHead, int8_supported
-from agent.llava.prefix_cache import DEFAULT_MAX_ENTRIES, DEFAULT_MAX_MIB, PrefixMatch, image_spans
+from agent.llava.prefix_cache import (
+    DEFAULT_MAX_ENTRIES,
+    DEFAULT_MAX_MIB,
+    PrefixMatch,
+    chunk_boundaries,
+    image_spans,
+    reusable_length,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -302,11 +309,11 @@ def token_speller(tokenizer: Any) -> Callable[[bytes], list[int] | None]:
 # --- the loop -------------------------------------------------------------------------------
 
 
-def _suffix_image_inputs(image_inputs: dict[str, Any], spans: tuple, start: int) -> dict[str, Any]:
-    """The image inputs of the images whose placeholders are at or after ``start``."""
+def _image_inputs_between(image_inputs: dict[str, Any], spans: tuple, start: int, end: int) -> dict[str, Any]:
+    """The image inputs of the images whose placeholders lie in ``[start, end)``."""
     import torch
 
-    wanted = [index for span in spans if span.start >= start for index in span.images]
+    wanted = [index for span in spans if start <= span.start < end for index in span.images]
     if not wanted:
         return {}
     total = int(image_inputs["pixel_values"].shape[0]) if "pixel_values" in image_inputs else None
@@ -372,6 +379,7 @@ def decode(
         graphs = graph_decoder(loaded, parts, prompt_length + max_new_tokens + 1)
     prefix_cache = loaded.prefix_cache
     capacity = prompt_length + max_new_tokens + 1
+    bounds = chunk_boundaries(prompt_length, spans)
 
     # -- prefill what is new --------------------------------------------------------------------
     reused = 0
@@ -380,7 +388,8 @@ def decode(
         prefix_cache.configure(settings.prefix_cache_entries, settings.prefix_cache_mib << 20)
         match = prefix_cache.match(tokens, spans, parts.context)
         if match is not None:
-            reused = min(match.length, prompt_length - 1)  # the last prompt position gives the first logits
+            # a chunk boundary at or before the match and before the last prompt position (which gives the first logits)
+            reused = max(b for b in bounds if b <= min(match.length, prompt_length - 1))
             if reused > 0:
                 with torch.inference_mode():
                     kv = prefix_cache.take(PrefixMatch(reused, match.entry), capacity)
@@ -390,17 +399,22 @@ def decode(
         kv = KVBuffers(parts.text_config.num_hidden_layers, capacity)
     kv.set_dynamic(kv_mode == "dynamic")
     stats.cached_tokens = reused
-    suffix_inputs = _suffix_image_inputs(image_inputs, spans, reused)
-    # grouped float32 attention for the decode steps (this thread only), see decode_attention
-    with decode_attention.enabled(settings.fast_attention):
-        with torch.inference_mode():
+    with torch.inference_mode():  # aligned chunks, SDPA: the same kernels on the same inputs for a
+        # position whether its prefix was reused or not (see prefix_cache.chunk_boundaries)
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+            if end <= reused:
+                continue
             output = parts.backbone(
-                input_ids=input_ids[:, reused:], cache=kv.cache, use_cache=True, **suffix_inputs
+                input_ids=input_ids[:, start:end],
+                cache=kv.cache,
+                use_cache=True,
+                **_image_inputs_between(image_inputs, spans, start, end),
             )
             hidden = output.last_hidden_state[:, -1]
-        del output
-        stats.prefill_seconds = time.perf_counter() - started
-
+            del output
+    stats.prefill_seconds = time.perf_counter() - started
+    # grouped float32 attention for the decode steps (this thread only), see decode_attention
+    with decode_attention.enabled(settings.fast_attention):
         # -- decode ---------------------------------------------------------------------------------
         processor = constraint_processor
         if processor is not None:
@@ -462,7 +476,8 @@ def decode(
                 if kv.length == sequence.shape[0]:
                     if graphs is not None:  # the graph's buffers are reused by the next reply: keep a copy
                         kv = kv.copy_prefix(kv.length, kv.length)
-                    prefix_cache.store(sequence, spans, parts.context, kv, prompt_length)
+                    reusable = reusable_length(prompt_length, spans)  # the prompt's complete chunks
+                    prefix_cache.store(sequence, spans, parts.context, kv, reusable)
                 else:  # pragma: no cover - a bug, never a reason to fail the reply
                     logger.warning(
                         "prefix not stored: cache holds %d positions for %d tokens", kv.length, len(sequence)

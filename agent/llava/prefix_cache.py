@@ -10,9 +10,11 @@ longest common prefix, so only the rest is prefilled.
 **Exact.** A prefix is reused only when every token id matches *and* every image in it is the
 same image: image placeholder tokens are all the same id, so each image's run of placeholders is
 keyed by a digest of its pixel values (:func:`image_spans`). A run only partly inside the common
-prefix is recomputed whole. What is reused is the very keys and values the model computed for
-those positions, so the reply is the one a cold prefill gives (at temperature 0: the same tokens;
-the only difference is the order of floating-point sums in the prefill of the new part).
+prefix is recomputed whole. Bitwise exact, not only close: attention kernels round differently
+for the same row when the number of keys differs, so prompts are always prefilled in aligned
+chunks (:func:`chunk_boundaries`) and only complete chunks of an earlier *prompt* are reused --
+never its generated reply, which single-token steps computed. A reused position then holds the
+very keys and values a cold prefill computes, and at temperature 0 the reply is the same tokens.
 Entries are also keyed by a *context* (the model's active adapter), and every cache belongs to
 one loaded model: another adapter, dtype or quantization is another model with its own cache.
 
@@ -70,8 +72,9 @@ class PrefixEntry:
     images: tuple[ImageSpan, ...]
     context: Hashable
     kv: KVBuffers
-    prompt_length: int
-    """How many of ``tokens`` were the call's prompt (the rest is the reply it generated)."""
+    reusable: int
+    """How many leading positions a later call may take (the complete prefill chunks of the prompt;
+    ``tokens`` also holds the rest of the prompt and the reply, whose buffers are reused in place)."""
 
     @property
     def length(self) -> int:
@@ -156,6 +159,38 @@ def image_spans(
         )
     everything = [inputs[k] for k in sorted(image_keys) if isinstance(inputs[k], torch.Tensor)]
     return (ImageSpan(runs[0][0], runs[-1][1], _digest(*everything), tuple(range(images))),)
+
+
+PREFILL_CHUNK = 128
+"""Prompts are prefilled in chunks that start at multiples of this many positions (see :func:`chunk_boundaries`)."""
+
+
+def chunk_boundaries(length: int, images: tuple[ImageSpan, ...], chunk: int = PREFILL_CHUNK) -> list[int]:
+    """Where prefill chunks of a prompt of ``length`` tokens start and end: ``[0, b1, b2, ..., length]``.
+
+    A boundary is the next multiple of ``chunk``, moved to the end of an image whose placeholders
+    it would cut. It depends only on the positions and images before it, so two prompts sharing a
+    prefix have the same boundaries in it, and a position in a complete chunk is computed by the
+    same kernels on the same inputs whether its prefix was reused or not: reuse is bitwise exact.
+    (Kernels are not shape-invariant: attention over 623 or 731 keys rounds differently for the
+    same row, which is why a prompt is never prefilled in one pass and reused in pieces.)
+    """
+    bounds = [0]
+    spans = sorted(images, key=lambda span: span.start)
+    while bounds[-1] < length:
+        nxt = (bounds[-1] // chunk + 1) * chunk
+        for span in spans:
+            if span.start < nxt < span.end:
+                nxt = span.end
+        bounds.append(min(nxt, length))
+    return bounds
+
+
+def reusable_length(prompt_length: int, images: tuple[ImageSpan, ...], chunk: int = PREFILL_CHUNK) -> int:
+    """Positions of a prompt that later prompts may reuse exactly: its complete chunks."""
+    bounds = chunk_boundaries(prompt_length, images, chunk)
+    complete = [b for b in bounds if b < prompt_length or b % chunk == 0]
+    return complete[-1] if complete else 0
 
 
 def common_prefix(
@@ -243,7 +278,7 @@ class PrefixCache:
             for entry in self._entries.values():
                 if entry.context != context:
                     continue
-                length = common_prefix(tokens, images, entry.tokens, entry.images)
+                length = min(common_prefix(tokens, images, entry.tokens, entry.images), entry.reusable)
                 if length > 0 and (best is None or length > best.length):
                     best = PrefixMatch(length, entry)
             if best is not None:
@@ -254,13 +289,14 @@ class PrefixCache:
     def take(self, match: PrefixMatch, capacity: int) -> KVBuffers:
         """Working buffers that start with the matched prefix and have room for ``capacity`` positions.
 
-        A match covering its whole entry takes the entry's buffers out of the cache (the caller
-        stores the longer sequence later); a partial match copies, so the entry stays intact.
+        A match covering all of the entry's reusable part takes the entry's buffers out of the
+        cache: the caller's own entry will hold that part too (:meth:`store`). A shorter match
+        copies, so the entry stays intact for others.
         """
         entry = match.entry
         with self._lock:
             key = next((k for k, e in self._entries.items() if e is entry), None)
-            whole = key is not None and match.length == entry.length
+            whole = key is not None and match.length >= entry.reusable
             if whole:
                 del self._entries[key]
             elif key is not None:
@@ -278,26 +314,28 @@ class PrefixCache:
         images: tuple[ImageSpan, ...],
         context: Hashable,
         kv: KVBuffers,
-        prompt_length: int | None = None,
+        reusable: int | None = None,
     ) -> bool:
-        """Keep ``kv`` (holding ``tokens``' keys and values) for later calls; False when it does not fit.
+        """Keep ``kv`` (holding ``tokens``' keys and values) for later calls; False when it is not kept.
 
-        ``prompt_length``: how many of ``tokens`` were the prompt. An entry whose whole prompt
-        the new one contains is dropped: the thread has moved on (its reply is in the new prompt,
-        re-rendered), and a call repeating that prompt matches the new entry at least as far.
+        ``reusable``: how many leading positions later calls may take (default: all). An entry
+        whose reusable part the new one also holds is dropped (a thread keeps one entry, not one
+        per call); a new entry whose reusable part a kept one holds is not stored.
         """
-        if self.max_entries == 0 or kv.length != tokens.shape[0] or kv.length == 0:
+        length = int(tokens.shape[0])
+        reusable = length if reusable is None else min(reusable, length)
+        if self.max_entries == 0 or kv.length != length or reusable == 0:
             return False
-        entry = PrefixEntry(tokens, images, context, kv, prompt_length or int(tokens.shape[0]))
+        entry = PrefixEntry(tokens, images, context, kv, reusable)
         size = entry.nbytes
         with self._lock:
             for key, other in list(self._entries.items()):
                 if other.context != context:
                     continue
                 shared = common_prefix(tokens, images, other.tokens, other.images)
-                if shared >= other.prompt_length:  # superseded (or extended) by the new entry
+                if min(shared, reusable) >= other.reusable:  # superseded by the new entry
                     del self._entries[key]
-                elif shared == entry.length:  # the new one is a prefix of a kept one
+                elif min(shared, other.reusable) >= reusable:  # the new one adds nothing
                     self._entries.move_to_end(key)
                     stored = False
                     break
@@ -309,9 +347,7 @@ class PrefixCache:
                     self.stats.stored += 1
         self._report()
         if not stored:
-            logger.debug(
-                "prefix of %d tokens (%.1f MiB) not kept: over the cache's bounds", entry.length, size / 2**20
-            )
+            logger.debug("prefix of %d tokens (%.1f MiB) not kept", entry.length, size / 2**20)
         return stored
 
     # -- internals -------------------------------------------------------------------------------

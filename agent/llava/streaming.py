@@ -205,8 +205,9 @@ def stream_generate(
                     options=options,
                     settings=decode_settings,
                     emit=streamer.queue.put,
-                    should_stop=lambda: cancel.is_set()
-                    or (deadline is not None and time.perf_counter() >= deadline),
+                    should_stop=lambda: (
+                        cancel.is_set() or (deadline is not None and time.perf_counter() >= deadline)
+                    ),
                     constraint_processor=constraint_processor,
                 )
             )

@@ -24,8 +24,8 @@ def kv_for(tokens: list[int], capacity: int | None = None) -> KVBuffers:
     return kv
 
 
-def store(cache: PrefixCache, tokens: list[int], context=None, images=(), prompt_length=None) -> bool:
-    return cache.store(np.array(tokens), tuple(images), context, kv_for(tokens), prompt_length)
+def store(cache: PrefixCache, tokens: list[int], context=None, images=(), reusable=None) -> bool:
+    return cache.store(np.array(tokens), tuple(images), context, kv_for(tokens), reusable)
 
 
 def test_common_prefix_of_tokens_and_images():
@@ -81,12 +81,27 @@ def test_entries_are_separated_by_context():
 
 def test_a_newer_prompt_supersedes_the_entries_it_contains():
     cache = PrefixCache(max_entries=8, max_bytes=1 << 20)
-    store(cache, [1, 2, 3, 10, 11], prompt_length=3)  # prompt 1 2 3, reply 10 11
-    store(cache, [1, 2, 9], prompt_length=3)  # another thread sharing "1 2": both kept
+    store(cache, [1, 2, 3, 10, 11], reusable=3)  # prompt 1 2 3 (reusable), reply 10 11
+    store(cache, [1, 2, 9], reusable=3)  # another thread sharing "1 2": both kept
     assert len(cache) == 2
-    store(cache, [1, 2, 3, 10, 12, 13, 20], prompt_length=6)  # the thread moved on (reply re-rendered)
+    store(cache, [1, 2, 3, 10, 12, 13, 20], reusable=6)  # the thread moved on (reply re-rendered)
     assert sorted(cache.lengths()) == [3, 7]
-    assert not store(cache, [1, 2], prompt_length=2) or len(cache) <= 3
+    assert cache.match(np.array([1, 2, 3, 10, 12, 13, 20, 21]), (), None).length == 6  # never past reusable
+    assert not store(cache, [1, 2, 3, 10, 12], reusable=4)  # adds nothing the kept entry lacks
+    assert not store(cache, [5, 6], reusable=0)  # nothing reusable: not kept
+
+
+def test_chunk_boundaries_never_cut_an_image():
+    from agent.llava.prefix_cache import chunk_boundaries, reusable_length
+
+    assert chunk_boundaries(300, (), 128) == [0, 128, 256, 300]
+    image = (ImageSpan(120, 140, "x", (0,)),)
+    assert chunk_boundaries(300, image, 128) == [0, 140, 256, 300]
+    assert chunk_boundaries(256, (), 128) == [0, 128, 256]
+    assert reusable_length(300, (), 128) == 256 and reusable_length(256, (), 128) == 256
+    assert reusable_length(100, (), 128) == 0
+    # a longer prompt with the same start has the same boundaries there
+    assert chunk_boundaries(900, image, 128)[:3] == chunk_boundaries(300, image, 128)[:3]
 
 
 def test_bounds_entries_bytes_and_configure():
