@@ -6,7 +6,10 @@ with three differences, each behind a switch of :class:`DecodeSettings`:
 
 1. **prefix reuse** (``prefix_cache``): the longest prefix shared with an earlier call of the
    same model is taken from :class:`agent.llava.prefix_cache.PrefixCache`; only the rest of the
-   prompt is prefilled. After the reply, the prompt and the tokens fed to the model are stored.
+   prompt is prefilled. Prompts are always prefilled in aligned chunks
+   (:func:`agent.llava.prefix_cache.chunk_boundaries`), with or without reuse, so a reused
+   position holds bitwise what a cold prefill computes. After the reply the sequence is stored;
+   its prompt's complete chunks are what later calls may reuse.
 2. **jump-forward** (``jump_forward``): inside a tool call, what the grammar alone decides is
    appended in one pass with the token before it (:mod:`agent.decoding.jump_forward`); and
    (``few_row_logits``) where the constraint allows few tokens, only their rows of the head are
