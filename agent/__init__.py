@@ -5,7 +5,7 @@ transformers and the other heavy libraries only when a model is actually loaded.
 
     from agent import ChatLlava, MultimodalAgent, load_config
 
-Layers (each imports only the ones below it; see docs/architecture.md): ``agent.cli`` ->
+Layers (each imports only the ones below it; see docs/architecture.md): ``agent.cli.main`` ->
 ``agent.app`` -> ``tools`` / ``finetune`` -> ``memory`` -> ``agent.llava`` -> ``agent.decoding``
 -> ``agent.core``.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agent._lazy import lazy_exports
+from agent.core.lazy import lazy_exports
 
 __version__ = "0.1.0"
 

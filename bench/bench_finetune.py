@@ -9,6 +9,10 @@ steps, each in its own process so that peak memory (RSS, and GPU memory on CUDA)
 * ``plain``: the loop people write by hand: ``apply_chat_template`` + the processor, labels =
   input ids, ``get_peft_model`` and ``Trainer``.
 
+Like with like: ``--dtype auto`` is resolved once, the way ``finetune.train`` resolves it
+(bf16 on CUDA and on CPUs with native bf16, else float32), and both variants load and train
+the model in that one dtype; each row prints the dtype its model's weights really had.
+
 Model sizes (random weights, built here and saved with ``save_pretrained``, loaded back through
 ``from_pretrained``):
 
@@ -161,7 +165,8 @@ def run_ours(args: argparse.Namespace) -> dict:
     )
     history = json.loads((output_dir / "log_history.json").read_text())
     runtime = next(entry["train_runtime"] for entry in history if "train_runtime" in entry)
-    return {"runtime_s": runtime, "mean_tokens": result.data_summary["tokens_mean"], "wall_s": result.seconds}
+    return {"runtime_s": runtime, "mean_tokens": result.data_summary["tokens_mean"], "wall_s": result.seconds,
+            "dtype": result.data_summary["dtype"]}  # the dtype the model was loaded and trained in
 
 
 def run_plain(args: argparse.Namespace) -> dict:
@@ -181,10 +186,9 @@ def run_plain(args: argparse.Namespace) -> dict:
     processor = AutoProcessor.from_pretrained(args.model)
     rows = json.loads(Path(args.data).read_text())
     folder = Path(args.data).parent
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "auto": None}[args.dtype]
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]  # resolved by the parent
     kwargs = {}
     if args.device == "cuda":
-        dtype = dtype or torch.bfloat16
         kwargs = {
             "quantization_config": BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
@@ -192,7 +196,8 @@ def run_plain(args: argparse.Namespace) -> dict:
             ),
             "device_map": {"": 0},
         }
-    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype or torch.float32, **kwargs)
+    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype, **kwargs)
+    language_model_dtype = str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")
     if args.device == "cuda":
         model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
@@ -220,7 +225,8 @@ def run_plain(args: argparse.Namespace) -> dict:
         args=TrainingArguments(
             output_dir=str(Path(args.workdir) / "plain"), per_device_train_batch_size=args.batch_size,
             max_steps=args.steps, learning_rate=2e-4, logging_steps=1, save_strategy="no", report_to="none",
-            remove_unused_columns=False, use_cpu=args.device == "cpu", bf16=args.device == "cuda",
+            remove_unused_columns=False, use_cpu=args.device == "cpu",
+            bf16=args.device == "cuda" and args.dtype == "bfloat16",
             optim="paged_adamw_8bit" if args.device == "cuda" else "adamw_torch",
             gradient_checkpointing=args.device == "cuda",
         ),
@@ -229,7 +235,7 @@ def run_plain(args: argparse.Namespace) -> dict:
     )
     metrics = trainer.train().metrics
     return {"runtime_s": metrics["train_runtime"], "mean_tokens": sum(lengths) / len(lengths),
-            "wall_s": time.monotonic() - started}
+            "wall_s": time.monotonic() - started, "dtype": language_model_dtype}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -274,6 +280,10 @@ def main() -> None:
         return
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from agent.core.runtime import resolve_training_precision
+
+    requested_dtype = args.dtype
+    args.dtype = resolve_training_precision(args.device, args.dtype, "auto").dtype  # one dtype for both variants
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
         workdir = Path(tmp)
         started = time.monotonic()
@@ -304,11 +314,14 @@ def main() -> None:
             best["runs"] = len(attempts)
             best["runtime_all_s"] = [round(r["runtime_s"], 1) for r in attempts]
             results.append(best)
-    print(f"\nLoRA r=16, {args.size}, {args.device}, dtype {args.dtype}, {args.steps} steps x batch {args.batch_size}, "
-          f"~{args.seq_len} tokens/sample")
-    print(f"{'variant':8} {'samples/s':>10} {'tokens/s':>10} {'peak RSS GiB':>13} {'train s':>8} {'wall s':>7}  runs (train s)")
+    print(f"\nLoRA r=16, {args.size}, {args.device}, dtype {args.dtype} (--dtype {requested_dtype}), "
+          f"{args.steps} steps x batch {args.batch_size}, ~{args.seq_len} tokens/sample")
+    print(f"{'variant':8} {'dtype':9} {'samples/s':>10} {'tokens/s':>10} {'peak RSS GiB':>13} {'train s':>8} {'wall s':>7}"
+          "  runs (train s)")
     for r in results:
-        print(f"{r['variant']:8} {r['samples_per_s']:10.3f} {r['tokens_per_s']:10.1f} {r['peak_rss_gib']:13.2f} "
+        if r["dtype"] != args.dtype:
+            raise SystemExit(f"{r['variant']} trained in {r['dtype']}, not {args.dtype}: not a like-for-like comparison")
+        print(f"{r['variant']:8} {r['dtype']:9} {r['samples_per_s']:10.3f} {r['tokens_per_s']:10.1f} {r['peak_rss_gib']:13.2f} "
               f"{r['runtime_s']:8.1f} {r['wall_s']:7.1f}  {r['runtime_all_s']}" + (f"  peak GPU {r['peak_gpu_gib']:.2f} GiB" if "peak_gpu_gib" in r else ""))
     if args.output:
         args.output.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2))

@@ -124,7 +124,8 @@ def main() -> None:
         results.append(row)
         print(json.dumps(row))
         if args.with_text:
-            model, processor = index.embedder.manager.get(index.embedder.key, index.embedder._load, device="cpu")
+            with index.embedder.manager.use(index.embedder.key, index.embedder._load, device="cpu") as loaded:
+                model, processor = loaded
             encode = raw_text_encoder(model, processor)
             measure(index, collection, queries[:5], args.k, encode, texts[:5])
             row = {"stored": collection.count(), "mode": "text+clip",

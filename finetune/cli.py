@@ -1,8 +1,12 @@
-"""The ``finetune`` command: ``validate``, ``train``, ``merge`` and ``eval`` sub-commands.
+"""The ``finetune`` command: ``validate``, ``train``, ``merge``, ``eval``, ``clip`` and ``caption`` sub-commands.
 
 ``register(subparsers)`` adds the command to a parent CLI (``llava-agent finetune ...``);
 ``main()`` runs it alone (``python -m finetune ...``). This layer only parses and prints:
 library errors become one line on stderr (a traceback with ``--verbose``).
+
+``clip`` and ``caption`` can have a captioning model write missing captions
+(``--caption-missing``): fine-tuning does not use the tools, so the parent CLI passes
+``register(..., captioner_factory=...)``, a function of the parsed arguments returning one.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from agent.core.errors import LlavaAgentError
+from agent.core.errors import ConfigError, LlavaAgentError
 from finetune.config import FORMAT_CHOICES, TrainConfig
+from finetune.pair_config import CLIP_METHODS, PairTrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +56,35 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=convert, default=default, **extra, **common)
 
 
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``finetune`` command (with its sub-commands) to a parent CLI's sub-parsers."""
+def _add_pair_options(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """One option per :class:`PairTrainConfig` field (``--pairs`` and ``--output`` required)."""
+    for spec in dataclasses.fields(PairTrainConfig):
+        if spec.name in skip:
+            continue
+        flag = "--" + spec.name.replace("_", "-")
+        kind = str(spec.type).replace(" ", "")
+        default = None if spec.default is dataclasses.MISSING else spec.default
+        common: dict[str, Any] = {"dest": spec.name, "help": spec.metadata.get("help", "")}
+        if spec.name in ("pairs", "output"):
+            parser.add_argument(flag, required=True, **common)
+        elif kind == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, **common)
+        elif kind.startswith("list[int]"):
+            parser.add_argument(flag, nargs="+", type=int, default=[1, 5], metavar="K", **common)
+        else:
+            convert = {"int": int, "float": float}.get(kind.split("|")[0], str)
+            extra: dict[str, Any] = {"choices": CLIP_METHODS} if spec.name == "method" else {}
+            parser.add_argument(flag, type=convert, default=default, **extra, **common)
+    parser.add_argument("--caption-missing", action="store_true",
+                        help="Let the captioning model (tools.caption_model) write the captions the data lacks")
+    parser.add_argument("--json", action="store_true", help="Print the result as JSON")
+
+
+def register(subparsers: Any, captioner_factory: Any = None) -> argparse.ArgumentParser:
+    """Add the ``finetune`` command (with its sub-commands) to a parent CLI's sub-parsers.
+
+    ``captioner_factory(args)`` returns a function from images to captions for ``--caption-missing``.
+    """
     parser = subparsers.add_parser(
         "finetune",
         help="Fine-tune LoRA/QLoRA adapters on your own data",
@@ -61,7 +93,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--verbose", dest="finetune_verbose", action="store_true", help="Debug logging and full tracebacks"
     )
-    commands = parser.add_subparsers(dest="finetune_command", metavar="{validate,train,merge,eval}")
+    commands = parser.add_subparsers(dest="finetune_command", metavar="{validate,train,merge,eval,clip,caption}")
     commands.required = True
 
     check = commands.add_parser("validate", help="Report every bad sample of a dataset")
@@ -99,6 +131,14 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     score.add_argument("--skip-invalid", action="store_true", help="Leave out invalid samples")
     score.add_argument("--json", action="store_true", help="Print the result (and every prediction) as JSON")
     score.set_defaults(func=run_eval)
+
+    clip = commands.add_parser("clip", help="Fine-tune the CLIP model of the image search on image-caption pairs")
+    _add_pair_options(clip, skip=("max_new_tokens", "merge"))
+    clip.set_defaults(func=run_pairs, pair_task="clip", captioner_factory=captioner_factory)
+
+    caption = commands.add_parser("caption", help="Fine-tune the captioning model (LoRA) on image-caption pairs")
+    _add_pair_options(caption, skip=("method", "last_layers", "recall_k"))
+    caption.set_defaults(func=run_pairs, pair_task="caption", captioner_factory=captioner_factory)
     return parser
 
 
@@ -170,6 +210,36 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_pairs(args: argparse.Namespace) -> int:
+    options = {spec.name: getattr(args, spec.name) for spec in dataclasses.fields(PairTrainConfig)
+               if hasattr(args, spec.name)}
+    config = PairTrainConfig(**{name: value for name, value in options.items() if value is not None})
+    captioner = None
+    if args.caption_missing:
+        if args.captioner_factory is None:
+            raise ConfigError("--caption-missing needs the captioning model; run it as `llava-agent finetune ...`")
+        captioner = args.captioner_factory(args)
+    if args.pair_task == "clip":
+        from finetune.clip import train_clip
+
+        result = train_clip(config, captioner=captioner)
+        scores = ", ".join(f"{k} {result.before[k]:.3f} -> {result.after[k]:.3f}" for k in result.after if k in result.before
+                           and not k.startswith("chance"))
+        line = f"CLIP saved to {result.output} ({result.method}, {result.steps} steps); held-out {scores}"
+        hint = f"; set tools.clip_model = \"{result.output}\" and run `llava-agent index --reindex`"
+    else:
+        from finetune.caption import MERGED_FOLDER, train_caption
+
+        result = train_caption(config, captioner=captioner)
+        scores = ", ".join(f"{k} {result.before[k]:.3f} -> {result.after[k]:.3f}" for k in ("exact_match", "bleu"))
+        line = f"caption adapter saved to {result.output} ({result.steps} steps); held-out {scores}"
+        hint = f"; set tools.caption_adapter = \"{result.output}\""
+        if config.merge:
+            hint += f" (or tools.caption_model = \"{result.output / MERGED_FOLDER}\")"
+    _write(json.dumps(result.to_dict(), indent=2, default=str) if args.json else line + hint)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m finetune``: the ``finetune`` command on its own."""
     parser = argparse.ArgumentParser(prog="python -m", description="LoRA/QLoRA fine-tuning")
@@ -177,10 +247,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(["finetune", *(sys.argv[1:] if argv is None else argv)])
     verbose = args.finetune_verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except LlavaAgentError as exc:
-        if verbose:
-            raise
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
+    from agent.core.terminal_safe import terminal_safe_streams
+
+    with terminal_safe_streams():  # paths and data from the dataset are shown, never obeyed by the terminal
+        try:
+            return args.func(args)
+        except LlavaAgentError as exc:
+            if verbose:
+                raise
+            sys.stderr.write(f"error: {exc}\n")
+            return 2

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.core.errors import DatasetError
+from agent.core.errors import DatasetError, ImageError
+from agent.core.images import DEFAULT_MAX_PIXELS, load_image
 from agent.llava.prompting import render_prompt
-from finetune.formats import Sample, to_chat_turns
+from finetune.formats import Sample, SampleError, to_chat_turns
 
 if TYPE_CHECKING:
     import torch
@@ -63,32 +64,60 @@ class EncodedSample:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
-def load_pictures(sample: Sample, image_folder: str | Path | None = None) -> list[Image]:
-    """Open a sample's images as RGB pictures (paths are relative to ``image_folder``)."""
-    from PIL import Image as PILImage
+def load_pictures(
+    sample: Sample, image_folder: str | Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[Image]:
+    """Open a sample's images as RGB pictures (paths under ``image_folder``, at most ``max_pixels`` each).
+
+    Only the image formats the chat accepts are decoded, and an image's size is checked before its
+    pixels are (a decompression bomb is refused without being decoded).
+    """
 
     pictures = []
     for image in sample.images:
         if not isinstance(image, str):
+            width, height = image.size
+            if width * height > max_pixels:
+                raise DatasetError(
+                    f"{sample.location}: an image is {width}x{height} pixels, over the limit of {max_pixels}; "
+                    "resize it or raise --max-image-pixels"
+                )
             pictures.append(image.convert("RGB"))
             continue
-        path = resolve_image_path(image, image_folder)
         try:
-            with PILImage.open(path) as opened:
-                pictures.append(opened.convert("RGB"))
-        except FileNotFoundError:
-            raise DatasetError(f"{sample.location}: image {image!r} not found (looked at {path})") from None
-        except (OSError, ValueError) as exc:
-            raise DatasetError(f"{sample.location}: image {image!r} cannot be read ({exc})") from None
+            path = resolve_image_path(image, image_folder)
+        except ValueError as exc:
+            raise DatasetError(f"{sample.location}: {exc}") from None
+        if not path.is_file():
+            raise DatasetError(f"{sample.location}: image {image!r} not found (looked at {path})")
+        try:
+            pictures.append(load_image(path, max_pixels=max_pixels))
+        except ImageError as exc:
+            raise DatasetError(f"{sample.location}: image {image!r} cannot be used ({exc})") from None
     return pictures
 
 
 def resolve_image_path(image: str, image_folder: str | Path | None) -> Path:
-    """Where an image path of a dataset points: absolute as is, else under ``image_folder``."""
-    path = Path(image).expanduser()
-    if path.is_absolute() or image_folder is None:
-        return path
-    return Path(image_folder).expanduser() / path
+    """Where an image path of a dataset points, confined to ``image_folder`` (default: the working folder).
+
+    Relative paths are taken under the folder; absolute paths, ``..`` and symlinks are allowed only
+    when they end up inside it. Raises ``ValueError`` (a :class:`finetune.formats.SampleError`)
+    naming the image and the folder otherwise, so a dataset can never read files elsewhere.
+    """
+
+    root = Path(image_folder if image_folder is not None else ".").expanduser()
+    try:
+        root = root.resolve()
+        candidate = Path(image).expanduser()
+        resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise SampleError(f"image {image!r} cannot be resolved ({exc})") from None
+    if resolved != root and not resolved.is_relative_to(root):
+        raise SampleError(
+            f"image {image!r} is outside the image folder {root}; dataset images must lie under --image-folder "
+            "(give paths relative to it)"
+        )
+    return resolved
 
 
 class ConversationEncoder:
@@ -105,8 +134,10 @@ class ConversationEncoder:
         model_config: Any = None,
         max_length: int | None = None,
         image_folder: str | Path | None = None,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.processor = processor
+        self.max_image_pixels = max_image_pixels
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.model_config = model_config
         self.max_length = max_length
@@ -146,12 +177,20 @@ class ConversationEncoder:
     # -- encoding -----------------------------------------------------------------------
     def encode(self, sample: Sample) -> EncodedSample:
         """Render, tokenize and label one sample; raise ``DatasetError`` if it cannot be used."""
-        pictures = load_pictures(sample, self.image_folder)
+        pictures = load_pictures(sample, self.image_folder, self.max_image_pixels)
         turns = to_chat_turns(sample, pictures)
         rendered = self.render(turns, add_generation_prompt=False)
-        spans = self.assistant_spans(turns, rendered.text)
         features = rendered.encode(self.processor)
         model_ids = features["input_ids"][0].tolist()
+        if self.max_length is not None and len(model_ids) > self.max_length:
+            # Checked before the per-turn work below, so refusing an over-long sample costs one render and
+            # one encoding (linear), and all later work is bounded by max_length.
+            raise SampleTooLongError(
+                f"{sample.location}: at least {len(model_ids)} tokens ({model_ids.count(self.image_token_id)} of "
+                f"them image tokens) is longer than max_length {self.max_length}; image tokens are never cut, so "
+                "raise --max-length or shorten the conversation"
+            )
+        spans = self.assistant_spans(turns, rendered.text)
         plain = self.tokenizer(rendered.text, return_offsets_mapping=True)
         input_ids, labels = self._align(model_ids, plain["input_ids"], plain["offset_mapping"], spans, sample)
         extra = {k: v for k, v in features.items() if k not in ("input_ids", "attention_mask")}
@@ -181,9 +220,12 @@ class ConversationEncoder:
         expanded into a run of image tokens; image tokens are never labelled.
         """
         eos_id = self.tokenizer.eos_token_id
-        span_of = []
+        span_of: list[int | None] = []
+        current = 0  # spans and offsets both run left to right: one pass over each (linear)
         for start, end in offsets:
-            owner = next((i for i, (a, b, _) in enumerate(spans) if start < b and end > a), None)
+            while current < len(spans) and spans[current][1] <= start:
+                current += 1
+            owner = current if current < len(spans) and start < spans[current][1] and end > spans[current][0] else None
             span_of.append(owner)
         last_token_of_span = {owner: index for index, owner in enumerate(span_of) if owner is not None}
         input_ids: list[int] = []

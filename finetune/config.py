@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,9 @@ class TrainConfig:
     model: str = _field("", "Base model: a Hub id or local folder of a LLaVA-family checkpoint.")
     data: str = _field("", "Training data: a .json/.jsonl file or a datasets folder.")
     output_dir: str = _field("", "Where the adapter (and checkpoints/) are written.")
-    image_folder: str | None = _field(None, "Folder image paths in the data are relative to.")
+    image_folder: str | None = _field(
+        None, "Folder image paths in the data are relative to; images outside it are refused (default: the current folder)."
+    )
     format: str = _field("auto", f"Dataset format, one of {', '.join(FORMAT_CHOICES)}.")
     eval_data: str | None = _field(None, "Held-out data for evaluation loss (same format rules).")
     eval_split: float = _field(0.0, "Fraction of the training data held out for evaluation loss when no eval_data.")
@@ -63,6 +66,7 @@ class TrainConfig:
     batch_size: int = _field(4, "Samples per device per step.")
     gradient_accumulation_steps: int = _field(1, "Steps whose gradients are summed before each update.")
     max_length: int = _field(2048, "Longest sample in tokens, image tokens included; longer ones are invalid.")
+    max_image_pixels: int = _field(50_000_000, "Largest image (width x height) in the data; larger ones are invalid.")
     seed: int = _field(42, "Seed of initialisation, shuffling and dropout.")
     gradient_checkpointing: bool | None = _field(None, "Recompute activations to save memory; default on for 4-bit.")
     optimizer: str | None = _field(None, "transformers optim name; default paged_adamw_8bit for 4-bit CUDA, else adamw_torch.")
@@ -75,6 +79,10 @@ class TrainConfig:
     overwrite: bool = _field(False, "Replace an existing adapter in output_dir.")
 
     def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):  # NaN and infinities are never a setting
+            value = getattr(self, spec.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"`{spec.name}` should be a finite number, got {value!r}")
         for name in ("model", "data", "output_dir"):
             if not getattr(self, name):
                 raise ConfigError(f"`{name}` is required, got {getattr(self, name)!r}")
@@ -89,7 +97,7 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"`{name}` should be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         positive = ("lora_r", "lora_alpha", "batch_size", "gradient_accumulation_steps", "max_length")
-        positive += ("save_steps", "logging_steps")
+        positive += ("save_steps", "logging_steps", "max_image_pixels")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:

@@ -17,6 +17,7 @@ from typing import Any
 from agent.core.errors import ConfigError, ModelLoadError, QuantizationError
 from agent.core.runtime import torch_dtype
 from finetune.folders import publish_folder, staging_folder
+from finetune.ownership import check_replaceable, write_marker
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ def merge(
     if output_dir.exists() and not overwrite:
         raise ConfigError(f"output_dir {output_dir} already exists; pass --overwrite or choose another folder")
 
+    check_replaceable(output_dir)  # --overwrite replaces only an adapter or merged model this project wrote
+
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
@@ -88,6 +91,8 @@ def _save_atomically(model: Any, processor: Any, output_dir: Path, info: dict[st
     model.save_pretrained(staging, safe_serialization=True)
     processor.save_pretrained(staging)
     (staging / MERGE_INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
+    write_marker(staging, "merged_model")
+    check_replaceable(output_dir)
     publish_folder(staging, output_dir)
     logger.info("Merged model saved to %s", output_dir)
     return output_dir

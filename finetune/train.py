@@ -23,8 +23,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from agent.core.errors import ConfigError
+from agent.core.errors import ConfigError, StoreError
 from agent.core.runtime import resolve_training_precision
+from finetune.checkpoints import CHECKPOINT_PREFIX, COMPLETE_MARKER, finish_checkpoint
 from finetune.collator import ConversationEncoder, TrainingCollator
 from finetune.config import TrainConfig
 from finetune.folders import publish_folder, staging_folder
@@ -35,12 +36,11 @@ from finetune.modeling import (
     lora_target_pattern,
     projector_name,
 )
+from finetune.ownership import MARKER_NAME, check_checkpoints_deletable, check_replaceable, write_marker
 from finetune.validate import validate
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "checkpoint-"
-COMPLETE_MARKER = "checkpoint_complete.json"
 TRAINING_CONFIG_NAME = "training_config.json"
 DATA_SUMMARY_NAME = "data_summary.json"
 LOSS_CURVE_NAME = "loss_curve.png"
@@ -113,7 +113,8 @@ def train(config: TrainConfig | None = None, **options: Any) -> TrainResult:
     processor = load_processor(config.model)
     model_config = AutoConfig.from_pretrained(config.model)
     encoder = ConversationEncoder(
-        processor, model_config=model_config, max_length=config.max_length, image_folder=config.image_folder
+        processor, model_config=model_config, max_length=config.max_length, image_folder=config.image_folder,
+        max_image_pixels=config.max_image_pixels,
     )
     report = validate(
         config.data,
@@ -193,7 +194,7 @@ def train(config: TrainConfig | None = None, **options: Any) -> TrainResult:
         logging_first_step=True,
         save_strategy="steps",
         save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
+        save_total_limit=None,  # rotation happens after a checkpoint is marked complete: finetune.checkpoints
         eval_strategy="steps" if evaluate_during else "no",
         eval_steps=(config.eval_steps or config.save_steps) if evaluate_during else None,
         seed=config.seed,
@@ -207,10 +208,9 @@ def train(config: TrainConfig | None = None, **options: Any) -> TrainResult:
         """Mark a checkpoint complete once everything in it is written (resume trusts only those)."""
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if state.is_world_process_zero:
-                folder = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
-                if folder.is_dir():
-                    (folder / COMPLETE_MARKER).write_text(json.dumps({"global_step": state.global_step}))
+            if state.is_world_process_zero:  # mark complete first, rotate after: a complete one always survives
+
+                finish_checkpoint(Path(args.output_dir), state.global_step, config.save_total_limit)
 
     trainer = Trainer(
         model=model,
@@ -242,7 +242,14 @@ def train(config: TrainConfig | None = None, **options: Any) -> TrainResult:
         "torch": torch.__version__,
     }
     if trainer.is_world_process_zero():
-        save_adapter(model, output_dir, config, summary, history)
+        try:
+            save_adapter(model, output_dir, config, summary, history)
+        except OSError as exc:  # a full disk: one line; the staging folder is removed by the next run
+
+            raise StoreError(
+                f"cannot write the adapter to {output_dir} ({exc.strerror or exc}); free some disk space and run "
+                f"again with --resume (checkpoints are in {checkpoint_dir}); any previous adapter there is untouched"
+            ) from exc
     trainer.accelerator.wait_for_everyone()
     result = TrainResult(
         adapter_dir=output_dir,
@@ -263,8 +270,10 @@ def _check_output_dir(config: TrainConfig, output_dir: Path, checkpoint_dir: Pat
         raise ConfigError(
             f"output_dir {output_dir} already exists; pass --overwrite to replace it or choose another folder"
         )
+    check_replaceable(output_dir)  # --overwrite (or a resumed run's save) replaces only our own adapter folders
+    check_checkpoints_deletable(checkpoint_dir)
     has_checkpoints = last_complete_checkpoint(checkpoint_dir) is not None or (
-        checkpoint_dir.is_dir() and any(checkpoint_dir.iterdir())
+        checkpoint_dir.is_dir() and any(p.name != MARKER_NAME for p in checkpoint_dir.iterdir())
     )
     if has_checkpoints and not config.resume:
         if not config.overwrite:
@@ -274,6 +283,9 @@ def _check_output_dir(config: TrainConfig, output_dir: Path, checkpoint_dir: Pat
             )
         if is_main:
             shutil.rmtree(checkpoint_dir)
+    if is_main:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        write_marker(checkpoint_dir, "checkpoints")
 
 
 def loss_points(history: list[dict[str, Any]]) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
@@ -295,6 +307,7 @@ def save_adapter(
     staging = staging_folder(output_dir)
     logger.info("Writing adapter to %s", output_dir)
     model.save_pretrained(staging, safe_serialization=True)
+    write_marker(staging, "adapter")
     config.save(staging / TRAINING_CONFIG_NAME)
     (staging / DATA_SUMMARY_NAME).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (staging / LOG_HISTORY_NAME).write_text(json.dumps(history, indent=2) + "\n")
@@ -304,4 +317,5 @@ def save_adapter(
     if delay > 0:
         logger.info("Adapter staged in %s; moving it into place in %.1f s", staging, delay)
         time.sleep(delay)
+    check_replaceable(output_dir)  # checked again: what is there now is what gets replaced
     return publish_folder(staging, output_dir)

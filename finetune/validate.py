@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.core.errors import DatasetError, InputError
+from agent.core.images import DECODERS, DEFAULT_MAX_PIXELS
 from finetune.collator import resolve_image_path
 from finetune.formats import (
     FORMATS,
@@ -135,8 +136,13 @@ def check_structure(sample: Sample) -> None:
         )
 
 
-def check_images(sample: Sample, image_folder: str | Path | None) -> None:
-    """Raise :class:`SampleError` for the first image that is missing or does not decode."""
+def check_images(
+    sample: Sample, image_folder: str | Path | None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> None:
+    """Raise :class:`SampleError` for the first image that is outside ``image_folder``, missing,
+    of a format the chat does not accept, over ``max_pixels``, or that does not decode."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
 
@@ -147,9 +153,23 @@ def check_images(sample: Sample, image_folder: str | Path | None) -> None:
         if not path.is_file():
             raise SampleError(f"image {image!r} not found (looked at {path})")
         try:
-            with Image.open(path) as opened:
-                opened.verify()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path, formats=list(DECODERS)) as opened:
+                    width, height = opened.size
+                    if width * height > max_pixels:
+                        raise SampleError(
+                            f"image {image!r} is {width}x{height} pixels, over the limit of {max_pixels}; resize it "
+                            "or raise --max-image-pixels"
+                        )
+                    opened.verify()
+        except Image.DecompressionBombError as exc:
+            raise SampleError(
+                f"image {image!r} is over the limit of {max_pixels} pixels ({exc}); resize it or raise --max-image-pixels"
+            ) from None
         except (UnidentifiedImageError, OSError, ValueError) as exc:
+            if isinstance(exc, SampleError):
+                raise
             raise SampleError(f"image {image!r} cannot be read ({type(exc).__name__}: {exc})") from None
 
 
@@ -160,6 +180,7 @@ def validate(
     format: str | None = None,
     encoder: ConversationEncoder | None = None,
     skip_invalid: bool = False,
+    max_image_pixels: int | None = None,
 ) -> ValidationReport:
     """Check every sample of a dataset; return the report or raise ``DatasetError`` listing the bad ones.
 
@@ -183,7 +204,7 @@ def validate(
             if isinstance(parsed, SampleError):
                 raise parsed
             check_structure(parsed)
-            check_images(parsed, image_folder)
+            check_images(parsed, image_folder, max_image_pixels or getattr(encoder, "max_image_pixels", DEFAULT_MAX_PIXELS))
             if encoder is not None:
                 encoded = _encode(encoder, parsed)
                 report.token_lengths.append(encoded.length)

@@ -5,7 +5,7 @@ Importing this package is light: heavy libraries load inside the functions that 
 
 from __future__ import annotations
 
-from agent._lazy import lazy_exports
+from agent.core.lazy import lazy_exports
 
 _EXPORTS = {
     "ConversationStore": "memory.conversations",

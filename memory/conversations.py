@@ -3,7 +3,9 @@
 The checkpointer (``langgraph-checkpoint-sqlite``) stores every turn of every thread in
 ``config.conversations_db``. Titles, creation and update times live in a small table of our
 own (``llava_agent_threads``) in the same database file, so one file holds a user's whole
-history and deleting a thread removes both.
+history. Deleting a thread removes all its rows (checkpoints, pending writes, title) in one
+transaction, and the words are gone from the file too: deleted content is overwritten
+(``secure_delete``) and the write-ahead log is checkpointed.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.core.errors import InputError, StoreError
+from agent.core.private_files import ensure_private_file
 
 if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
@@ -28,6 +31,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TITLE_LENGTH = 60
+# every table holding rows of a thread: the checkpointer's two and ours
+_THREAD_TABLES = ("checkpoints", "writes", "llava_agent_threads")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS llava_agent_threads (
@@ -135,10 +140,14 @@ def _caching_saver_class() -> type:
                 self._remember(result._replace(checkpoint=_copy_checkpoint(result.checkpoint)))
             return result
 
-        def delete_thread(self, thread_id: str) -> None:
+        def forget_thread(self, thread_id: str) -> None:
+            """Drop the cached checkpoints of a thread."""
             with self._cache_lock:
                 for key in [k for k in self._latest if k[0] == str(thread_id)]:
                     del self._latest[key]
+
+        def delete_thread(self, thread_id: str) -> None:
+            self.forget_thread(thread_id)
             super().delete_thread(thread_id)
 
     return CachingSqliteSaver
@@ -154,10 +163,12 @@ class ConversationStore:
     def __init__(self, db_path: str | Path) -> None:
         self.db_path = Path(db_path).expanduser()
         try:
-            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+
+            ensure_private_file(self.db_path)  # 0600 in a 0700 folder; SQLite gives its -wal/-shm files the same mode
             self._conn = sqlite3.connect(str(self.db_path), check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a crash loses at most the last turn
+            self._conn.execute("PRAGMA secure_delete=ON")  # deleted turns are overwritten, not left in free pages
             self._conn.execute(_SCHEMA)
             self._conn.commit()
             self._saver = _caching_saver_class()(self._conn)
@@ -250,10 +261,23 @@ class ConversationStore:
         return ThreadInfo(info.thread_id, title, info.created_at, info.updated_at)
 
     def delete(self, thread_id: str) -> ThreadInfo:
-        """Delete a thread: its title row and every checkpoint of it."""
+        """Delete a thread: every checkpoint, pending write and title row of it, all or nothing."""
         info = self.get(thread_id)
-        self._saver.delete_thread(info.thread_id)
-        self._execute("DELETE FROM llava_agent_threads WHERE thread_id = ?", (info.thread_id,))
+        with self._lock:
+            self._saver.forget_thread(info.thread_id)
+            try:
+                with self._conn:  # one transaction: committed whole, or rolled back whole
+                    for table in _THREAD_TABLES:
+                        self._conn.execute(f"DELETE FROM {table} WHERE thread_id = ?", (info.thread_id,))
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    f"thread {info.thread_id} could not be deleted from {self.db_path} ({exc}); nothing was "
+                    "deleted, try again"
+                ) from None
+            try:  # the log still holds the pages as they were before the delete: fold it into the file
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                logger.warning("the deleted thread may stay in %s-wal until the next checkpoint (%s)", self.db_path, exc)
         return info
 
     def messages(self, thread_id: str) -> list[BaseMessage]:

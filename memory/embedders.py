@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from agent.core.defaults import CLIP_MODEL, TEXT_EMBEDDER
 from agent.core.errors import InputError, ModelLoadError, ModelNotFoundError
+from agent.core.hub_access import hub_load_kwargs
 from agent.core.model_manager import ModelManager, checkpoint_size_bytes, get_model_manager
 from agent.core.runtime import resolve_device, tool_dtype
+from agent.core.weights_policy import weight_kwargs
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,7 +42,8 @@ def _features(output: Any) -> Any:
 
 
 class ClipEmbedder:
-    """CLIP image and text embeddings (normalised float32), batched.
+    """CLIP image and text embeddings (normalised float32), batched (safetensors weights only unless
+    ``allow_pickle_weights`` is set).
 
     Args:
         model: hub id or local folder of a CLIP checkpoint (``openai/clip-vit-base-patch32``).
@@ -54,6 +57,7 @@ class ClipEmbedder:
         self.device = resolve_device(device)
         self.manager = manager or get_model_manager()
         self._size_estimate: int | None = None
+        self.allow_pickle_weights = False
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -62,8 +66,12 @@ class ClipEmbedder:
     def _load(self) -> tuple[Any, Any]:
         from transformers import CLIPModel, CLIPProcessor
 
-        model = CLIPModel.from_pretrained(self.model_id, dtype=tool_dtype(self.device)).to(self.device).eval()
-        processor = CLIPProcessor.from_pretrained(self.model_id)
+        hub = hub_load_kwargs(self.model_id, what="CLIP model")
+        model = CLIPModel.from_pretrained(
+            self.model_id, dtype=tool_dtype(self.device), **weight_kwargs(self.allow_pickle_weights), **hub
+        )
+        model = model.to(self.device).eval()
+        processor = CLIPProcessor.from_pretrained(self.model_id, **hub)
         return model, processor
 
     def _use(self):
@@ -217,6 +225,7 @@ class TextEmbedder:
         self.source = resolve_text_embedder(model)
         self.device = resolve_device(device)
         self.manager = manager or get_model_manager()
+        self.allow_pickle_weights = False  # safetensors only unless the user opts in
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -231,7 +240,10 @@ class TextEmbedder:
                 "`pip install 'llava-agent[embeddings]'`"
             ) from None
         try:
-            return SentenceTransformer(self.source, device=self.device)
+
+            return SentenceTransformer(
+                self.source, device=self.device, model_kwargs=weight_kwargs(self.allow_pickle_weights)
+            )
         except OSError as exc:
             raise ModelNotFoundError(
                 f"text embedder {self.model_id!r} cannot be loaded ({exc}); give a local folder of a "

@@ -6,8 +6,13 @@ files (same size and modification time, or same hash) cost nothing. Images are e
 batches with a progress bar while the next batch is read from disk; unreadable files are
 skipped and listed in the returned :class:`IndexReport`.
 
-The CLIP model id is stored in the collection's metadata: indexing into or querying a
-collection with another model is refused with a message saying which model it was built with.
+The CLIP model that built a collection is stored in its metadata: its id and its fingerprint
+(:func:`agent.core.model_manager.model_fingerprint`, which changes when a folder's weights
+change, e.g. after ``llava-agent finetune clip`` wrote into it again). Indexing into or querying
+a collection with another model is refused with a message saying which model built it and how
+to rebuild it: :meth:`ImageIndex.reindex` (``llava-agent index --reindex``) re-embeds every
+indexed image with the current model into a side collection, batch by batch (an interrupted
+rebuild resumes where it stopped; captions are kept), then swaps it in.
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.core.chroma_auth import server_from_config
 from agent.core.config import AppConfig, load_config
 from agent.core.defaults import CLIP_MODEL, MAX_IMAGE_PIXELS
-from agent.core.errors import ImageError, InputError, LlavaAgentError, StoreError
-from agent.core.files import read_allowed_image, resolve_allowed_path
+from agent.core.errors import InputError, LlavaAgentError, StoreError
+from agent.core.files import open_allowed_image, read_allowed_image, resolve_allowed_path
 from agent.core.images import is_image_path, open_image_file
-from agent.core.model_manager import ModelManager
-from memory.chroma import acquire_writer_lock, open_chroma_client
+from agent.core.model_manager import ModelManager, model_fingerprint
+from memory.chroma import acquire_writer_lock, open_chroma_client, release_writer_lock
 from memory.embedders import ClipEmbedder, clip_embedding_function
 
 if TYPE_CHECKING:
@@ -40,6 +46,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_K = 100
+REINDEX_SUFFIX = ".reindex"
+RETIRED_SUFFIX = ".retired"
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,8 @@ class ImageIndex:
         allowed_dirs: Iterable[str | os.PathLike[str]] | None = None,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
         manager: ModelManager | None = None,
+        chroma_server: Any = None,
+        allow_pickle_weights: bool = False,
     ) -> None:
         if client is None and (chroma_dir is None) == (chroma_url is None):
             raise InputError("ImageIndex needs exactly one of chroma_dir, chroma_url or client")
@@ -114,12 +124,25 @@ class ImageIndex:
         self.clip_model = clip_model
         self.chroma_dir = Path(chroma_dir).expanduser() if chroma_dir is not None else None
         self.chroma_url = chroma_url
+        self.chroma_server = chroma_server  # credentials, tenant, database (agent.core.chroma_auth.ChromaServer)
         self.allowed_dirs = [Path(d) for d in allowed_dirs] if allowed_dirs is not None else [Path.cwd()]
         self.max_image_pixels = max_image_pixels
         self.embedder = ClipEmbedder(clip_model, device, manager)
+        self.embedder.allow_pickle_weights = allow_pickle_weights
         self._client = client
         self._collection: Collection | None = None
         self._writer = False
+        self._fingerprint: str | None = None
+
+    @property
+    def clip_fingerprint(self) -> str:
+        """The fingerprint of this index's CLIP weights (computed once)."""
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.clip_model)
+        return self._fingerprint
+
+    def _model_metadata(self) -> dict[str, Any]:
+        return {"clip_model": self.clip_model, "clip_fingerprint": self.clip_fingerprint, "hnsw:space": "cosine"}
 
     @classmethod
     def from_config(cls, config: AppConfig | None = None, manager: ModelManager | None = None) -> ImageIndex:
@@ -133,6 +156,8 @@ class ImageIndex:
             allowed_dirs=config.allowed_dirs,
             max_image_pixels=config.tools.max_image_pixels,
             manager=manager,
+            chroma_server=server_from_config(config.memory),
+            allow_pickle_weights=config.tools.allow_pickle_weights,
         )
 
     # -- the store -------------------------------------------------------------------------------
@@ -142,7 +167,7 @@ class ImageIndex:
             self._writer = True
         if self._client is None:
             if self.chroma_url is not None:
-                self._client = open_chroma_client(url=self.chroma_url)
+                self._client = open_chroma_client(url=self.chroma_url, server=self.chroma_server)
             else:
                 self._client = open_chroma_client(path=self.chroma_dir)
         return self._client
@@ -155,9 +180,7 @@ class ImageIndex:
             try:
                 if write:
                     collection = client.get_or_create_collection(
-                        self.collection_name,
-                        embedding_function=function,
-                        metadata={"clip_model": self.clip_model, "hnsw:space": "cosine"},
+                        self.collection_name, embedding_function=function, metadata=self._model_metadata(),
                     )
                 else:
                     names = {getattr(c, "name", c) for c in client.list_collections()}
@@ -176,13 +199,19 @@ class ImageIndex:
         return self._collection
 
     def _check_model(self, collection: Collection) -> None:
-        stored = (collection.metadata or {}).get("clip_model")
-        if stored != self.clip_model:
-            raise StoreError(
-                f"the image collection {self.collection_name!r} holds embeddings of CLIP model {stored!r}, not "
-                f"{self.clip_model!r}; set tools.clip_model = {stored!r} to use it, or index into another "
-                "collection (memory.image_collection) with the new model"
-            )
+        metadata = collection.metadata or {}
+        stored, stored_print = metadata.get("clip_model"), metadata.get("clip_fingerprint")
+        if stored == self.clip_model and stored_print in (None, self.clip_fingerprint):
+            return  # an index from before fingerprints were kept is trusted by its model id
+        if stored == self.clip_model:
+            what = f"an earlier version of CLIP model {stored!r} (its weights have changed since)"
+        else:
+            what = f"CLIP model {stored!r}, not {self.clip_model!r}"
+        raise StoreError(
+            f"the image collection {self.collection_name!r} was built with {what}; rebuild it with the "
+            f"current model with `llava-agent index --reindex`, or set tools.clip_model back to the model "
+            "that built it"
+        )
 
     def count(self) -> int:
         collection = self._open_collection(write=False)
@@ -195,7 +224,22 @@ class ImageIndex:
         """Bring the collection up to date with the images under ``folder`` (recursively).
 
         ``captioner`` (e.g. a :class:`tools.caption.CaptionImageTool`) stores a caption per image.
+        An entry that cannot be read (a broken or looping symlink, an unreadable or undecodable file)
+        is skipped and listed in the report; it never ends the run. The store's writer lock is held
+        for this run only.
         """
+        held = self._writer
+        try:
+            return self._index_folder(folder, batch_size=batch_size, captioner=captioner, progress=progress)
+        finally:
+            if self._writer and not held and self.chroma_dir is not None:
+
+                release_writer_lock(self.chroma_dir)
+                self._writer = False
+
+    def _index_folder(
+        self, folder: str | os.PathLike[str], *, batch_size: int, captioner: Any, progress: bool
+    ) -> IndexReport:
         from tqdm.auto import tqdm
 
         started = time.perf_counter()
@@ -222,7 +266,7 @@ class ImageIndex:
                 if not resolved.is_file():
                     continue
                 stat = resolved.stat()
-            except (LlavaAgentError, OSError) as exc:
+            except (LlavaAgentError, OSError, RuntimeError, ValueError) as exc:  # one bad entry never ends the run
                 report.skipped.append(SkippedFile(str(path), str(exc)))
                 continue
             item_id = str(path)  # the path inside the folder; a symlink keeps its own name
@@ -251,8 +295,11 @@ class ImageIndex:
             out: list[tuple[Any, dict[str, Any] | str]] = []
             for resolved, metadata in batch:
                 try:
-                    out.append((open_image_file(resolved, self.max_image_pixels, label=metadata["path"]), metadata))
-                except ImageError as exc:
+                    picture = open_allowed_image(
+                        resolved, self.allowed_dirs, self.max_image_pixels, label=metadata["path"]
+                    )
+                    out.append((picture, metadata))
+                except (LlavaAgentError, OSError, ValueError) as exc:
                     out.append((None, str(exc)))
             return out
 
@@ -293,6 +340,91 @@ class ImageIndex:
         collection.upsert(
             ids=[m["path"] for m in metadatas], embeddings=vectors, metadatas=metadatas, documents=captions
         )
+
+    # -- rebuilding with another CLIP ------------------------------------------------------------
+    def reindex(self, *, batch_size: int = 32, progress: bool = True) -> IndexReport:
+        """Re-embed every indexed image with this index's CLIP model, resumably, then swap the result in.
+
+        The new embeddings go to a side collection (``<name>.reindex``) batch by batch, each
+        batch written as soon as it is embedded; a run that is interrupted resumes from what that
+        collection holds. Captions and file metadata are carried over; files that are gone are
+        dropped. Finally the old collection is retired and the new one takes its name.
+        """
+        from tqdm.auto import tqdm
+
+        started = time.perf_counter()
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        client = self._get_client(write=True)
+        function = clip_embedding_function(self.clip_model, self.embedder.device, self.embedder.manager)
+        name, side_name, retired_name = (self.collection_name, self.collection_name + REINDEX_SUFFIX,
+                                         self.collection_name + RETIRED_SUFFIX)
+        report = IndexReport(folder=f"reindex of {name!r} with {self.clip_model}")
+        names = {getattr(c, "name", c) for c in client.list_collections()}
+        if name not in names and side_name in names and retired_name in names:
+            self._swap(client, name, side_name, retired_name, function)  # a run stopped between the two renames
+            report.seconds = time.perf_counter() - started
+            return report
+        if name not in names:
+            raise StoreError(f"there is no image collection {name!r} to rebuild; index a folder first")
+        old = client.get_collection(name, embedding_function=function)
+        old_metadata = old.metadata or {}
+        if old_metadata.get("clip_model") == self.clip_model and old_metadata.get("clip_fingerprint") in (
+            None, self.clip_fingerprint
+        ):
+            report.unchanged = old.count()
+            report.seconds = time.perf_counter() - started
+            logger.info("The image collection %r is already built with %s", name, self.clip_model)
+            return report
+        if side_name in names:
+            side = client.get_collection(side_name, embedding_function=function)
+            if (side.metadata or {}).get("clip_fingerprint") != self.clip_fingerprint:
+                client.delete_collection(side_name)  # an interrupted rebuild for yet another model
+        side = client.get_or_create_collection(side_name, embedding_function=function,
+                                               metadata={**self._model_metadata(), "rebuild_of": name})
+        done = set(side.get(include=[])["ids"])
+        stored = old.get(include=["metadatas", "documents"])
+        items = list(zip(stored["ids"], stored["metadatas"] or [], stored["documents"] or [], strict=False))
+        report.unchanged = sum(item_id in done for item_id, _, _ in items)
+        todo = [item for item in items if item[0] not in done]
+        bar = tqdm(total=len(todo), desc="Re-embedding images", unit="img", disable=not progress or not todo)
+        for start in range(0, len(todo), batch_size):
+            images, ids, metadatas, documents = [], [], [], []
+            for item_id, metadata, document in todo[start : start + batch_size]:
+                path = Path(str((metadata or {}).get("path", item_id)))
+                try:
+                    resolved = resolve_allowed_path(path, self.allowed_dirs)
+                    images.append(open_image_file(resolved, self.max_image_pixels, label=str(path)))
+                except (LlavaAgentError, OSError) as exc:
+                    if not path.exists():
+                        report.removed += 1
+                    else:
+                        report.skipped.append(SkippedFile(str(path), str(exc)))
+                    continue
+                ids.append(item_id)
+                metadatas.append(dict(metadata or {"path": item_id}))
+                documents.append(document or "")
+            if images:
+                vectors = self.embedder.embed_images(images, batch_size=len(images))
+                side.upsert(ids=ids, embeddings=vectors, metadatas=metadatas, documents=documents)
+                report.added += len(ids)
+            bar.update(len(todo[start : start + batch_size]))
+        bar.close()
+        self._swap(client, name, side_name, retired_name, function)
+        report.seconds = time.perf_counter() - started
+        logger.info("Rebuilt %s", report.summary())
+        return report
+
+    def _swap(self, client: ClientAPI, name: str, side_name: str, retired_name: str, function: Any) -> None:
+        """Retire the old collection and give the rebuilt one its name (each step a rename)."""
+        names = {getattr(c, "name", c) for c in client.list_collections()}
+        if retired_name in names and name in names:
+            client.delete_collection(retired_name)
+        if name in names:
+            client.get_collection(name, embedding_function=function).modify(name=retired_name)
+        client.get_collection(side_name, embedding_function=function).modify(name=name)
+        client.delete_collection(retired_name)
+        self._collection = None
 
     # -- searching -------------------------------------------------------------------------------
     def embed_query(self, query: str | os.PathLike[str]) -> np.ndarray:

@@ -1,8 +1,10 @@
 """Long-term memory: facts the user asks the agent to keep, in a Chroma collection.
 
 The agent gets two tools, ``remember(fact)`` and ``recall(query)``; before each model call the
-facts most similar to the user's latest message are added to the system prompt
-(:class:`MemoryRecallMiddleware`), so the model knows them without asking. Users list and forget
+facts most similar to the user's latest message are added, as a delimited block of notes the
+user asked to keep, to the start of that message -- data, never system instructions
+(:class:`MemoryRecallMiddleware`). ``remember`` runs only on the user's own words: in a turn where
+the model has read a tool result it is refused (:mod:`memory.remember_policy`). Users list and forget
 memories with ``llava-agent memories`` or the Python API.
 
 Importing this module imports LangChain's agent middleware (not torch or Chroma). Facts are
@@ -23,8 +25,10 @@ from typing import TYPE_CHECKING, Any
 from langchain.agents.middleware import AgentMiddleware
 
 from agent.core.errors import InputError
-from memory.chroma import get_chroma_client
+from memory.chroma import get_chroma_client, writer_lock
+from memory.context_notes import MEMORY_NOTES_FOOTER, MEMORY_NOTES_HEADER, context_block, with_context_block
 from memory.embedders import TextEmbedder
+from memory.remember_policy import refuse_remember
 
 if TYPE_CHECKING:
     from langchain.agents.middleware import ModelRequest, ModelResponse
@@ -111,24 +115,32 @@ class LongTermMemory:
         self.config = config
         self._embedder = embedder
         self._collection: Any = None
-        self._writable = False
 
     @property
     def embedder(self) -> TextEmbedder:
         if self._embedder is None:
             self._embedder = TextEmbedder(self.config.memory.text_embedder, device=self.config.tools.device)
+            self._embedder.allow_pickle_weights = self.config.tools.allow_pickle_weights
         return self._embedder
 
     def _open(self, write: bool = False) -> Any:
-        if self._collection is None or (write and not self._writable):
-            client = get_chroma_client(self.config, write=write)
+        if self._collection is None:
+            client = get_chroma_client(self.config)  # no lock held: writes take it only while they write
             self._collection = client.get_or_create_collection(
                 name=self.config.memory.memory_collection,
                 embedding_function=text_embedding_function(self.embedder),
                 configuration={"hnsw": {"space": "cosine"}},
             )
-            self._writable = write
         return self._collection
+
+    def _writing(self) -> Any:
+        """The store's writer lock for one write (embedded store only; a server serialises writes)."""
+        import contextlib
+
+        if self.config.memory.chroma_url:
+            return contextlib.nullcontext()
+
+        return writer_lock(self.config.chroma_dir)
 
     def remember(self, fact: str) -> Memory:
         """Store a fact (idempotent: the same fact twice is stored once)."""
@@ -139,11 +151,13 @@ class LongTermMemory:
             raise InputError(f"a fact is limited to {MAX_FACT_CHARS} characters, got {len(fact)}; shorten it")
         memory = Memory(memory_id_for(fact), fact, time.time())
         collection = self._open(write=True)
-        existing = collection.get(ids=[memory.memory_id], include=["documents", "metadatas"])
-        if existing["ids"]:  # already known: keep the first time it was said
-            meta = existing["metadatas"][0] or {}
-            return Memory(memory.memory_id, existing["documents"][0], float(meta.get("created_at", 0.0)))
-        collection.add(ids=[memory.memory_id], documents=[fact], metadatas=[{"created_at": memory.created_at}])
+        self.embedder  # noqa: B018 - load the embedder before taking the lock, so the lock is held briefly
+        with self._writing():
+            existing = collection.get(ids=[memory.memory_id], include=["documents", "metadatas"])
+            if existing["ids"]:  # already known: keep the first time it was said
+                meta = existing["metadatas"][0] or {}
+                return Memory(memory.memory_id, existing["documents"][0], float(meta.get("created_at", 0.0)))
+            collection.add(ids=[memory.memory_id], documents=[fact], metadatas=[{"created_at": memory.created_at}])
         logger.info("remembered %s", memory.memory_id)
         return memory
 
@@ -183,10 +197,11 @@ class LongTermMemory:
     def forget(self, memory_id: str) -> Memory:
         """Delete one fact by id (as shown by :meth:`list`)."""
         collection = self._open(write=True)
-        found = collection.get(ids=[memory_id], include=["documents", "metadatas"])
-        if not found["ids"]:
-            raise InputError(f"unknown memory {memory_id!r}; list memories with `llava-agent memories`")
-        collection.delete(ids=[memory_id])
+        with self._writing():
+            found = collection.get(ids=[memory_id], include=["documents", "metadatas"])
+            if not found["ids"]:
+                raise InputError(f"unknown memory {memory_id!r}; list memories with `llava-agent memories`")
+            collection.delete(ids=[memory_id])
         meta = found["metadatas"][0] or {}
         return Memory(memory_id, found["documents"][0], float(meta.get("created_at", 0.0)))
 
@@ -222,7 +237,8 @@ def _last_user_text(messages: Sequence[Any]) -> str:
 
 
 class MemoryRecallMiddleware(AgentMiddleware):
-    """Adds the facts relevant to the user's latest message to the system prompt.
+    """Adds the facts relevant to the user's latest message as a delimited notes block (never to the
+    system prompt), and applies the ``remember`` rule of :mod:`memory.remember_policy`.
 
     Recall runs once per user message (cached across the model calls of a turn) and never
     fails a turn: if the store or the embedder is unavailable the turn goes on without memories.
@@ -249,16 +265,23 @@ class MemoryRecallMiddleware(AgentMiddleware):
         return facts
 
     def prepare(self, request: ModelRequest) -> ModelRequest:
-        from langchain_core.messages import SystemMessage
-
         facts = self.facts_for(_last_user_text(request.messages))
         if not facts:
             return request
-        base = request.system_message.text if request.system_message is not None else ""
-        return request.override(system_message=SystemMessage(content=f"{base}\n\n{memory_note(facts)}".strip()))
+        # Recalled facts are data: a delimited block in the user's message, never system instructions.
+        block = context_block(MEMORY_NOTES_HEADER, facts, MEMORY_NOTES_FOOTER)
+        return request.override(messages=with_context_block(request.messages, block))
 
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]):
         return handler(self.prepare(request))
 
     async def awrap_model_call(self, request: ModelRequest, handler: Any):
         return await handler(self.prepare(request))
+
+    def wrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
+        refusal = refuse_remember(request)
+        return refusal if refusal is not None else handler(request)
+
+    async def awrap_tool_call(self, request: Any, handler: Any) -> Any:
+        refusal = refuse_remember(request)
+        return refusal if refusal is not None else await handler(request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,34 @@ def _isolated_data_dir(tmp_path_factory):
             os.environ[key] = value
 
 
+@pytest.fixture
+def fixed_workdir(request) -> Iterator[Path]:
+    """An empty folder at the same path on every run of a test, for tests whose prompts name paths.
+
+    A tiny random model's greedy reply depends on every token of its prompt, and an attached image
+    is named in the prompt by its path: under ``tmp_path`` (a new folder each run) the prompt, and
+    so the reply, changed from run to run. Runs of the same test elsewhere on this machine (other
+    checkouts) take turns through a lock file.
+    """
+    import fcntl
+    import re
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.gettempdir()) / "llava-agent-test-fixed-paths"
+    root.mkdir(exist_ok=True)
+    name = re.sub(r"[^A-Za-z0-9_]+", "_", request.node.name)[:80]
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        folder = root / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 # -- tiny tool checkpoints (BLIP, CLIP, Stable Diffusion, VITS) and a tool workspace ------------
 @pytest.fixture(scope="session")
 def tool_model_paths() -> dict[str, Path]:
@@ -67,6 +96,22 @@ def tool_model_paths() -> dict[str, Path]:
     from tests.tool_models import session_tool_models
 
     return session_tool_models()
+
+
+@pytest.fixture(scope="session")
+def video_3d_model_paths() -> dict[str, Path]:
+    """Folders of the tiny CogVideoX and Shap-E checkpoints: keys cogvideox, shap_e, shap_e_img2img."""
+    from tests.video_3d_models import session_video_3d_models
+
+    return session_video_3d_models()
+
+
+@pytest.fixture(scope="session")
+def tiny_bark(tmp_path_factory) -> Path:
+    """A tiny random Bark (semantic, coarse, fine, EnCodec codec, tokenizer, two voice presets)."""
+    from tests.tool_models import build_bark
+
+    return build_bark(tmp_path_factory.mktemp("bark") / "bark-tiny")
 
 
 @pytest.fixture

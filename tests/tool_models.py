@@ -1,4 +1,4 @@
-"""Tiny, randomly initialised checkpoints for the tools: BLIP, CLIP, Stable Diffusion and VITS.
+"""Tiny, randomly initialised checkpoints for the tools: BLIP, CLIP, Stable Diffusion, VITS and Bark.
 
 Each builder saves with ``save_pretrained`` so tests load the result through the same
 ``from_pretrained`` path users take with real checkpoints. Tokenizers are built on the spot
@@ -65,8 +65,14 @@ def build_clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
-def build_clip(output_dir: str | Path, *, size: str = "tiny", seed: int = 0) -> Path:
-    """A CLIP model + processor; ``size="tiny"`` for tests, ``"base"`` for ViT-B/32 dimensions."""
+def build_clip(
+    output_dir: str | Path, *, size: str = "tiny", seed: int = 0, initializer_range: float = 0.02, patch_size: int = 8
+) -> Path:
+    """A CLIP model + processor; ``size="tiny"`` for tests, ``"base"`` for ViT-B/32 dimensions.
+
+    ``initializer_range`` (transformers' default 0.02) sets the spread of the random weights; tiny
+    models learn under LoRA only with a wider one (about 0.2).
+    """
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
@@ -76,13 +82,13 @@ def build_clip(output_dir: str | Path, *, size: str = "tiny", seed: int = 0) -> 
         config = CLIPConfig(
             text_config=dict(
                 vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=2, max_position_embeddings=77,
+                num_attention_heads=2, max_position_embeddings=77, initializer_range=initializer_range,
                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id,
             ),
             vision_config=dict(
                 hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                image_size=32, patch_size=8,
+                image_size=32, patch_size=patch_size, initializer_range=initializer_range,
             ),
             projection_dim=32,
         )
@@ -108,8 +114,8 @@ def build_clip(output_dir: str | Path, *, size: str = "tiny", seed: int = 0) -> 
     return output_dir
 
 
-def build_blip(output_dir: str | Path, *, seed: int = 0) -> Path:
-    """A tiny BLIP captioning model with a WordPiece tokenizer."""
+def build_blip(output_dir: str | Path, *, seed: int = 0, initializer_range: float = 0.02, patch_size: int = 8) -> Path:
+    """A tiny BLIP captioning model with a WordPiece tokenizer (``initializer_range`` as for :func:`build_clip`)."""
     import torch
     from transformers import (
         BertTokenizer,
@@ -131,11 +137,11 @@ def build_blip(output_dir: str | Path, *, seed: int = 0) -> Path:
             vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=2, max_position_embeddings=64, encoder_hidden_size=32,
             bos_token_id=vocab["[DEC]"], pad_token_id=vocab["[PAD]"], sep_token_id=vocab["[SEP]"],
-            eos_token_id=vocab["[SEP]"],
+            eos_token_id=vocab["[SEP]"], initializer_range=initializer_range,
         ),
         vision_config=dict(
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            image_size=32, patch_size=8,
+            image_size=32, patch_size=patch_size, initializer_range=initializer_range,
         ),
         projection_dim=32,
     )
@@ -268,6 +274,97 @@ def build_vits(output_dir: str | Path, *, size: str = "tiny", seed: int = 0) -> 
     model = VitsModel(config).eval()
     model.save_pretrained(output_dir, safe_serialization=True)
     tokenizer.save_pretrained(output_dir)
+    return output_dir
+
+
+BARK_PRESETS = ("v2/en_speaker_0", "v2/en_speaker_1")
+
+
+def build_bark(
+    output_dir: str | Path, *, size: str = "tiny", seed: int = 0, semantic_max_new_tokens: int | None = None
+) -> Path:
+    """A Bark checkpoint: semantic, coarse and fine sub-models, an EnCodec codec, a BERT tokenizer and voice presets.
+
+    The vocabularies and generation constants are Bark's own (so ``BarkModel.generate`` runs its
+    real code paths); ``size="tiny"`` shrinks the widths and depths for tests and caps the
+    semantic tokens per sentence at 24; ``size="small"`` has suno/bark-small's dimensions (and its
+    768-token cap, about 15 s of audio) for benchmarks; ``size="large"`` suno/bark's.
+    ``semantic_max_new_tokens`` replaces the cap.
+    """
+    import numpy as np
+    import torch
+    from transformers import (
+        BarkCoarseConfig,
+        BarkConfig,
+        BarkFineConfig,
+        BarkModel,
+        BarkSemanticConfig,
+        BertTokenizer,
+        EncodecConfig,
+        GenerationConfig,
+    )
+    from transformers.models.bark.generation_configuration_bark import (
+        BarkCoarseGenerationConfig,
+        BarkFineGenerationConfig,
+        BarkSemanticGenerationConfig,
+    )
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if size == "tiny":
+        width = dict(hidden_size=32, num_layers=1, num_heads=2)
+        codec = EncodecConfig(hidden_size=16, num_filters=4, num_residual_layers=1, codebook_size=1024,
+                              codebook_dim=16, upsampling_ratios=[8, 5, 4, 2], target_bandwidths=[1.5, 3.0, 6.0],
+                              num_lstm_layers=1, sampling_rate=24_000)
+        semantic_tokens = semantic_max_new_tokens or 24
+    elif size in ("small", "large"):
+        width = dict(hidden_size=768, num_layers=12, num_heads=12) if size == "small" else dict(
+            hidden_size=1024, num_layers=24, num_heads=16)
+        codec = EncodecConfig(target_bandwidths=[1.5, 3.0, 6.0, 12.0, 24.0], sampling_rate=24_000)  # encodec_24khz
+        semantic_tokens = semantic_max_new_tokens or 768
+    else:
+        raise ValueError(f"size {size!r} is not 'tiny', 'small' or 'large'")
+    common = dict(block_size=1024, dropout=0.0, bias=False, **width)
+    config = BarkConfig(
+        semantic_config=BarkSemanticConfig(input_vocab_size=129_600, output_vocab_size=10_048, **common).to_dict(),
+        coarse_acoustics_config=BarkCoarseConfig(input_vocab_size=12_096, output_vocab_size=12_096, **common).to_dict(),
+        fine_acoustics_config=BarkFineConfig(input_vocab_size=1056, output_vocab_size=1056, n_codes_total=8,
+                                             n_codes_given=1, **common).to_dict(),
+        codec_config=codec.to_dict(),
+    )
+    torch.manual_seed(seed)
+    model = BarkModel(config).eval()
+    # the layout of suno/bark's generation_config.json: one plain config holding the three sub-configs
+    model.generation_config = GenerationConfig(
+        semantic_config=BarkSemanticGenerationConfig(max_new_tokens=semantic_tokens, do_sample=True,
+                                                     temperature=0.7).to_diff_dict(),
+        coarse_acoustics_config=BarkCoarseGenerationConfig(do_sample=True, temperature=0.7).to_diff_dict(),
+        fine_acoustics_config=BarkFineGenerationConfig(temperature=0.5).to_diff_dict(),
+        sample_rate=24_000, codebook_size=1024,
+    )
+    model.save_pretrained(output_dir, safe_serialization=True)
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    tokens = specials + _WORDS + letters + ["##" + c for c in letters] + list(".,!?'[]♪-")
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+    BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=512).save_pretrained(output_dir)
+    # voice presets: the history prompts Bark's processor loads by name
+    rng = np.random.default_rng(seed)
+    presets: dict[str, dict[str, str]] = {"repo_or_path": str(output_dir)}
+    (output_dir / "speaker_embeddings" / "v2").mkdir(parents=True, exist_ok=True)
+    for name in BARK_PRESETS:
+        arrays = {
+            "semantic_prompt": rng.integers(0, 10_000, size=(40,)),
+            "coarse_prompt": rng.integers(0, 1024, size=(2, 60)),
+            "fine_prompt": rng.integers(0, 1024, size=(8, 60)),
+        }
+        presets[name] = {}
+        for key, array in arrays.items():
+            relative = f"speaker_embeddings/{name}_{key}.npy"
+            np.save(output_dir / relative, array.astype(np.int64), allow_pickle=False)
+            presets[name][key] = relative
+    (output_dir / "speaker_embeddings_path.json").write_text(json.dumps(presets), encoding="utf-8")
     return output_dir
 
 

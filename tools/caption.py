@@ -14,15 +14,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent.core.defaults import CAPTION_MODEL, MAX_IMAGE_PIXELS
-from agent.core.errors import ImageError, InputError
-from agent.core.files import read_allowed_image, resolve_allowed_path
-from agent.core.images import is_image_path, open_image_file
+from agent.core.errors import ImageError, InputError, ModelLoadError
+from agent.core.files import open_allowed_image, read_allowed_image, resolve_allowed_path
+from agent.core.hub_access import hub_load_kwargs
+from agent.core.images import is_image_path
 from agent.core.model_manager import checkpoint_size_bytes
 from agent.core.runtime import tool_dtype
+from agent.core.weights_policy import weight_kwargs
 from tools.base import LlavaTool, default_allowed_dirs
+from tools.cancellation import raise_if_cancelled
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -41,8 +44,31 @@ _GENERATION: dict[str, dict[str, Any]] = {
 }
 
 
+def apply_caption_adapter(model: Any, adapter: str) -> Any:
+    """Fold a LoRA adapter (a PEFT folder) into a captioning model's weights, for plain-speed inference."""
+    folder = Path(adapter).expanduser()
+    if not (folder / "adapter_config.json").is_file():
+        raise InputError(
+            f"caption adapter {adapter!r} is not an adapter folder (no adapter_config.json); give the folder "
+            "written by `llava-agent finetune caption`, or unset tools.caption_adapter"
+        )
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ModelLoadError("a caption adapter needs peft; install it with `pip install peft`") from None
+    try:
+        return PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise ModelLoadError(
+            f"caption adapter {adapter!r} does not fit the captioning model ({type(exc).__name__}: {exc}); use the "
+            "base model it was trained on (its training_config.json names it)"
+        ) from None
+
+
 class CaptionImageInput(BaseModel):
-    image: str = Field(description="Path of the image file to describe, for example 'photos/cat.jpg'.")
+    model_config = ConfigDict(allow_inf_nan=False)  # NaN and infinities are refused like any bad value
+
+    image: str = Field(min_length=1, description="Path of the image file to describe, for example 'photos/cat.jpg'.")
     detail: Detail = Field(
         "short", description="'short' for a one-line caption, 'detailed' for a longer description."
     )
@@ -58,6 +84,9 @@ class CaptionImageTool(LlavaTool):
     )
     args_schema: type[BaseModel] = CaptionImageInput
     model: str = Field(DEFAULT_CAPTION_MODEL, description="Hub id or local folder of an image-to-text checkpoint.")
+    adapter: str | None = Field(
+        None, description="Folder of a LoRA adapter for the model (written by `llava-agent finetune caption`)."
+    )
     allowed_dirs: list[Path] | None = Field(None, description="Folders images may be read from; None = config's.")
     max_image_pixels: int = Field(MAX_IMAGE_PIXELS, gt=0)
     short_max_new_tokens: int = Field(30, gt=0, description="Longest short caption, in tokens.")
@@ -66,21 +95,29 @@ class CaptionImageTool(LlavaTool):
     @classmethod
     def from_config(cls, config: AppConfig, manager: Any = None) -> CaptionImageTool:
         return cls(
-            model=config.tools.caption_model, device=config.tools.device, allowed_dirs=config.allowed_dirs,
+            model=config.tools.caption_model, adapter=config.tools.caption_adapter, device=config.tools.device,
+            allowed_dirs=config.allowed_dirs,
             max_image_pixels=config.tools.max_image_pixels, manager=manager,
+            allow_pickle_weights=config.tools.allow_pickle_weights,
         )
 
     def _load(self) -> tuple[Any, Any]:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         device = self.resolved_device()
-        model = AutoModelForImageTextToText.from_pretrained(self.model, dtype=tool_dtype(device)).to(device).eval()
-        return model, AutoProcessor.from_pretrained(self.model)
+        hub = hub_load_kwargs(self.model, what="caption model")
+        model = AutoModelForImageTextToText.from_pretrained(
+            self.model, dtype=tool_dtype(device), **weight_kwargs(self.allow_pickle_weights), **hub
+        )
+        if self.adapter:
+            model = apply_caption_adapter(model, self.adapter)
+        return model.to(device).eval(), AutoProcessor.from_pretrained(self.model, **hub)
 
     def _use_model(self):
         device = self.resolved_device()
         return self.get_manager().use(
-            ("caption", self.model, device), self._load, device=device, size_bytes=checkpoint_size_bytes(self.model)
+            ("caption", self.model, device) + ((self.adapter,) if self.adapter else ()), self._load, device=device,
+            size_bytes=checkpoint_size_bytes(self.model),
         )
 
     def caption_images(self, images: Sequence[Image.Image], detail: Detail = "short", batch_size: int = 8) -> list[str]:
@@ -92,6 +129,7 @@ class CaptionImageTool(LlavaTool):
         captions: list[str] = []
         with self._use_model() as (model, processor), torch.inference_mode():
             for start in range(0, len(images), batch_size):
+                raise_if_cancelled()  # a call past its time limit stops between batches
                 batch = processor(images=list(images[start : start + batch_size]), return_tensors="pt")
                 batch = {k: v.to(model.device, dtype=model.dtype) if v.is_floating_point() else v.to(model.device)
                          for k, v in batch.items()}
@@ -118,7 +156,9 @@ class CaptionImageTool(LlavaTool):
                 images, names = [], []
                 for path in paths[start : start + batch_size]:
                     try:
-                        images.append(open_image_file(resolve_allowed_path(path, allowed), self.max_image_pixels))
+                        images.append(
+                            open_allowed_image(resolve_allowed_path(path, allowed), allowed, self.max_image_pixels)
+                        )
                         names.append(str(path))
                     except (ImageError, InputError) as exc:
                         skipped[str(path)] = str(exc)

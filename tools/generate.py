@@ -18,14 +18,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from agent.core.defaults import IMAGE_MODEL, IMAGE_STEPS
 from agent.core.errors import InputError, ToolError
 from agent.core.files import write_new_artifact
+from agent.core.hub_access import hub_load_kwargs
 from agent.core.model_manager import checkpoint_size_bytes
 from agent.core.runtime import tool_dtype
-from tools.base import LlavaTool, default_artifacts_dir
+from tools.base import PIPELINE_LOAD_LOCK, LlavaTool, default_artifacts_dir
+from tools.cancellation import cancelled, raise_if_cancelled
+from tools.shared_state import exclusive
 
 if TYPE_CHECKING:
     from agent.core.config import AppConfig
@@ -37,14 +40,44 @@ MIN_SIDE, MAX_SIDE = 64, 2048
 MAX_PROMPT_CHARS = 2000
 
 
+def _stop_when_cancelled(pipeline: Any, step: int, timestep: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """Diffusers step callback: a call past its time limit skips its remaining steps."""
+    if cancelled():
+        pipeline._interrupt = True
+    return values
+
+
+MAX_STEPS = 100
+MAX_GUIDANCE = 30.0
+# Any number of up to 18 digits: below torch's 2**63 limit, and a range constrained decoding
+# spells with a few automaton states (an exact 2**63 - 1 bound costs about 200 more).
+MAX_SEED = 10**18 - 1
+
+
 class GenerateImageInput(BaseModel):
-    prompt: str = Field(description="What the picture should show, in plain words (subject, style, setting).")
+    """Every bounded argument carries its bounds, so constrained decoding writes only values the tool takes."""
+
+    model_config = ConfigDict(allow_inf_nan=False)  # NaN and infinities are refused like any bad value
+
+    prompt: str = Field(min_length=1, description="What the picture should show, in plain words (subject, style, setting).")
     negative_prompt: str | None = Field(None, description="What the picture should not show, if anything.")
-    width: int = Field(512, description=f"Width in pixels, a multiple of 8 from {MIN_SIDE} to {MAX_SIDE}.")
-    height: int = Field(512, description=f"Height in pixels, a multiple of 8 from {MIN_SIDE} to {MAX_SIDE}.")
-    steps: int | None = Field(None, description="Denoising steps; leave empty for the model's default.")
-    guidance: float = Field(0.0, description="Prompt guidance scale; 0 for turbo models, about 7 for others.")
-    seed: int | None = Field(None, description="Random seed to reproduce an image; leave empty for a new one.")
+    width: int = Field(
+        512, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8,
+        description=f"Width in pixels, a multiple of 8 from {MIN_SIDE} to {MAX_SIDE}.",
+    )
+    height: int = Field(
+        512, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8,
+        description=f"Height in pixels, a multiple of 8 from {MIN_SIDE} to {MAX_SIDE}.",
+    )
+    steps: int | None = Field(
+        None, ge=1, le=MAX_STEPS, description=f"Denoising steps (1 to {MAX_STEPS}); leave empty for the model's default."
+    )
+    guidance: float = Field(
+        0.0, ge=0.0, le=MAX_GUIDANCE, description="Prompt guidance scale from 0 to 30; 0 for turbo models, about 7 for others."
+    )
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="Random seed to reproduce an image; leave empty for a new one."
+    )
 
 
 class GenerateImageTool(LlavaTool):
@@ -59,7 +92,15 @@ class GenerateImageTool(LlavaTool):
     model: str = Field(DEFAULT_IMAGE_MODEL, description="Hub id or local folder of a diffusers checkpoint.")
     artifacts_dir: Path | None = Field(None, description="Where PNGs are written; None = config's.")
     default_steps: int = Field(IMAGE_STEPS, ge=1, description="Steps when the call gives none (1-4 for sd-turbo).")
-    max_steps: int = Field(100, ge=1)
+    max_steps: int = Field(MAX_STEPS, ge=1, le=MAX_STEPS)
+
+    @model_validator(mode="after")
+    def _schema_with_this_step_limit(self) -> GenerateImageTool:
+        if self.max_steps != MAX_STEPS:  # the schema promises only what this tool accepts
+            steps = Field(None, ge=1, le=self.max_steps,
+                          description=f"Denoising steps (1 to {self.max_steps}); leave empty for the model's default.")
+            self.args_schema = create_model("GenerateImageInput", __base__=GenerateImageInput, steps=(int | None, steps))
+        return self
     safety_checker: bool = Field(True, description="Keep the checkpoint's safety checker if it has one.")
 
     @classmethod
@@ -67,19 +108,22 @@ class GenerateImageTool(LlavaTool):
         return cls(
             model=config.tools.image_model, device=config.tools.device, artifacts_dir=config.artifacts_dir,
             safety_checker=config.tools.safety_checker, default_steps=config.tools.image_steps, manager=manager,
+            allow_pickle_weights=config.tools.allow_pickle_weights,
         )
 
     def _load(self) -> Any:
-        from diffusers import AutoPipelineForText2Image
-
         device = self.resolved_device()
         kwargs: dict[str, Any] = {
             "dtype": tool_dtype(device),
-            "use_safetensors": True,
+            "use_safetensors": not self.allow_pickle_weights or None,
         }
         if not self.safety_checker:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
-        pipeline = AutoPipelineForText2Image.from_pretrained(self.model, **kwargs)
+        kwargs.update(hub_load_kwargs(self.model, what="image model", config_file="model_index.json"))
+        with PIPELINE_LOAD_LOCK:  # diffusers' lazy imports are not thread-safe on first use
+            from diffusers import AutoPipelineForText2Image
+
+            pipeline = AutoPipelineForText2Image.from_pretrained(self.model, **kwargs)
         return pipeline.to(device)
 
     def validate(
@@ -98,10 +142,10 @@ class GenerateImageTool(LlavaTool):
         steps = self.default_steps if steps is None else steps
         if not 1 <= steps <= self.max_steps:
             raise InputError(f"steps = {steps} must be from 1 to {self.max_steps}")
-        if not 0.0 <= guidance <= 30.0:
+        if not 0.0 <= guidance <= MAX_GUIDANCE:
             raise InputError(f"guidance = {guidance} must be from 0 to 30 (0 for turbo models)")
-        if seed is not None and not 0 <= seed < 2**63:
-            raise InputError(f"seed = {seed} must be a non-negative integer below 2**63")
+        if seed is not None and not 0 <= seed <= MAX_SEED:
+            raise InputError(f"seed = {seed} must be an integer from 0 to {MAX_SEED}")
         return steps
 
     def _execute(
@@ -124,12 +168,14 @@ class GenerateImageTool(LlavaTool):
         with self.get_manager().use(
             ("text-to-image", self.model, device, self.safety_checker), self._load, device=device,
             size_bytes=checkpoint_size_bytes(self.model),
-        ) as pipeline:
+        ) as shared, exclusive(shared) as pipeline:  # the pipeline and its scheduler hold per-call state
             generator = torch.Generator(device="cpu" if device == "mps" else device).manual_seed(seed)
             result = pipeline(
                 prompt=prompt, negative_prompt=negative_prompt or None, width=width, height=height,
                 num_inference_steps=steps, guidance_scale=guidance, generator=generator,
+                callback_on_step_end=_stop_when_cancelled,
             )
+        raise_if_cancelled()  # past its time limit: nothing is saved
         flagged = getattr(result, "nsfw_content_detected", None)
         if flagged and any(flagged):
             raise ToolError(
@@ -145,7 +191,7 @@ class GenerateImageTool(LlavaTool):
         for key, value in metadata.items():
             info.add_itxt(key, value)
         folder = self.artifacts_dir or default_artifacts_dir()
-        path = write_new_artifact(folder, prompt, ".png", lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+        path = write_new_artifact(folder, prompt, ".png", lambda handle: image.save(handle, format="PNG", pnginfo=info))
         seconds = round(time.perf_counter() - started, 3)
         artifact = {"path": str(path), "seed": seed, "width": width, "height": height, "steps": steps,
                     "guidance": guidance, "model": self.model, "seconds": seconds}

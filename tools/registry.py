@@ -103,3 +103,25 @@ def _speak(config: AppConfig, manager: ModelManager) -> BaseTool:
     from tools.speak import SpeakTool
 
     return SpeakTool.from_config(config, manager)
+
+
+@register_tool("describe_video")
+def _describe_video(config: AppConfig, manager: ModelManager) -> BaseTool:
+    from tools.describe_video import DescribeVideoTool
+
+    return DescribeVideoTool.from_config(config, manager)
+
+
+# Heavy generators: registered, but not in the default ``tools.enabled`` (add them to opt in).
+@register_tool("generate_video")
+def _generate_video(config: AppConfig, manager: ModelManager) -> BaseTool:
+    from tools.generate_video import GenerateVideoTool
+
+    return GenerateVideoTool.from_config(config, manager)
+
+
+@register_tool("generate_3d")
+def _generate_3d(config: AppConfig, manager: ModelManager) -> BaseTool:
+    from tools.generate_3d import Generate3DTool
+
+    return Generate3DTool.from_config(config, manager)

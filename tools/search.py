@@ -11,20 +11,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from agent.core.chroma_auth import server_from_config
 from agent.core.config import AppConfig
 from agent.core.defaults import CLIP_MODEL, MAX_IMAGE_PIXELS
 from memory.image_index import ImageIndex
 from tools.base import LlavaTool, built_in_defaults
 
+MAX_RESULTS = 100  # memory.image_index.MAX_K
+
 
 class SearchImagesInput(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)  # NaN and infinities are refused like any bad value
+
     query: str = Field(
+        min_length=1,
         description="What the wanted images show, in words (e.g. 'a dog on a beach'), or the path of an "
-        "image file to find similar images (e.g. 'photos/dog.jpg')."
+        "image file to find similar images (e.g. 'photos/dog.jpg').",
     )
-    k: int = Field(5, description="How many images to return, from 1 to 100.")
+    k: int = Field(5, ge=1, le=MAX_RESULTS, description=f"How many images to return, from 1 to {MAX_RESULTS}.")
 
 
 class SearchImagesTool(LlavaTool):
@@ -45,6 +51,7 @@ class SearchImagesTool(LlavaTool):
     chroma_url: str | None = Field(None, description="http(s)://host:port of a Chroma server.")
     allowed_dirs: list[Path] | None = Field(None, description="Folders query images may be read from.")
     max_image_pixels: int = Field(MAX_IMAGE_PIXELS, gt=0)
+    chroma_server: Any = Field(None, exclude=True, description="Server credentials (agent.core.chroma_auth); never shown.")
     _index: ImageIndex | None = PrivateAttr(None)
 
     @classmethod
@@ -54,6 +61,8 @@ class SearchImagesTool(LlavaTool):
             device=config.tools.device, chroma_dir=None if config.memory.chroma_url else config.chroma_dir,
             chroma_url=config.memory.chroma_url, allowed_dirs=config.allowed_dirs,
             max_image_pixels=config.tools.max_image_pixels, manager=manager,
+            chroma_server=server_from_config(config.memory),
+            allow_pickle_weights=config.tools.allow_pickle_weights,
         )
 
     @property
@@ -66,7 +75,8 @@ class SearchImagesTool(LlavaTool):
             self._index = ImageIndex(
                 collection=self.collection, clip_model=self.clip_model, device=self.device,
                 chroma_dir=chroma_dir, chroma_url=self.chroma_url, allowed_dirs=allowed,
-                max_image_pixels=self.max_image_pixels, manager=self.get_manager(),
+                max_image_pixels=self.max_image_pixels, manager=self.get_manager(), chroma_server=self.chroma_server,
+                allow_pickle_weights=self.allow_pickle_weights,
             )
         return self._index
 

@@ -5,7 +5,7 @@ The only layer that wires the chat model, the tools and memory together.
 
 from __future__ import annotations
 
-from agent._lazy import lazy_exports
+from agent.core.lazy import lazy_exports
 
 _EVENTS = ("AgentEvent", "AgentReply", "ReplyEvent", "TokenEvent", "ToolCallEvent", "ToolResultEvent")
 _EXPORTS = {

@@ -8,7 +8,8 @@ Two rules, applied before every model call of the agent (the stored thread is ne
   sees the image the user is talking about now, and can still name earlier ones.
 * **Length**: when the conversation no longer fits ``max_tokens``, the oldest turns are dropped
   whole (a turn starts at a user message, so a tool call is never separated from its result)
-  and a short note listing what the user asked in them is added to the system message.
+  and a short note listing what the user asked in them is added, as a delimited block of inert
+  lines, to the latest user message (never to the system message: quoted text is data).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from langchain.agents.middleware import AgentMiddleware
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
 from agent.core.images import earlier_image_reference
+from memory.context_notes import TRIMMED_TURNS_FOOTER, TRIMMED_TURNS_HEADER, context_block, with_context_block
 
 if TYPE_CHECKING:
     from langchain.agents.middleware import ModelRequest, ModelResponse
@@ -32,7 +34,7 @@ IMAGE_TOKENS = 600
 
 CAPTION_TOOL = "caption_image"
 _IMAGE_ARG_NAMES = ("image", "image_path", "path")
-NOTE_HEADER = "Earlier turns were left out to fit the context window. In them the user asked:"
+NOTE_HEADER = TRIMMED_TURNS_HEADER
 
 
 def is_image_block(block: Any) -> bool:
@@ -156,7 +158,7 @@ def fit_to_context(
             break
         keep_from = start
     dropped = [m for m in messages[:keep_from] if isinstance(m, HumanMessage)]
-    note = NOTE_HEADER + "\n" + "\n".join(f"- {_first_words(m)}" for m in dropped[-10:])
+    note = context_block(NOTE_HEADER, [_first_words(m) for m in dropped[-10:]], TRIMMED_TURNS_FOOTER)
     logger.info("context: left out %d of %d messages to fit %d tokens", keep_from, len(messages), budget)
     return list(messages[keep_from:]), note
 
@@ -207,11 +209,10 @@ class ContextPolicyMiddleware(AgentMiddleware):
             reserved_tokens=self.reserved_tokens + system_tokens,
             count=lambda message: estimate_tokens(message, image_tokens),
         )
-        system = request.system_message
-        if note:
-            base = system.text if system is not None else ""
-            system = SystemMessage(content=f"{base}\n\n{note}".strip())
-        return request.override(messages=messages, system_message=system)
+        if note:  # quoted user text is data: a delimited block in the latest user message, not the system prompt
+
+            messages = with_context_block(messages, note)
+        return request.override(messages=messages)
 
     def wrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]

@@ -44,12 +44,15 @@ from agent.app.events import (
     TurnCollector,
 )
 from agent.app.system_prompt import build_system_prompt
+from agent.app.tool_limits import ToolLimitsMiddleware
+from agent.app.vision_chat import ChatModelVision, attach_vision_chat
 from agent.core.config import AppConfig, load_config
 from agent.core.errors import InputError
 from agent.decoding.tool_protocol import normalise_tool_choice
 from agent.llava.chat_model import ChatLlava
 from memory.conversations import ConversationStore, title_from_message
 from memory.long_term import LongTermMemory
+from memory.thread_lease import lease_folder, writing_turn
 from tools import build_tools
 
 if TYPE_CHECKING:
@@ -213,6 +216,8 @@ class MultimodalAgent:
         self.model = model
         self.memory = memory
         self.tools: list[BaseTool] = list(tools) + (memory.tools() if memory is not None else [])
+        # tools that show several images to a chat model (describe_video) get this agent's own
+        attach_vision_chat(self.tools, ChatModelVision(model, lambda: _model_max_images(model, self.config)))
         names = [t.name for t in self.tools]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -221,7 +226,11 @@ class MultimodalAgent:
         self.recursion_limit = self.config.agent.recursion_limit
         self.system_prompt = system_prompt or build_system_prompt(self.tools, self.config.agent.system_prompt)
         reserved = getattr(model, "max_new_tokens", None)
-        stack: list[AgentMiddleware] = [ToolErrorMiddleware(on_error=tool_error_message)]
+
+        stack: list[AgentMiddleware] = [
+            ToolErrorMiddleware(on_error=tool_error_message),
+            ToolLimitsMiddleware.from_config(self.config.tools),  # calls per reply, time per call
+        ]
         if memory is not None:
             stack.append(memory.middleware(self.config.memory.recall_k))
         stack.append(
@@ -284,11 +293,15 @@ class MultimodalAgent:
         thread_id: str | None = None,
         *,
         callbacks: Sequence[Any] = (),
+        videos: Sequence[str | os.PathLike[str]] = (),
     ) -> AgentReply:
-        """Run one turn and return the final reply (a new thread when ``thread_id`` is None)."""
+        """Run one turn and return the final reply (a new thread when ``thread_id`` is None).
+
+        ``videos`` are attached by path (``[attached video: PATH]``) for ``describe_video``.
+        """
         reply: AgentReply | None = None
         # no token events wanted: the graph runs its steps inline instead of streaming concurrently
-        for event in self._turn(message, images, thread_id, callbacks, None, stream_tokens=False):
+        for event in self._turn(message, images, thread_id, callbacks, None, stream_tokens=False, videos=videos):
             if isinstance(event, ReplyEvent):
                 reply = event.reply
         assert reply is not None  # a turn always ends with a ReplyEvent
@@ -302,13 +315,14 @@ class MultimodalAgent:
         *,
         callbacks: Sequence[Any] = (),
         stop: threading.Event | None = None,
+        videos: Sequence[str | os.PathLike[str]] = (),
     ) -> Iterator[AgentEvent]:
         """Run one turn, yielding events as they happen; the last one is a :class:`ReplyEvent`.
 
         ``callbacks`` are LangChain callback handlers for this turn (tracing, logging, metrics).
         Setting ``stop`` (or calling :meth:`stop`) ends this turn early.
         """
-        return self._turn(message, images, thread_id, callbacks, stop, stream_tokens=True)
+        return self._turn(message, images, thread_id, callbacks, stop, stream_tokens=True, videos=videos)
 
     def _turn(
         self,
@@ -319,11 +333,36 @@ class MultimodalAgent:
         stop: threading.Event | None,
         *,
         stream_tokens: bool,
+        videos: Sequence[str | os.PathLike[str]] = (),
+    ) -> Iterator[AgentEvent]:
+        """One turn; on an existing thread it holds the thread's lease (one writer at a time)."""
+        if thread_id is None:
+            yield from self._run_turn(message, images, None, callbacks, stop, stream_tokens=stream_tokens, videos=videos)
+            return
+        with writing_turn(lease_folder(self.conversations.db_path), thread_id):
+            yield from self._run_turn(
+                message, images, thread_id, callbacks, stop, stream_tokens=stream_tokens, videos=videos
+            )
+
+    def _run_turn(
+        self,
+        message: str,
+        images: Sequence[str | os.PathLike[str]],
+        thread_id: str | None,
+        callbacks: Sequence[Any],
+        stop: threading.Event | None,
+        *,
+        stream_tokens: bool,
+        videos: Sequence[str | os.PathLike[str]] = (),
     ) -> Iterator[AgentEvent]:
         if isinstance(images, (str, os.PathLike)):
             images = [images]
-        human = build_user_message(message, images, self.attachments_dir)
-        title = message.strip() or (f"image {Path(images[0]).name}" if images else "")
+        if isinstance(videos, (str, os.PathLike)):
+            videos = [videos]
+        human = build_user_message(message, images, self.attachments_dir, videos=videos)
+        title = message.strip() or (
+            f"image {Path(images[0]).name}" if images else f"video {Path(videos[0]).name}" if videos else ""
+        )
         created = thread_id is None
         if thread_id is None:
             thread_id = self.conversations.new_thread(title_from_message(title)).thread_id
@@ -367,8 +406,8 @@ class MultimodalAgent:
                 logger.warning("could not close the interrupted turn of thread %s: %s", thread_id, exc)
             raise
         except Exception:
-            if created and not self.graph.get_state(run_config).values.get("messages"):
-                self.conversations.delete(thread_id)  # a failed first turn leaves no empty thread behind
+            if created:  # the caller never learns this thread's id: a failed first turn leaves no thread behind
+                self.conversations.delete(thread_id)
             raise
         finally:
             parts.close()
@@ -405,10 +444,11 @@ class MultimodalAgent:
         thread_id: str | None = None,
         *,
         callbacks: Sequence[Any] = (),
+        videos: Sequence[str | os.PathLike[str]] = (),
     ) -> AgentReply:
         """Async :meth:`chat` (the turn runs in a worker thread; the event loop stays free)."""
         reply: AgentReply | None = None
-        async for event in self.astream(message, images=images, thread_id=thread_id, callbacks=callbacks):
+        async for event in self.astream(message, images=images, thread_id=thread_id, callbacks=callbacks, videos=videos):
             if isinstance(event, ReplyEvent):
                 reply = event.reply
         assert reply is not None
@@ -421,6 +461,7 @@ class MultimodalAgent:
         thread_id: str | None = None,
         *,
         callbacks: Sequence[Any] = (),
+        videos: Sequence[str | os.PathLike[str]] = (),
     ) -> AsyncIterator[AgentEvent]:
         """Async :meth:`stream`: events are handed over from a worker thread as they happen.
 
@@ -433,7 +474,7 @@ class MultimodalAgent:
         stop = threading.Event()
 
         def produce() -> None:
-            events = self.stream(message, images, thread_id, callbacks=callbacks, stop=stop)
+            events = self.stream(message, images, thread_id, callbacks=callbacks, stop=stop, videos=videos)
             try:
                 for event in events:
                     loop.call_soon_threadsafe(queue.put_nowait, event)

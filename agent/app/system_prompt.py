@@ -19,7 +19,7 @@ Images:
 them by that path.
 - Older images may be shown only as [earlier image: PATH] with their caption when one is known; \
 call a tool with the PATH if you need to look at such an image again.
-
+{video_lines}
 Tools:
 {tool_lines}
 - Call a tool only when it helps answer the request. After a tool result, answer the user in plain words.
@@ -27,6 +27,10 @@ Tools:
 what went wrong.
 """
 
+VIDEO_LINES = """\
+- Videos the user attaches are named as [attached video: PATH]. You do not see videos directly: \
+pass that exact PATH to describe_video.
+"""
 NO_TOOLS_LINE = "- No tools are available in this session; answer directly."
 
 
@@ -42,7 +46,8 @@ def describe_tools(tools: Sequence[BaseTool]) -> str:
 
 def build_system_prompt(tools: Sequence[BaseTool], extra: str | None = None) -> str:
     """The full system prompt for an agent with these tools; ``extra`` is appended as is."""
-    prompt = BASE_PROMPT.format(tool_lines=describe_tools(tools))
+    video_lines = VIDEO_LINES if any(tool.name == "describe_video" for tool in tools) else ""
+    prompt = BASE_PROMPT.format(tool_lines=describe_tools(tools), video_lines=video_lines)
     if extra:
         prompt = f"{prompt}\n{extra.strip()}\n"
     return prompt

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agent._lazy import lazy_exports
+from agent.core.lazy import lazy_exports
 
 if TYPE_CHECKING:  # pragma: no cover
     from agent.cli.main import main

@@ -1,4 +1,4 @@
-"""``python -m agent.cli``: the same as the ``llava-agent`` command."""
+"""``python -m agent.cli.main``: the same as the ``llava-agent`` command."""
 
 import sys
 

@@ -20,6 +20,7 @@ from agent.llava.loading import check_model_available
 from memory.chroma import get_chroma_client
 from memory.embedders import resolve_text_embedder
 from tools.speak import ESPEAK_EXECUTABLE, INSTALL_HINT
+from tools.video_cost import describe_duration, estimate_cpu_seconds
 
 if TYPE_CHECKING:
     from agent.core.config import AppConfig
@@ -96,8 +97,10 @@ def check_audio_player(config: AppConfig) -> Check:
 def check_chroma(config: AppConfig) -> Check:
     if importlib.util.find_spec("chromadb") is None:
         return Check("chroma", "missing", "chromadb not installed", "pip install chromadb", True)
+    from agent.core.chroma_auth import server_from_config
 
-    where = config.memory.chroma_url or str(config.chroma_dir)
+    server = server_from_config(config.memory)
+    where = server.shown if server is not None else str(config.chroma_dir)
     try:
         client = get_chroma_client(config)
         names = [getattr(c, "name", str(c)) for c in client.list_collections()]
@@ -107,6 +110,7 @@ def check_chroma(config: AppConfig) -> Check:
 
 
 def _model_status(name: str, model: str) -> Check:
+    from agent.core.hub_access import download_hint
     folder = Path(model).expanduser()
     if folder.is_dir():
         return Check(name, "ok", f"local folder {folder}")
@@ -122,9 +126,9 @@ def _model_status(name: str, model: str) -> Check:
         check_model_available(model)
     except ModelNotFoundError as exc:
         return Check(name, "missing", str(exc).split(". ")[0],
-                     f"download once while online (hf download {model}) or set a local folder in the config")
+                     f"download once while online (`{download_hint(model)}`) or set a local folder in the config")
     return Check(name, "warn", f"{model} is not cached yet: it downloads on first use",
-                 f"download now with `hf download {model}` to work offline later")
+                 f"download now with `{download_hint(model)}` to work offline later")
 
 
 def check_chat_model(config: AppConfig) -> Check:
@@ -135,13 +139,57 @@ def check_chat_model(config: AppConfig) -> Check:
 def check_tool_models(config: AppConfig) -> Iterator[Check]:
     tools = config.tools
     wanted = {
-        "caption_image": ("caption model", tools.caption_model),
-        "generate_image": ("image model", tools.image_model),
-        "search_images": ("CLIP model", tools.clip_model),
+        "caption_image": [("caption model", tools.caption_model)],
+        "generate_image": [("image model", tools.image_model)],
+        "search_images": [("CLIP model", tools.clip_model)],
+        "generate_video": [("video model", tools.video_model)],
+        "generate_3d": [("3-D model", tools.shape_model), ("3-D image model", tools.shape_image_model)],
+        "speak": [("Bark model", tools.bark_model)] if tools.tts_engine == "bark" else [],
     }
-    for tool, (name, model) in wanted.items():
+    for tool, models in wanted.items():
         if tool in tools.enabled:
-            yield _model_status(name, model)
+            yield from (_model_status(name, model) for name, model in models)
+
+
+def check_video_generation(config: AppConfig) -> Check:
+    """Where generate_video would run; on a CPU it refuses unless tools.video_allow_cpu, so say how long it would take."""
+    tools = config.tools
+    enabled = "generate_video" in tools.enabled
+    device = resolve_device(tools.device)
+    opt_in = "" if enabled else " (not enabled: add generate_video to tools.enabled)"
+    if device != "cpu":
+        return Check("video generation", "ok", f"generate_video runs on {device}{opt_in}")
+    seconds = estimate_cpu_seconds(49, 480, 720, tools.video_steps, 6.0)
+    cost = f"a 49-frame 720x480 clip with {tools.video_steps} steps would take {describe_duration(seconds)} on a CPU"
+    if tools.video_allow_cpu:
+        return Check("video generation", "warn", f"generate_video runs on the CPU (tools.video_allow_cpu): {cost}{opt_in}",
+                     "use a machine with a CUDA GPU for clips in minutes")
+    return Check(
+        "video generation", "warn" if enabled else "ok",
+        f"the tools run on the CPU: generate_video refuses to run here ({cost}){opt_in}",
+        "use a machine with a CUDA GPU, or set tools.video_allow_cpu = true to run on the CPU anyway",
+    )
+
+
+def check_generation_packages(config: AppConfig) -> Iterator[Check]:
+    """PyAV (MP4 writing) for generate_video and trimesh (mesh files) for generate_3d, from optional extras."""
+    for package, tool, extra in (("av", "generate_video", "video"), ("trimesh", "generate_3d", "3d")):
+        version = _version(package)
+        if version is not None:
+            yield Check(package, "ok", f"{version} (for {tool})")
+        elif tool in config.tools.enabled:
+            yield Check(package, "missing", f"not installed: {tool} cannot save its files",
+                        f"pip install 'llava-agent[{extra}]'")
+
+
+def check_video(config: AppConfig) -> Check:
+    """PyAV, which describe_video decodes with (only when the tool is enabled)."""
+    if "describe_video" not in config.tools.enabled:
+        return Check("video", "ok", "describe_video is not enabled")
+    if importlib.util.find_spec("av") is None:
+        return Check("video", "missing", "PyAV is not installed: describe_video cannot read videos",
+                     "pip install 'llava-agent[video]'")
+    return Check("video", "ok", "PyAV is installed (describe_video reads mp4, mov, webm, mkv and gif)")
 
 
 def check_text_embedder(config: AppConfig) -> Check:
@@ -154,8 +202,22 @@ def check_text_embedder(config: AppConfig) -> Check:
     return _model_status("text embedder", source)
 
 
+def check_data_folder(config: AppConfig) -> Check:
+    from agent.core.private_files import is_private
+
+    folder = config.data_dir.expanduser()
+    if not folder.exists():
+        return Check("data folder", "ok", f"{folder} (created private, 0700, on first use)")
+    if is_private(folder):
+        return Check("data folder", "ok", f"{folder} (private)")
+    mode = oct(folder.stat().st_mode & 0o777)[2:]
+    return Check("data folder", "warn", f"{folder} is readable by other users (mode {mode}): conversations, "
+                 "memories and attachments live there", f"chmod 700 {folder}")
+
+
 CHECKS: list[Callable[[AppConfig], Check | Iterator[Check]]] = [
     check_python,
+    check_data_folder,
     check_torch,
     check_bitsandbytes,
     check_espeak,
@@ -163,6 +225,9 @@ CHECKS: list[Callable[[AppConfig], Check | Iterator[Check]]] = [
     check_chroma,
     check_chat_model,
     check_tool_models,
+    check_video,
+    check_video_generation,
+    check_generation_packages,
     check_text_embedder,
 ]
 

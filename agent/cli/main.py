@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +21,10 @@ from agent.core.errors import LlavaAgentError
 logger = logging.getLogger(__name__)
 
 
-def _load_config(args: argparse.Namespace) -> Any:
+def _load_config(args: argparse.Namespace, tools: dict[str, Any] | None = None) -> Any:
     from agent.core.config import load_config
 
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {"tools": tools} if tools else {}
     if getattr(args, "model", None):
         overrides.setdefault("model", {})["model"] = args.model
     if getattr(args, "adapter", None):
@@ -81,14 +82,16 @@ def cmd_ask(args: argparse.Namespace) -> int:
             reply = event.reply
     assert reply is not None
     if args.json:
-        print(json.dumps({
+        from agent.core.terminal_safe import json_text
+
+        print(json_text({
             "text": reply.text,
             "thread_id": reply.thread_id,
             "tool_calls": reply.tool_calls,
             "artifacts": reply.artifacts,
             "stopped": reply.stopped,
             "limit_reached": reply.limit_reached,
-        }, ensure_ascii=False, default=str))
+        }, default=str))
     else:
         if reply.limit_reached:
             print(reply.text)
@@ -97,21 +100,26 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from agent.core.errors import InputError
     from memory.image_index import ImageIndex
 
     config = _load_config(args)
-    folder = Path(args.folder).expanduser()
-    if not folder.is_dir():
-        from agent.core.errors import InputError
-
+    if args.folder is None and not args.reindex:
+        raise InputError("give a folder of images to index, or --reindex to rebuild the index with the current CLIP")
+    folder = Path(args.folder).expanduser() if args.folder is not None else None
+    if folder is not None and not folder.is_dir():
         raise InputError(f"folder {args.folder!r} does not exist or is not a folder; give a folder of images")
+    index = ImageIndex.from_config(config)
+    if args.reindex:
+        print(index.reindex().summary())
+    if folder is None:
+        return 0
     captioner = None
     if args.captions:
-        from tools import build_tools
+        from tools.caption import CaptionImageTool
 
-        captioner = next((t for t in build_tools(config) if t.name == "caption_image"), None)
-    report = ImageIndex.from_config(config).index_folder(folder, captioner=captioner)
-    print(report.summary())
+        captioner = CaptionImageTool.from_config(config)
+    print(index.index_folder(folder, captioner=captioner).summary())
     return 0
 
 
@@ -147,6 +155,50 @@ def cmd_tools(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_tool(config: Any, name: str, arguments: dict[str, Any]) -> Any:
+    """Run one registered tool (enabled or not) and return its message; its errors are raised as library errors."""
+    from langchain_core.tools import ToolException
+
+    from tools.registry import build_tool
+
+    tool = build_tool(name, config)
+    tool.handle_tool_error = False
+    given = {key: value for key, value in arguments.items() if value is not None}
+    try:
+        return tool.invoke({"type": "tool_call", "id": f"cli-{name}", "name": name, "args": given})
+    except ToolException as exc:
+        if isinstance(exc.__cause__, LlavaAgentError):
+            raise exc.__cause__ from None
+        raise
+
+
+def _print_tool_result(message: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"text": message.content, "artifact": message.artifact}, ensure_ascii=False, default=str))
+    else:
+        print(message.content)
+
+
+def cmd_video(args: argparse.Namespace) -> int:
+    config = _load_config(args, tools={"video_allow_cpu": True} if args.allow_cpu else None)
+    message = _run_tool(config, "generate_video", {
+        "prompt": args.prompt, "negative_prompt": args.negative, "frames": args.frames, "fps": args.fps,
+        "width": args.width, "height": args.height, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
+    })
+    _print_tool_result(message, args.json)
+    return 0
+
+
+def cmd_3d(args: argparse.Namespace) -> int:
+    config = _load_config(args, tools={"mesh_grid_size": args.grid} if args.grid else None)
+    message = _run_tool(config, "generate_3d", {
+        "prompt": args.prompt, "image": args.image, "format": args.format, "steps": args.steps,
+        "guidance": args.guidance, "seed": args.seed,
+    })
+    _print_tool_result(message, args.json)
+    return 0
+
+
 def cmd_threads(args: argparse.Namespace) -> int:
     from memory.conversations import ConversationStore
 
@@ -169,7 +221,10 @@ def cmd_threads(args: argparse.Namespace) -> int:
             info = store.rename(args.thread_id, " ".join(args.title))
             print(f"renamed {info.thread_id}: {info.title}")
         elif action == "delete":
-            info = store.delete(args.thread_id)
+            from memory.thread_lease import hold_thread, lease_folder
+
+            with hold_thread(lease_folder(store.db_path), store.get(args.thread_id).thread_id):  # not while open elsewhere
+                info = store.delete(args.thread_id)
             print(f"deleted {info.thread_id}: {info.title}")
     return 0
 
@@ -196,6 +251,28 @@ def cmd_memories(args: argparse.Namespace) -> int:
         for item in memory.recall(" ".join(args.query), args.k):
             print(f"{item.score:.3f}  {item.memory_id}  {item.text}")
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from agent.serve.server import check_dependencies, run_server
+
+    check_dependencies()  # a clear message before any model work when the serve extra is missing
+    overrides: dict[str, Any] = {}
+    for option in ("host", "port", "model_name", "agent_model", "public_url", "max_batch"):
+        if getattr(args, option, None) is not None:
+            overrides[option] = getattr(args, option)
+    if args.no_agent:
+        overrides["agent_model"] = None
+    if args.cors_origin:
+        overrides["cors_origins"] = args.cors_origin
+    if args.allow_remote_images:
+        overrides["allow_remote_images"] = True
+    config = _load_config(args)
+    if overrides:
+        from agent.core.config import load_config
+
+        config = load_config(config, overrides={"serve": overrides})
+    return run_server(config, api_keys=args.api_key or (), verbose=args.verbose)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -263,14 +340,41 @@ def build_parser() -> argparse.ArgumentParser:
     ask.set_defaults(func=cmd_ask)
 
     index = sub.add_parser("index", parents=[common], help="add the images in a folder to the search index")
-    index.add_argument("folder", metavar="DIR")
+    index.add_argument("folder", metavar="DIR", nargs="?", help="folder of images (recursively)")
     index.add_argument("--captions", action="store_true", help="also caption each image (slower)")
+    index.add_argument("--reindex", action="store_true",
+                       help="rebuild the index with the configured CLIP (after changing or fine-tuning it); resumable")
     index.set_defaults(func=cmd_index)
 
     search = sub.add_parser("search", parents=[common], help="search the indexed images by text or by an image path")
     search.add_argument("query", metavar="QUERY")
     search.add_argument("-k", type=int, default=5, help="number of results (default 5)")
     search.set_defaults(func=cmd_search)
+
+    video = sub.add_parser("video", parents=[common], help="make a short MP4 clip from a prompt (generate_video)")
+    video.add_argument("prompt")
+    video.add_argument("--negative", metavar="TEXT", help="what the clip should not show")
+    video.add_argument("--frames", type=int, help="frames, 1 + a multiple of 4 (default 49)")
+    video.add_argument("--fps", type=int, help="frames per second (default 8)")
+    video.add_argument("--width", type=int, help="pixels, a multiple of 16 (default 720)")
+    video.add_argument("--height", type=int, help="pixels, a multiple of 16 (default 480)")
+    video.add_argument("--steps", type=int, help="denoising steps (default tools.video_steps)")
+    video.add_argument("--guidance", type=float, help="guidance scale (default 6)")
+    video.add_argument("--seed", type=int)
+    video.add_argument("--allow-cpu", action="store_true", help="run on the CPU even though it takes hours")
+    video.add_argument("--json", action="store_true", help="print the message and the artifact as JSON")
+    video.set_defaults(func=cmd_video)
+
+    shape = sub.add_parser("3d", parents=[common], help="make a 3-D mesh from a prompt or a photo (generate_3d)")
+    shape.add_argument("prompt", nargs="?", help="the object, in a few words (or give --image)")
+    shape.add_argument("--image", metavar="PATH", help="a photo of the object, under tools.allowed_dirs")
+    shape.add_argument("--format", choices=["glb", "ply", "obj"], help="mesh file format (default glb)")
+    shape.add_argument("--steps", type=int, help="denoising steps (default tools.shape_steps)")
+    shape.add_argument("--guidance", type=float, help="guidance scale (default 15 from text, 3 from a photo)")
+    shape.add_argument("--seed", type=int)
+    shape.add_argument("--grid", type=int, help="samples per side of the meshing grid (default tools.mesh_grid_size)")
+    shape.add_argument("--json", action="store_true", help="print the message and the artifact as JSON")
+    shape.set_defaults(func=cmd_3d)
 
     tools = sub.add_parser("tools", parents=[common], help="list the tools the agent can call")
     tools.set_defaults(func=cmd_tools)
@@ -299,6 +403,27 @@ def build_parser() -> argparse.ArgumentParser:
     recall.add_argument("-k", type=int, default=3)
     memories.set_defaults(func=cmd_memories)
 
+    serve = sub.add_parser(
+        "serve", parents=[common], help="an OpenAI-compatible HTTP server for the chat model and the agent",
+        description="Serve POST /v1/chat/completions (the chat model, and the agent as the model 'llava-agent'), "
+        "GET /v1/models and GET /health. Listens on loopback unless --host says otherwise; any other host "
+        "requires API keys (--api-key, serve.api_keys, LLAVA_AGENT_SERVE__API_KEYS or serve.api_keys_file).",
+    )  # fmt: skip
+    serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--model", help="hub id or local folder of the chat model (overrides the config)")
+    serve.add_argument("--adapter", metavar="PATH", help="folder of a LoRA adapter to apply (overrides the config)")
+    serve.add_argument("--api-key", action="append", metavar="KEY", help="accept this bearer key (repeatable)")
+    serve.add_argument("--model-name", help="the name clients use for the chat model (default: its id or folder name)")
+    serve.add_argument("--agent-model", help="the name of the agent model (default llava-agent)")
+    serve.add_argument("--no-agent", action="store_true", help="serve the chat model only")
+    serve.add_argument("--cors-origin", action="append", metavar="ORIGIN", help="allow browser calls from ORIGIN")
+    serve.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs in requests")
+    serve.add_argument("--public-url", help="the URL clients reach the server at, for file links (behind a proxy)")
+    serve.add_argument("--max-batch", type=int, help="plain requests generated together when several wait (default 4; "
+                       "1: one at a time)")  # fmt: skip
+    serve.set_defaults(func=cmd_serve)
+
     doctor = sub.add_parser("doctor", parents=[common], help="check torch, CUDA, bitsandbytes, espeak-ng, Chroma and model caches")
     doctor.set_defaults(func=cmd_doctor)
 
@@ -310,8 +435,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     from finetune.cli import register
 
-    register(sub)
+    register(sub, captioner_factory=_finetune_captioner)
     return parser
+
+
+def _finetune_captioner(args: argparse.Namespace) -> Any:
+    """The captioning model for ``finetune clip|caption --caption-missing`` (fine-tuning does not use the tools)."""
+    from agent.core.config import load_config
+    from tools.caption import CaptionImageTool
+
+    tool = CaptionImageTool.from_config(load_config(getattr(args, "config", None)))
+    return lambda images: tool.caption_images(list(images))
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -323,6 +457,9 @@ def _configure_logging(verbose: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s",
     )
     if not verbose:
+        # libraries that configure their own loggers at import read these: no retry chatter over the prompt
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         for noisy in ("httpx", "chromadb", "urllib3", "huggingface_hub", "sentence_transformers", "transformers",
                        "bitsandbytes"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -335,6 +472,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from agent.core.terminal_safe import terminal_safe_streams
+
+    # Everything a command prints (model output, file names, titles, facts, errors, log lines) is
+    # shown, never obeyed by the terminal. The chat escapes its own output; its prompt needs raw stdout.
+    with terminal_safe_streams(stdout=args.func is not cmd_chat):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     _configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)

@@ -18,15 +18,16 @@ import shutil
 import subprocess
 import sys
 import threading
-import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from agent.app.events import ReplyEvent, TokenEvent, ToolCallEvent, ToolResultEvent
 from agent.cli.main import one_line
-from agent.core.errors import ImageError, InputError, LlavaAgentError
+from agent.core.errors import ImageError, InputError, LlavaAgentError, VideoError
 from agent.core.images import is_image_path
+from agent.core.terminal_safe import TerminalSafeWriter, terminal_safe
+from agent.core.videos import VIDEO_FORMATS_HINT, is_video_path
 
 if TYPE_CHECKING:
     from agent.app.multimodal_agent import AgentReply, MultimodalAgent
@@ -36,6 +37,7 @@ AUDIO_PLAYERS = (("paplay",), ("aplay", "-q"), ("ffplay", "-nodisp", "-autoexit"
 HELP = """\
 Commands:
   /image PATH      attach an image to your next message (or paste an image path)
+  /video PATH      attach a video to your next message (the agent describes it with describe_video)
   /new             start a new conversation
   /threads         list conversations
   /resume ID       continue a conversation
@@ -106,16 +108,6 @@ def split_image_paths(text: str) -> tuple[list[Path], list[str]]:
     return paths, others
 
 
-def terminal_safe(text: str) -> str:
-    """``text`` with control characters shown as escapes, so model output (which may hold any
-    byte, C1 controls and escape sequences included) can never drive the terminal."""
-    return "".join(
-        ch if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Zl", "Zp")
-        else (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
-        for ch in text
-    )
-
-
 class TerminalChat:
     """The interactive chat loop. ``run()`` returns the exit code."""
 
@@ -135,11 +127,15 @@ class TerminalChat:
         self.thread_id: str | None = None
         self.resume_id = thread_id
         self.pending_images: list[Path] = []
+        self.pending_videos: list[Path] = []
         self.speak_replies = False
         self._agent_factory = agent_factory
         self._agent: MultimodalAgent | None = None
         self._load_error: BaseException | None = None
         self._loader = threading.Thread(target=self._load_agent, name="agent-loader", daemon=True)
+        self._lease: Any = None  # this process's hold on the open conversation (one writer per thread)
+        self.model_error: BaseException | None = None
+        self.read_only = False
 
     # ----- output ------------------------------------------------------------------------------
 
@@ -151,7 +147,7 @@ class TerminalChat:
         if self.verbose:
             import traceback
 
-            traceback.print_exception(exc, file=self.out)
+            traceback.print_exception(exc, file=TerminalSafeWriter(self.out))
         self.say(f"error: {one_line(str(exc)) or type(exc).__name__}")
 
     # ----- the agent, loaded in the background -------------------------------------------------
@@ -166,11 +162,17 @@ class TerminalChat:
                 from agent.app.multimodal_agent import MultimodalAgent
 
                 agent = MultimodalAgent.from_config(self.config)
-            if hasattr(type(agent.model), "loaded"):
-                agent.model.loaded  # noqa: B018 - loads the weights now, with progress, not at the first message
-            self._agent = agent
         except BaseException as exc:  # reported when the agent is first needed
             self._load_error = exc
+            return
+        # The conversations, memories and commands work from here on, even if the model cannot load
+        # (no network, not downloaded): that error is shown when a message needs the model.
+        self._agent = agent
+        if hasattr(type(agent.model), "loaded"):
+            try:
+                agent.model.loaded  # noqa: B018 - loads the weights now, with progress, not at the first message
+            except BaseException as exc:  # the turn that needs the model reports it, in one line
+                self.model_error = exc
 
     @property
     def agent(self) -> MultimodalAgent:
@@ -189,10 +191,11 @@ class TerminalChat:
     # ----- the loop ----------------------------------------------------------------------------
 
     def prompt_text(self) -> str:
-        if self.pending_images:
-            count = len(self.pending_images)
-            return f"you [{count} image{'s' if count > 1 else ''}]> "
-        return "you> "
+        parts = []
+        for count, noun in ((len(self.pending_images), "image"), (len(self.pending_videos), "video")):
+            if count:
+                parts.append(f"{count} {noun}{'s' if count > 1 else ''}")
+        return f"you [{', '.join(parts)}]> " if parts else "you> "
 
     def run(self) -> int:
         from prompt_toolkit import PromptSession
@@ -202,7 +205,9 @@ class TerminalChat:
         self._loader.start()
         history_path = self.config.data_dir.expanduser() / "chat_history"
         try:
-            history_path.parent.mkdir(parents=True, exist_ok=True)
+            from agent.core.private_files import ensure_private_file
+
+            ensure_private_file(history_path)  # typed lines are private: 0600 in the 0700 data folder
             history: Any = FileHistory(str(history_path))
         except OSError:
             history = InMemoryHistory()
@@ -239,8 +244,27 @@ class TerminalChat:
                 self.say("\n[stopped]")
             except Exception as exc:  # an unexpected failure ends the command, not the chat
                 self.error(RuntimeError(f"{type(exc).__name__}: {exc}"))
+        self._open_thread(None)
         self.say("bye")
         return 0
+
+    def _open_thread(self, thread_id: str | None) -> None:
+        """Make ``thread_id`` the open conversation, holding it against writers in other processes."""
+        from memory.thread_lease import ThreadBusyError, hold_thread, lease_folder
+
+        if self._lease is not None and thread_id == self._lease.thread_id:
+            return
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+        self.read_only = False
+        if thread_id is None:
+            return
+        try:
+            self._lease = hold_thread(lease_folder(self.agent.conversations.db_path), thread_id)
+        except ThreadBusyError as exc:
+            self.read_only = True
+            self.say(f"(read-only) {exc}")
 
     def _attach(self, paths: list[Path], quiet: bool = False) -> None:
         for path in paths:
@@ -266,9 +290,22 @@ class TerminalChat:
             if not path.is_file():
                 raise ImageError(f"image {rest!r} does not exist or is not a file; check the path")
             self._attach([path])
+        elif name == "/video":
+            if not rest:
+                raise InputError("/video needs a path: /video PATH")
+            path = Path(rest.strip("'\"")).expanduser()
+            if not path.is_file():
+                raise VideoError(f"video {rest!r} does not exist or is not a file; check the path")
+            if not is_video_path(path):
+                raise VideoError(f"{rest!r} is not a video file by its name; give a {VIDEO_FORMATS_HINT} file")
+            if path not in self.pending_videos:
+                self.pending_videos.append(path)
+            self.say(f"attached {path}; type your message")
         elif name == "/new":
+            self._open_thread(None)
             self.thread_id = None
             self.pending_images.clear()
+            self.pending_videos.clear()
             self.say("new conversation")
         elif name == "/threads":
             self._list_threads()
@@ -318,6 +355,7 @@ class TerminalChat:
 
     def _resume(self, thread_id: str) -> None:
         info = self.agent.conversations.get(thread_id)
+        self._open_thread(info.thread_id)
         self.thread_id = info.thread_id
         messages = self.agent.conversations.messages(info.thread_id)
         self.say(f"resumed {info.thread_id}: {info.title} ({len(messages)} messages)")
@@ -333,12 +371,17 @@ class TerminalChat:
         """Send a message and print the reply as it streams; Ctrl-C stops the reply."""
 
         agent = self.agent
+        if self._loader.is_alive():
+            self.say("(loading the model…)")
         images, self.pending_images = list(self.pending_images), []
+        videos, self.pending_videos = list(self.pending_videos), []
         events: queue.Queue[Any] = queue.Queue()
+        # only a turn with videos passes them: an agent (or a stand-in) without video support still works
+        extra: dict[str, Any] = {"videos": videos} if videos else {}
 
         def produce() -> None:
             try:
-                for event in agent.stream(text, images=images, thread_id=self.thread_id):
+                for event in agent.stream(text, images=images, thread_id=self.thread_id, **extra):
                     events.put(event)
             except BaseException as exc:  # shown by the printing loop
                 events.put(exc)
@@ -394,6 +437,7 @@ class TerminalChat:
             return None
         if reply.thread_id:
             self.thread_id = reply.thread_id
+            self._open_thread(reply.thread_id)
         if reply.text and (not streamed or reply.limit_reached):
             self.say(("" if at_line_start else "\n") + f"llava> {reply.text}", end="")
             at_line_start = False
@@ -412,8 +456,11 @@ class TerminalChat:
         self.say(f"[tool done] {event.name}: {one_line(event.content)[:300]}")
         artifact = event.artifact if isinstance(event.artifact, dict) else {}
         path = artifact.get("path")
+        preview = artifact.get("preview")  # a video's contact sheet, a 3-D model's views
         if isinstance(path, str) and is_image_path(path) and Path(path).is_file():
             self._show_image(Path(path))
+        elif isinstance(preview, str) and is_image_path(preview) and Path(preview).is_file():
+            self._show_image(Path(preview))
         elif isinstance(path, str) and path.endswith(".wav") and event.name == "speak":
             self._play(Path(path))
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from agent._lazy import lazy_exports
+from agent.core.lazy import lazy_exports
 
 _EXPORTS = {
     "AppConfig": "agent.core.config",

@@ -12,15 +12,25 @@ on it (adapters, indexes) with :func:`save_config_snapshot`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agent.core import defaults
+from agent.core.chroma_auth import SECRET_FIELDS, check_auth_settings, redact_url
 from agent.core.errors import ConfigError
 from agent.core.files import atomic_write_text
 from agent.core.runtime import DTYPES, QUANTIZATIONS
@@ -71,7 +81,8 @@ def default_config_path() -> Path:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and infinities are never a setting (a budget of inf GB, a temperature of nan)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSection(_Section):
@@ -101,26 +112,67 @@ class ModelSection(_Section):
     lm_head: HeadPrecision = Field("auto", description="auto: an int8 copy of the head on CPU, the model's own elsewhere.")
     fast_attention: bool = Field(True, description="On CPU, decode attention as grouped float32 matmuls, not bf16 SDPA.")
     cuda_graphs: bool = Field(True, description="Replay single-token decode steps as CUDA graphs on CUDA.")
+    allow_pickle_weights: bool = Field(
+        False, description="Load a LoRA adapter stored as .bin (a pickle file can run code); safetensors only when off."
+    )
 
 
 class ToolsSection(_Section):
     """The tools and the model manager they share."""
 
     enabled: list[str] = Field(
-        default_factory=lambda: ["caption_image", "generate_image", "search_images", "speak"]
+        default_factory=lambda: ["caption_image", "generate_image", "search_images", "speak", "describe_video"]
     )
     device: str = "auto"
     caption_model: str = defaults.CAPTION_MODEL
+    caption_adapter: str | None = Field(
+        None, description="Folder of a LoRA adapter for the captioning model (`llava-agent finetune caption`)."
+    )
     image_model: str = defaults.IMAGE_MODEL
     image_steps: int = Field(defaults.IMAGE_STEPS, ge=1, le=100, description="Denoising steps when a call gives none (1-4 for sd-turbo).")
     safety_checker: bool = Field(
         True, description="Keep a checkpoint's safety checker when it ships one (sd-turbo ships none)."
     )
     clip_model: str = defaults.CLIP_MODEL
-    tts_engine: Literal["espeak-ng", "vits"] = "espeak-ng"
+    tts_engine: Literal["espeak-ng", "vits", "bark"] = "espeak-ng"
     vits_model: str = defaults.VITS_MODEL
     espeak_voice: str = defaults.ESPEAK_VOICE
+    speak_voices: list[str] | Literal["all"] | None = Field(
+        None,
+        description="Voices the model may pick for speak (espeak-ng names, e.g. [\"en\", \"fr\"]), or \"all\"; "
+        "default: 20 widely used languages. Only voices the installed espeak-ng has are offered.",
+    )
+    bark_model: str = defaults.BARK_MODEL
+    bark_voice: str | None = Field(
+        defaults.BARK_VOICE, description="Bark voice preset used when a call names none; None lets Bark pick a voice."
+    )
+    describe_video_max_frames: int = Field(
+        defaults.DESCRIBE_VIDEO_MAX_FRAMES, ge=1, le=64, description="Keyframes describe_video looks at."
+    )
+    video_sampling: Literal["uniform", "scenes", "both"] = Field(
+        "both", description="Keyframes at even intervals, at scene changes, or both."
+    )
+    video_description: Literal["auto", "chat_model", "captions"] = Field(
+        "auto", description="auto: frames go to the chat model when it takes several images, else per-frame captions."
+    )
+    video_max_seconds: float = Field(defaults.MAX_VIDEO_SECONDS, gt=0, description="Longest stretch of video decoded per call.")
+    video_max_pixels: int = Field(defaults.MAX_VIDEO_PIXELS, gt=0, description="Larger video frames are refused.")
     max_speech_chars: int = Field(defaults.MAX_SPEECH_CHARS, gt=0)
+    video_model: str = Field(defaults.VIDEO_MODEL, description="Text-to-video checkpoint (CogVideoX or one with its interface).")
+    video_allow_cpu: bool = Field(
+        False, description="Let generate_video run on a CPU, where a default clip takes many hours; off: it refuses with an estimate."
+    )
+    video_max_frames: int = Field(defaults.VIDEO_MAX_FRAMES, ge=1, le=1000, description="Longest clip, in frames.")
+    video_steps: int = Field(defaults.VIDEO_STEPS, ge=1, le=500, description="Denoising steps when a call gives none.")
+    video_offload: Literal["auto", "none", "model", "sequential"] = Field(
+        "auto", description="CUDA memory saver: auto picks by the GPU's free memory; model/sequential offload to CPU."
+    )
+    shape_model: str = Field(defaults.SHAPE_MODEL, description="Text-to-3D checkpoint (Shap-E).")
+    shape_image_model: str = Field(defaults.SHAPE_IMAGE_MODEL, description="Image-to-3D checkpoint (Shap-E img2img).")
+    shape_steps: int = Field(defaults.SHAPE_STEPS, ge=1, le=500, description="Denoising steps when a call gives none.")
+    mesh_grid_size: int = Field(
+        defaults.MESH_GRID_SIZE, ge=16, le=512, description="Samples per side of the grid a 3-D shape is meshed on."
+    )
     memory_budget_gb: dict[str, float] = Field(
         default_factory=dict, description="Per-device budget for tool models, e.g. {cuda = 12, cpu = 8}."
     )
@@ -129,12 +181,52 @@ class ToolsSection(_Section):
         None, description="Folders tools may read; default the working directory and the data folder."
     )
     max_image_pixels: MaxImagePixels = defaults.MAX_IMAGE_PIXELS
+    allow_pickle_weights: bool = Field(
+        False, description="Load tool checkpoints stored as .bin/.pt (pickle files can run code); safetensors only when off."
+    )
+    max_calls_per_reply: int = Field(
+        8, ge=1, description="Tool calls run from one model reply; more are answered 'not run' so the model asks again."
+    )
+    timeout_s: float = Field(300.0, gt=0, description="Seconds a tool call may run (model loading included).")
+    timeouts: dict[str, float] = Field(
+        default_factory=dict, description="Per-tool time limits in seconds, e.g. {generate_image = 600}."
+    )
+
+    @field_validator("timeouts")
+    @classmethod
+    def _check_timeouts(cls, value: dict[str, float]) -> dict[str, float]:
+        for tool, seconds in value.items():
+            if not math.isfinite(seconds) or seconds <= 0:
+                raise ValueError(f"the time limit of {tool!r} must be a positive number of seconds, got {seconds!r}")
+        return value
+
+    @field_validator("memory_budget_gb")
+    @classmethod
+    def _check_budgets(cls, value: dict[str, float]) -> dict[str, float]:
+        for device, budget in value.items():
+            if not math.isfinite(budget) or budget <= 0:
+                raise ValueError(f"the budget of {device!r} must be a positive number of GB, got {budget!r}")
+        return value
 
 
 class MemorySection(_Section):
     """Conversations, long-term memory and the vector store."""
 
-    chroma_url: str | None = Field(None, description="http(s)://host:port of a Chroma server; None = embedded.")
+    chroma_url: str | None = Field(
+        None, description="http(s)://host:port of a Chroma server; None = embedded. user:password@ in it is basic auth."
+    )
+    chroma_token: SecretStr | None = Field(
+        None, description="Token for a Chroma server that requires one (LLAVA_AGENT_MEMORY__CHROMA_TOKEN); never printed."
+    )
+    chroma_token_header: Literal["Authorization", "X-Chroma-Token"] = Field(
+        "Authorization", description="How the token is sent: 'Authorization' (Bearer) or 'X-Chroma-Token'."
+    )
+    chroma_username: str | None = Field(None, description="User name for a Chroma server with basic auth.")
+    chroma_password: SecretStr | None = Field(
+        None, description="Password for basic auth (LLAVA_AGENT_MEMORY__CHROMA_PASSWORD); never printed."
+    )
+    chroma_tenant: str = Field("default_tenant", min_length=1, description="Chroma tenant (server mode).")
+    chroma_database: str = Field("default_database", min_length=1, description="Chroma database (server mode).")
     image_collection: str = "images"
     memory_collection: str = "memories"
     text_embedder: str = defaults.TEXT_EMBEDDER
@@ -143,6 +235,11 @@ class MemorySection(_Section):
         0.3, ge=-1.0, le=1.0, description="Cosine similarity a memory needs to be added to the prompt automatically."
     )
     max_context_tokens: int | None = Field(None, gt=0, description="None reads the model's context length.")
+
+    @model_validator(mode="after")
+    def _check_chroma_auth(self) -> MemorySection:
+        check_auth_settings(self)
+        return self
 
 
 class AgentSection(_Section):
@@ -156,6 +253,51 @@ class AgentSection(_Section):
     long_term_memory: bool = Field(True, description="Add remember/recall tools and recalled facts to the prompt.")
 
 
+def _comma_list(value: Any) -> Any:
+    """``"a, b"`` (an environment variable) -> ``["a", "b"]``; lists pass unchanged."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class ServeSection(_Section):
+    """The OpenAI-compatible server (``llava-agent serve``)."""
+
+    host: str = Field(defaults.SERVE_HOST, description="Interface to listen on; any but loopback requires API keys.")
+    port: int = Field(defaults.SERVE_PORT, ge=0, le=65535, description="0 picks a free port.")
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Bearer keys accepted (several allowed); an environment variable may list them comma-separated.",
+    )
+    api_keys_file: Path | None = Field(None, description="A file of API keys, one per line ('#' starts a comment).")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Browser origins allowed to call the server (CORS); none by default."
+    )
+    max_request_bytes: int = Field(defaults.SERVE_MAX_REQUEST_BYTES, gt=0)
+    max_image_pixels: MaxImagePixels = defaults.SERVE_MAX_IMAGE_PIXELS
+    max_images: int = Field(defaults.SERVE_MAX_IMAGES, ge=0, description="Images per request.")
+    max_queue: int = Field(defaults.SERVE_MAX_QUEUE, ge=0, description="Requests waiting for the model; more get 429.")
+    max_batch: int = Field(
+        defaults.SERVE_MAX_BATCH, ge=1, le=64, description="Plain requests generated together when several wait; 1: never."
+    )
+    request_timeout_s: float = Field(defaults.SERVE_REQUEST_TIMEOUT_S, gt=0, description="Queue wait plus generation.")
+    allow_remote_images: bool = Field(False, description="Let requests name http(s) image URLs the server fetches.")
+    model_name: str | None = Field(
+        None, description="Name clients use for the chat model; default the hub id or the local folder's name."
+    )
+    agent_model: str | None = Field(
+        defaults.AGENT_MODEL_NAME, description="Name of the agent-as-a-model (tools run on the server); None: off."
+    )
+    public_url: str | None = Field(
+        None, description="Base URL clients reach the server at (behind a proxy), for links to generated files."
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1", description="Proxies whose X-Forwarded-* headers are trusted (comma-separated, or '*')."
+    )
+
+    _split_keys = field_validator("api_keys", "cors_origins", mode="before")(_comma_list)
+
+
 class AppConfig(_Section):
     """The resolved application configuration."""
 
@@ -164,6 +306,7 @@ class AppConfig(_Section):
     tools: ToolsSection = Field(default_factory=ToolsSection)
     memory: MemorySection = Field(default_factory=MemorySection)
     agent: AgentSection = Field(default_factory=AgentSection)
+    serve: ServeSection = Field(default_factory=ServeSection)
 
     @property
     def artifacts_dir(self) -> Path:
@@ -206,6 +349,30 @@ def _parse_env_value(raw: str) -> Any:
         return raw
 
 
+def _field_annotation(path: list[str]) -> Any:
+    """The type annotation of the setting at ``path`` (``["model", "model"]``), or None when unknown."""
+    model: Any = AppConfig
+    annotation: Any = None
+    for part in path:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        annotation = fields[part].annotation
+        model = annotation
+    return annotation
+
+
+def _is_text_setting(annotation: Any) -> bool:
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    options = typing.get_args(annotation) if origin in (typing.Union, types.UnionType) else (annotation,)
+    return any(option in (str, SecretStr) for option in options) and not any(
+        option in (int, float, bool, list, dict) or typing.get_origin(option) in (list, dict) for option in options
+    )
+
+
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     environ = os.environ if environ is None else environ
     sections = {name for name, field in AppConfig.model_fields.items() if isinstance(field.default_factory, type)}
@@ -223,7 +390,15 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = _parse_env_value(raw)
+        value = _parse_env_value(raw)
+        if value is None:
+            raise ConfigError(
+                f"environment variable {key} = {raw!r}: null is not a value here (it would silently pick the "
+                "default); unset the variable to use the default, or give a value"
+            )
+        if _is_text_setting(_field_annotation(path)) and not isinstance(value, str):
+            value = raw  # a text setting keeps its text: a token of digits stays a string
+        node[path[-1]] = value
     return out
 
 
@@ -240,12 +415,27 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
+def _redacted(value: Any, key: str = "") -> Any:
+    """A value fit for an error message: secrets (tokens, passwords, URL passwords) masked."""
+
+    if key in SECRET_FIELDS or isinstance(value, SecretStr):
+        return "***"
+    if isinstance(value, Mapping):
+        return {k: _redacted(v, str(k)) for k, v in value.items()}
+    if isinstance(value, str) and "@" in value and "://" in value:
+        return redact_url(value)
+    return value
+
+
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for error in exc.errors():
         where = ".".join(str(p) for p in error["loc"])
-        value = error.get("input")
+        value = _redacted(error.get("input"), str(error["loc"][-1]) if error["loc"] else "")
         message = error["msg"]
+        if isinstance(value, Mapping):  # a whole section failed one of its checks: the message says which setting
+            lines.append(f"{where}: {message.removeprefix('Value error, ')}")
+            continue
         if error["type"] == "extra_forbidden":
             section = AppConfig
             for part in error["loc"][:-1]:
@@ -315,13 +505,18 @@ def config_to_toml(config: AppConfig) -> str:
             return "{" + ", ".join(f"{json.dumps(k)} = {literal(v)}" for k, v in value.items()) + "}"
         raise TypeError(f"cannot write {value!r} as TOML")
 
+
     data = config.model_dump()
     lines = [f"{k} = {literal(v)}" for k, v in data.items() if not isinstance(v, dict) and v is not None]
     for section, values in data.items():
         if not isinstance(values, dict):
             continue
         lines.append(f"\n[{section}]")
-        lines.extend(f"{k} = {literal(v)}" for k, v in values.items() if v is not None)
+        for key, value in values.items():
+            if isinstance(value, SecretStr):  # secrets are never written out: not shown, not in snapshots
+                lines.append(f"# {key} is set (hidden)")
+            elif value is not None:
+                lines.append(f"{key} = {literal(redact_url(value) if key == 'chroma_url' else value)}")
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,12 @@ IMAGE_MODEL = "stabilityai/sd-turbo"
 CLIP_MODEL = "openai/clip-vit-base-patch32"
 VITS_MODEL = "facebook/mms-tts-eng"
 TEXT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
+VIDEO_MODEL = "THUDM/CogVideoX-2b"
+"""Text-to-video (diffusers ``CogVideoXPipeline``); about 13 GB of fp16 weights, a CUDA GPU in practice."""
+SHAPE_MODEL = "openai/shap-e"
+"""Text-to-3D (diffusers ``ShapEPipeline``)."""
+SHAPE_IMAGE_MODEL = "openai/shap-e-img2img"
+"""Image-to-3D (diffusers ``ShapEImg2ImgPipeline``)."""
 
 # -- the chat model's generation settings ------------------------------------------------------
 MAX_NEW_TOKENS = 512
@@ -30,3 +36,43 @@ MAX_SPEECH_CHARS = 5000
 IMAGE_STEPS = 1
 """Denoising steps when a generate_image call gives none (1-4 suit sd-turbo)."""
 ESPEAK_VOICE = "en"
+VIDEO_MAX_FRAMES = 49
+"""Longest clip generate_video makes, in frames (CogVideoX-2b is trained on 49: 6 s at 8 fps)."""
+VIDEO_STEPS = 50
+"""Denoising steps when a generate_video call gives none (CogVideoX's recommended 50)."""
+SHAPE_STEPS = 64
+"""Denoising steps when a generate_3d call gives none (Shap-E's recommended 64)."""
+MESH_GRID_SIZE = 128
+"""Samples per side of the grid a Shap-E latent is turned into a mesh on (cost grows with its cube)."""
+
+# -- the OpenAI-compatible server (llava-agent serve) ------------------------------------------
+SERVE_HOST = "127.0.0.1"
+SERVE_PORT = 8000
+AGENT_MODEL_NAME = "llava-agent"
+"""The model name under which the server offers a full agent turn (tools run on the server)."""
+SERVE_MAX_REQUEST_BYTES = 20 * 1024 * 1024
+"""Largest request body accepted (images come base64-encoded inside it)."""
+SERVE_MAX_IMAGE_PIXELS = 16_000_000
+"""Largest image a server request may carry; lower than the local limit, since strangers send them."""
+SERVE_MAX_IMAGES = 8
+"""Images per request."""
+SERVE_MAX_QUEUE = 32
+"""Requests waiting for the model; more are refused with 429."""
+SERVE_MAX_BATCH = 4
+"""Plain requests generated together when several wait (a CPU decode step costs about the same for 4 as for 1)."""
+SERVE_REQUEST_TIMEOUT_S = 300.0
+"""Seconds a request may take in all, waiting in the queue included."""
+SERVE_MIN_API_KEY_CHARS = 16
+BARK_MODEL = "suno/bark-small"
+BARK_VOICE = "v2/en_speaker_6"
+"""Bark voice preset used when a speak call names none (one of the presets the checkpoint ships)."""
+
+# -- videos ------------------------------------------------------------------------------------
+DESCRIBE_VIDEO_MAX_FRAMES = 8
+"""Keyframes one describe_video call looks at (a multi-image chat model may take fewer)."""
+MAX_VIDEO_PIXELS = 7680 * 4320
+"""Largest video frame (width x height, 8K UHD) accepted; larger ones are refused before decoding."""
+MAX_VIDEO_SECONDS = 1800.0
+"""Longest stretch of video decoded per call (the whole video, or the requested time range)."""
+MAX_FRAME_PIXELS = 448 * 448
+"""Keyframes are scaled down to at most this many pixels before any model sees them."""

@@ -36,6 +36,10 @@ class ImageError(InputError):
     """An image is missing, empty, corrupt, unsupported or too large."""
 
 
+class VideoError(InputError):
+    """A video is missing, empty, truncated, not a video, too large or too long."""
+
+
 class PathNotAllowedError(InputError, PermissionError):
     """A path resolves outside the folders the application may read or write."""
 

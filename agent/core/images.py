@@ -27,7 +27,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import unquote, urlparse
 
 from agent.core.defaults import MAX_IMAGE_PIXELS
@@ -56,7 +56,8 @@ IMAGE_FORMATS: dict[str, tuple[str, tuple[str, ...]]] = {
 """Every image format accepted anywhere (chat, attachments, tools, index); nothing else is decoded."""
 SUPPORTED_FORMATS = tuple(IMAGE_FORMATS)
 DECODERS = tuple(name for name in IMAGE_FORMATS if name != "MPO")
-"""The Pillow decoders tried when opening a file (MPO files are opened by the JPEG decoder)."""
+"""The Pillow plugins tried on untrusted data (MPO files are opened by the JPEG plugin); no other plugin
+sees it (EPS would run Ghostscript)."""
 IMAGE_SUFFIXES = frozenset(suffix for _, suffixes in IMAGE_FORMATS.values() for suffix in suffixes)
 """File suffixes of the supported formats (how folders are scanned and paths recognised)."""
 FORMATS_HINT = "PNG, JPEG, GIF, WebP, BMP, TIFF, ICO or PPM"
@@ -78,13 +79,14 @@ def earlier_image_reference(name: str | None, caption: str | None = None) -> str
 
     The system prompt explains this form to the model, which can pass NAME (a path) to a tool.
     """
+    name = " ".join(str(name).split()) if name else None  # one line: a file name cannot break the text
+    caption = " ".join(str(caption).split()) if caption else None
     text = f"[earlier image: {name}" if name else "[earlier image"
     return text + (f" — caption: {caption}]" if caption else "]")
 
 REMOTE_TIMEOUT_S = 20.0
 MAX_REMOTE_BYTES = 64 * 1024 * 1024
 
-SUPPORTED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "MPO", "ICO", "PPM")
 _DATA_URL = re.compile(
     r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,", re.I
 )
@@ -255,6 +257,7 @@ def _decode_bytes(raw: bytes, location: ImageLocation, max_pixels: int, origin: 
         with warnings.catch_warnings():
             # Our own pixel limit below replaces PIL's warning-or-error heuristics.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # only the supported formats are even tried: no other Pillow plugin (EPS runs Ghostscript) sees the data
             image = Image.open(io.BytesIO(raw), formats=DECODERS)
     except UnidentifiedImageError:
         raise _fail(
@@ -348,10 +351,13 @@ def image_name(source: Any) -> str | None:
     return Path(filename).name if filename else None
 
 
-def open_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, *, label: str | None = None) -> Image.Image:
+def open_image_file(
+    path: Path | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS, *, label: str | None = None
+) -> Image.Image:
     """Decode an image file a tool reads into RGB, refusing other formats, corrupt files and images over ``max_pixels``.
 
-    Only the decoders of :data:`SUPPORTED_FORMATS` are tried, and the size is read from the header
+    ``path`` may be an open binary file (see :func:`agent.core.files.open_allowed_image`). Only the
+    decoders of :data:`SUPPORTED_FORMATS` are tried, and the size is read from the header
     before any pixel is decoded, so a file claiming huge dimensions is refused without allocating
     memory for it.
     """
@@ -378,5 +384,6 @@ def open_image_file(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, *, label: 
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(
-            f"file {label!r} is not a readable image ({type(exc).__name__}: {exc}); give a {FORMATS_HINT} file"
+            f"file {label!r} is not a readable image in a supported format ({type(exc).__name__}: {exc}); give a "
+            f"{FORMATS_HINT} file"
         ) from None

@@ -82,6 +82,52 @@ def checkpoint_size_bytes(model_id_or_path: str) -> int | None:
     return total or None
 
 
+_FINGERPRINT_SAMPLES = 32
+_FINGERPRINT_BLOCK = 1 << 16
+_fingerprints: dict[tuple[Any, ...], str] = {}
+
+
+def model_fingerprint(model_id_or_path: str) -> str:
+    """A short identity of a checkpoint's weights, to tell two versions of "the same" model apart.
+
+    For a local folder: a SHA-256 over its ``config.json`` and each weight file's size and
+    content (whole when under 64 MiB, else 32 blocks of 64 KiB spread over it), so retraining
+    into the same folder gives a new fingerprint while copying the folder keeps it. For a hub
+    id: the id and the revision of its cached snapshot when there is one. Cached per process.
+    """
+    import hashlib
+
+    folder = Path(model_id_or_path).expanduser()
+    if not folder.is_dir():
+        revision = None
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model_id_or_path, "config.json")
+            revision = Path(cached).parent.name if isinstance(cached, str) else None
+        except Exception:  # an odd id or a broken cache: the id alone identifies it
+            revision = None
+        return f"{model_id_or_path}@{revision}" if revision else model_id_or_path
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and (p.suffix in {".safetensors", ".bin", ".pt"}
+                                                                     or p.name == "config.json"))
+    key = (str(folder.resolve()), *((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    if key in _fingerprints:
+        return _fingerprints[key]
+    digest = hashlib.sha256()
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(folder)}:{size}".encode())
+        with open(path, "rb") as handle:
+            if size <= 64 * 2**20:
+                digest.update(handle.read())
+            else:
+                for n in range(_FINGERPRINT_SAMPLES):
+                    handle.seek(n * (size - _FINGERPRINT_BLOCK) // (_FINGERPRINT_SAMPLES - 1))
+                    digest.update(handle.read(_FINGERPRINT_BLOCK))
+    _fingerprints[key] = digest.hexdigest()[:16]
+    return _fingerprints[key]
+
+
 @dataclass
 class _Entry:
     value: Any

@@ -5,7 +5,7 @@ No LangChain here: it works on plain schemas, strings and token ids.
 
 from __future__ import annotations
 
-from agent._lazy import lazy_exports
+from agent.core.lazy import lazy_exports
 
 _EXPORTS = {
     "ToolCallConstraint": "agent.decoding.constraint",

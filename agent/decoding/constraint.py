@@ -14,12 +14,14 @@ tokenizer's vocabulary with ``outlines_core`` (a DFA over bytes whose transition
 its first token (``mode == "tool_call"``). With ``"auto"`` the model writes freely
 (``mode == "undecided"``, then ``"text"`` once the reply is more than whitespace and a prefix
 of ``<tool_call>``); nothing is masked, so answers stream untouched, except tokens that would
-*complete* a ``<tool_call>`` opener in a way the grammar rejects or that the remaining budget
-cannot finish. The moment the reply contains a complete opener -- at its start or after some
-text ("Let me look.\\n<tool_call>...") -- the mode becomes ``"tool_call"`` and every later token is
-masked by the grammar, so a reply is always plain text, or text followed by valid calls.
-(Improvement on "text forever": openers written after text are constrained too, so
-:func:`agent.decoding.tool_protocol.parse_tool_calls` never meets a broken block in a constrained reply.)
+*complete* a call opener in a way the grammar rejects or that the remaining budget cannot
+finish. A call opener is ``<tool_call>`` at the start of a line (column 0; at the start of the
+reply after any whitespace) outside a fenced code block: the rule of
+:func:`agent.decoding.tool_protocol.call_opener_positions`. The moment the reply contains one -- at its
+start or after some text ("Let me look.\\n<tool_call>...") -- the mode becomes ``"tool_call"`` and
+every later token is masked by the grammar, so a reply is always plain text, or text followed by
+valid calls. ``<tool_call>`` anywhere else (quoting a file name mid-sentence, inside a fenced
+block) is ordinary text and starts nothing.
 
 **End.** EOS is allowed only in final states, i.e. right after a ``</tool_call>``; there the
 grammar also allows ``\\n<tool_call>`` for another call. (The index holds one copy of ``CALL``:
@@ -122,34 +124,47 @@ def tool_call_regex(
     return f"{call}(\\n{call})*" if repeated else call
 
 
-def _opener_moves(automaton: Automaton, vocabulary: TokenVocabulary) -> list[dict[int, int]]:
-    """For each length k of a partial ``<tool_call>`` at the end of free text: token -> state after it.
+# Where free text stands, as an index into the opener tables (see :func:`_opener_moves`):
+# 0..len(<tool_call>)-1: the current line so far is that many bytes of "<tool_call>" (0: at a line start);
+_MID_LINE = len(_OPENER)  # the current line holds other text: only a token holding "\n<tool_call>" opens
+_BLANK = len(_OPENER) + 1  # nothing but whitespace since the reply started: leading whitespace is allowed
+_FENCED = len(_OPENER) + 2  # inside a ``` fenced block: quoted, nothing opens a call
+_LINE_OPENER = b"\n" + _OPENER
+_FENCES = (b"```", b"~~~")
+_LINE_PREFIX_BYTES = 16
 
-    Only tokens that complete the opener appear; the state is -1 when the rest of the token is
-    not a valid start of a call.
+
+def _opener_moves(automaton: Automaton, vocabulary: TokenVocabulary) -> list[dict[int, int]]:
+    """For each place free text can stand in: token -> state after it, for tokens that open a call.
+
+    A call opens only with ``<tool_call>`` at the start of a line (column 0; at the very start of
+    the reply after any whitespace) outside a fenced code block -- see
+    :func:`agent.decoding.tool_protocol.call_opener_positions`. Only tokens that complete such an opener
+    appear; the state is -1 when the rest of the token is not a valid start of a call.
     """
     after_opener = automaton.walk(automaton.initial, _OPENER, vocabulary)
     if after_opener is None:
         raise InputError(
             "this tokenizer cannot spell <tool_call>; tool calling needs a byte-complete vocabulary"
         )
-    suffixes = {k: _OPENER[k:] for k in range(1, len(_OPENER))}
-    first_bytes = {s[:1] for s in suffixes.values()} | {b"<"}
-    moves: list[dict[int, int]] = [{} for _ in range(len(_OPENER))]
+    moves: list[dict[int, int]] = [{} for _ in range(_FENCED + 1)]
     for token_id in vocabulary.allowed_ids:
         data = vocabulary.token_bytes[token_id]
-        contained = data.find(_OPENER)
-        if contained < 0 and data[:1] not in first_bytes:
-            continue
-        for k in range(len(_OPENER)):
-            if k and data.startswith(suffixes[k]):
-                rest = data[len(suffixes[k]) :]
-            elif contained >= 0:
-                rest = data[contained + len(_OPENER) :]
+        after_newline = data.find(_LINE_OPENER)
+        for place in range(_FENCED):
+            if place == _BLANK:
+                stripped = data.lstrip(b" \t\r\n")
+                rest = stripped[len(_OPENER) :] if stripped.startswith(_OPENER) else None
+            elif place < len(_OPENER):
+                rest = data[len(_OPENER) - place :] if data.startswith(_OPENER[place:]) else None
             else:
+                rest = None
+            if rest is None and after_newline >= 0:
+                rest = data[after_newline + len(_LINE_OPENER) :]
+            if rest is None:
                 continue
             state = automaton.walk(after_opener, rest, vocabulary)
-            moves[k][token_id] = -1 if state is None else state
+            moves[place][token_id] = -1 if state is None else state
     return moves
 
 
@@ -303,9 +318,36 @@ class _Row:
     mode: str
     state: int
     head: bytes = b""  # free text so far, while undecided
-    tail: bytes = b""  # last bytes of free text (to spot a <tool_call> opener)
-    partial: int = 0  # length of the opener prefix the free text ends with
+    line: bytes = b""  # the first bytes of the current line of free text
+    line_bytes: int = 0  # the length of the current line
+    blank: bool = True  # nothing but whitespace since the reply started
+    fenced: bool = False  # inside a ``` fenced code block
+    partial: int = _BLANK  # where free text stands (an index into the opener tables)
     done: bool = False
+
+    def feed(self, data: bytes) -> None:
+        """Follow free text: lines, fences, and how much of an opener the current line holds."""
+        for byte in data:
+            if byte == 0x0A:
+                content = self.line.lstrip(b" ")
+                if content[:3] in _FENCES and len(self.line) - len(content) <= 3:
+                    self.fenced = not self.fenced
+                self.line, self.line_bytes = b"", 0
+                continue
+            if self.blank and byte in b" \t\r":
+                continue
+            self.blank = False
+            if self.line_bytes < _LINE_PREFIX_BYTES:
+                self.line += bytes((byte,))
+            self.line_bytes += 1
+        if self.fenced:
+            self.partial = _FENCED
+        elif self.blank:
+            self.partial = _BLANK
+        elif self.line_bytes < len(_OPENER) and _OPENER.startswith(self.line):
+            self.partial = self.line_bytes
+        else:
+            self.partial = _MID_LINE
 
 
 class _ToolCallLogitsProcessorLogic:
@@ -440,8 +482,7 @@ class _ToolCallLogitsProcessorLogic:
             row.head += data
             if not _OPENER.startswith(row.head.lstrip()):
                 row.mode = "text"
-        row.tail = (row.tail + data)[-(len(_OPENER) - 1) :]
-        row.partial = next((k for k in range(len(_OPENER) - 1, 0, -1) if row.tail.endswith(_OPENER[:k])), 0)
+        row.feed(data)
 
     def _mask(self, row: _Row, logits: torch.Tensor, remaining: int) -> None:
         import torch

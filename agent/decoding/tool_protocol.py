@@ -29,6 +29,11 @@ when present, come after it and end the reply.
     A cat sitting on a mat.
     </tool_response>
 
+A call starts only where ``<tool_call>`` begins a line -- column 0, or the start of the reply
+after any whitespace -- outside a fenced code block (````` ``` ````` or ``~~~``); see
+:func:`call_opener_positions`. ``<tool_call>`` anywhere else is ordinary text, so a reply can
+quote the tag (a file named ``<tool_call>.png``, a fenced example) without running anything.
+
 Parsing (:func:`parse_tool_calls`) is strict about the inside of a ``<tool_call>`` block (valid
 JSON object with a string ``name`` and an object ``arguments``) and raises
 :class:`ToolCallParseError` quoting the raw text otherwise (``ChatLlava`` re-raises it as LangChain's
@@ -166,9 +171,44 @@ def new_tool_call_id() -> str:
     return f"call_{uuid.uuid4().hex}"
 
 
+_FENCES = ("```", "~~~")
+_BLANKS = " \t\r\n"
+
+
+def call_opener_positions(text: str) -> list[int]:
+    """Where ``<tool_call>`` starts a call in ``text``: at a line start, outside fenced blocks.
+
+    A line start is column 0 of any line, or the first non-whitespace character of the text.
+    A line whose content (after at most three spaces) starts with ````` ``` ````` or ``~~~`` opens or
+    closes a fenced block; nothing inside one is a call.
+    """
+    positions: list[int] = []
+    fenced = False
+    offset = 0
+    leading = len(text) - len(text.lstrip(_BLANKS))
+    for line in (piece + "\n" for piece in text.split("\n")):  # only "\n" ends a line, as in decoding
+        content = line.lstrip(" ")
+        if content[:3] in _FENCES and len(line) - len(content) <= 3:
+            fenced = not fenced
+        elif not fenced:
+            if line.startswith(TOOL_CALL_OPEN):
+                positions.append(offset)
+            elif offset <= leading < offset + len(line) and text.startswith(TOOL_CALL_OPEN, leading):
+                positions.append(leading)
+        offset += len(line)
+    return positions
+
+
+def first_call_position(text: str) -> int:
+    """Where the first call starts in ``text`` (see :func:`call_opener_positions`), or -1."""
+    positions = call_opener_positions(text)
+    return positions[0] if positions else -1
+
+
 def parse_tool_calls(text: str) -> tuple[str, list[dict]]:
     """Split a reply into its text and its tool calls.
 
+    Only openers at a line start outside fenced blocks start a call (:func:`call_opener_positions`).
     Returns ``(text outside the calls, stripped, [{"name", "args", "id"}, ...])``. Raises
     :class:`ToolCallParseError` (quoting the raw text) when a ``<tool_call>`` block is unclosed, is
     not a JSON object, or lacks a string ``name`` or an object ``arguments``.
@@ -176,8 +216,9 @@ def parse_tool_calls(text: str) -> tuple[str, list[dict]]:
     outside: list[str] = []
     calls: list[dict] = []
     position = 0
+    openers = call_opener_positions(text)
     while True:
-        start = text.find(TOOL_CALL_OPEN, position)
+        start = next((p for p in openers if p >= position), -1)
         if start < 0:
             outside.append(text[position:])
             break
@@ -319,6 +360,8 @@ __all__ = [
     "TOOL_RESPONSE_OPEN",
     "format_tool_call",
     "format_tool_calls",
+    "call_opener_positions",
+    "first_call_position",
     "format_tool_response",
     "new_tool_call_id",
     "parse_tool_calls",

@@ -48,6 +48,7 @@ from agent.decoding.constraint import ToolCallConstraint, json_output_constraint
 from agent.decoding.tool_protocol import (
     TOOL_CALL_OPEN,
     ToolCallParseError,
+    first_call_position,
     normalise_tool_choice,
     parse_tool_calls,
 )
@@ -80,6 +81,11 @@ class ChatLlava(BaseChatModel):
     When ``timeout`` runs out, generation stops and the text produced so far is returned with
     ``response_metadata["finish_reason"] == "timeout"``; if it ran out inside a tool call,
     :class:`GenerationTimeoutError` is raised instead, since half a call is not a call.
+
+    A ``threading.Event`` passed as the call option ``cancel_event`` (``llm.stream(msgs,
+    cancel_event=event)``) ends generation at the next token once set, from any thread, also
+    while a tool call or JSON reply is being written (nothing is streamed then); the reply ends
+    with ``finish_reason == "cancelled"`` and carries no tool calls.
     """
 
     model_config = ConfigDict(populate_by_name=True, protected_namespaces=())
@@ -151,6 +157,9 @@ class ChatLlava(BaseChatModel):
         description="On CPU, decode steps compute attention as grouped float32 matmuls instead of bf16 SDPA.",
     )
     cuda_graphs: bool = Field(default=True, description="Replay single-token steps as CUDA graphs on CUDA.")
+    allow_pickle_weights: bool = Field(
+        default=False, description="Load a LoRA adapter stored as .bin (pickle files can run code)."
+    )
 
     _spec: ModelSpec | None = PrivateAttr(default=None)
 
@@ -208,6 +217,7 @@ class ChatLlava(BaseChatModel):
                 device=self.device,
                 adapter=self.adapter,
                 trust_remote_code=self.trust_remote_code,
+                allow_pickle_weights=self.allow_pickle_weights,
             )
         return self._spec
 
@@ -321,6 +331,7 @@ class ChatLlava(BaseChatModel):
         tools = kwargs.pop("tools", None) or None
         tool_choice = kwargs.pop("tool_choice", None)
         response_format = kwargs.pop("response_format", None)
+        cancel_event = kwargs.pop("cancel_event", None)  # a threading.Event: set it to end generation early
         if response_format is not None and tools:
             raise InputError("response_format and tools cannot be combined in one call; use one or the other")
         decode_settings = self._decode_settings(kwargs)
@@ -385,6 +396,7 @@ class ChatLlava(BaseChatModel):
                 constraint_processor=constraint_processor,
                 hold_back=hold_back,
                 decode_settings=decode_settings,
+                cancel=cancel_event,
             ):
                 if isinstance(event, str):
                     emitted.append(event)
@@ -424,7 +436,9 @@ class ChatLlava(BaseChatModel):
                 f"generation ran past timeout={self.timeout}s before the JSON output was complete "
                 f"({result.text!r:.200}); raise the timeout or lower max_new_tokens"
             )
-        if result.mode == "tool_call" and not structured:
+        if finish_reason == "cancelled":  # the caller walked away: what was said, never half a call
+            text = result.text if result.mode == "text" else emitted
+        elif result.mode == "tool_call" and not structured:
             if finish_reason == "timeout":
                 raise GenerationTimeoutError(
                     f"generation ran past timeout={self.timeout}s in the middle of a tool call "
@@ -434,7 +448,7 @@ class ChatLlava(BaseChatModel):
                 _, calls = parse_tool_calls(result.text)
             except ToolCallParseError as exc:
                 raise OutputParserException(str(exc), llm_output=exc.llm_output) from exc
-            text = result.text[: result.text.find(TOOL_CALL_OPEN)].rstrip() if calls else result.text
+            text = result.text[: first_call_position(result.text)].rstrip() if calls else result.text
             tool_call_chunks = [
                 {
                     "type": "tool_call_chunk",

@@ -22,18 +22,22 @@ with three differences, each behind a switch of :class:`DecodeSettings`:
    (:mod:`agent.llava.decode_attention`). On CUDA, single-token steps replay a captured CUDA
    graph (:mod:`agent.llava.cuda_graphs`).
 
-Sampling follows ``generate``: the constraint, then temperature, the generation config's top-k,
-top-p, and a draw from the softmax; at temperature 0 the argmax. Models or generation configs
-this loop does not reproduce exactly (beam search, repetition penalties, sliding-window layers,
-prompt-learning adapters, a head that is not a plain linear layer) are reported by
-:func:`unsupported_reason`, and the caller uses ``generate`` for them.
+Sampling follows ``generate``: the generation config's repetition penalty, the caller's logits
+processors (``logits_processor``, ``transformers``-style ``(input_ids, scores) -> scores``, given
+the prompt and every token so far, as ``generate`` gives them), the constraint, then temperature,
+the generation config's top-k, top-p, and a draw from the softmax; at temperature 0 the argmax.
+Processors must be functions of their inputs (as ``transformers``' own are): a stretch forced by
+jump-forward is appended without asking them, exactly as when each of its tokens is the only one
+the constraint allows. Models or generation configs this loop does not reproduce exactly (beam
+search, n-gram bans, sliding-window layers, prompt-learning adapters, a head that is not a plain
+linear layer) are reported by :func:`unsupported_reason`, and the caller uses ``generate`` for them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -67,7 +71,6 @@ FEW_ROWS = 8192
 # generation-config settings this loop does not implement, with the value that means "off"
 _UNSUPPORTED_GENERATION = {
     "num_beams": 1,
-    "repetition_penalty": 1.0,
     "no_repeat_ngram_size": 0,
     "encoder_no_repeat_ngram_size": 0,
     "bad_words_ids": None,
@@ -335,11 +338,13 @@ def decode(
     emit: Callable[[list[int]], None],
     should_stop: Callable[[], bool],
     constraint_processor: Any = None,
+    logits_processor: Sequence[Any] = (),
 ) -> DecodeStats:
     """Generate a reply to the encoded batch-1 ``inputs``; every new token id goes to ``emit``.
 
-    ``should_stop`` is asked after each emitted stretch (cancellation, timeout). Returns what
-    the reply cost.
+    ``should_stop`` is asked before each prefill chunk and after each emitted stretch
+    (cancellation, timeout). ``logits_processor`` are applied to every step's logits before the
+    constraint (see the module's docstring). Returns what the reply cost.
     """
     import numpy as np
     import torch
@@ -372,6 +377,8 @@ def decode(
         float(options.get("top_p") or 1.0),
         getattr(loaded.model.generation_config, "top_k", None),
     )
+    processors = [*config_processors(loaded.model.generation_config), *logits_processor]
+    history = _History(tokens, max_new_tokens, device) if processors else None
     head = output_head(loaded, resolve_head_mode(settings.lm_head, device))
     if settings.fast_attention and "attention" not in loaded.accelerators:
         with loaded.accelerators_lock:
@@ -407,6 +414,9 @@ def decode(
         for start, end in zip(bounds[:-1], bounds[1:], strict=True):
             if end <= reused:
                 continue
+            if should_stop():  # cancelled or out of time before the prompt is read: no reply
+                stats.prefill_seconds = stats.seconds = time.perf_counter() - started
+                return stats
             output = parts.backbone(
                 input_ids=input_ids[:, start:end],
                 cache=kv.cache,
@@ -434,6 +444,8 @@ def decode(
                 stats.first_token_seconds = time.perf_counter() - started
             generated += len(new)
             emit(new)
+            if history is not None:
+                history.extend(new)
             if processor is not None:
                 processor.accept(new)
 
@@ -447,7 +459,17 @@ def decode(
                         chosen = forced
                     else:
                         chosen = [
-                            _pick(hidden, head, processor, sampler, remaining, stats, settings.few_row_logits)
+                            _pick(
+                                hidden,
+                                head,
+                                processor,
+                                sampler,
+                                remaining,
+                                stats,
+                                settings.few_row_logits,
+                                processors,
+                                history,
+                            )
                         ]
                     emit_tokens(chosen)
                     if chosen[-1] in eos_ids or generated >= max_new_tokens or should_stop():
@@ -488,6 +510,37 @@ def decode(
         return stats
 
 
+def config_processors(generation_config: Any) -> list[Any]:
+    """The logits processors ``generate`` builds from the generation config that this loop runs too."""
+    penalty = getattr(generation_config, "repetition_penalty", None)
+    if penalty is None or float(penalty) == 1.0:
+        return []
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    return [RepetitionPenaltyLogitsProcessor(penalty=float(penalty))]
+
+
+class _History:
+    """The prompt and the tokens so far as one (1, n) tensor, for logits processors."""
+
+    def __init__(self, prompt: Any, max_new_tokens: int, device: Any) -> None:
+        import torch
+
+        self.ids = torch.empty((1, len(prompt) + max_new_tokens), dtype=torch.long, device=device)
+        self.ids[0, : len(prompt)] = torch.from_numpy(prompt).to(device)
+        self.length = len(prompt)
+
+    def extend(self, new: list[int]) -> None:
+        import torch
+
+        end = min(self.length + len(new), self.ids.shape[1])
+        self.ids[0, self.length : end] = torch.tensor(new[: end - self.length], dtype=torch.long)
+        self.length = end
+
+    def view(self) -> torch.Tensor:
+        return self.ids[:, : self.length]
+
+
 def _pick(
     hidden: torch.Tensor,
     head: OutputHead,
@@ -496,6 +549,8 @@ def _pick(
     remaining: int,
     stats: DecodeStats,
     few_rows: bool,
+    processors: Sequence[Any] = (),
+    history: _History | None = None,
 ) -> int:
     import torch
 
@@ -507,8 +562,20 @@ def _pick(
         if allowed.size == 1:
             return int(allowed[0])
         ids = torch.from_numpy(allowed).to(hidden.device)
-        return int(allowed[sampler.pick(head.rows(hidden, ids))])
+        rows = head.rows(hidden, ids)
+        if processors:  # the allowed rows in a row of -inf (what the mask leaves), through the processors
+            assert history is not None
+            full = torch.full((1, head.vocab_size), -float("inf"), dtype=rows.dtype, device=rows.device)
+            full[:, ids] = rows
+            for step in processors:
+                full = step(history.view(), full)
+            rows = full[:, ids]
+        return int(allowed[sampler.pick(rows)])
     logits = head.full(hidden)
+    if processors:
+        assert history is not None
+        for step in processors:
+            logits = step(history.view(), logits)
     if processor is not None:
         processor.apply(logits, remaining)
     return sampler.pick(logits)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.core.defaults import CHAT_MODEL_CPU
 from agent.core.errors import ModelLoadError, ModelNotFoundError, QuantizationError
+from agent.core.hub_access import download_hint, hub_load_kwargs
 from agent.core.model_manager import ModelManager, get_model_manager
 from agent.core.runtime import (
     bitsandbytes_config,
@@ -39,6 +40,7 @@ from agent.core.runtime import (
     resolve_precision,
     torch_dtype,
 )
+from agent.core.weights_policy import check_adapter_weights
 from agent.llava.prefix_cache import CacheAccountant, PrefixCache
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,6 +59,7 @@ class ModelSpec:
     device: str
     adapter: str | None = None
     trust_remote_code: bool = False
+    allow_pickle_weights: bool = False
 
 
 @dataclass
@@ -108,6 +111,7 @@ def resolve_spec(
     device: str = "auto",
     adapter: str | os.PathLike[str] | None = None,
     trust_remote_code: bool = False,
+    allow_pickle_weights: bool = False,
 ) -> ModelSpec:
     """Turn user settings (with ``"auto"`` and ``None``) into a concrete :class:`ModelSpec`."""
     device = resolve_device(device)
@@ -117,7 +121,7 @@ def resolve_spec(
     if local.exists():
         model = str(local.resolve())
     adapter_path = str(Path(adapter).expanduser().resolve()) if adapter else None
-    return ModelSpec(model, quantization, dtype, device, adapter_path, trust_remote_code)
+    return ModelSpec(model, quantization, dtype, device, adapter_path, trust_remote_code, allow_pickle_weights)
 
 
 def hf_cache_dir() -> str:
@@ -140,7 +144,7 @@ def _offline() -> bool:
 def _not_found(model: str, reason: str) -> ModelNotFoundError:
     return ModelNotFoundError(
         f"model {model!r} {reason}. Looked in the Hugging Face cache {hf_cache_dir()}. Either download it "
-        f"once while online (`hf download {model}`) or pass the path of a local folder holding "
+        f"once while online (`{download_hint(model)}`) or pass the path of a local folder holding "
         "the checkpoint (config.json, *.safetensors, processor files): ChatLlava(model='/path/to/folder')"
     )
 
@@ -212,7 +216,8 @@ def _load_uncached(spec: ModelSpec) -> LoadedModel:
 
     started = time.perf_counter()
     logger.info("Loading processor for %s", spec.model)
-    common = {"trust_remote_code": spec.trust_remote_code}
+    hub = hub_load_kwargs(spec.model, what="chat model")  # never minutes of retries against an unreachable hub
+    common = {"trust_remote_code": spec.trust_remote_code, **hub}
     try:
         processor = AutoProcessor.from_pretrained(spec.model, **common)
     except OSError as exc:
@@ -290,6 +295,7 @@ def _apply_adapter(model: Any, spec: ModelSpec) -> Any:
             f"{spec.adapter!r} is not a LoRA adapter folder (no adapter_config.json); pass the folder written "
             "by save_pretrained() of a PEFT model"
         )
+    check_adapter_weights(folder, spec.allow_pickle_weights)
     from peft import PeftModel
 
     logger.info("Applying adapter %s", spec.adapter)

@@ -20,12 +20,13 @@ Steps, in order:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agent.core.errors import InputError
 from agent.core.images import earlier_image_reference
+from agent.core.untrusted import neutraliser_for
 from agent.decoding.tool_protocol import to_template_turns
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -128,12 +129,20 @@ def render_prompt(
     if max_images < 0:
         raise InputError(f"max_images must be >= 0, got {max_images}")
 
-    prepared = [_normalise_turn(turn, image_token) for turn in turns]
+
+    # Text never adds structure: no turn's text may spell a control token or role marker, and a
+    # tool result may not spell the tool protocol's tags either (system text is the operator's).
+    neutralisers = {
+        "user": neutraliser_for(processor, protocol=False),
+        "assistant": neutraliser_for(processor, protocol=False),
+        "tool": neutraliser_for(processor, protocol=True),
+    }
+    prepared = [_normalise_turn(turn, image_token, neutralisers.get(turn["role"])) for turn in turns]
     if tools or any(t["role"] == "tool" or t.get("tool_calls") for t in prepared):
         prepared = [
             _normalise_turn(t, image_token) for t in to_template_turns(prepared, list(tools or []) or None)
         ]
-    prepared, images, dropped = _apply_image_policy(prepared, max_images)
+    prepared, images, dropped = _apply_image_policy(prepared, max_images, neutralisers["tool"])
     if prepared and prepared[0]["role"] == "system" and not template_supports_system(processor):
         prepared = _fold_system_turn(prepared)
     template_turns = [
@@ -182,8 +191,14 @@ def _validate_turns(turns: Sequence[Mapping[str, Any]]) -> None:
             )
 
 
-def _normalise_turn(turn: Mapping[str, Any], image_token: str) -> dict[str, Any]:
-    """Copy a turn with its content as a list of text/image blocks; literal image tokens neutralised."""
+def _normalise_turn(
+    turn: Mapping[str, Any], image_token: str, neutralise: Callable[[str], str] | None = None
+) -> dict[str, Any]:
+    """Copy a turn with its content as a list of text/image blocks; literal image tokens neutralised.
+
+    ``neutralise`` (see :mod:`agent.core.untrusted`) rewrites control tokens in the text; two adjacent
+    text blocks whose joined text would spell a token are merged so the token cannot form at the seam.
+    """
     content = turn.get("content")
     blocks: list[dict[str, Any]] = []
     if isinstance(content, str):
@@ -203,6 +218,12 @@ def _normalise_turn(turn: Mapping[str, Any], image_token: str) -> dict[str, Any]
                 # Typed text must never add an image slot without an image.
                 logger.warning("Replacing literal %r in text with '[image]'", image_token)
                 text = text.replace(image_token, "[image]")
+            if neutralise is not None:
+                previous = blocks[-1] if blocks and blocks[-1]["type"] == "text" else None
+                if previous is not None and neutralise(previous["text"] + text) != previous["text"] + neutralise(text):
+                    blocks[-1] = {**previous, "text": neutralise(previous["text"] + text)}
+                    continue
+                text = neutralise(text)
             blocks.append({**block, "text": text})
         else:
             if block.get("image") is None:
@@ -217,7 +238,7 @@ def _normalise_turn(turn: Mapping[str, Any], image_token: str) -> dict[str, Any]
 
 
 def _apply_image_policy(
-    turns: list[dict[str, Any]], max_images: int
+    turns: list[dict[str, Any]], max_images: int, neutralise: Callable[[str], str] = str
 ) -> tuple[list[dict[str, Any]], list[Image.Image], int]:
     positions = [
         (ti, bi) for ti, t in enumerate(turns) for bi, b in enumerate(t["content"]) if b["type"] == "image"
@@ -237,6 +258,7 @@ def _apply_image_policy(
             else:
                 dropped += 1
                 name = block.get("name") or getattr(block["image"], "filename", None) or None
+                name = neutralise(name) if name else None  # a file name is untrusted
                 blocks.append({"type": "text", "text": earlier_image_reference(name)})
         out.append({**turn, "content": blocks})
     if dropped:

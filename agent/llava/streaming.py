@@ -41,7 +41,7 @@ class GenerationResult:
     """The reply text (trimmed before a stop sequence, special tokens removed)."""
     output_tokens: int
     finish_reason: str
-    """"stop" (end of sequence or stop sequence), "length" (max_new_tokens) or "timeout"."""
+    """"stop" (end of sequence or stop sequence), "length" (max_new_tokens), "timeout" or "cancelled"."""
     mode: str
     """The tool-call constraint's final mode ("text", "tool_call", "undecided"); "text" without one."""
     decode: dict[str, Any] | None = None
@@ -101,7 +101,9 @@ def safe_length(text: str, stops: Sequence[str]) -> int:
     return len(text)
 
 
-def _stopping_criteria(cancel: threading.Event, timeout: float | None) -> list[Any]:
+def _stopping_criteria(
+    cancel: threading.Event, timeout: float | None, external: threading.Event | None = None
+) -> list[Any]:
     import torch
     from transformers import MaxTimeCriteria, StoppingCriteria
 
@@ -109,9 +111,8 @@ def _stopping_criteria(cancel: threading.Event, timeout: float | None) -> list[A
         def __call__(
             self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
         ) -> torch.BoolTensor:
-            return torch.full(
-                (input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device
-            )
+            stopped = cancel.is_set() or (external is not None and external.is_set())
+            return torch.full((input_ids.shape[0],), stopped, dtype=torch.bool, device=input_ids.device)
 
     criteria: list[Any] = [_Cancelled()]
     if timeout is not None:
@@ -146,11 +147,17 @@ def stream_generate(
     constraint_processor: Any = None,
     hold_back: Sequence[str] = (),
     decode_settings: DecodeSettings | None = None,
+    cancel: threading.Event | None = None,
+    logits_processor: Sequence[Any] = (),
 ) -> Iterator[str | GenerationResult]:
     """Generate a reply to the encoded ``inputs``; yield text pieces, then a :class:`GenerationResult`.
 
     Text is never yielded from a ``hold_back`` marker on (nor a tail that may start one): with
     tools bound, the ``<tool_call>`` opener and what follows it belong to the calls, not the text.
+    Setting ``cancel`` (from any thread) ends generation at the next token, even while nothing is
+    being yielded (inside a tool call or a JSON reply); the reply ends with ``finish_reason="cancelled"``.
+    ``logits_processor`` (``transformers``-style processors, as ``model.generate`` takes them) are
+    applied to every step's logits, before the constraint, by either decoder.
     """
     import torch
     from transformers import LogitsProcessorList, StoppingCriteriaList
@@ -165,13 +172,13 @@ def stream_generate(
     ):
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     max_new_tokens = int(options["max_new_tokens"])
-    cancel = threading.Event()
+    stop_event = threading.Event()
     streamer = _QueueStreamer()
     generate_kwargs: dict[str, Any] = {
         **inputs,
         "max_new_tokens": max_new_tokens,
         "streamer": streamer,
-        "stopping_criteria": StoppingCriteriaList(_stopping_criteria(cancel, timeout)),
+        "stopping_criteria": StoppingCriteriaList(_stopping_criteria(stop_event, timeout, cancel)),
         "pad_token_id": tokenizer.pad_token_id
         if tokenizer.pad_token_id is not None
         else tokenizer.eos_token_id,
@@ -183,8 +190,9 @@ def stream_generate(
         )
     else:
         generate_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    if constraint_processor is not None:
-        generate_kwargs["logits_processor"] = LogitsProcessorList([constraint_processor])
+    processors = [*logits_processor, *([constraint_processor] if constraint_processor is not None else [])]
+    if processors:
+        generate_kwargs["logits_processor"] = LogitsProcessorList(processors)
     errors: list[BaseException] = []
     if decode_settings is not None and (reason := unsupported_reason(loaded, options)) is not None:
         logger.info("Using transformers' generate for this model: %s", reason)
@@ -206,9 +214,12 @@ def stream_generate(
                     settings=decode_settings,
                     emit=streamer.queue.put,
                     should_stop=lambda: (
-                        cancel.is_set() or (deadline is not None and time.perf_counter() >= deadline)
+                        stop_event.is_set()
+                        or (cancel is not None and cancel.is_set())
+                        or (deadline is not None and time.perf_counter() >= deadline)
                     ),
                     constraint_processor=constraint_processor,
+                    logits_processor=logits_processor,
                 )
             )
         except BaseException as exc:  # handed to the consuming thread
@@ -247,7 +258,7 @@ def stream_generate(
                 if stops and current_mode != "tool_call":
                     stop_at = find_stop(text, stops, max(0, emitted - longest_stop))
                     if stop_at is not None:
-                        cancel.set()
+                        stop_event.set()
                         text = text[:stop_at]
                 if current_mode == "text":
                     visible = len(text) if stop_at is not None else safe_length(text, guarded)
@@ -258,7 +269,7 @@ def stream_generate(
                         yield text[emitted:visible]
                         emitted = visible
         finally:
-            cancel.set()
+            stop_event.set()
             thread.join()
     elapsed = time.perf_counter() - started
     if errors:
@@ -270,6 +281,8 @@ def stream_generate(
             stop_at, text = final_stop, text[:final_stop]
     if stop_at is not None:
         finish_reason = "stop"
+    elif cancel is not None and cancel.is_set():
+        finish_reason = "cancelled"
     elif output_tokens >= max_new_tokens:
         finish_reason = "length"
     elif timeout is not None and elapsed >= timeout:

@@ -102,7 +102,8 @@ def test_abandoned_stream_stops_generation_and_frees_the_model(tiny_llava_qwen2)
     stream.close()  # the consumer walks away: generation is cancelled and the lock released
     assert not model.loaded.lock.locked()
     assert not any(t.name == "llava-generate" and t.is_alive() for t in threading.enumerate())
-    assert isinstance(model.invoke("Hello", max_tokens=2), AIMessage)
+    after = model.invoke("Hello", max_tokens=2)  # the model is usable again, with this call's own budget
+    assert after.usage_metadata["output_tokens"] == 2 and after.response_metadata["finish_reason"] == "length"
 
 
 async def test_async_invoke_and_stream(llm):
@@ -191,16 +192,22 @@ def test_multi_image_conversations(family, n_images, llm, llm_llama):
 def test_image_forms_through_invoke(llm, tmp_path):
     path = tmp_path / "cat.png"
     path.write_bytes(base64.b64decode(_png_b64()))
-    message = HumanMessage(
-        content=[
-            {"type": "text", "text": "Describe."},
-            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{_png_b64()}"}},
-            {"type": "image_url", "image_url": {"url": str(path)}},
-            {"type": "image", "url": path.as_uri()},
-            {"type": "image", "image": Image.new("RGB", (30, 20), "blue")},
-        ]
-    )
-    assert isinstance(llm.invoke([message], max_tokens=2), AIMessage)
+    forms = [
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{_png_b64()}"}},
+        {"type": "image_url", "image_url": {"url": str(path)}},
+        {"type": "image", "url": path.as_uri()},
+        {"type": "image", "image": Image.new("RGB", (30, 20), "blue")},
+    ]
+
+    def prompt_tokens(blocks: list[dict]) -> int:
+        message = HumanMessage(content=[{"type": "text", "text": "Describe."}, *blocks])
+        return llm.invoke([message], max_tokens=1).usage_metadata["input_tokens"]
+
+    none, one = prompt_tokens([]), prompt_tokens(forms[:1])
+    assert one - none >= 16  # an image is its 16 image tokens (and the template's separator)
+    for form in forms[1:]:
+        assert prompt_tokens([form]) == one, form
+    assert prompt_tokens(forms) == none + 4 * (one - none)  # every form reaches the model as an image
 
 
 @pytest.mark.parametrize(
@@ -402,7 +409,8 @@ def test_eight_bit_on_cpu(tiny_llava_llama):
     model = ChatLlava(
         model=str(tiny_llava_llama), quantization="8bit", device="cpu", max_tokens=3, temperature=0
     )
-    assert isinstance(model.invoke("hi"), AIMessage)
+    reply = model.invoke("hi")
+    assert 1 <= reply.usage_metadata["output_tokens"] <= 3
     assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in model.loaded.model.modules())
 
 
@@ -412,7 +420,10 @@ def test_from_config(tiny_llava_qwen2):
     section = ModelSection(model=str(tiny_llava_qwen2), max_new_tokens=5, temperature=0.0, device="cpu")
     model = ChatLlava.from_config(section)
     assert model.max_new_tokens == 5 and model.model == str(tiny_llava_qwen2)
-    assert isinstance(model.invoke("hi"), AIMessage)
+    reply = model.invoke("hi")
+    assert reply.usage_metadata["output_tokens"] <= 5
+    same = ChatLlava(model=str(tiny_llava_qwen2), max_new_tokens=5, temperature=0.0, device="cpu").invoke("hi")
+    assert reply.content == same.content  # the section's settings, nothing else, decide the reply
 
 
 # ----- adapters ---------------------------------------------------------------------------------

@@ -396,3 +396,88 @@ def test_fast_attention_runs_the_decode_steps_only(tiny_llava_qwen2, monkeypatch
     llm.invoke("Hello there, how are you?", decoder="transformers")
     llm.invoke("Hello there, how are you?", fast_attention=False)
     assert queries == []  # generate() and the switch turned off never take it
+
+
+# --- logits processors ---------------------------------------------------------------------------
+
+
+def _stream_tokens(
+    llm: ChatLlava, prompt: str, processors: list, constraint=None, tokens: int = 24, **settings
+) -> tuple[str, dict]:
+    """One reply through stream_generate: the decode loop (``settings``) or generate (``generate=True``).
+
+    The head and the decode attention are the model's own (bf16 rounds differently in the int8
+    head and in float32 attention), so the loop's tokens can be compared with generate's.
+    """
+    from agent.llava.decode_loop import DecodeSettings
+    from agent.llava.prompting import render_prompt
+    from agent.llava.streaming import GenerationResult, stream_generate
+
+    loaded = llm.loaded
+    rendered = render_prompt(loaded.processor, [{"role": "user", "content": prompt}], config=loaded.config)
+    result = None
+    for event in stream_generate(
+        loaded,
+        rendered.encode(loaded.processor),
+        options={"max_new_tokens": tokens, "temperature": 0.0},
+        constraint_processor=None if constraint is None else constraint.logits_processor(tokens),
+        decode_settings=None
+        if settings.pop("generate", False)
+        else DecodeSettings(
+            **{"prefix_cache": False, "lm_head": "model", "fast_attention": False, **settings}
+        ),
+        logits_processor=processors,
+    ):
+        if isinstance(event, GenerationResult):
+            result = event
+    assert result is not None
+    return result.text, result.decode or {}
+
+
+def test_logits_processors_apply_in_both_decoders(tiny_llava_qwen2):
+    """A repetition penalty given as a processor: the decode loop picks what generate picks, with and without a constraint."""
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from agent.decoding.constraint import ToolCallConstraint
+    from agent.decoding.tool_protocol import parse_tool_calls
+
+    llm = _model(tiny_llava_qwen2)
+    prompt = "Say the same word again and again: cat cat cat cat cat"
+    penalty = [RepetitionPenaltyLogitsProcessor(penalty=4.0)]
+    plain, _ = _stream_tokens(llm, prompt, [])
+    penalised, stats = _stream_tokens(llm, prompt, penalty)
+    assert penalised != plain  # the processor ran at every step
+    assert penalised == _stream_tokens(llm, prompt, penalty, generate=True)[0]
+    assert stats["generated_tokens"] > 0
+    constraint = ToolCallConstraint.build(llm.loaded.tokenizer, SCHEMAS, "speak")
+    fast, stats = _stream_tokens(llm, prompt, penalty, constraint, tokens=64, jump_forward=False)
+    assert fast.startswith('<tool_call>\n{"name": "speak"')
+    assert stats["few_row_steps"] > 0  # the few-row path ran the processor too
+    assert fast == _stream_tokens(llm, prompt, penalty, constraint, tokens=64, generate=True)[0]
+    assert (
+        fast
+        == _stream_tokens(
+            llm, prompt, penalty, constraint, tokens=64, jump_forward=False, few_row_logits=False
+        )[0]
+    )
+    # jump-forward appends forced stretches without asking the processors: still a valid call of speak
+    jumped, stats = _stream_tokens(llm, prompt, penalty, constraint, tokens=64)
+    assert stats["forced_tokens"] > 0
+    assert parse_tool_calls(jumped)[1][0]["name"] == "speak"
+
+
+def test_the_generation_configs_repetition_penalty_runs_in_the_decode_loop(tiny_llava_qwen2):
+    from agent.llava.decode_loop import unsupported_reason
+
+    llm = _model(tiny_llava_qwen2)
+    config = llm.loaded.model.generation_config
+    prompt = "Say the same word again and again: cat cat cat cat cat"
+    plain, _ = _stream_tokens(llm, prompt, [])
+    config.repetition_penalty = 4.0
+    try:
+        assert unsupported_reason(llm.loaded, {}) is None
+        penalised, stats = _stream_tokens(llm, prompt, [])
+        assert stats["generated_tokens"] > 0 and penalised != plain
+        assert penalised == _stream_tokens(llm, prompt, [], generate=True)[0]
+    finally:
+        config.repetition_penalty = 1.0

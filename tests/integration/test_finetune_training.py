@@ -231,3 +231,44 @@ def test_eval_split_reports_evaluation_loss_and_draws_it(tiny_llava_qwen2, small
     assert [entry["step"] for entry in history if "eval_loss" in entry][:2] == [2, 4]
     saved = json.loads((output_dir / "training_config.json").read_text())
     assert saved["eval_split"] == 0.25 and saved["train_projector"] is True
+
+
+def test_rotation_always_leaves_a_complete_checkpoint(tiny_llava_qwen2, small_data, tmp_path, monkeypatch):
+    """With save_total_limit=1, at every deletion some complete checkpoint remains (a kill there resumes)."""
+    import shutil
+
+    from finetune import train
+
+    checkpoints = tmp_path / "rotated-checkpoints"
+    rmtree = shutil.rmtree
+    uncovered: list[str] = []
+
+    def watched_rmtree(path, *args, **kwargs):
+        rmtree(path, *args, **kwargs)
+        if Path(path).parent == checkpoints and last_complete_checkpoint(checkpoints) is None:
+            uncovered.append(Path(path).name)
+
+    monkeypatch.setattr(shutil, "rmtree", watched_rmtree)
+    result = train(**_options(tiny_llava_qwen2, small_data, tmp_path / "rotated", max_steps=4, save_steps=1,
+                              save_total_limit=1))
+    assert result.global_step == 4
+    assert uncovered == [], f"deleting {uncovered} left no complete checkpoint to resume from"
+    assert sorted(p.name for p in checkpoints.iterdir() if p.is_dir()) == ["checkpoint-4"]
+    assert (checkpoints / "checkpoint-4" / COMPLETE_MARKER).is_file()
+
+
+def test_a_full_disk_while_saving_the_adapter_is_one_clear_error(tiny_llava_qwen2, small_data, tmp_path, monkeypatch):
+    import errno
+    import importlib
+
+    from agent.core.errors import StoreError
+    from finetune import train
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(importlib.import_module("finetune.train"), "save_adapter", full_disk)
+    with pytest.raises(StoreError, match=r"cannot write the adapter to .* \(No space left on device\); free some disk "
+                                         r"space and run again with --resume"):
+        train(**_options(tiny_llava_qwen2, small_data, tmp_path / "full", max_steps=1, save_steps=1))
+    assert not (tmp_path / "full").exists()

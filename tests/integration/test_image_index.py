@@ -117,8 +117,9 @@ def test_bad_queries_and_folders_are_refused(workspace, tmp_path):
     make_album(workspace["album"], 1)
     index = open_index(workspace)
     index.index_folder(workspace["album"], progress=False)
-    with pytest.raises(InputError, match="k = 0"):
-        index.search("cat", k=0)
+    for k in (0, 101, 2.5):
+        with pytest.raises(InputError, match=f"k = {k} must be an integer from 1 to 100"):
+            index.search("cat", k=k)
     with pytest.raises(InputError, match="query is empty"):
         index.search("  ")
     with pytest.raises(PathNotAllowedError):
@@ -143,7 +144,7 @@ def test_another_clip_model_is_refused(workspace):
     shutil.copytree(workspace["clip"], other)
     mismatched = open_index(workspace, clip_model=str(other))
     for action in (lambda: mismatched.search("a cat"), lambda: mismatched.index_folder(workspace["album"])):
-        with pytest.raises(StoreError, match="holds embeddings of CLIP model") as info:
+        with pytest.raises(StoreError, match="was built with CLIP model .*llava-agent index --reindex") as info:
             action()
         assert workspace["clip"] in str(info.value) and str(other) in str(info.value)
 
@@ -204,14 +205,54 @@ def test_second_writer_process_gets_a_clear_error(workspace):
     assert report.added == 1
 
 
+class SizeCaptioner:
+    """A captioner whose captions can be predicted: each names its image's size."""
+
+    def caption_images(self, images):
+        return [f"a picture {image.width} by {image.height} pixels" for image in images]
+
+
+def test_each_image_is_stored_with_its_own_caption(workspace):
+    paths = make_album(workspace["album"], 5)
+    expected = {str(p): f"a picture {40 + i} by 30 pixels" for i, p in enumerate(paths)}
+    index = open_index(workspace)
+    index.index_folder(workspace["album"], captioner=SizeCaptioner(), batch_size=2, progress=False)
+    hits = index.search("a photo", k=5)
+    assert {h.path: h.caption for h in hits} == expected
+    for path in paths[:2]:  # an image query finds the image itself first, with its caption
+        assert index.search(str(path), k=1)[0].caption == expected[str(path)]
+
+
 def test_captions_are_stored_when_a_captioner_is_given(workspace, tool_model_paths):
     from tools.caption import CaptionImageTool
 
-    make_album(workspace["album"], 2)
+    paths = make_album(workspace["album"], 2)
     captioner = CaptionImageTool(model=str(tool_model_paths["blip"]), device="cpu")
     index = open_index(workspace)
     index.index_folder(workspace["album"], captioner=captioner, progress=False)
+    images = [Image.open(p).convert("RGB") for p in paths]
+    expected = dict(zip([str(p) for p in paths], captioner.caption_images(images), strict=True))
+    assert all(expected.values()), f"the tiny captioner wrote an empty caption: {expected}"
     hits = index.search("a photo", k=2)
-    assert len(hits) == 2 and all(h.caption is None or isinstance(h.caption, str) for h in hits)
-    stored = index._open_collection(write=False).get(include=["documents"])["documents"]
-    assert len(stored) == 2 and all(isinstance(d, str) for d in stored)
+    assert {h.path: h.caption for h in hits} == expected
+
+
+def test_symlink_loops_are_skipped_and_reported_never_ending_the_run(workspace):
+    make_album(workspace["album"], 2)
+    album = workspace["album"]
+    (album / "self.png").symlink_to("self.png")
+    (album / "a.png").symlink_to("b.png")
+    (album / "b.png").symlink_to("a.png")
+    (album / "gone.png").symlink_to(album / "missing.png")
+    index = open_index(workspace)
+    report = index.index_folder(album, progress=False)
+    skipped = {Path(s.path).name: s.reason for s in report.skipped}
+    assert report.added == 2
+    assert set(skipped) >= {"self.png", "a.png", "b.png"}
+    assert "symlink that points to itself" in skipped["self.png"]
+    assert index._writer is False, "the writer lock is held for the run only"
+    probe = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        from memory.chroma import acquire_writer_lock
+        acquire_writer_lock({str(workspace['store'])!r})
+    """)], cwd=REPO, capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr

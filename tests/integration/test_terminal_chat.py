@@ -2,13 +2,18 @@
 
 Session one: an image message, a (forced) tool call shown as it happens, streamed output,
 /threads, /new, /quit. Session two, a new process on the same data: the thread is listed and
-resumed, a long generation is interrupted with Ctrl-C, and the session carries on.
+resumed, then a long generation in a new thread is interrupted with Ctrl-C, and the session
+carries on. Every prompt the model gets is the same on every run (greedy decoding, seed 0, the
+data folder at a fixed path): the long story is asked in a thread of its own because a resumed
+thread holds the time-stamped name of the first session's audio file, and a random model given
+a different prompt may end its reply before Ctrl-C arrives.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -25,13 +30,16 @@ PROMPT = "you>"
 def spawn_chat(config: Path, data_dir: Path) -> pexpect.spawn:
     env = {**os.environ, "LLAVA_AGENT_DATA_DIR": str(data_dir), "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm",
            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    # A shell that starts a job in the background (`cmd &`) makes it ignore SIGINT, and the chat would
+    # inherit that and never see Ctrl-C: the child gets the default disposition, as in a terminal.
     child = pexpect.spawn(sys.executable, ["-m", "agent.cli.main", "--config", str(config), "chat"], cwd=str(ROOT),
-                          env=env, encoding="utf-8", timeout=90, dimensions=(50, 200))
+                          env=env, encoding="utf-8", timeout=90, dimensions=(50, 200),
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return child
 
 
 def write_config(path: Path, checkpoint: Path, **sections: dict) -> Path:
-    lines = [f'[model]\nmodel = "{checkpoint}"\ntemperature = 0.0']
+    lines = [f'[model]\nmodel = "{checkpoint}"\ntemperature = 0.0\nseed = 0']
     lines += [f"{k} = {v}" for k, v in sections.get("model", {}).items()]
     lines.append(f"[tools]\nenabled = {sections.get('tools', ['speak'])!r}".replace("'", '"'))
     lines.append("[agent]\nlong_term_memory = false\nrecursion_limit = 4")
@@ -40,10 +48,10 @@ def write_config(path: Path, checkpoint: Path, **sections: dict) -> Path:
     return path
 
 
-def test_terminal_chat_in_a_pty(tmp_path, tiny_llava_qwen2):
+def test_terminal_chat_in_a_pty(tmp_path, fixed_workdir, tiny_llava_qwen2):
     from PIL import Image
 
-    data_dir = tmp_path / "data"
+    data_dir = fixed_workdir / "data"  # the attached image's path is in the prompt: the same on every run
     picture = tmp_path / "red.png"
     Image.new("RGB", (40, 40), (220, 20, 20)).save(picture)
     tool_config = write_config(tmp_path / "tool.toml", tiny_llava_qwen2, model={"max_new_tokens": 96},
@@ -87,6 +95,9 @@ def test_terminal_chat_in_a_pty(tmp_path, tiny_llava_qwen2):
     chat.sendline(f"/resume {thread_id}")
     chat.expect(rf"resumed {thread_id}: Read this out, please\. \(\d+ messages\)")
     chat.expect(PROMPT)
+    chat.sendline("/new")
+    chat.expect("new conversation")
+    chat.expect(PROMPT)
     chat.sendline(str(picture))  # a pasted path attaches the image
     chat.expect(f"attached {picture}; type your message")
     chat.expect(r"you \[1 image\]>")
@@ -99,7 +110,9 @@ def test_terminal_chat_in_a_pty(tmp_path, tiny_llava_qwen2):
     assert time.monotonic() - interrupted_at < 30
     chat.expect(PROMPT)
     chat.sendline("/threads")
-    chat.expect(rf"\* {thread_id}")
+    chat.expect(r"\* ([0-9a-f]{8})  \S+ \S+  Now tell me a very long story\.")
+    story_id = chat.match.group(1)
+    chat.expect(thread_id)
     chat.expect(PROMPT)
     chat.sendline("/help")
     chat.expect("Ctrl-C stops the reply")
@@ -113,9 +126,9 @@ def test_terminal_chat_in_a_pty(tmp_path, tiny_llava_qwen2):
     from memory.conversations import ConversationStore
 
     with ConversationStore(load_config({"data_dir": str(data_dir)}, environ={}).conversations_db) as store:
-        messages = store.messages(thread_id)
+        messages = store.messages(story_id)
     kinds = [m.type for m in messages]
-    assert kinds[-2:] == ["human", "ai"]
+    assert kinds == ["human", "ai"]
     assert messages[-2].text.startswith("Now tell me a very long story.\n[attached image: ")
     assert re.search(r"\S", messages[-1].text), "the partial reply is kept in the thread"
     from transformers import AutoTokenizer

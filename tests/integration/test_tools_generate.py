@@ -49,18 +49,28 @@ def test_same_seed_gives_same_pixels_and_never_overwrites(generate_tool, tool_wo
     assert not np.array_equal(pixels[0], pixels[2])
 
 
-def test_random_seed_is_reported(generate_tool):
+def test_random_seed_is_reported_and_reproduces_the_image(generate_tool):
     artifact = call(generate_tool, prompt="a tree", width=64, height=64, steps=2).artifact
-    assert isinstance(artifact["seed"], int) and artifact["steps"] == 2
+    assert 0 <= artifact["seed"] < 2**31 and artifact["steps"] == 2
     with Image.open(artifact["path"]) as image:
         assert image.text["seed"] == str(artifact["seed"])
+    again = call(generate_tool, prompt="a tree", width=64, height=64, steps=2, seed=artifact["seed"]).artifact
+    assert np.array_equal(np.asarray(Image.open(artifact["path"])), np.asarray(Image.open(again["path"])))
 
 
-@pytest.mark.parametrize("policy", [True, False])
-def test_safety_checker_policy_loads_either_way(tool_model_paths, tool_workspace, policy):
-    tool = GenerateImageTool(model=str(tool_model_paths["stable_diffusion"]), device="cpu",
-                             artifacts_dir=tool_workspace["artifacts"], safety_checker=policy)
-    assert call(tool, prompt="a dog", width=64, height=64, seed=1).status == "success"
+def test_safety_checker_policy_loads_either_way(tool_model_paths, tool_workspace):
+    """A checkpoint that ships no checker gives the same image under either policy."""
+    pixels = []
+    for policy in (True, False):
+        tool = GenerateImageTool(model=str(tool_model_paths["stable_diffusion"]), device="cpu",
+                                 artifacts_dir=tool_workspace["artifacts"], safety_checker=policy)
+        message = call(tool, prompt="a dog", width=64, height=64, seed=1)
+        assert message.status == "success", message.content
+        with Image.open(message.artifact["path"]) as image:
+            assert image.size == (64, 64) and image.text["seed"] == "1"
+            pixels.append(np.asarray(image.convert("RGB")))
+    assert np.array_equal(pixels[0], pixels[1])
+    assert len(list(tool_workspace["artifacts"].iterdir())) == 2
 
 
 def test_image_flagged_by_a_shipped_safety_checker_is_not_saved(tmp_path, tool_workspace):

@@ -64,9 +64,13 @@ def test_query_image_outside_the_allowed_folders_is_refused(tmp_path):
     assert message.status == "error" and "outside the allowed folders" in message.content
 
 
-@pytest.mark.parametrize("k", [0, 101])
-def test_k_out_of_range_is_refused(k):
-    assert f"k = {k} must be an integer from 1 to 100" in call(search_tool(), query="cat", k=k).content
+@pytest.mark.parametrize(("k", "bound"), [(0, "greater than or equal to 1"), (101, "less than or equal to 100")])
+def test_k_out_of_range_is_refused(k, bound):
+    message = call(search_tool(), query="cat", k=k)
+    assert message.status == "error"
+    assert message.content == (
+        f"Error running search_images with k={k}: k: Input should be {bound}. Please fix the arguments and try again."
+    )
 
 
 def test_empty_store_says_so(tmp_path):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import wave
+from pathlib import Path
 
 import pytest
 from langchain_tests.integration_tests import ToolsIntegrationTests
 
+from agent.core.errors import InputError
 from tests.tool_models import session_tool_models
 from tools.speak import SpeakTool
 
@@ -55,14 +57,32 @@ def test_long_text_is_split_and_joined(espeak_tool):
 
 
 def test_other_voices_work(espeak_tool):
-    assert call(espeak_tool, text="Bonjour tout le monde.", voice="fr").status == "success"
+    text = "Bonjour tout le monde."
+    french = call(espeak_tool, text=text, voice="fr")
+    assert french.status == "success" and french.artifact["voice"] == "fr"
+    english = call(espeak_tool, text=text).artifact
+    assert english["voice"] == "en"
+    assert wav_facts(french.artifact["path"])[1] > 0.5
+    assert Path(french.artifact["path"]).read_bytes() != Path(english["path"]).read_bytes()
+
+
+def test_every_voice_the_schema_offers_speaks(espeak_tool):
+    """The voice enum is what constrained decoding picks from: each one must really work."""
+    options = espeak_tool.tool_call_schema.model_json_schema()["properties"]["voice"]["anyOf"]
+    voices = next(o["enum"] for o in options if "enum" in o)
+    assert len(voices) >= 10
+    for voice in voices:
+        audio, rate, seconds = espeak_tool.synthesize("Hello, one two three.", voice)
+        assert audio[:4] == b"RIFF" and rate == 22050 and seconds > 0.3, voice
 
 
 def test_unsupported_voice_lists_valid_ones(espeak_tool, tool_workspace):
     message = call(espeak_tool, text="hi", voice="klingon")
     assert message.status == "error"
-    assert "voice 'klingon' is not supported by espeak-ng; use one of en, en-us, en-gb" in message.content
+    assert "Error running speak with voice='klingon': voice must be one of 'en', 'en-us', 'en-gb'" in message.content
     assert list(tool_workspace["artifacts"].iterdir()) == []
+    with pytest.raises(InputError, match="voice 'klingon' is not supported by espeak-ng; use one of en, en-us"):
+        espeak_tool.synthesize("hi", "klingon")  # the Python API checks against the engine's full list
 
 
 def test_text_too_long_names_the_limit(tool_workspace):
@@ -84,7 +104,9 @@ def test_vits_engine_writes_a_wav(tool_model_paths, tool_workspace):
 
 def test_vits_refuses_a_voice(tool_model_paths, tool_workspace):
     tool = SpeakTool(engine="vits", vits_model=str(tool_model_paths["vits"]), artifacts_dir=tool_workspace["artifacts"])
-    assert "cannot be chosen with the VITS engine" in call(tool, text="hello", voice="en").content
+    assert "voice is not an argument of speak (its arguments: text, speed)" in call(tool, text="hello", voice="en").content
+    with pytest.raises(InputError, match="cannot be chosen with the VITS engine"):
+        tool.synthesize("hello", "en")
 
 
 class TestSpeakToolEspeakIntegration(ToolsIntegrationTests):

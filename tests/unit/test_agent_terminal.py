@@ -55,6 +55,30 @@ def test_a_turn_prints_tool_calls_results_and_streamed_tokens(chat):
     assert terminal.thread_id == reply.thread_id
 
 
+@tool(response_format="content_and_artifact")
+def generate_video(prompt: str) -> tuple[str, dict]:
+    """Make a clip."""
+    from PIL import Image
+
+    sheet = generated_path.with_name("clip-sheet.png")
+    Image.new("RGB", (8, 4), (0, 255, 0)).save(sheet)
+    clip = generated_path.with_name("clip.mp4")
+    clip.write_bytes(b"not shown")
+    return f"Saved a clip to {clip}.", {"path": str(clip), "preview": str(sheet)}
+
+
+def test_a_videos_contact_sheet_is_shown_in_place_of_the_video(tmp_path):
+    global generated_path
+    generated_path = tmp_path / "generated.png"
+    config = load_config({"data_dir": str(tmp_path / "data"), "agent": {"long_term_memory": False}}, environ={})
+    model = ScriptedChatModel(replies=[AIMessage("", tool_calls=[tool_call("generate_video", {"prompt": "a boat"})]), "Done."])
+    out = io.StringIO()
+    terminal = TerminalChat(config, output=out, agent_factory=lambda c: MultimodalAgent(model, [generate_video], config=c))
+    terminal._loader.start()
+    terminal.turn("animate a boat")
+    assert f"  image: {tmp_path / 'clip-sheet.png'}" in out.getvalue()
+
+
 def test_new_threads_and_resume(chat):
     terminal, out, _ = chat
     first = terminal.turn("draw a boat").thread_id

@@ -138,6 +138,16 @@ def test_recursion_limit_ends_the_turn_with_a_clear_message(config):
     asked = {c["id"] for m in history if isinstance(m, AIMessage) for c in m.tool_calls}
     assert asked <= answered, "no tool call is left unanswered in the stored thread"
     assert isinstance(history[-1], AIMessage) and not history[-1].tool_calls
+    # the calls the limit cut off are answered as not run (an error the model reads), never as a success
+    ran = {m.tool_call_id for m in history if isinstance(m, ToolMessage) and m.status == "success"}
+    cut_off = [m for m in history if isinstance(m, ToolMessage) and m.tool_call_id not in ran]
+    assert cut_off, "the limit struck while a call was pending"
+    for message in cut_off:
+        assert message.status == "error" and message.content == "Not run: the turn ended first."
+    statuses = {c["id"]: c["status"] for c in reply.tool_calls}
+    assert {statuses[m.tool_call_id] for m in cut_off} == {"not_run"}
+    assert {statuses[i] for i in ran} == {"success"}
+    assert all(m.content == "1" for m in history if isinstance(m, ToolMessage) and m.tool_call_id in ran)
 
 
 def test_thread_continues_across_turns(config):
@@ -162,8 +172,41 @@ def test_stop_interrupts_generation_and_keeps_the_thread_usable(config):
     reply = event.reply
     assert reply.stopped is True and 0 < tokens < 400
     assert reply.text.startswith("word")
+    history = agent.history(reply.thread_id)
+    assert [m.type for m in history] == ["human", "ai"]
+    assert history[-1].text == reply.text, "the partial reply is kept in the thread"
     follow_up = agent.chat("go on", thread_id=reply.thread_id)
     assert follow_up.text == "next" and not follow_up.stopped
+
+
+def test_a_model_failure_on_a_new_thread_leaves_no_thread_and_keeps_an_old_one(config):
+    def fail(messages):
+        raise RuntimeError("the model crashed")
+
+    agent, _ = make_agent(config, ["first answer", fail])
+    kept = agent.chat("hello").thread_id
+    with pytest.raises(RuntimeError, match="the model crashed"):
+        agent.chat("again", thread_id=kept)
+    assert [t.thread_id for t in agent.conversations.list_threads()] == [kept]
+    with pytest.raises(RuntimeError, match="the model crashed"):
+        agent.chat("a new conversation")
+    assert [t.thread_id for t in agent.conversations.list_threads()] == [kept], "no empty thread is left behind"
+
+
+def test_a_failed_tool_contributes_no_artifact():
+    from agent.app.events import TurnCollector
+
+    collector = TurnCollector("t1")
+    call = AIMessage("", tool_calls=[tool_call("draw", {"prompt": "x"}, "c1"), tool_call("draw", {"prompt": "y"}, "c2")])
+    list(collector.consume("updates", {"model": {"messages": [call]}}))
+    failed = ToolMessage("Error: half drawn", tool_call_id="c1", name="draw", status="error",
+                         artifact={"path": "/tmp/half.png"})
+    done = ToolMessage("Saved.", tool_call_id="c2", name="draw", artifact={"path": "/tmp/full.png"})
+    events = list(collector.consume("updates", {"tools": {"messages": [failed, done]}}))
+    assert [e.is_error for e in events] == [True, False]
+    reply = collector.reply("limit")
+    assert reply.artifacts == [{"tool": "draw", "path": "/tmp/full.png"}]
+    assert [c["status"] for c in reply.tool_calls] == ["error", "success"]
 
 
 def test_image_is_saved_and_referred_to_by_path(config, tmp_path):
@@ -268,8 +311,10 @@ def test_long_threads_are_trimmed_to_the_context(config):
     last_call = model.calls[-1]
     assert len(agent.history(thread)) == 16, "the stored thread keeps everything"
     assert 4 < len(last_call) < 16 and last_call[1].text.startswith("question"), "whole old turns dropped"
-    assert last_call[-1].text.startswith("question 7")
-    assert "Earlier turns were left out" in last_call[0].text and "- question 0" in last_call[0].text
+    note, question = last_call[-1].content[0]["text"], last_call[-1].content[-1]["text"]
+    assert question.startswith("question 7")
+    assert "Earlier turns were left out" in note and "- question 0" in note
+    assert "Earlier turns were left out" not in last_call[0].text, "quoted user text never enters the system prompt"
 
 
 def test_abandoning_a_stream_stops_the_turn_and_keeps_the_thread(config):

@@ -49,7 +49,8 @@ def test_help_is_fast_and_imports_nothing_heavy():
 
 def test_every_command_is_registered():
     help_text = build_parser().format_help()
-    for command in ("chat", "ask", "index", "search", "tools", "threads", "memories", "doctor", "config", "finetune"):
+    for command in ("chat", "ask", "index", "search", "video", "3d", "tools", "threads", "memories", "doctor", "config",
+                    "finetune", "serve"):
         assert command in help_text
 
 
@@ -134,6 +135,40 @@ def test_doctor_reports_every_check(data_dir, capsys):
             assert out.splitlines()[index + 1].strip().startswith("->"), "each problem says what to do"
 
 
+def doctor_lines(config_text: str, tmp_path, capsys) -> list[str]:
+    path = tmp_path / "c.toml"
+    path.write_text(config_text)
+    assert main(["--config", str(path), "doctor"]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_doctor_says_video_generation_refuses_on_a_cpu(data_dir, tmp_path, capsys):
+    models = tmp_path / "models"
+    models.mkdir()
+    lines = doctor_lines(f'[tools]\ndevice = "cpu"\nenabled = ["generate_video", "generate_3d"]\n'
+                         f'video_model = "{models}"\nshape_model = "{models}"\nshape_image_model = "{models}"\n',
+                         tmp_path, capsys)
+    video = next(i for i, line in enumerate(lines) if "] video generation:" in line)
+    assert lines[video].startswith("[warn] video generation: the tools run on the CPU: generate_video refuses to run here (a "
+                                   "49-frame 720x480 clip with 50 steps would take about ")
+    assert "hours on a CPU)" in lines[video] and "tools.video_allow_cpu = true" in lines[video + 1]
+    assert f"[ok  ] video model: local folder {models}" in lines
+    assert any(line.startswith("[ok  ] av: ") for line in lines)
+    assert any(line.startswith("[ok  ] trimesh: ") for line in lines)
+
+    allowed = doctor_lines('[tools]\ndevice = "cpu"\nvideo_allow_cpu = true\nenabled = []\n', tmp_path, capsys)
+    line = next(line for line in allowed if "] video generation:" in line)
+    assert line.startswith("[warn] video generation: generate_video runs on the CPU (tools.video_allow_cpu)")
+    assert line.endswith("(not enabled: add generate_video to tools.enabled)")
+
+
+def test_doctor_notes_video_generation_is_opt_in(data_dir, tmp_path, capsys):
+    lines = doctor_lines('[tools]\ndevice = "cpu"\n', tmp_path, capsys)
+    line = next(line for line in lines if "] video generation:" in line)
+    assert line.startswith("[ok  ] video generation: the tools run on the CPU: generate_video refuses to run here")
+    assert line.endswith("(not enabled: add generate_video to tools.enabled)")
+
+
 def test_ask_with_a_missing_image_fails_cleanly(data_dir, tmp_path):
     config = tmp_path / "c.toml"  # the image is checked before any model loads
     config.write_text('[model]\nmodel = "/models/llava"\n[tools]\nenabled = []\n[agent]\nlong_term_memory = false\n')
@@ -165,3 +200,35 @@ def test_model_and_adapter_options_override_the_config(data_dir, tmp_path):
         config = _load_config(args)
         assert config.model.model == str(tmp_path / "base")
         assert config.model.adapter == str(adapter)
+
+
+def test_serve_refuses_an_open_network_server_without_keys(data_dir, capsys):
+    assert main(["serve", "--host", "0.0.0.0", "--model", "/models/none"]) == 1  # refused before any model loads
+    error = capsys.readouterr().err
+    assert error.startswith("error: host '0.0.0.0' is reachable from other machines, so API keys are required")
+    assert main(["serve", "--host", "0.0.0.0", "--api-key", "short"]) == 1
+    assert "under the minimum of 16" in capsys.readouterr().err
+
+
+def test_serve_without_its_extra_says_what_to_install(data_dir, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
+    assert main(["serve"]) == 1
+    assert "pip install 'llava-agent[serve]'" in capsys.readouterr().err
+
+
+def test_serve_options_become_the_serve_section(data_dir, monkeypatch):
+    from agent.serve import server
+
+    seen = {}
+    monkeypatch.setattr(server, "run_server", lambda config, api_keys, verbose: seen.update(
+        config=config, keys=list(api_keys)) or 0)
+    argv = ["serve", "--host", "::1", "--port", "9001", "--api-key", "k" * 20, "--api-key", "j" * 20, "--no-agent",
+            "--cors-origin", "https://app.example", "--model-name", "mine", "--allow-remote-images", "--max-batch", "2"]
+    assert main(argv) == 0
+    serve = seen["config"].serve
+    assert (serve.host, serve.port, serve.agent_model, serve.cors_origins) == ("::1", 9001, None, ["https://app.example"])
+    assert serve.model_name == "mine" and serve.allow_remote_images and seen["keys"] == ["k" * 20, "j" * 20]
+    assert serve.max_batch == 2

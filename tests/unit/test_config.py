@@ -22,7 +22,7 @@ def test_toml_values_are_loaded(tmp_path):
     assert config.model.model == "/models/llava"
     assert config.model.max_new_tokens == 64
     assert config.agent.recursion_limit == 6
-    assert config.tools.enabled == ["caption_image", "generate_image", "search_images", "speak"]
+    assert config.tools.enabled == ["caption_image", "generate_image", "search_images", "speak", "describe_video"]
 
 
 def test_environment_overrides_the_file(tmp_path):
@@ -61,8 +61,11 @@ def test_dict_source_and_explicit_overrides(tmp_path):
          "model.dtype = 'int3': not allowed; input should be 'auto', 'float32', 'float16' or 'bfloat16'"),
         ("[agent]\nrecursion_limit = 1\n", "agent.recursion_limit = 1: Input should be greater than or equal to 2"),
         ('[tools]\ntts_engine = "say"\n',
-         "tools.tts_engine = 'say': not allowed; input should be 'espeak-ng' or 'vits'"),
+         "tools.tts_engine = 'say': not allowed; input should be 'espeak-ng', 'vits' or 'bark'"),
         ("[memory]\nrecall_min_score = 3\n", "memory.recall_min_score = 3: Input should be less than or equal to 1"),
+        ('[tools]\nvideo_offload = "disk"\n',
+         "tools.video_offload = 'disk': not allowed; input should be 'auto', 'none', 'model' or 'sequential'"),
+        ("[tools]\nmesh_grid_size = 8\n", "tools.mesh_grid_size = 8: Input should be greater than or equal to 16"),
     ],
 )
 def test_bad_values_quote_the_value_and_the_allowed_ones(tmp_path, toml, expected):

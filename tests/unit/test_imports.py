@@ -34,14 +34,17 @@ EXPECTED_ALL = {
         "TokenEvent", "ToolCallEvent", "ToolResultEvent", "build_system_prompt",
     ],
     "agent.cli": ["main"],
+    "agent.serve": ["ApiKeys", "FairQueue", "build_app", "create_app", "run_server"],
     "tools": [
-        "CaptionImageTool", "GenerateImageTool", "ModelManager", "SearchImagesTool", "SpeakTool", "available_tools",
-        "build_tool", "build_tools", "get_model_manager", "register_tool",
+        "CaptionImageTool", "DescribeVideoTool", "Generate3DTool", "GenerateImageTool", "GenerateVideoTool",
+        "ModelManager", "SearchImagesTool", "SpeakTool", "available_tools", "build_tool", "build_tools",
+        "get_model_manager", "register_tool",
     ],
     "memory": ["ClipEmbedder", "ConversationStore", "ImageIndex", "LongTermMemory", "TextEmbedder", "get_chroma_client"],
     "finetune": [
-        "ConversationEncoder", "EvalResult", "Sample", "TrainConfig", "TrainResult", "TrainingCollator",
-        "ValidationReport", "evaluate", "merge", "train", "validate",
+        "ConversationEncoder", "EvalResult", "PairTrainConfig", "PairTrainResult", "Sample", "TrainConfig",
+        "TrainResult", "TrainingCollator", "ValidationReport", "evaluate", "merge", "train", "train_caption",
+        "train_clip", "validate",
     ],
 }  # fmt: skip
 
@@ -63,9 +66,9 @@ def test_unknown_names_raise_attribute_error():
 
 def test_importing_the_packages_loads_no_heavy_library():
     code = (
-        "import sys, agent, agent.core, agent.llava, agent.decoding, agent.app, tools, memory, finetune; "
+        "import sys, agent, agent.core, agent.llava, agent.decoding, agent.app, agent.serve, tools, memory, finetune; "
         "heavy = ('torch', 'transformers', 'diffusers', 'chromadb', 'bitsandbytes', 'peft', 'langchain', "
-        "'langchain_core'); print([m for m in heavy if m in sys.modules])"
+        "'langchain_core', 'fastapi', 'uvicorn'); print([m for m in heavy if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -165,34 +165,45 @@ def test_concurrent_different_keys_stay_within_budget():
 
 
 def test_failed_load_is_reported_to_waiters_and_retried():
+    """A thread waiting on a load another thread started gets that load's error; it does not load again."""
     manager = ModelManager()
     attempts: list[int] = []
+    release = threading.Event()
 
     def flaky():
         attempts.append(1)
         if len(attempts) == 1:
-            time.sleep(0.1)
+            release.wait(10)
             raise OSError("weights missing")
         return torch.nn.Linear(256, 256)
 
-    outcomes: list[str] = []
+    outcomes: dict[str, str] = {}
 
-    def worker() -> None:
+    def worker(name: str) -> None:
         try:
             load(manager, "flaky", flaky, device="cpu")
-            outcomes.append("ok")
+            outcomes[name] = "ok"
         except ModelLoadError as exc:
-            outcomes.append("error" if "weights missing" in str(exc) else "other")
+            outcomes[name] = "error" if "weights missing" in str(exc) else f"other: {exc}"
 
-    first = threading.Thread(target=worker)
-    first.start()
-    time.sleep(0.02)
-    second = threading.Thread(target=worker)
-    second.start()
-    first.join()
-    second.join()
-    assert outcomes.count("error") >= 1
-    assert isinstance(load(manager, "flaky", flaky, device="cpu"), torch.nn.Linear)
+    loader = threading.Thread(target=worker, args=("loader",))
+    loader.start()
+    deadline = time.monotonic() + 10
+    while "flaky" not in manager._loading and time.monotonic() < deadline:  # the load has started
+        time.sleep(0.005)
+    waiter = threading.Thread(target=worker, args=("waiter",))
+    waiter.start()
+    pending = manager._loading["flaky"]
+    while not pending._condition._waiters and time.monotonic() < deadline:  # the waiter waits on that load
+        time.sleep(0.005)
+    assert pending._condition._waiters, "the second thread never waited on the first load"
+    release.set()
+    loader.join(10)
+    waiter.join(10)
+    assert outcomes == {"loader": "error", "waiter": "error"}
+    assert len(attempts) == 1, "the waiter got the error instead of loading a second time"
+    assert isinstance(load(manager, "flaky", flaky, device="cpu"), torch.nn.Linear)  # the next call retries
+    assert len(attempts) == 2
 
 
 def test_evict_and_clear_only_drop_idle_models():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import zlib
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from agent.core.errors import ImageError, InputError, PathNotAllowedError
+from agent.core.errors import ImageError, InputError, PathNotAllowedError, ToolError
 from agent.core.files import (
     check_readable_file,
     read_allowed_image,
@@ -132,7 +133,7 @@ def test_good_image_loads_as_rgb(allowed):
 
 
 def test_artifacts_never_overwrite(tmp_path):
-    paths = [write_new_artifact(tmp_path, "A cat!", ".txt", lambda p, n=n: p.write_text(str(n))) for n in range(3)]
+    paths = [write_new_artifact(tmp_path, "A cat!", ".txt", lambda f, n=n: f.write(str(n).encode())) for n in range(3)]
     assert len(set(paths)) == 3
     assert sorted(p.read_text() for p in paths) == ["0", "1", "2"]
     assert all(p.name.endswith(".txt") and "a-cat" in p.name for p in paths)
@@ -140,11 +141,11 @@ def test_artifacts_never_overwrite(tmp_path):
 
 
 def test_failed_artifact_write_leaves_nothing(tmp_path):
-    def fail(path: Path) -> None:
-        path.write_bytes(b"half")
-        raise OSError("disk full")
+    def fail(handle) -> None:
+        handle.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ToolError, match=r"could not write .*x\.png into .* \(No space left on device\); free some disk"):
         write_new_artifact(tmp_path, "x", ".png", fail)
     assert os.listdir(tmp_path) == []
 

@@ -30,6 +30,19 @@ def processors(tiny_llava_paths):
     }
 
 
+def image_tokens_per_image(processor) -> int:
+    """What a LLaVA processor expands one <image> into: one token per patch, plus the CLS token unless dropped."""
+    crop = processor.image_processor.crop_size
+    patches = (crop["height"] // processor.patch_size) * (crop["width"] // processor.patch_size)
+    dropped = 1 if processor.vision_feature_select_strategy == "default" else 0
+    return patches + processor.num_additional_image_tokens - dropped
+
+
+def test_image_token_count_matches_the_checkpoints(processors):
+    for processor, config in processors.values():
+        assert image_tokens_per_image(processor) == config.image_seq_length == 16
+
+
 def _image(index: int) -> dict:
     return {
         "type": "image",
@@ -108,13 +121,8 @@ def test_image_tokens_always_match_images(processors, family, n_images):
     assert encoded["input_ids"].shape[0] == 1
     if rendered.images:
         assert encoded["pixel_values"].shape[0] == len(rendered.images)
-        expected_tokens = (
-            len(rendered.images) * processor.num_image_tokens
-            if hasattr(processor, "num_image_tokens")
-            else None
-        )
         n_image_ids = int((encoded["input_ids"] == config.image_token_index).sum())
-        assert n_image_ids == expected_tokens or n_image_ids % len(rendered.images) == 0
+        assert n_image_ids == len(rendered.images) * image_tokens_per_image(processor)
     else:
         assert "pixel_values" not in encoded or encoded["pixel_values"] is None
 

@@ -112,3 +112,30 @@ def test_missing_engine_says_how_to_install(tmp_path):
     message = tool.invoke({"type": "tool_call", "id": "1", "name": "speak", "args": {"text": "hello"}})
     assert "apt-get install espeak-ng" in message.content and message.status == "error"
     assert list(tmp_path.iterdir()) == []
+
+
+# -- Bark's sentence splitting keeps cues and sung lines whole ------------------------------------
+@pytest.mark.parametrize(
+    ("text", "chunks"),
+    [
+        ("Hi! [laughs] Fine.", ["Hi! [laughs] Fine."]),
+        ("One. Two. Three.", ["One. Two. Three."]),
+        ("Well [clears throat. yes] ok. Next one here.", ["Well [clears throat. yes] ok.", "Next one here."]),
+        ("♪ La la la. La la la! ♪ And now done.", ["♪ La la la. La la la! ♪ And", "now done."]),
+        ("", []),
+    ],
+)
+def test_bark_split_keeps_cues_and_songs(text, chunks):
+    from tools.speak import split_bark_text
+
+    assert split_bark_text(text, max_chars=30) == chunks
+
+
+def test_bark_split_packs_long_text_into_chunks_that_keep_every_word():
+    from tools.speak import split_bark_text
+
+    text = " ".join(f"Sentence number {n} is here [sighs] and ♪ sung words ♪ too." for n in range(20))
+    chunks = split_bark_text(text, max_chars=120)
+    assert len(chunks) > 5 and all(len(c) <= 120 for c in chunks)
+    assert " ".join(chunks).split() == text.split()
+    assert all(c.count("[") == c.count("]") and c.count("♪") % 2 == 0 for c in chunks)

@@ -14,17 +14,38 @@ from agent.core.config import load_config
 from agent.core.errors import ConfigError
 from tools import available_tools, build_tools, register_tool
 from tools.caption import CaptionImageTool
+from tools.describe_video import DescribeVideoTool
 from tools.generate import GenerateImageTool
+from tools.generate_3d import Generate3DTool
+from tools.generate_video import GenerateVideoTool
 from tools.registry import build_tool, get_tool_factory, unregister_tool
 from tools.search import SearchImagesTool
 from tools.speak import SpeakTool
 
-TOOL_NAMES = ["caption_image", "generate_image", "search_images", "speak"]
+TOOL_NAMES = ["caption_image", "generate_image", "search_images", "speak", "describe_video"]
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_builtin_tools_are_registered_in_order():
-    assert available_tools()[:4] == TOOL_NAMES
+    assert available_tools()[:len(TOOL_NAMES) + 2] == [*TOOL_NAMES, "generate_video", "generate_3d"]
+
+
+def test_heavy_generators_are_opt_in_and_built_from_config(tmp_path):
+    assert "generate_video" not in load_config(environ={}).tools.enabled
+    config = load_config(overrides={"data_dir": str(tmp_path), "tools": {
+        "enabled": ["generate_video", "generate_3d"], "video_model": "/models/cogvideox", "video_allow_cpu": True,
+        "video_max_frames": 81, "video_offload": "model", "shape_model": "/models/shap-e", "mesh_grid_size": 96,
+    }}, environ={})
+    video, shape = build_tools(config)
+    assert (video.model, video.allow_cpu, video.max_frames, video.offload) == ("/models/cogvideox", True, 81, "model")
+    assert (shape.model, shape.image_model, shape.grid_size) == ("/models/shap-e", "openai/shap-e-img2img", 96)
+    assert video.artifacts_dir == shape.artifacts_dir == tmp_path / "artifacts"
+
+
+@pytest.mark.parametrize("tool_class", [GenerateVideoTool, Generate3DTool])
+def test_heavy_generators_declare_example_requests(tool_class):
+    assert len(tool_class.examples) >= 3 and all(isinstance(e, str) and e for e in tool_class.examples)
+    assert "examples" not in tool_class().tool_call_schema.model_json_schema()["properties"]
 
 
 def test_build_tools_follows_config_and_shares_one_manager(tmp_path):
@@ -41,7 +62,7 @@ def test_generation_steps_come_from_config():
     assert build_tools(config)[0].default_steps == 4
 
 
-def test_default_build_has_the_four_tools():
+def test_default_build_has_the_five_tools():
     assert [t.name for t in build_tools()] == TOOL_NAMES
 
 
@@ -80,15 +101,19 @@ def test_bad_tool_names_are_refused(bad):
 def test_importing_tools_and_memory_loads_no_heavy_library():
     code = (
         "import sys, tools, memory, tools.caption, tools.generate, tools.search, tools.speak, agent.core.model_manager, "
-        "tools.registry, memory.chroma, memory.embedders, memory.image_index; tools.build_tools(); "
-        "heavy = [m for m in ('torch', 'transformers', 'diffusers', 'chromadb', 'bitsandbytes') if m in sys.modules]; "
+        "tools.registry, memory.chroma, memory.embedders, memory.image_index, tools.generate_video, tools.generate_3d; "
+        "tools.build_tools(); tools.build_tool('generate_video', tools.registry.load_config()); "
+        "heavy = [m for m in ('torch', 'transformers', 'diffusers', 'chromadb', 'bitsandbytes', 'av', 'trimesh') "
+        "if m in sys.modules]; "
         "print(heavy)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("tool_class", [CaptionImageTool, GenerateImageTool, SearchImagesTool, SpeakTool])
+@pytest.mark.parametrize(
+    "tool_class", [CaptionImageTool, GenerateImageTool, SearchImagesTool, SpeakTool, GenerateVideoTool, Generate3DTool]
+)
 def test_every_argument_is_described_for_the_model(tool_class):
     tool = tool_class()
     assert tool.response_format == "content_and_artifact"
@@ -100,7 +125,8 @@ def test_every_argument_is_described_for_the_model(tool_class):
 
 
 def test_tool_names_are_exact():
-    assert [cls().name for cls in (CaptionImageTool, GenerateImageTool, SearchImagesTool, SpeakTool)] == TOOL_NAMES
+    classes = (CaptionImageTool, GenerateImageTool, SearchImagesTool, SpeakTool, DescribeVideoTool)
+    assert [cls().name for cls in classes] == TOOL_NAMES
 
 
 class TestCaptionImageToolUnit(ToolsUnitTests):
@@ -157,3 +183,45 @@ class TestSpeakToolUnit(ToolsUnitTests):
     @property
     def tool_invoke_params_example(self) -> dict:
         return {"text": "Hello there.", "voice": "en", "speed": 1.0}
+
+
+class TestGenerateVideoToolUnit(ToolsUnitTests):
+    @property
+    def tool_constructor(self):
+        return GenerateVideoTool
+
+    @property
+    def tool_constructor_params(self) -> dict:
+        return {"model": "some/cogvideox", "device": "cpu", "artifacts_dir": "/tmp/artifacts", "allow_cpu": True}
+
+    @property
+    def tool_invoke_params_example(self) -> dict:
+        return {"prompt": "a paper boat drifting on a pond", "frames": 9, "fps": 8, "width": 64, "height": 64,
+                "steps": 2, "seed": 1}
+
+
+class TestGenerate3DToolUnit(ToolsUnitTests):
+    @property
+    def tool_constructor(self):
+        return Generate3DTool
+
+    @property
+    def tool_constructor_params(self) -> dict:
+        return {"model": "some/shap-e", "image_model": "some/shap-e-img2img", "device": "cpu",
+                "artifacts_dir": "/tmp/artifacts", "grid_size": 64}
+
+    @property
+    def tool_invoke_params_example(self) -> dict:
+        return {"prompt": "a red ceramic mug", "format": "glb", "steps": 8, "seed": 1}
+class TestDescribeVideoToolUnit(ToolsUnitTests):
+    @property
+    def tool_constructor(self):
+        return DescribeVideoTool
+
+    @property
+    def tool_constructor_params(self) -> dict:
+        return {"caption_model": "some/blip", "device": "cpu", "artifacts_dir": "/tmp/artifacts", "max_frames": 4}
+
+    @property
+    def tool_invoke_params_example(self) -> dict:
+        return {"video": "clips/party.mp4", "question": "Who is dancing?", "start": 0.0, "end": 10.0}

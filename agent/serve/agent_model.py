@@ -1,0 +1,174 @@
+"""The agent as a model: one request runs one full agent turn, tools executed on the server.
+
+The request's last message (the user's) is the turn's input; the conversation itself is kept by
+the server in a thread. A caller names its thread with the ``X-Thread-Id`` header or the
+request's ``user`` field (a key of the caller's choosing, mapped per caller by
+:class:`agent.serve.ownership.OwnershipStore`); without one, each request starts a new thread
+whose key comes back in the ``X-Thread-Id`` response header and in ``llava_agent.thread``.
+
+Yields the pieces of :mod:`agent.serve.completions`: the model's tokens as :class:`TextPiece` s,
+each tool call and tool result as an :class:`EventPiece` (``llava_agent`` events), and a
+:class:`Final` whose ``llava_agent`` field lists the calls and the generated files. Generated
+files (images, speech) are registered to the caller and offered at ``/v1/files/{id}/content``.
+
+Long-term memory is not used here: its facts are shared by everyone who uses the data folder,
+and the server's callers must not read each other's.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.core.errors import PathNotAllowedError
+from agent.core.files import resolve_allowed_path
+from agent.serve.completions import EventPiece, Final, Piece, TextPiece
+from agent.serve.inputs import AgentInput
+from agent.serve.ownership import FileRecord, OwnershipStore
+
+if TYPE_CHECKING:  # pragma: no cover
+    from agent.app.multimodal_agent import MultimodalAgent
+    from agent.core.config import AppConfig
+
+logger = logging.getLogger(__name__)
+
+MAX_EVENT_CONTENT_CHARS = 4000
+"""A tool result longer than this is cut in the stream event (the model still reads all of it)."""
+
+
+def _usage_totals(handler: Any) -> tuple[int, int]:
+    totals = [0, 0]
+    for usage in handler.usage_metadata.values():
+        totals[0] += int(usage.get("input_tokens", 0))
+        totals[1] += int(usage.get("output_tokens", 0))
+    return totals[0], totals[1]
+
+
+class AgentModel:
+    """Runs agent turns for callers; the agent is built on first use and shared."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        store: OwnershipStore,
+        *,
+        build: Callable[[], MultimodalAgent] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self._build = build
+        self._agent: MultimodalAgent | None = None
+        self._lock = threading.Lock()
+
+    def agent(self) -> MultimodalAgent:
+        with self._lock:
+            if self._agent is None:
+                if self._build is not None:
+                    self._agent = self._build()
+                else:
+                    from agent.app.multimodal_agent import MultimodalAgent
+
+                    self._agent = MultimodalAgent.from_config(self.config, memory=None)
+            return self._agent
+
+    def thread_for(self, caller: str, key: str | None, title: str) -> tuple[str, str]:
+        """(thread id, the caller's key for it): the caller's existing thread, or a new one."""
+        agent = self.agent()
+        if key:
+            thread_id = self.store.thread_for(caller, key)
+            if thread_id is not None:
+                return thread_id, key
+        thread_id = agent.new_thread(title[:80])
+        key = key or thread_id
+        self.store.bind_thread(caller, key, thread_id)
+        return thread_id, key
+
+    def _register_files(self, caller: str, artifact: Any, file_url: Callable[[FileRecord], str]) -> list[dict]:
+        """Files a tool wrote into the artifacts folder, registered to ``caller``; anything else is not served."""
+        items = artifact if isinstance(artifact, list) else [artifact]
+        files = []
+        for item in items:
+            path = item.get("path") if isinstance(item, dict) else None
+            if not isinstance(path, str):
+                continue
+            try:
+                resolved = resolve_allowed_path(path, [self.config.artifacts_dir])
+            except PathNotAllowedError:
+                continue  # e.g. a search hit: the user's own image, not something generated for this caller
+            if not resolved.is_file():
+                continue
+            record = self.store.add_file(caller, resolved)
+            files.append({"id": record.file_id, "url": file_url(record), "filename": resolved.name,
+                          "mime_type": record.mime_type, "bytes": record.bytes})  # fmt: skip
+        return files
+
+    def produce(
+        self,
+        caller: str,
+        thread_key: str | None,
+        turn: AgentInput,
+        *,
+        cancel: threading.Event,
+        file_url: Callable[[FileRecord], str],
+    ) -> Iterator[Piece]:
+        """Run one turn (blocking; run it in a worker thread). Setting ``cancel`` ends it early."""
+        from langchain_core.callbacks import UsageMetadataCallbackHandler
+
+        from agent.app.events import ReplyEvent, TokenEvent, ToolCallEvent, ToolResultEvent
+
+        agent = self.agent()
+        thread_id, key = self.thread_for(caller, thread_key, turn.text or "image")
+        logger.info("agent turn on thread %s (%d image(s))", thread_id, len(turn.images))
+        uploads = Path(tempfile.mkdtemp(prefix="llava-serve-"))
+        try:
+            paths: list[str] = []
+            for number, image in enumerate(turn.images, start=1):
+                if image.path is not None:
+                    paths.append(str(image.path))
+                else:  # a data URL: saved as a file, so the agent keeps it as an attachment tools can read
+                    target = uploads / f"image-{number}.png"
+                    image.image.save(target, format="PNG")
+                    paths.append(str(target))
+            usage = UsageMetadataCallbackHandler()
+            all_files: list[dict] = []
+            events = agent.stream(turn.text, images=paths, thread_id=thread_id, callbacks=[usage], stop=cancel)
+            try:
+                for event in events:
+                    if isinstance(event, TokenEvent):
+                        yield TextPiece(event.text)
+                    elif isinstance(event, ToolCallEvent):
+                        yield EventPiece({"type": "tool_call", "id": event.call_id, "name": event.name,
+                                          "arguments": event.args})  # fmt: skip
+                    elif isinstance(event, ToolResultEvent):
+                        files = [] if event.is_error else self._register_files(caller, event.artifact, file_url)
+                        all_files.extend(files)
+                        yield EventPiece({"type": "tool_result", "id": event.call_id, "name": event.name,
+                                          "is_error": event.is_error, "content": event.content[:MAX_EVENT_CONTENT_CHARS],
+                                          "files": files})  # fmt: skip
+                    elif isinstance(event, ReplyEvent):
+                        reply = event.reply
+                        prompt_tokens, completion_tokens = _usage_totals(usage)
+                        cut = reply.stopped or reply.limit_reached
+                        yield Final(
+                            finish_reason="length" if cut else "stop",
+                            prompt_tokens=prompt_tokens,
+                            completion_tokens=completion_tokens,
+                            text=reply.text,
+                            extra={"llava_agent": {
+                                "thread": key,
+                                "tool_calls": [{"id": c["id"], "name": c["name"], "arguments": c["args"],
+                                                "status": c["status"]} for c in reply.tool_calls],
+                                "files": all_files,
+                                "stopped": reply.stopped,
+                                "limit_reached": reply.limit_reached,
+                            }},
+                        )  # fmt: skip
+            finally:
+                events.close()
+        finally:
+            shutil.rmtree(uploads, ignore_errors=True)
