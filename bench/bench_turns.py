@@ -303,6 +303,26 @@ def print_tables(results: dict, args) -> dict:
     return {"summary": summary, "targets": targets, "same_calls": f"{same_calls}/{tool_turns}"}
 
 
+def flat_numbers(report: dict) -> dict:
+    """The headline numbers as top-level keys (what bench/gpu_check.py records as metrics)."""
+    names = {
+        "after-tool TTFT / cold prefill": "target_after_tool_ttft_over_cold",
+        "turn-last TTFT1 / turn-1": "target_last_over_first_ttft",
+        "tool call: one token at a time": "target_call_speedup",
+        "free-text decode tok/s": "target_decode_tok_s",
+    }
+    flat: dict = {}
+    for key, value in report["targets"].items():
+        for prefix, name in names.items():
+            if key.startswith(prefix) and value is not None:
+                flat[name] = round(float(value), 4)
+    for config, medians in report["summary"].items():
+        for key, value in medians.items():
+            if value is not None:
+                flat[f"median_{key}[{config}]"] = round(float(value), 4)
+    return flat
+
+
 def head_agreement(llm, args) -> dict:
     """Top-1 agreement of the int8 head with the bf16 head on hidden states of real text."""
     import torch
@@ -393,6 +413,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size", choices=["0.5b", "tiny"], default="0.5b")
+    parser.add_argument("--device", default="cpu", help="cpu (the targets' machine) or cuda")
     parser.add_argument("--model-dir", type=Path, default=None, help="reuse a checkpoint built earlier")
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--call-tokens", type=int, default=96, help="max_tokens of a tool call")
@@ -422,7 +443,7 @@ def main() -> None:
         if name not in args.configs.split(",") and name not in ("all", "-1 prefix", "-2 jump"):
             del CONFIGS[name]
     folder = build_model(args.size, args.model_dir)
-    llm = ChatLlava(model=str(folder), device="cpu", temperature=0.0)
+    llm = ChatLlava(model=str(folder), device=args.device, temperature=0.0)
     started = time.perf_counter()
     llm.loaded  # noqa: B018 - load outside the timings
     print(
@@ -430,7 +451,12 @@ def main() -> None:
         f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
-    report: dict = {"size": args.size, "threads": torch.get_num_threads(), "load_before": os.getloadavg()}
+    report: dict = {
+        "size": args.size,
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "load_before": os.getloadavg(),
+    }
     if args.head_agreement:
         report["head_agreement"] = head_agreement(llm, args)
     elif args.decode_variants:
@@ -438,6 +464,7 @@ def main() -> None:
     else:
         results = run_turns(llm, args)
         report.update(print_tables(results, args))
+        report.update(flat_numbers(report))
         report["turns"] = results
         report["load_after"] = os.getloadavg()
         print(
