@@ -279,6 +279,14 @@ def print_tables(results: dict, args) -> dict:
         for a, s in zip(all_rows, stepwise_rows, strict=True)
         if a["tool_turn"] and a.get("call_seconds") and s.get("call_seconds")
     ]
+    # the call's decoding alone (after its first token), per generated token: the calls' argument
+    # strings are the random model's own and differ in length between the two configurations
+    per_token_speedups = [
+        ((s["call_seconds"] - s["first_ttft"]) / s["call_tokens"])
+        / ((a["call_seconds"] - a["first_ttft"]) / a["call_tokens"])
+        for a, s in zip(all_rows, stepwise_rows, strict=True)
+        if a["tool_turn"] and a.get("call_tokens", 0) > 1 and s.get("call_tokens", 0) > 1
+    ]
     same_calls = sum(
         a["call"] == s["call"] for a, s in zip(all_rows, stepwise_rows, strict=True) if a["tool_turn"]
     )
@@ -292,6 +300,11 @@ def print_tables(results: dict, args) -> dict:
         if call_speedups
         else None,
         "free-text decode tok/s, all on (>= 28 at 0.5b)": summary["all"]["answer_rate"],
+        "tool call decode per token after the first: one at a time / jump-forward": statistics.median(
+            per_token_speedups
+        )
+        if per_token_speedups
+        else None,
     }
     print("\nTargets (medians over the tool turns where per-turn)")
     for key, value in targets.items():
@@ -310,6 +323,7 @@ def flat_numbers(report: dict) -> dict:
         "turn-last TTFT1 / turn-1": "target_last_over_first_ttft",
         "tool call: one token at a time": "target_call_speedup",
         "free-text decode tok/s": "target_decode_tok_s",
+        "tool call decode per token": "call_decode_per_token_speedup",
     }
     flat: dict = {}
     for key, value in report["targets"].items():

@@ -230,6 +230,20 @@ def test_cancelled_stream_then_the_same_reply(tiny_llava_qwen2):
     assert again.response_metadata["decode"]["cached_tokens"] == (prompt - 1) // PREFILL_CHUNK * PREFILL_CHUNK
 
 
+def test_a_cancel_before_the_prompt_is_read_ends_the_reply_at_once(tiny_llava_qwen2):
+    llm = _model(tiny_llava_qwen2, max_tokens=60)
+    messages = [SystemMessage("Be helpful. " * 80), HumanMessage("Tell me a long story about a red circle.")]
+    llm.loaded.prefix_cache.clear()
+    cancel = threading.Event()
+    cancel.set()
+    reply = llm.invoke(messages, cancel_event=cancel)
+    assert reply.response_metadata["finish_reason"] == "cancelled"
+    assert reply.usage_metadata["output_tokens"] == 0 and reply.content == ""
+    assert reply.response_metadata["decode"]["prefill_seconds"] < 5  # stopped before the first chunk
+    assert len(llm.loaded.prefix_cache) == 0  # nothing half-computed is kept
+    assert _summary(llm.invoke(messages)) == _summary(llm.invoke(messages, prefix_cache=False))
+
+
 def test_a_different_image_is_never_taken_from_the_cache(tiny_llava_qwen2):
     llm = _model(tiny_llava_qwen2)
     red = [HumanMessage(content=[_image((200, 0, 0)), {"type": "text", "text": "What colour?"}])]
