@@ -57,6 +57,15 @@ MaxImages = Annotated[
     Field(ge=0, description="Images kept as pixels per prompt (0: none); None follows the model's capability."),
 ]
 MaxImagePixels = Annotated[int, Field(gt=0, description="Larger images are refused before decoding.")]
+Decoder = Literal["auto", "transformers"]
+KVCacheMode = Literal["auto", "static", "dynamic"]
+HeadPrecision = Literal["auto", "model", "int8"]
+PrefixCacheEntries = Annotated[
+    int, Field(ge=0, description="Prompt prefixes kept for reuse per model (least recently used dropped; 0: none).")
+]
+PrefixCacheMiB = Annotated[
+    int, Field(ge=0, description="Most MiB of keys/values the prompt cache keeps per model (within the device's budget).")
+]
 
 
 def default_data_dir() -> Path:
@@ -93,6 +102,16 @@ class ModelSection(_Section):
     max_images: MaxImages = None
     allow_remote_images: bool = Field(False, description="Fetch http(s) image URLs found in messages.")
     trust_remote_code: bool = False
+    decoder: Decoder = Field("auto", description="auto: the decode loop (prefix reuse, jump-forward); transformers: model.generate.")
+    prefix_cache: bool = Field(True, description="Reuse the keys/values of the prompt prefix shared with earlier calls.")
+    prefix_cache_entries: PrefixCacheEntries = defaults.PREFIX_CACHE_ENTRIES
+    prefix_cache_mib: PrefixCacheMiB = defaults.PREFIX_CACHE_MIB
+    jump_forward: bool = Field(True, description="Append the stretches of a tool call the grammar forces in one pass.")
+    few_row_logits: bool = Field(True, description="When the constraint allows few tokens, compute only their logits.")
+    kv_cache: KVCacheMode = Field("auto", description="static: preallocated, written in place; dynamic: grown by concatenation.")
+    lm_head: HeadPrecision = Field("auto", description="auto: an int8 copy of the head on CPU, the model's own elsewhere.")
+    fast_attention: bool = Field(True, description="On CPU, decode attention as grouped float32 matmuls, not bf16 SDPA.")
+    cuda_graphs: bool = Field(True, description="Replay single-token decode steps as CUDA graphs on CUDA.")
     allow_pickle_weights: bool = Field(
         False, description="Load a LoRA adapter stored as .bin (a pickle file can run code); safetensors only when off."
     )

@@ -24,6 +24,10 @@ MAX_NEW_TOKENS = 512
 TEMPERATURE = 0.2
 TOP_P = 0.95
 MAX_TEMPERATURE = 5.0
+PREFIX_CACHE_ENTRIES = 4
+"""Prompt prefixes the chat model keeps for reuse (a thread keeps one; a few threads interleave)."""
+PREFIX_CACHE_MIB = 1024
+"""Most MiB of cached keys/values (a 0.5B Qwen2 model: 12 KiB a token; llava-1.5-7b: 512 KiB)."""
 
 # -- inputs ------------------------------------------------------------------------------------
 MAX_IMAGE_PIXELS = 50_000_000
