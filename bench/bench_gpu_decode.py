@@ -14,7 +14,11 @@ graph path produced the same tokens as the eager loop, and a forced tool call (f
 tools) on each path. Target at 7b on an H100/H200: >= 150 tok/s batch-1 decode.
 
     python bench/bench_gpu_decode.py --size 7b --output results.json
-    python bench/bench_gpu_decode.py --size tiny --device cpu   # a dry run of the script itself
+    python bench/bench_gpu_decode.py --size tiny --device cpu --uncaptured-graphs   # a dry run
+
+``--size tiny`` is a tiny llama with llava-1.5-7b's head layout (32 heads, no grouped keys and
+values); ``--uncaptured-graphs`` runs the graph path's computation (static buffers, a bucket of
+positions under a mask) without capturing it, so the dry run checks it where CUDA is absent.
 """
 
 from __future__ import annotations
@@ -114,6 +118,36 @@ def product_schemas(path: Path | None) -> list[dict]:
     return tool_schemas([CaptionImageTool(), GenerateImageTool(), SearchImagesTool(), SpeakTool()])
 
 
+def _common_prefix(first: str, second: str) -> int:
+    pairs = zip(first, second, strict=False)
+    return next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(first), len(second)))
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _force_uncaptured_graphs() -> None:
+    """Make the decode loop use a :class:`GraphDecoder` that runs its step uncaptured, on any device."""
+    import agent.llava.decode_loop as decode_loop
+    from agent.llava.cuda_graphs import GraphDecoder
+
+    def uncaptured(loaded, parts, positions):
+        decoder = loaded.accelerators.get("graphs")
+        if decoder is None or not decoder.fits(positions):
+            dtype = parts.head.weight.dtype
+            decoder = GraphDecoder(parts, positions, loaded.input_device, dtype, capture=False)
+            loaded.accelerators["graphs"] = decoder
+        return decoder
+
+    decode_loop.graph_decoder = uncaptured
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -124,6 +158,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument(
+        "--uncaptured-graphs",
+        action="store_true",
+        help="run the graph path's step computation uncaptured (checks it on a CPU)",
+    )
     parser.add_argument(
         "--schemas",
         type=Path,
@@ -143,13 +182,16 @@ def main() -> None:
     from agent.llava.loading import load_model, resolve_spec
 
     results: dict = {"size": args.size, "device": args.device, "errors": []}
+    results["versions"] = {name: _version(name) for name in ("torch", "transformers", "bitsandbytes")}
+    if args.uncaptured_graphs:
+        _force_uncaptured_graphs()
     started = time.perf_counter()
     if args.model_dir:
         folder = args.model_dir
     elif args.size == "tiny":
-        from tests.tiny_models import build_tiny_llava
+        from tests.tiny_models import LLAVA_15_7B_HEADS, build_tiny_llava
 
-        folder = build_tiny_llava(Path(tempfile.mkdtemp()) / "tiny", "qwen2")
+        folder = build_tiny_llava(Path(tempfile.mkdtemp()) / "tiny", "llama", text_overrides=LLAVA_15_7B_HEADS)
     else:
         from bench_chat_model import build_checkpoint
 
@@ -166,7 +208,12 @@ def main() -> None:
     results["spec"] = {"quantization": spec.quantization, "dtype": spec.dtype, "device": spec.device}
     if args.device.startswith("cuda"):
         results["gpu"] = torch.cuda.get_device_name()
-    print(f"loaded in {results['load_seconds']}s: {results['spec']}", flush=True)
+    from agent.llava.decode_loop import model_parts
+    from agent.llava.kv_cache import cache_keyword
+
+    parts = model_parts(llm.model)
+    results["cache_keyword"] = parts if isinstance(parts, str) else cache_keyword(parts.language_model)
+    print(f"loaded in {results['load_seconds']}s: {results['spec']} {results['versions']}", flush=True)
     schemas = product_schemas(args.schemas)
 
     rates: dict[str, list[float]] = {name: [] for name in PATHS}
@@ -193,6 +240,10 @@ def main() -> None:
     results["decode_runs"] = {k: [round(x, 1) for x in v] for k, v in rates.items()}
     results["graphs_same_text_as_eager"] = texts.get("loop + graphs") == texts.get("loop eager")
     results["loop_same_text_as_transformers"] = texts.get("loop eager") == texts.get("transformers")
+    # where they part: at once when the loop's cache is not the model's (garbage), later for rounding
+    results["loop_agrees_with_transformers_for_chars"] = _common_prefix(
+        texts.get("loop eager") or "", texts.get("transformers") or ""
+    )
     results["graph_steps"] = metas.get("loop + graphs", {}).get("graph_steps")
     graphs = llm.accelerators.get("graphs")
     results["graph_failure"] = getattr(graphs, "failed", None)

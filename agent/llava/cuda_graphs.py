@@ -15,8 +15,10 @@ before each replay; the output is the final hidden state, and the head is applie
 graph (full or few rows, see :mod:`agent.llava.output_head`). Prefill and multi-token steps
 (jump-forward) run eagerly into the same buffers.
 
-A capture that fails (an op that is not capturable in some library version) is logged once and
-the loop continues eagerly; nothing in a reply depends on graphs.
+A capture that fails (an op that is not capturable in some library version), or static buffers
+that cannot be allocated, is logged once and the loop continues eagerly; nothing in a reply
+depends on graphs. The model is called with its cache under the keyword its ``transformers``
+version takes (:func:`agent.llava.kv_cache.cache_arguments`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from agent.llava.kv_cache import KVBuffers, _round_up
+from agent.llava.kv_cache import KVBuffers, _round_up, cache_arguments
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -80,6 +82,8 @@ class GraphDecoder:
             self.position = torch.zeros((1, 1), dtype=torch.long, device=device)
             self.hidden = torch.zeros((1, config.hidden_size), dtype=dtype, device=device)
         self.graphs: dict[int, Any] = {}
+        self.captured_at: int | None = None
+        """Address of the first key buffer the graphs write to (captured graphs keep raw addresses)."""
         self.pool = torch.cuda.graph_pool_handle() if capture else None
         self.failed: str | None = None
 
@@ -118,6 +122,8 @@ class GraphDecoder:
             for layer in kv.layers:
                 layer.set_length(position + 1)
             return self.hidden
+        if self.graphs and kv.layers[0].key_buffer.data_ptr() != self.captured_at:
+            self.graphs.clear()  # the buffers were reallocated: the graphs would write to freed memory
         graph = self.graphs.get(bucket)
         if graph is None:
             graph = self._capture(bucket, token, position)
@@ -131,7 +137,8 @@ class GraphDecoder:
         return self.hidden
 
     def _eager(self, kv: KVBuffers, token: torch.Tensor) -> torch.Tensor:
-        output = self.parts.language_model(input_ids=token, cache=kv.cache, use_cache=True)
+        model = self.parts.language_model
+        output = model(input_ids=token, **cache_arguments(model, kv.cache), use_cache=True)
         return output.last_hidden_state[:, -1]
 
     def _forward(self, bucket: int) -> None:
@@ -143,11 +150,12 @@ class GraphDecoder:
             torch.zeros((), dtype=self.dtype, device=self.device),
             torch.full((), torch.finfo(self.dtype).min, dtype=self.dtype, device=self.device),
         )
-        output = self.parts.language_model(
+        model = self.parts.language_model
+        output = model(
             input_ids=self.input_ids,
             position_ids=self.position,
             attention_mask=mask,
-            cache=self._step_cache(bucket),
+            **cache_arguments(model, self._step_cache(bucket)),
             use_cache=True,
         )
         self.hidden.copy_(output.last_hidden_state[:, -1])
@@ -173,7 +181,9 @@ class GraphDecoder:
                     self._forward(bucket)
             torch.cuda.current_stream(self.device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
+            # thread_local: CUDA calls of other threads (a tool on the same GPU) neither break
+            # this capture nor fail because of it
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 self._forward(bucket)
             torch.cuda.synchronize(self.device)
         except Exception as exc:  # noqa: BLE001 - any failure: decode eagerly instead
@@ -181,6 +191,7 @@ class GraphDecoder:
             logger.warning("CUDA graph capture failed (%s); decoding without graphs", self.failed)
             return None
         self.graphs[bucket] = graph
+        self.captured_at = self.kv.layers[0].key_buffer.data_ptr()
         logger.debug("captured the decode step for %d positions", bucket)
         return graph
 
@@ -223,7 +234,13 @@ def graph_decoder(loaded: LoadedModel, parts: ModelParts, positions: int) -> Gra
         return None
     capacity = positions if decoder is None else max(positions, 2 * decoder.capacity)
     dtype = parts.head.weight.dtype
-    decoder = GraphDecoder(parts, capacity, device, dtype)
+    try:
+        decoder = GraphDecoder(parts, capacity, device, dtype)
+    except Exception as exc:  # noqa: BLE001 - e.g. out of memory for the buffers: decode eagerly instead
+        logger.warning(
+            "could not set up CUDA graph decoding (%s: %s); decoding without graphs", type(exc).__name__, exc
+        )
+        return None
     loaded.accelerators["graphs"] = decoder
     loaded.set_extra_bytes("graphs", decoder.kv.nbytes())
     return decoder

@@ -45,7 +45,7 @@ from agent.core.config import HeadPrecision, KVCacheMode
 from agent.core.errors import InputError
 from agent.llava import decode_attention
 from agent.llava.cuda_graphs import graph_decoder
-from agent.llava.kv_cache import KVBuffers
+from agent.llava.kv_cache import CACHE_KEYWORDS, KVBuffers, cache_arguments, cache_keyword
 from agent.llava.output_head import OutputHead, int8_supported
 from agent.llava.prefix_cache import (
     DEFAULT_MAX_ENTRIES,
@@ -192,6 +192,9 @@ def model_parts(model: Any) -> ModelParts | str:
         return f"{type(base).__name__} has no .model.language_model"
     if type(head) is not torch.nn.Linear:
         return f"its head is a {type(head).__name__}, not a plain linear layer"
+    for module in (backbone, language_model):
+        if cache_keyword(module) is None:
+            return f"{type(module).__name__}.forward takes no cache argument (none of {', '.join(CACHE_KEYWORDS)})"
     config = base.config
     text_config = getattr(config, "text_config", config)
     for name in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
@@ -419,12 +422,18 @@ def decode(
                 return stats
             output = parts.backbone(
                 input_ids=input_ids[:, start:end],
-                cache=kv.cache,
+                **cache_arguments(parts.backbone, kv.cache),
                 use_cache=True,
                 **_image_inputs_between(image_inputs, spans, start, end),
             )
             hidden = output.last_hidden_state[:, -1]
             del output
+            if kv.length != end:  # the model kept its keys and values elsewhere: every later step would be wrong
+                raise RuntimeError(
+                    f"{type(parts.backbone).__name__} did not write positions {start}..{end} into the "
+                    f"decode loop's key/value cache (it holds {kv.length}); this transformers version "
+                    "is not supported by the decode loop: use decoder='transformers'"
+                )
     stats.prefill_seconds = time.perf_counter() - started
     # grouped float32 attention for the decode steps (this thread only), see decode_attention
     with decode_attention.enabled(settings.fast_attention):
@@ -487,7 +496,9 @@ def decode(
                         hidden = graphs.step(kv, step)
                         stats.graph_steps += 1
                     else:
-                        output = parts.language_model(input_ids=step, cache=kv.cache, use_cache=True)
+                        output = parts.language_model(
+                            input_ids=step, **cache_arguments(parts.language_model, kv.cache), use_cache=True
+                        )
                         hidden = output.last_hidden_state[:, -1]
                         del output
                     fed.extend(chosen)

@@ -172,6 +172,43 @@ class KVBuffers:
                 layer.capacity = max(layer.capacity, _round_up(capacity))
 
 
+CACHE_KEYWORDS = ("cache", "past_key_values")
+"""The names a ``transformers`` model's forward takes its key/value cache under, newest first.
+
+Newer ``transformers`` renamed ``past_key_values`` to ``cache`` (5.24 has ``cache`` and still
+accepts the old name with a deprecation); older 5.x only knows ``past_key_values`` and swallows
+an unknown ``cache=`` into its ``**kwargs``: the model then builds a fresh cache of its own and
+silently ignores ours. So the name is read from the forward's signature, never assumed.
+"""
+
+
+def cache_keyword(module: Any) -> str | None:
+    """The keyword ``module``'s forward takes its key/value cache under (None: it takes none)."""
+    return _cache_keyword(type(module))
+
+
+@lru_cache(maxsize=64)
+def _cache_keyword(module_class: type) -> str | None:
+    import inspect
+
+    try:
+        parameters = inspect.signature(module_class.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a forward without a readable signature
+        return None
+    return next((name for name in CACHE_KEYWORDS if name in parameters), None)
+
+
+def cache_arguments(module: Any, cache: Any) -> dict[str, Any]:
+    """``{keyword: cache}`` for a call of ``module`` (see :data:`CACHE_KEYWORDS`)."""
+    keyword = cache_keyword(module)
+    if keyword is None:
+        raise TypeError(
+            f"{type(module).__name__}.forward takes no key/value cache argument "
+            f"(none of {', '.join(CACHE_KEYWORDS)}); this transformers version is not supported by the decode loop"
+        )
+    return {keyword: cache}
+
+
 def per_token_bytes(text_config: Any, dtype: torch.dtype) -> int:
     """Bytes of keys plus values per position, from the language model's config."""
     import torch

@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import threading
+from pathlib import Path
 from typing import Literal
 
 import jsonschema
@@ -141,13 +142,75 @@ def test_same_tokens_with_each_exact_switch_on_and_off(tiny_llava_paths, family,
         assert sum(s["few_row_steps"] for s in stats) > 0
 
 
-def test_the_graph_step_computation_on_cpu(tiny_llava_any, monkeypatch):
-    """What a CUDA graph captures (static buffers, a bucket of positions under a mask), run uncaptured."""
-    import agent.llava.decode_loop as decode_loop
-    from agent.llava.cuda_graphs import GraphDecoder
+@pytest.fixture(scope="module")
+def tiny_llava_7b_heads(tmp_path_factory) -> Path:
+    from tests.tiny_models import LLAVA_15_7B_HEADS, build_tiny_llava
 
-    llm = _model(tiny_llava_any)
-    reference, _ = _conversation(llm, ALL_OFF, turns=2)
+    folder = tmp_path_factory.mktemp("tiny-7b-heads") / "llava"
+    return build_tiny_llava(folder, "llama", text_overrides=LLAVA_15_7B_HEADS)
+
+
+def _older_cache_keyword(backbone, monkeypatch) -> None:
+    """Give the backbone and its language model the forward of ``transformers`` 5.x before the cache was renamed.
+
+    There (e.g. 5.17) the cache is ``past_key_values``, and a ``cache=`` keyword falls into
+    ``**kwargs`` and is never read: the model builds a fresh cache of its own. Exactly that is
+    reproduced around the installed forwards, so the decode loop meets the older API on this
+    version too. The backbone hands its cache down to the language model (by the old name there).
+    """
+    inside_backbone: list[bool] = []
+
+    def older(installed: type, is_backbone: bool) -> type:
+        def forward(self, *args, past_key_values=None, **kwargs):
+            stray = kwargs.pop("cache", None)  # not an argument of the older forward: ignored
+            if inside_backbone and not is_backbone:
+                past_key_values = stray  # the backbone's own call, by the old name in older versions
+            inside_backbone.append(is_backbone)
+            try:
+                return installed.forward(self, *args, cache=past_key_values, **kwargs)
+            finally:
+                inside_backbone.pop()
+
+        return type(f"Older{installed.__name__}", (installed,), {"forward": forward})
+
+    monkeypatch.setattr(backbone.language_model, "__class__", older(type(backbone.language_model), False))
+    monkeypatch.setattr(backbone, "__class__", older(type(backbone), True))
+
+
+@pytest.mark.parametrize("cache_keyword", ["installed", "past_key_values"])
+@pytest.mark.parametrize("checkpoint", ["llama", "qwen2", "llava-1.5-7b heads"])
+def test_the_graph_step_computation_on_cpu(
+    tiny_llava_paths, tiny_llava_7b_heads, checkpoint, cache_keyword, monkeypatch
+):
+    """What a CUDA graph captures (static buffers, a bucket of positions under a mask), run uncaptured.
+
+    Checked on both template families and on llava-1.5-7b's head layout (NF4, bf16 where the CPU
+    has it), with the cache keyword of the installed ``transformers`` and with the older one. The
+    reference is the eager loop on the installed API (the loop against ``generate`` is checked in
+    ``test_logits_processors_apply_in_both_decoders``; over 40 random bf16 tokens, ``generate``'s
+    one-piece prefill may round differently from the loop's aligned chunks).
+    """
+    import agent.llava.decode_loop as decode_loop
+    from agent.llava import decode_attention
+    from agent.llava.cuda_graphs import BUCKET, GraphDecoder
+    from agent.llava.kv_cache import cache_keyword as keyword_of
+
+    path = tiny_llava_7b_heads if checkpoint == "llava-1.5-7b heads" else tiny_llava_paths[checkpoint]
+    llm = _model(path)
+    text_config = llm.loaded.config.text_config
+    if checkpoint == "llava-1.5-7b heads":
+        assert (text_config.num_attention_heads, text_config.num_key_value_heads) == (32, 32)
+        assert text_config._attn_implementation in ("sdpa", decode_attention.NAME)  # ours falls through to SDPA
+    static = {**ALL_OFF, "kv_cache": "static"}
+    reference, _ = _conversation(llm, static, turns=2)
+    if cache_keyword == "past_key_values":
+        backbone = llm.loaded.model.model
+        if keyword_of(backbone) == "past_key_values":
+            pytest.skip("the installed transformers takes the cache as past_key_values: the first case is this one")
+        _older_cache_keyword(backbone, monkeypatch)
+        assert keyword_of(backbone) == keyword_of(backbone.language_model) == "past_key_values"
+
+    decoders: list[GraphDecoder] = []
 
     def uncaptured(loaded, parts, positions):
         decoder = loaded.accelerators.get("uncaptured-graphs")
@@ -156,12 +219,30 @@ def test_the_graph_step_computation_on_cpu(tiny_llava_any, monkeypatch):
                 parts, positions, loaded.input_device, parts.head.weight.dtype, capture=False
             )
             loaded.accelerators["uncaptured-graphs"] = decoder
+            decoders.append(decoder)
         return decoder
 
+    llm.loaded.accelerators.pop("uncaptured-graphs", None)
+    if cache_keyword != "installed":
+        eager, _ = _conversation(llm, static, turns=2)
+        assert eager == reference
     monkeypatch.setattr(decode_loop, "graph_decoder", uncaptured)
-    replies, stats = _conversation(llm, {**ALL_OFF, "prefix_cache": True, "kv_cache": "static"}, turns=2)
+    replies, stats = _conversation(llm, {**static, "prefix_cache": True}, turns=2)
     assert replies == reference
     assert all(s["graph_steps"] > 0 for s in stats)
+    assert decoders and decoders[-1].failed is None
+    assert decoders[-1].capacity % BUCKET == 0
+
+
+def test_a_cache_the_model_ignores_stops_the_reply_instead_of_garbage(tiny_llava_qwen2, monkeypatch):
+    """Passed under a keyword the forward does not read, the cache stays empty: a clear error, not a reply."""
+    import agent.llava.decode_loop as decode_loop
+
+    llm = _model(tiny_llava_qwen2, max_tokens=4)
+    _older_cache_keyword(llm.loaded.model.model, monkeypatch)
+    monkeypatch.setattr(decode_loop, "cache_arguments", lambda module, cache: {"cache": cache})
+    with pytest.raises(RuntimeError, match="did not write positions 0..[0-9]+ into the decode loop's key/value cache"):
+        llm.invoke("Hello there.", prefix_cache=False)
 
 
 def test_prefix_cache_with_an_adapter(tiny_llava_qwen2, tmp_path_factory):

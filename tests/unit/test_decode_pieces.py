@@ -8,7 +8,7 @@ import torch
 from agent.core.errors import InputError
 from agent.llava.decode_attention import enabled, grouped_attention
 from agent.llava.decode_loop import DecodeSettings, Sampler
-from agent.llava.kv_cache import KVBuffers
+from agent.llava.kv_cache import KVBuffers, cache_arguments, cache_keyword
 from agent.llava.output_head import OutputHead, quantize_rows_int8
 
 
@@ -109,3 +109,33 @@ def test_decode_settings_are_checked():
         DecodeSettings(lm_head="fp8")
     with pytest.raises(InputError, match="prefix_cache_entries"):
         DecodeSettings(prefix_cache_entries=-1)
+
+
+class _NewerDecoder(torch.nn.Module):
+    def forward(self, input_ids=None, cache=None, use_cache=None, **kwargs):
+        return cache
+
+
+class _OlderDecoder(torch.nn.Module):
+    def forward(self, input_ids=None, past_key_values=None, use_cache=None, **kwargs):
+        return past_key_values  # a cache=... keyword would vanish into **kwargs
+
+
+class _NoCacheDecoder(torch.nn.Module):
+    def forward(self, input_ids=None, **kwargs):
+        return None
+
+
+@pytest.mark.parametrize(
+    ("module", "keyword"),
+    [(_NewerDecoder(), "cache"), (_OlderDecoder(), "past_key_values"), (_NoCacheDecoder(), None)],
+)
+def test_the_cache_goes_under_the_keyword_the_forward_takes(module, keyword):
+    assert cache_keyword(module) == keyword
+    marker = object()
+    if keyword is None:
+        with pytest.raises(TypeError, match="_NoCacheDecoder.forward takes no key/value cache argument"):
+            cache_arguments(module, marker)
+    else:
+        assert cache_arguments(module, marker) == {keyword: marker}
+        assert module(**cache_arguments(module, marker)) is marker
