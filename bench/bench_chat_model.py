@@ -59,7 +59,8 @@ def measure_import() -> tuple[float, bool]:
     return min(r[0] for r in runs), any(r[1] for r in runs)
 
 
-def build_checkpoint(folder: Path, size: str) -> Path:
+def build_checkpoint(folder: Path, size: str, init_device: str = "cpu") -> Path:
+    """Write a random checkpoint of ``size`` under ``folder``; ``init_device="cuda"`` draws the weights on a GPU."""
     import torch
     from transformers import (
         CLIPVisionConfig,
@@ -122,7 +123,8 @@ def build_checkpoint(folder: Path, size: str) -> Path:
 
     print(f"building a random {size} LLaVA ({family}) ...", flush=True)
     torch.manual_seed(0)
-    model = LlavaForConditionalGeneration._from_config(config, dtype=torch.bfloat16).eval()
+    with torch.device(init_device):
+        model = LlavaForConditionalGeneration._from_config(config, dtype=torch.bfloat16).eval()
     with torch.no_grad():
         # Keep greedy decoding inside the small tokenizer, on tokens that decode to plain text.
         weight = model.lm_head.weight
@@ -131,7 +133,7 @@ def build_checkpoint(folder: Path, size: str) -> Path:
             for i in range(len(tokenizer))
             if i not in tokenizer.all_special_ids and (s := tokenizer.decode([i])).isascii() and s.strip()
         ]
-        mask = torch.zeros(weight.shape[0], dtype=torch.bool)
+        mask = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
         mask[keep] = True
         weight[~mask] = 0
         weight[mask] *= 50

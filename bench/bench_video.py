@@ -165,31 +165,24 @@ def bench_cpu(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def bench_pipeline(args: argparse.Namespace) -> list[dict]:
-    """The whole pipeline, placed by the tool's own memory plan, once per plan (run ``sequential`` last)."""
+def build_pipeline_parts(device: str, size: str) -> dict:
+    """The text encoder, transformer and VAE (float16 on CUDA, float32 elsewhere), left on the CPU."""
     import tempfile
 
     import torch
-    from diffusers import (
-        AutoencoderKLCogVideoX,
-        CogVideoXDDIMScheduler,
-        CogVideoXPipeline,
-        CogVideoXTransformer3DModel,
-    )
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline, CogVideoXTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
-    from tests.video_3d_models import build_cogvideox, build_t5_tokenizer
-    from tools.video_cost import apply_memory_plan
+    from tests.video_3d_models import build_cogvideox
 
-    cuda = args.device.startswith("cuda")
-    dtype = torch.float16 if cuda else torch.float32
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
     torch.manual_seed(0)
-    if args.size == "tiny":  # a smoke run of this code path on any machine
+    if size == "tiny":  # a smoke run of this code path on any machine
         folder = build_cogvideox(Path(tempfile.mkdtemp(prefix="bench-video-")) / "tiny")
         loaded = CogVideoXPipeline.from_pretrained(folder)
         parts = {name: getattr(loaded, name) for name in ("text_encoder", "transformer", "vae")}
     else:
-        with torch.device(args.device):  # random init on the GPU is fast; each plan then places the weights
+        with torch.device(device):  # random init on the GPU is fast; each plan then places the weights
             parts = {
                 "text_encoder": T5EncoderModel(T5Config(
                     vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
@@ -198,37 +191,83 @@ def bench_pipeline(args: argparse.Namespace) -> list[dict]:
                 "transformer": CogVideoXTransformer3DModel(),
                 "vae": AutoencoderKLCogVideoX(),
             }
-    parts = {name: module.to(dtype).eval().to("cpu") for name, module in parts.items()}
-    rows = []
-    for plan in args.plans:
-        pipeline = CogVideoXPipeline(tokenizer=build_t5_tokenizer(), scheduler=CogVideoXDDIMScheduler(), **parts)
-        pipeline.set_progress_bar_config(disable=True)
-        savers = apply_memory_plan(pipeline, args.device, plan)
+    return {name: module.to(dtype).eval().to("cpu") for name, module in parts.items()}
+
+
+def part_bytes(parts: dict) -> dict[str, int]:
+    """Weight bytes of each part."""
+    return {name: sum(t.numel() * t.element_size() for t in module.parameters()) for name, module in parts.items()}
+
+
+def run_plan(parts: dict, device: str, plan: str, *, frames: int, height: int, width: int, steps: int,
+             last: bool = True) -> dict:
+    """One clip with the pipeline placed by ``plan``: seconds (split into before, per step, after) and peak memory.
+
+    The denoising steps are timed by the pipeline's step callback: ``before_s`` is the text encoder
+    and set-up, ``after_s`` the VAE decoding, so a clip of any step count is ``before + n x step + after``.
+    Unless ``last``, the parts are moved back to the CPU afterwards for the next plan.
+    """
+    import torch
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXPipeline
+
+    from tests.video_3d_models import build_t5_tokenizer
+    from tools.video_cost import apply_memory_plan
+
+    cuda = device.startswith("cuda")
+    pipeline = CogVideoXPipeline(tokenizer=build_t5_tokenizer(), scheduler=CogVideoXDDIMScheduler(), **parts)
+    pipeline.set_progress_bar_config(disable=True)
+    savers = apply_memory_plan(pipeline, device, plan)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    marks: list[float] = []
+
+    def on_step_end(_pipeline, _step, _timestep, state):
         if cuda:
             torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        with PeakMemory() as memory, Timer() as timer:
-            result = pipeline(prompt="a paper boat drifting on a pond", negative_prompt="", num_frames=args.frames,
-                              height=args.height, width=args.width, num_inference_steps=args.steps,
-                              guidance_scale=6.0, generator=torch.Generator("cpu").manual_seed(0), output_type="np")
-            if cuda:
-                torch.cuda.synchronize()
-        row = {"plan": plan, "savers": savers, "device": args.device, "size": args.size,
-               "frames": int(result.frames.shape[1]), "video": f"{args.width}x{args.height}", "steps": args.steps,
-               "s_per_clip": round(timer.wall_s, 1), "peak_rss_gib": round(memory.peak / GIB, 2)}
+        marks.append(time.perf_counter())
+        return state
+
+    with PeakMemory() as memory, Timer() as timer:
+        started = time.perf_counter()
+        result = pipeline(prompt="a paper boat drifting on a pond", negative_prompt="", num_frames=frames,
+                          height=height, width=width, num_inference_steps=steps, guidance_scale=6.0,
+                          generator=torch.Generator("cpu").manual_seed(0), output_type="np",
+                          callback_on_step_end=on_step_end)  # fmt: skip
         if cuda:
-            row.update(peak_allocated_gib=round(torch.cuda.max_memory_allocated() / GIB, 2),
-                       peak_reserved_gib=round(torch.cuda.max_memory_reserved() / GIB, 2),
-                       gpu=torch.cuda.get_device_name())
+            torch.cuda.synchronize()
+        ended = time.perf_counter()
+    step_s = sorted(b - a for a, b in zip(marks, marks[1:], strict=False))
+    per_step = step_s[len(step_s) // 2] if step_s else (marks[0] - started if marks else 0.0)
+    row = {"plan": plan, "savers": savers, "device": device, "frames": int(result.frames.shape[1]),
+           "video": f"{width}x{height}", "steps": steps, "s_per_clip": round(timer.wall_s, 1),
+           "before_s": round(marks[0] - started - per_step, 2) if marks else None,
+           "step_s": round(per_step, 3), "after_s": round(ended - marks[-1], 2) if marks else None,
+           "peak_rss_gib": round(memory.peak / GIB, 2)}  # fmt: skip
+    if cuda:
+        row.update(peak_allocated_gib=round(torch.cuda.max_memory_allocated() / GIB, 2),
+                   peak_reserved_gib=round(torch.cuda.max_memory_reserved() / GIB, 2),
+                   gpu=torch.cuda.get_device_name())
+    if not last:
+        pipeline.remove_all_hooks()
+        pipeline.to("cpu")
+    del pipeline, result
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return row
+
+
+def bench_pipeline(args: argparse.Namespace) -> list[dict]:
+    """The whole pipeline, placed by the tool's own memory plan, once per plan (run ``sequential`` last)."""
+    parts = build_pipeline_parts(args.device, args.size)
+    rows = []
+    for plan in args.plans:
+        row = run_plan(parts, args.device, plan, frames=args.frames, height=args.height, width=args.width,
+                       steps=args.steps, last=plan == args.plans[-1])  # fmt: skip
+        row["size"] = args.size
         rows.append(row)
         print(json.dumps(row), flush=True)
-        if plan != args.plans[-1]:
-            pipeline.remove_all_hooks()
-            pipeline.to("cpu")
-        del pipeline, result
-        gc.collect()
-        if cuda:
-            torch.cuda.empty_cache()
     return rows
 
 

@@ -3,7 +3,7 @@
     python bench/gpu_check.py --output gpu-report                         # CUDA, real sizes (sized for <= 8 min on an H100/H200)
     python bench/gpu_check.py --output dry-run --device cpu --size tiny   # the same steps on tiny models, on a CPU
 
-Five independent steps (one failing is reported with its error and the others still run):
+Six independent steps (one failing is reported with its error and the others still run):
 
 1. ``ChatLlava`` at llava-1.5-7b size in NF4 4-bit (double quant), int8 and fp16: load time, GPU
    memory, time to first token (text, and with one image) and decode tok/s, each against plain
@@ -20,13 +20,17 @@ Five independent steps (one failing is reported with its error and the others st
    GPU memory (target <= 8 GiB); the adapter reloaded into ``ChatLlava``; ``finetune.merge``
    refusing a base saved in 4-bit.
 5. The turn benchmark (``bench/bench_turns.py``) when it exists.
+6. ``generate_video`` at CogVideoX-2b size (float16): one 49-frame 720x480 clip per memory plan the
+   tool can choose (all on the GPU; model CPU offload), seconds per step and per default clip,
+   peak GPU memory, and the working memory over the weights against the margin
+   ``tools.video_cost`` keeps when it picks a plan.
 
 Every model has random weights built from its real config (nothing is downloaded). The report
 (``gpu_check.md``) and the raw results (``gpu_check.json``) are rewritten in ``--output`` after
 every step (and when a step starts), so a run cut short still says what it reached.
 
 Layout: this file parses the command line and runs the steps; ``gpu_check_chat`` holds steps 1,
-2 and 5, ``gpu_check_tools`` step 3, ``gpu_check_qlora`` step 4; ``gpu_check_models`` builds the
+2 and 5, ``gpu_check_tools`` step 3, ``gpu_check_qlora`` step 4, ``gpu_check_video`` step 6; ``gpu_check_models`` builds the
 checkpoints, ``gpu_check_common`` the shared helpers, ``gpu_check_report`` the report.
 """
 
@@ -75,10 +79,11 @@ def run_step(step: StepRecord, function, context: Any, report: Report) -> None:
 
 
 def steps() -> list[tuple[str, str, Any]]:
-    """(name, title, function) of the five steps, in order."""
+    """(name, title, function) of the steps, in order."""
     from bench.gpu_check_chat import step_chat_model, step_tool_calls, step_turns
     from bench.gpu_check_qlora import step_qlora
     from bench.gpu_check_tools import step_tools
+    from bench.gpu_check_video import step_video
 
     return [
         ("chat_model", "ChatLlava in 4-bit, 8-bit and fp16 against plain generate", step_chat_model),
@@ -86,6 +91,7 @@ def steps() -> list[tuple[str, str, Any]]:
         ("tools", "Tools on the device: caption, generate_image, CLIP index/search, VITS; budget and eviction", step_tools),
         ("qlora", "QLoRA: 30 steps with an interrupt and resume, adapter reload, merge refusal", step_qlora),
         ("turns", "Turn benchmark (bench/bench_turns.py)", step_turns),
+        ("video", "generate_video at CogVideoX-2b size: memory plans, s/clip, peak memory", step_video),
     ]
 
 
@@ -105,13 +111,13 @@ def default_work_parent(size: str) -> str | None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Steps: 1 chat model, 2 tool calls, 3 tools, 4 QLoRA, 5 turn benchmark.",
+        epilog="Steps: 1 chat model, 2 tool calls, 3 tools, 4 QLoRA, 5 turn benchmark, 6 video.",
     )
     parser.add_argument("--output", type=Path, required=True, help="folder for gpu_check.md and gpu_check.json")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--size", choices=("full", "tiny"), default="full",
                         help="full: real architecture sizes (CUDA only); tiny: test-suite sizes (a dry run)")
-    parser.add_argument("--steps", type=int, nargs="+", choices=range(1, 6), default=[1, 2, 3, 4, 5],
+    parser.add_argument("--steps", type=int, nargs="+", choices=range(1, 7), default=[1, 2, 3, 4, 5, 6],
                         metavar="N", help="run only these steps (the others are reported as skipped)")
     parser.add_argument("--workdir", type=Path, help="where checkpoints are built (default: a new folder in /dev/shm "
                         "when it has room, else in the temp folder; removed at the end); keep it off --output, "

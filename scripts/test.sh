@@ -4,14 +4,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
 if ! command -v espeak-ng >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   if command -v apt-get >/dev/null 2>&1; then
     $SUDO apt-get update -q && $SUDO apt-get install -y -q espeak-ng
   elif command -v brew >/dev/null 2>&1; then
     brew install espeak-ng
   else
     echo "Install espeak-ng with your package manager, then run this again." >&2
+    exit 1
+  fi
+fi
+
+# The chat page's browser tests drive the system's Chromium with Playwright (never `playwright install`).
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    $SUDO apt-get update -q && $SUDO apt-get install -y -q chromium
+  else
+    echo "Install Chromium with your package manager (the chat page's browser tests need it), then run this again." >&2
     exit 1
   fi
 fi

@@ -80,14 +80,30 @@ def _train_tokenizer(special_tokens: list[str], vocab_size: int):
     return tokenizer
 
 
+LLAVA_15_7B_HEADS = {
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "rope_theta": 10000.0,
+    "attn_implementation": "sdpa",
+}
+"""``text_overrides``: llava-1.5-7b's attention layout (32 heads, no grouped keys and values, its
+rope, SDPA) at a tiny width (head size 8 instead of 128)."""
+
+
 def build_tiny_llava(
     output_dir: str | Path,
     family: str = "qwen2",
     *,
     initializer_range: float = 0.2,
     seed: int = 0,
+    text_overrides: dict | None = None,
 ) -> Path:
-    """Build, save and return the folder of a tiny random LLaVA checkpoint of one template family."""
+    """Build, save and return the folder of a tiny random LLaVA checkpoint of one template family.
+
+    ``text_overrides``: text-config settings replacing the tiny defaults (e.g. another head layout).
+    """
     import torch
     from transformers import (
         CLIPImageProcessor,
@@ -142,6 +158,7 @@ def build_tiny_llava(
         bos_token_id=tokenizer.bos_token_id,
         tie_word_embeddings=False,
     )
+    text_kwargs.update(text_overrides or {})
     text_config = LlamaConfig(**text_kwargs) if family == "llama" else Qwen2Config(**text_kwargs)
     vision_config = CLIPVisionConfig(
         hidden_size=64,

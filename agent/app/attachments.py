@@ -24,6 +24,14 @@ from agent.core.videos import VIDEO_FORMATS_HINT, is_video_path, probe_video
 if TYPE_CHECKING:
     from langchain_core.messages import HumanMessage
 
+ATTACHMENTS_FOLDER = "attachments"
+
+
+def attachments_folder(data_dir: str | os.PathLike[str]) -> Path:
+    """Where a data folder keeps attached images and videos (``<data_dir>/attachments``)."""
+    return Path(data_dir).expanduser() / ATTACHMENTS_FOLDER
+
+
 def safe_file_name(name: str, limit: int = 80) -> str:
     """A file name made of letters, digits, ``.``, ``_`` and ``-`` only (its suffix kept).
 
@@ -83,7 +91,9 @@ def save_attachment(path: str | os.PathLike[str], folder: Path) -> tuple[Path, s
 
 
 def save_video_attachment(path: str | os.PathLike[str], folder: Path) -> Path:
-    """Check a video file and keep it in ``folder`` (a hard link when possible, else a copy); returns its path."""
+    """Check a video file and keep it in ``folder`` (a hard link when possible, else a copy); returns its path.
+
+    A file attached before (in ``folder`` under its content-hash name) is returned as it is."""
     import shutil
 
     source = Path(path).expanduser()
@@ -98,7 +108,10 @@ def save_video_attachment(path: str | os.PathLike[str], folder: Path) -> Path:
     with open(source, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    target = folder / f"{digest.hexdigest()[:12]}-{source.name}"
+    prefix = f"{digest.hexdigest()[:12]}-"
+    if source.resolve().parent == folder.resolve() and source.name.startswith(prefix):
+        return source.resolve()  # already attached: kept as it is, not under a second prefix
+    target = folder / f"{prefix}{source.name}"
     if not target.exists():
         folder.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")

@@ -32,7 +32,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.errors import GraphRecursionError
 
-from agent.app.attachments import build_user_message, save_attachment
+from agent.app.attachments import attachments_folder, build_user_message, save_attachment
 from agent.app.context import IMAGE_TOKENS, ContextPolicyMiddleware
 from agent.app.events import (
     AgentEvent,
@@ -274,7 +274,7 @@ class MultimodalAgent:
 
     @property
     def attachments_dir(self) -> Path:
-        return self.config.data_dir.expanduser() / "attachments"
+        return attachments_folder(self.config.data_dir)
 
     def new_thread(self, title: str = "") -> str:
         """Start a thread and return its id."""

@@ -253,7 +253,7 @@ def cmd_memories(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace, *, page: bool = False) -> int:
     from agent.serve.server import check_dependencies, run_server
 
     check_dependencies()  # a clear message before any model work when the serve extra is missing
@@ -267,12 +267,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["cors_origins"] = args.cors_origin
     if args.allow_remote_images:
         overrides["allow_remote_images"] = True
+    if page:
+        overrides["ui"] = True
+    elif args.no_ui:
+        overrides["ui"] = False
     config = _load_config(args)
     if overrides:
         from agent.core.config import load_config
 
         config = load_config(config, overrides={"serve": overrides})
-    return run_server(config, api_keys=args.api_key or (), verbose=args.verbose)
+    browser = page and not args.no_browser
+    return run_server(config, api_keys=args.api_key or (), verbose=args.verbose, open_page=browser)
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    return cmd_serve(args, page=True)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -309,6 +318,23 @@ def cmd_config_path(args: argparse.Namespace) -> int:
 
 
 # ----- parser -----------------------------------------------------------------------------------
+
+
+def _serve_options(parser: argparse.ArgumentParser) -> None:
+    """The options `serve` and `web` share."""
+    parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default 8000)")
+    parser.add_argument("--model", help="hub id or local folder of the chat model (overrides the config)")
+    parser.add_argument("--adapter", metavar="PATH", help="folder of a LoRA adapter to apply (overrides the config)")
+    parser.add_argument("--api-key", action="append", metavar="KEY", help="accept this bearer key (repeatable)")
+    parser.add_argument("--model-name", help="the name clients use for the chat model (default: its id or folder name)")
+    parser.add_argument("--agent-model", help="the name of the agent model (default llava-agent)")
+    parser.add_argument("--no-agent", action="store_true", help="serve the chat model only")
+    parser.add_argument("--cors-origin", action="append", metavar="ORIGIN", help="allow browser calls from ORIGIN")
+    parser.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs in requests")
+    parser.add_argument("--public-url", help="the URL clients reach the server at, for file links (behind a proxy)")
+    parser.add_argument("--max-batch", type=int, help="plain requests generated together when several wait (default 4; "
+                        "1: one at a time)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -409,20 +435,18 @@ def build_parser() -> argparse.ArgumentParser:
         "GET /v1/models and GET /health. Listens on loopback unless --host says otherwise; any other host "
         "requires API keys (--api-key, serve.api_keys, LLAVA_AGENT_SERVE__API_KEYS or serve.api_keys_file).",
     )  # fmt: skip
-    serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default 8000)")
-    serve.add_argument("--model", help="hub id or local folder of the chat model (overrides the config)")
-    serve.add_argument("--adapter", metavar="PATH", help="folder of a LoRA adapter to apply (overrides the config)")
-    serve.add_argument("--api-key", action="append", metavar="KEY", help="accept this bearer key (repeatable)")
-    serve.add_argument("--model-name", help="the name clients use for the chat model (default: its id or folder name)")
-    serve.add_argument("--agent-model", help="the name of the agent model (default llava-agent)")
-    serve.add_argument("--no-agent", action="store_true", help="serve the chat model only")
-    serve.add_argument("--cors-origin", action="append", metavar="ORIGIN", help="allow browser calls from ORIGIN")
-    serve.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs in requests")
-    serve.add_argument("--public-url", help="the URL clients reach the server at, for file links (behind a proxy)")
-    serve.add_argument("--max-batch", type=int, help="plain requests generated together when several wait (default 4; "
-                       "1: one at a time)")  # fmt: skip
+    _serve_options(serve)
+    serve.add_argument("--no-ui", action="store_true", help="leave the chat page at / out (the API only)")
     serve.set_defaults(func=cmd_serve)
+
+    web = sub.add_parser(
+        "web", parents=[common], help="the chat page in the browser (starts the server and opens the page)",
+        description="Start `llava-agent serve` with its chat page and open the page in the default browser. "
+        "Takes the options of serve.",
+    )  # fmt: skip
+    _serve_options(web)
+    web.add_argument("--no-browser", action="store_true", help="print the page's address instead of opening it")
+    web.set_defaults(func=cmd_web)
 
     doctor = sub.add_parser("doctor", parents=[common], help="check torch, CUDA, bitsandbytes, espeak-ng, Chroma and model caches")
     doctor.set_defaults(func=cmd_doctor)

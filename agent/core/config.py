@@ -70,6 +70,15 @@ RepetitionPenalty = Annotated[
 NoRepeatNgramSize = Annotated[
     int, Field(ge=0, description="Forbid repeating any n-gram of this size within a reply (0: off); tool calls exempt.")
 ]
+Decoder = Literal["auto", "transformers"]
+KVCacheMode = Literal["auto", "static", "dynamic"]
+HeadPrecision = Literal["auto", "model", "int8"]
+PrefixCacheEntries = Annotated[
+    int, Field(ge=0, description="Prompt prefixes kept for reuse per model (least recently used dropped; 0: none).")
+]
+PrefixCacheMiB = Annotated[
+    int, Field(ge=0, description="Most MiB of keys/values the prompt cache keeps per model (within the device's budget).")
+]
 
 
 def default_data_dir() -> Path:
@@ -108,6 +117,16 @@ class ModelSection(_Section):
     max_images: MaxImages = None
     allow_remote_images: bool = Field(False, description="Fetch http(s) image URLs found in messages.")
     trust_remote_code: bool = False
+    decoder: Decoder = Field("auto", description="auto: the decode loop (prefix reuse, jump-forward); transformers: model.generate.")
+    prefix_cache: bool = Field(True, description="Reuse the keys/values of the prompt prefix shared with earlier calls.")
+    prefix_cache_entries: PrefixCacheEntries = defaults.PREFIX_CACHE_ENTRIES
+    prefix_cache_mib: PrefixCacheMiB = defaults.PREFIX_CACHE_MIB
+    jump_forward: bool = Field(True, description="Append the stretches of a tool call the grammar forces in one pass.")
+    few_row_logits: bool = Field(True, description="When the constraint allows few tokens, compute only their logits.")
+    kv_cache: KVCacheMode = Field("auto", description="static: preallocated, written in place; dynamic: grown by concatenation.")
+    lm_head: HeadPrecision = Field("auto", description="auto: an int8 copy of the head on CPU, the model's own elsewhere.")
+    fast_attention: bool = Field(True, description="On CPU, decode attention as grouped float32 matmuls, not bf16 SDPA.")
+    cuda_graphs: bool = Field(True, description="Replay single-token decode steps as CUDA graphs on CUDA.")
     allow_pickle_weights: bool = Field(
         False, description="Load a LoRA adapter stored as .bin (a pickle file can run code); safetensors only when off."
     )
@@ -284,6 +303,9 @@ class ServeSection(_Section):
     max_request_bytes: int = Field(defaults.SERVE_MAX_REQUEST_BYTES, gt=0)
     max_image_pixels: MaxImagePixels = defaults.SERVE_MAX_IMAGE_PIXELS
     max_images: int = Field(defaults.SERVE_MAX_IMAGES, ge=0, description="Images per request.")
+    max_video_bytes: int = Field(
+        defaults.SERVE_MAX_VIDEO_BYTES, gt=0, description="Largest video upload (POST /v1/uploads); larger get 413."
+    )
     max_queue: int = Field(defaults.SERVE_MAX_QUEUE, ge=0, description="Requests waiting for the model; more get 429.")
     max_batch: int = Field(
         defaults.SERVE_MAX_BATCH, ge=1, le=64, description="Plain requests generated together when several wait; 1: never."
@@ -302,6 +324,7 @@ class ServeSection(_Section):
     forwarded_allow_ips: str = Field(
         "127.0.0.1", description="Proxies whose X-Forwarded-* headers are trusted (comma-separated, or '*')."
     )
+    ui: bool = Field(True, description="Serve the chat page at / (false: the API only).")
 
     _split_keys = field_validator("api_keys", "cors_origins", mode="before")(_comma_list)
 

@@ -36,6 +36,10 @@ ROUTING_MODES = ("model", "semantic", "hybrid")
 ROUTING_THRESHOLD = 0.53
 ROUTING_MARGIN = 0.30
 """Calibrated on the built-in tools with ``python bench/bench_routing.py`` (never on the held-out set)."""
+PREFIX_CACHE_ENTRIES = 4
+"""Prompt prefixes the chat model keeps for reuse (a thread keeps one; a few threads interleave)."""
+PREFIX_CACHE_MIB = 1024
+"""Most MiB of cached keys/values (a 0.5B Qwen2 model: 12 KiB a token; llava-1.5-7b: 512 KiB)."""
 
 # -- inputs ------------------------------------------------------------------------------------
 MAX_IMAGE_PIXELS = 50_000_000
@@ -64,6 +68,8 @@ SERVE_MAX_IMAGE_PIXELS = 16_000_000
 """Largest image a server request may carry; lower than the local limit, since strangers send them."""
 SERVE_MAX_IMAGES = 8
 """Images per request."""
+SERVE_MAX_VIDEO_BYTES = 200 * 1024 * 1024
+"""Largest video a caller may upload (``POST /v1/uploads``); a longer one is refused with 413."""
 SERVE_MAX_QUEUE = 32
 """Requests waiting for the model; more are refused with 429."""
 SERVE_MAX_BATCH = 4

@@ -135,6 +135,7 @@ class _Entry:
     size_bytes: int
     in_use: int = 0
     last_used: float = 0.0
+    extra_bytes: int = 0  # part of size_bytes: caches the model keeps beside its weights
 
 
 class ModelManager:
@@ -208,6 +209,30 @@ class ModelManager:
                 if entry is not None:
                     entry.in_use -= 1
                     entry.last_used = time.monotonic()
+
+    def set_extra_bytes(self, key: Hashable, extra_bytes: int) -> None:
+        """Count ``extra_bytes`` that a loaded model keeps beside its weights (e.g. its prompt cache) in its budget."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                entry.size_bytes += int(extra_bytes) - entry.extra_bytes
+                entry.extra_bytes = int(extra_bytes)
+
+    def room_for_extra(self, key: Hashable) -> int | None:
+        """The most bytes the extras of ``key`` may take within its device's budget (None: no budget)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return 0
+            budget = self.budget_bytes(entry.device)
+            if budget is None:
+                return None
+            device_key = _device_key(entry.device)
+            others = sum(
+                e.size_bytes for k, e in self._entries.items() if k != key and _device_key(e.device) == device_key
+            )
+            others += sum(size for k, (d, size) in self._reserved.items() if d == device_key and k != key)
+            return max(0, budget - others - (entry.size_bytes - entry.extra_bytes))
 
     def evict(self, key: Hashable) -> bool:
         """Drop an idle model now; returns False when it is not loaded or is in use."""

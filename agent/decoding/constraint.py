@@ -61,6 +61,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from agent.core.errors import InputError
+from agent.decoding.jump_forward import Spell, forced_tokens
 from agent.decoding.schema_regex import escape_literal, json_schema_regex
 from agent.decoding.token_index import (
     UNREACHABLE,
@@ -399,6 +400,60 @@ class _ToolCallLogitsProcessorLogic:
             if not row.done:
                 self._mask(row, scores[index], remaining)
         return scores
+
+    # --- one sequence, driven token by token by a decode loop (agent.llava.decode_loop) -------
+
+    def begin(self) -> None:
+        """Start a single-sequence reply (instead of being called by ``generate()``)."""
+        self._rows = [_Row(self._initial_mode(), self.constraint.automaton.initial)]
+        self._prompt_length = 0
+
+    def accept(self, token_ids: list[int]) -> None:
+        """Advance over tokens appended to the reply (sampled or forced)."""
+        assert self._rows is not None, "call begin() first"
+        for token_id in token_ids:
+            self._advance(self._rows[0], int(token_id))
+
+    def apply(self, scores: torch.FloatTensor, remaining: int) -> torch.FloatTensor:
+        """Mask a (1, vocabulary) row of logits in place, ``remaining`` tokens left (this one included)."""
+        assert self._rows is not None, "call begin() first"
+        if not self._rows[0].done:
+            self._mask(self._rows[0], scores[0], remaining)
+        return scores
+
+    def allowed_ids(self, remaining: int, vocab_size: int) -> np.ndarray | None:
+        """The sorted token ids the next token may be, inside a call; None in free text (all but a few).
+
+        Exactly the tokens :meth:`apply` leaves finite, so logits can be computed for these alone.
+        """
+        import numpy as np
+
+        assert self._rows is not None, "call begin() first"
+        row = self._rows[0]
+        if row.mode != "tool_call" or row.done:
+            return None
+        automaton = self.constraint.automaton
+        state = row.state
+        tokens = automaton.tokens[state]
+        if automaton.max_next_dist[state] > remaining - 1:  # tight budget: as _mask does
+            next_dist = automaton.next_dist[state]
+            fits = next_dist <= remaining - 1
+            if not fits.any() and state not in automaton.finals:
+                fits = next_dist == next_dist.min()
+            tokens = tokens[fits]
+        if state in automaton.finals:
+            tokens = np.concatenate([tokens, np.asarray(self.constraint.vocabulary.eos_token_ids, dtype=np.int64)])
+        tokens = tokens[tokens < vocab_size]
+        return np.sort(tokens)
+
+    def forced_run(self, remaining: int, spell: Spell | None = None) -> list[int]:
+        """Tokens the grammar alone decides from here (see :mod:`agent.decoding.jump_forward`); [] if none."""
+        assert self._rows is not None, "call begin() first"
+        row = self._rows[0]
+        if row.mode != "tool_call" or row.done:
+            return []
+        constraint = self.constraint
+        return forced_tokens(constraint.automaton, row.state, constraint.vocabulary, remaining, spell)
 
     def _advance(self, row: _Row, token_id: int) -> None:
         constraint = self.constraint

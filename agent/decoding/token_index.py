@@ -197,6 +197,7 @@ class Automaton:
     transitions: dict[int, dict[int, int]]
     biases: OrderedDict = field(default_factory=OrderedDict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    forced: dict[int, tuple[bytes, int]] = field(default_factory=dict)  # see agent.decoding.jump_forward
 
     def next_state(self, state: int, token_id: int) -> int | None:
         return self.transitions.get(state, {}).get(token_id)

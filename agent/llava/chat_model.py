@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -28,12 +29,17 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from agent.core import defaults
 from agent.core.config import (
+    Decoder,
     DType,
+    HeadPrecision,
+    KVCacheMode,
     MaxImagePixels,
     MaxImages,
     MaxNewTokens,
     ModelSection,
     NoRepeatNgramSize,
+    PrefixCacheEntries,
+    PrefixCacheMiB,
     Quantization,
     RepetitionPenalty,
     Temperature,
@@ -48,6 +54,7 @@ from agent.decoding.tool_protocol import (
     normalise_tool_choice,
     parse_tool_calls,
 )
+from agent.llava.decode_loop import DecodeSettings
 from agent.llava.loading import LoadedModel, ModelSpec, load_model, resolve_spec, use_model
 from agent.llava.messages import messages_to_turns, tool_schemas
 from agent.llava.prompting import image_capacity, render_prompt
@@ -92,7 +99,8 @@ class ChatLlava(BaseChatModel):
         "llava-interleave-qwen-0.5b elsewhere.",
     )
     quantization: Quantization = Field(
-        default="auto", description="auto: 4-bit NF4 on CUDA and CPU (none without bitsandbytes, or on MPS). 4bit/8bit use bitsandbytes."
+        default="auto",
+        description="auto: 4-bit NF4 on CUDA and CPU (none without bitsandbytes, or on MPS). 4bit/8bit use bitsandbytes.",
     )
     dtype: DType = Field(
         default="auto",
@@ -124,6 +132,35 @@ class ChatLlava(BaseChatModel):
         default=False, description="Run code shipped with a checkpoint (off by default)."
     )
     streaming: bool = Field(default=False, description="Stream by default when invoked.")
+    decoder: Decoder = Field(
+        default="auto",
+        description="auto: the decode loop (prefix reuse, jump-forward, cheaper steps; falls back to "
+        "model.generate for what it does not drive); transformers: always model.generate.",
+    )
+    prefix_cache: bool = Field(
+        default=True, description="Reuse the keys/values of the prompt prefix shared with earlier calls."
+    )
+    prefix_cache_entries: PrefixCacheEntries = defaults.PREFIX_CACHE_ENTRIES
+    prefix_cache_mib: PrefixCacheMiB = defaults.PREFIX_CACHE_MIB
+    jump_forward: bool = Field(
+        default=True,
+        description="Inside tool calls, append what the grammar forces in one pass, and compute logits "
+        "only for the allowed tokens when they are few.",
+    )
+    few_row_logits: bool = Field(
+        default=True, description="When the constraint allows few tokens, compute the logits of those only."
+    )
+    kv_cache: KVCacheMode = Field(
+        default="auto", description="static (auto): preallocated and written in place; dynamic: concatenated."
+    )
+    lm_head: HeadPrecision = Field(
+        default="auto", description="auto: an int8 copy of the head on CPU, the model's own head elsewhere."
+    )
+    fast_attention: bool = Field(
+        default=True,
+        description="On CPU, decode steps compute attention as grouped float32 matmuls instead of bf16 SDPA.",
+    )
+    cuda_graphs: bool = Field(default=True, description="Replay single-token steps as CUDA graphs on CUDA.")
     allow_pickle_weights: bool = Field(
         default=False, description="Load a LoRA adapter stored as .bin (pickle files can run code)."
     )
@@ -296,12 +333,14 @@ class ChatLlava(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        call_started = time.perf_counter()
         tools = kwargs.pop("tools", None) or None
         tool_choice = kwargs.pop("tool_choice", None)
         response_format = kwargs.pop("response_format", None)
         cancel_event = kwargs.pop("cancel_event", None)  # a threading.Event: set it to end generation early
         if response_format is not None and tools:
             raise InputError("response_format and tools cannot be combined in one call; use one or the other")
+        decode_settings = self._decode_settings(kwargs)
         options = self._call_options(kwargs)
         stops = [s for s in (stop if stop is not None else self.stop) or [] if s]
         if tools:
@@ -332,7 +371,9 @@ class ChatLlava(BaseChatModel):
             hold_back: list[str] = []
             if response_format is not None:  # the whole reply is JSON valid for the schema
                 constraint = json_output_constraint(
-                    loaded.tokenizer, response_format, eos_token_ids=loaded.model.generation_config.eos_token_id
+                    loaded.tokenizer,
+                    response_format,
+                    eos_token_ids=loaded.model.generation_config.eos_token_id,
                 )
                 constraint_processor = constraint.logits_processor(options["max_new_tokens"])
             elif use_tools:
@@ -360,6 +401,7 @@ class ChatLlava(BaseChatModel):
                 timeout=self.timeout,
                 constraint_processor=constraint_processor,
                 hold_back=hold_back,
+                decode_settings=decode_settings,
                 cancel=cancel_event,
             ):
                 if isinstance(event, str):
@@ -372,7 +414,14 @@ class ChatLlava(BaseChatModel):
                     result = event
             assert result is not None
             yield self._final_chunk(
-                result, "".join(emitted), prompt_tokens, run_manager, structured=response_format is not None
+                result,
+                "".join(emitted),
+                prompt_tokens,
+                run_manager,
+                structured=response_format is not None,
+                time_to_first_token=None
+                if result.first_token_at is None
+                else result.first_token_at - call_started,
             )
 
     def _final_chunk(
@@ -383,6 +432,7 @@ class ChatLlava(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None,
         *,
         structured: bool = False,
+        time_to_first_token: float | None = None,
     ) -> ChatGenerationChunk:
         tool_call_chunks: list[dict[str, Any]] = []
         finish_reason = result.finish_reason
@@ -431,13 +481,31 @@ class ChatLlava(BaseChatModel):
                 "output_tokens": result.output_tokens,
                 "total_tokens": prompt_tokens + result.output_tokens,
             },
-            response_metadata={"finish_reason": finish_reason, "model_name": self.spec.model},
+            response_metadata={
+                "finish_reason": finish_reason,
+                "model_name": self.spec.model,
+                **({"decode": result.decode} if result.decode is not None else {}),
+                **(
+                    {"time_to_first_token": round(time_to_first_token, 4)}
+                    if time_to_first_token is not None
+                    else {}
+                ),
+            },
             chunk_position="last",
         )
         chunk = ChatGenerationChunk(message=message, generation_info={"finish_reason": finish_reason})
         if run_manager and remaining:
             run_manager.on_llm_new_token(remaining, chunk=chunk)
         return chunk
+
+    def _decode_settings(self, kwargs: dict[str, Any]) -> DecodeSettings | None:
+        """The decode loop's switches: the fields, overridden by invoke()/bind() kwargs (popped from them)."""
+        names = (*_DECODE_FIELDS, "decoder")
+        values = {name: kwargs.pop(name) if name in kwargs else getattr(self, name) for name in names}
+        decoder = values.pop("decoder")
+        if decoder not in ("auto", "transformers"):
+            raise InputError(f"decoder must be 'auto' or 'transformers', got {decoder!r}")
+        return None if decoder == "transformers" else DecodeSettings(**values)
 
     def _call_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Per-call generation settings: the fields, overridden by invoke()/bind() kwargs."""
@@ -459,6 +527,19 @@ class ChatLlava(BaseChatModel):
         if not isinstance(options["max_new_tokens"], int) or options["max_new_tokens"] <= 0:
             raise InputError(f"max_new_tokens must be a positive integer, got {options['max_new_tokens']!r}")
         return options
+
+
+_DECODE_FIELDS = (
+    "prefix_cache",
+    "prefix_cache_entries",
+    "prefix_cache_mib",
+    "jump_forward",
+    "few_row_logits",
+    "kv_cache",
+    "lm_head",
+    "fast_attention",
+    "cuda_graphs",
+)
 
 
 def _without_titles(schema: Any) -> Any:

@@ -9,7 +9,9 @@
   :class:`~agent.core.model_manager.ModelManager` under ``("chat", spec)``, so its memory counts
   in the device's budget like every tool model. :func:`use_model` holds it for a generation, so
   it is never evicted mid-reply. Each :class:`LoadedModel` carries a lock that serialises
-  generation on it.
+  generation on it, its prompt cache (:class:`~agent.llava.prefix_cache.PrefixCache`, whose
+  bytes are counted in the same budget and which is dropped with the model), and what the decode
+  loop builds for it once (an int8 head copy, CUDA graphs).
 
 Failures raise :class:`agent.core.errors.ModelNotFoundError`, :class:`agent.core.errors.QuantizationError`
 or :class:`agent.core.errors.ModelLoadError`, each saying what to do.
@@ -21,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,7 @@ from agent.core.runtime import (
     torch_dtype,
 )
 from agent.core.weights_policy import check_adapter_weights
+from agent.llava.prefix_cache import CacheAccountant, PrefixCache
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -67,6 +70,19 @@ class LoadedModel:
     model: Any
     processor: Any
     lock: threading.Lock = field(default_factory=threading.Lock)
+    prefix_cache: PrefixCache = field(default_factory=PrefixCache)
+    accelerators: dict[str, Any] = field(default_factory=dict)
+    """What the decode loop builds once per model (its parts, an int8 head, CUDA graphs)."""
+    accelerators_lock: threading.Lock = field(default_factory=threading.Lock)
+    extra_bytes: dict[str, int] = field(default_factory=dict)
+    """Bytes held beside the weights (prompt cache, head copies), counted in the device's budget."""
+    report_extra_bytes: Callable[[int], None] | None = field(default=None, repr=False)
+
+    def set_extra_bytes(self, name: str, size: int) -> None:
+        """Record that ``name`` holds ``size`` bytes beside the weights (and tell the model manager)."""
+        self.extra_bytes[name] = int(size)
+        if self.report_extra_bytes is not None:
+            self.report_extra_bytes(sum(self.extra_bytes.values()))
 
     @property
     def config(self) -> Any:
@@ -168,8 +184,28 @@ def use_model(spec: ModelSpec, manager: ModelManager | None = None) -> Iterator[
     it), so room in the device's budget is made with the measured size.
     """
     manager = manager or get_model_manager()
-    with manager.use(("chat", spec), lambda: _load_uncached(spec), device=spec.device) as loaded:
+    key = ("chat", spec)
+    with manager.use(key, lambda: _load_uncached(spec), device=spec.device) as loaded:
+        if loaded.report_extra_bytes is None:
+            _count_extras_in_budget(loaded, manager, key)
         yield loaded
+
+
+def _count_extras_in_budget(loaded: LoadedModel, manager: ModelManager, key: Any) -> None:
+    """The prompt cache and head copies count in the model's budget; the cache grows only into free room."""
+
+    def room() -> int | None:
+        free = manager.room_for_extra(key)
+        if free is None:
+            return None
+        return free - sum(size for name, size in loaded.extra_bytes.items() if name != "prefix_cache")
+
+    loaded.report_extra_bytes = lambda total: manager.set_extra_bytes(key, total)
+    loaded.prefix_cache.accountant = CacheAccountant(
+        room=room, report=lambda size: loaded.set_extra_bytes("prefix_cache", size)
+    )
+    if loaded.extra_bytes:
+        loaded.report_extra_bytes(sum(loaded.extra_bytes.values()))
 
 
 def _load_uncached(spec: ModelSpec) -> LoadedModel:

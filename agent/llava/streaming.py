@@ -1,7 +1,10 @@
-"""Run ``model.generate`` in a background thread and yield the reply text as tokens arrive.
+"""Generate in a background thread and yield the reply text as tokens arrive.
 
-:func:`stream_generate` is the one generation loop behind :class:`agent.llava.chat_model.ChatLlava`.
-It holds the model's lock for the whole generation (so threads sharing a model take turns),
+:func:`stream_generate` is the one generation path behind :class:`agent.llava.chat_model.ChatLlava`.
+The tokens come from :func:`agent.llava.decode_loop.decode` (prefix reuse, jump-forward, cheaper
+steps), or from ``model.generate`` for what that loop does not drive (``decode_settings=None``,
+or :func:`agent.llava.decode_loop.unsupported_reason`). It holds the model's lock for the whole
+generation (so threads sharing a model take turns),
 decodes tokens incrementally (no word buffering: each token's text is yielded as soon as it
 forms whole characters), honours stop sequences (generation is stopped and the text trimmed
 before the stop), enforces a timeout, and, with a tool-call constraint, only yields text once
@@ -20,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from agent.llava.decode_loop import DecodeSettings, decode, unsupported_reason
 from agent.llava.repetition import repetition_guard
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,6 +45,10 @@ class GenerationResult:
     """"stop" (end of sequence or stop sequence), "length" (max_new_tokens), "timeout" or "cancelled"."""
     mode: str
     """The tool-call constraint's final mode ("text", "tool_call", "undecided"); "text" without one."""
+    decode: dict[str, Any] | None = None
+    """What the decode loop reports (:class:`agent.llava.decode_loop.DecodeStats`); None with ``generate``."""
+    first_token_at: float | None = None
+    """``time.perf_counter()`` when the first generated token reached this thread (None if none did)."""
 
 
 class IncrementalDecoder:
@@ -139,7 +147,9 @@ def stream_generate(
     timeout: float | None = None,
     constraint_processor: Any = None,
     hold_back: Sequence[str] = (),
+    decode_settings: DecodeSettings | None = None,
     cancel: threading.Event | None = None,
+    logits_processor: Sequence[Any] = (),
 ) -> Iterator[str | GenerationResult]:
     """Generate a reply to the encoded ``inputs``; yield text pieces, then a :class:`GenerationResult`.
 
@@ -147,6 +157,10 @@ def stream_generate(
     tools bound, the ``<tool_call>`` opener and what follows it belong to the calls, not the text.
     Setting ``cancel`` (from any thread) ends generation at the next token, even while nothing is
     being yielded (inside a tool call or a JSON reply); the reply ends with ``finish_reason="cancelled"``.
+    ``logits_processor`` (``transformers``-style processors, as ``model.generate`` takes them) are
+    applied to every step's logits, before the constraint, by either decoder. The options'
+    ``repetition_penalty`` and ``no_repeat_ngram_size`` become one more processor, run first
+    (:func:`agent.llava.repetition.repetition_guard`: over the reply only, never inside a tool call).
     """
     import torch
     from transformers import LogitsProcessorList, StoppingCriteriaList
@@ -179,21 +193,47 @@ def stream_generate(
         )
     else:
         generate_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    # The reply-only repetition control (options ``repetition_penalty``, ``no_repeat_ngram_size``)
+    # runs first, then the caller's processors, then the constraint: by either decoder.
     guard = repetition_guard(
         int(inputs["input_ids"].shape[1]),
         float(options.get("repetition_penalty") or 1.0),
         int(options.get("no_repeat_ngram_size") or 0),
         active=(lambda: getattr(constraint_processor, "mode", "text") != "tool_call") if constraint_processor else None,
     )
-    processors = [p for p in (guard, constraint_processor) if p is not None]  # the constraint goes last
+    logits_processor = [*([guard] if guard is not None else []), *logits_processor]
+    processors = [*logits_processor, *([constraint_processor] if constraint_processor is not None else [])]
     if processors:
         generate_kwargs["logits_processor"] = LogitsProcessorList(processors)
     errors: list[BaseException] = []
+    if decode_settings is not None and (reason := unsupported_reason(loaded, options)) is not None:
+        logger.info("Using transformers' generate for this model: %s", reason)
+        decode_settings = None
+    decode_stats: list[Any] = []
 
     def run() -> None:
         try:
-            with torch.inference_mode():
-                model.generate(**generate_kwargs)
+            if decode_settings is None:
+                with torch.inference_mode():
+                    model.generate(**generate_kwargs)
+                return
+            deadline = started + timeout if timeout is not None else None
+            decode_stats.append(
+                decode(
+                    loaded,
+                    inputs,
+                    options=options,
+                    settings=decode_settings,
+                    emit=streamer.queue.put,
+                    should_stop=lambda: (
+                        stop_event.is_set()
+                        or (cancel is not None and cancel.is_set())
+                        or (deadline is not None and time.perf_counter() >= deadline)
+                    ),
+                    constraint_processor=constraint_processor,
+                    logits_processor=logits_processor,
+                )
+            )
         except BaseException as exc:  # handed to the consuming thread
             errors.append(exc)
         finally:
@@ -208,6 +248,7 @@ def stream_generate(
     output_tokens = 0
     longest_stop = max((len(s) for s in stops), default=0)
     guarded = [*stops, *hold_back]
+    first_token_at: float | None = None
     with loaded.lock:
         if options.get("seed") is not None:
             torch.manual_seed(int(options["seed"]))
@@ -219,6 +260,8 @@ def stream_generate(
                 item = streamer.queue.get()
                 if item is _END:
                     break
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
                 output_tokens += len(item)
                 if stop_at is not None or not decoder.add(item):
                     continue
@@ -258,4 +301,11 @@ def stream_generate(
         finish_reason = "timeout"
     else:
         finish_reason = "stop"
-    yield GenerationResult(text=text, output_tokens=output_tokens, finish_reason=finish_reason, mode=mode())
+    yield GenerationResult(
+        text=text,
+        output_tokens=output_tokens,
+        finish_reason=finish_reason,
+        mode=mode(),
+        decode=decode_stats[0].as_dict() if decode_stats else None,
+        first_token_at=first_token_at,
+    )

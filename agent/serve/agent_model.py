@@ -11,8 +11,9 @@ each tool call and tool result as an :class:`EventPiece` (``llava_agent`` events
 :class:`Final` whose ``llava_agent`` field lists the calls and the generated files. Generated
 files (images, speech) are registered to the caller and offered at ``/v1/files/{id}/content``.
 
-Long-term memory is not used here: its facts are shared by everyone who uses the data folder,
-and the server's callers must not read each other's.
+Long-term memory is used only by a server without API keys (loopback only, one caller: the
+person at this machine, as in the terminal chat): its facts are shared by everyone who uses the
+data folder, and the callers of a server with keys must not read each other's.
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ import logging
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.core.errors import PathNotAllowedError
-from agent.core.files import resolve_allowed_path
+from agent.serve.artifact_files import served_files
 from agent.serve.completions import EventPiece, Final, Piece, TextPiece
 from agent.serve.inputs import AgentInput
 from agent.serve.ownership import FileRecord, OwnershipStore
+from agent.serve.security import LOCAL_CALLER
 
 if TYPE_CHECKING:  # pragma: no cover
     from agent.app.multimodal_agent import MultimodalAgent
@@ -58,9 +60,12 @@ class AgentModel:
         store: OwnershipStore,
         *,
         build: Callable[[], MultimodalAgent] | None = None,
+        single_caller: bool = False,
     ) -> None:
+        """``single_caller``: the server has no API keys, so the agent may use long-term memory."""
         self.config = config
         self.store = store
+        self.single_caller = single_caller
         self._build = build
         self._agent: MultimodalAgent | None = None
         self._lock = threading.Lock()
@@ -73,7 +78,10 @@ class AgentModel:
                 else:
                     from agent.app.multimodal_agent import MultimodalAgent
 
-                    self._agent = MultimodalAgent.from_config(self.config, memory=None)
+                    if self.single_caller:  # long-term memory as the config says
+                        self._agent = MultimodalAgent.from_config(self.config)
+                    else:
+                        self._agent = MultimodalAgent.from_config(self.config, memory=None)
             return self._agent
 
     def thread_for(self, caller: str, key: str | None, title: str) -> tuple[str, str]:
@@ -83,6 +91,10 @@ class AgentModel:
             thread_id = self.store.thread_for(caller, key)
             if thread_id is not None:
                 return thread_id, key
+            if caller == LOCAL_CALLER and agent.conversations.exists(key):
+                # the one caller of a keyless server resumes a thread by its id (one of the terminal chat's)
+                self.store.bind_thread(caller, key, key)
+                return key, key
         thread_id = agent.new_thread(title[:80])
         key = key or thread_id
         self.store.bind_thread(caller, key, thread_id)
@@ -90,22 +102,7 @@ class AgentModel:
 
     def _register_files(self, caller: str, artifact: Any, file_url: Callable[[FileRecord], str]) -> list[dict]:
         """Files a tool wrote into the artifacts folder, registered to ``caller``; anything else is not served."""
-        items = artifact if isinstance(artifact, list) else [artifact]
-        files = []
-        for item in items:
-            path = item.get("path") if isinstance(item, dict) else None
-            if not isinstance(path, str):
-                continue
-            try:
-                resolved = resolve_allowed_path(path, [self.config.artifacts_dir])
-            except PathNotAllowedError:
-                continue  # e.g. a search hit: the user's own image, not something generated for this caller
-            if not resolved.is_file():
-                continue
-            record = self.store.add_file(caller, resolved)
-            files.append({"id": record.file_id, "url": file_url(record), "filename": resolved.name,
-                          "mime_type": record.mime_type, "bytes": record.bytes})  # fmt: skip
-        return files
+        return served_files(caller, artifact, self.config, self.store, file_url)
 
     def produce(
         self,
@@ -122,8 +119,8 @@ class AgentModel:
         from agent.app.events import ReplyEvent, TokenEvent, ToolCallEvent, ToolResultEvent
 
         agent = self.agent()
-        thread_id, key = self.thread_for(caller, thread_key, turn.text or "image")
-        logger.info("agent turn on thread %s (%d image(s))", thread_id, len(turn.images))
+        thread_id, key = self.thread_for(caller, thread_key, turn.text or ("video" if turn.videos else "image"))
+        logger.info("agent turn on thread %s (%d image(s), %d video(s))", thread_id, len(turn.images), len(turn.videos))
         uploads = Path(tempfile.mkdtemp(prefix="llava-serve-"))
         try:
             paths: list[str] = []
@@ -136,20 +133,25 @@ class AgentModel:
                     paths.append(str(target))
             usage = UsageMetadataCallbackHandler()
             all_files: list[dict] = []
-            events = agent.stream(turn.text, images=paths, thread_id=thread_id, callbacks=[usage], stop=cancel)
+            started: dict[str, float] = {}
+            events = agent.stream(turn.text, images=paths, thread_id=thread_id, callbacks=[usage], stop=cancel,
+                                  videos=turn.videos)  # fmt: skip
             try:
                 for event in events:
                     if isinstance(event, TokenEvent):
                         yield TextPiece(event.text)
                     elif isinstance(event, ToolCallEvent):
+                        started[event.call_id] = time.monotonic()
                         yield EventPiece({"type": "tool_call", "id": event.call_id, "name": event.name,
                                           "arguments": event.args})  # fmt: skip
                     elif isinstance(event, ToolResultEvent):
                         files = [] if event.is_error else self._register_files(caller, event.artifact, file_url)
                         all_files.extend(files)
+                        began = started.pop(event.call_id, None)
+                        seconds = round(time.monotonic() - began, 3) if began is not None else None
                         yield EventPiece({"type": "tool_result", "id": event.call_id, "name": event.name,
                                           "is_error": event.is_error, "content": event.content[:MAX_EVENT_CONTENT_CHARS],
-                                          "files": files})  # fmt: skip
+                                          "files": files, "duration_s": seconds})  # fmt: skip
                     elif isinstance(event, ReplyEvent):
                         reply = event.reply
                         prompt_tokens, completion_tokens = _usage_totals(usage)

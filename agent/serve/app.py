@@ -6,8 +6,12 @@ Routes:
   (``model`` = ``serve.agent_model``, ``llava-agent`` by default); ``stream: true`` answers with
   server-sent events in OpenAI's chunk format.
 * ``GET /v1/models``, ``GET /v1/models/{id}``.
-* ``GET /v1/files/{id}`` and ``/v1/files/{id}/content``: files the agent generated, to their caller only.
+* ``GET /v1/files/{id}`` and ``/v1/files/{id}/content``: files the agent generated and videos the
+  caller uploaded or attached, to their caller only.
+* ``POST /v1/uploads``: a video for the agent to look at (:mod:`agent.serve.uploads`).
 * ``GET /health``: whether the model is loaded, the queue depth, request counters (no key needed).
+* ``/v1/agent/...``: the agent's threads, tools and memories (:mod:`agent.serve.agent_routes`).
+* ``GET /``: the chat page (:mod:`agent.serve.web_page`), unless ``serve.ui`` is off.
 
 Every ``/v1/`` route needs an API key (a dependency checked before the body is read). The
 completion itself is :mod:`agent.serve.completion_route`; each request's id, headers and access
@@ -36,6 +40,7 @@ from agent.core.config import AppConfig
 from agent.core.errors import PathNotAllowedError
 from agent.core.files import resolve_allowed_path
 from agent.serve.agent_model import AgentModel
+from agent.serve.agent_routes import add_agent_routes
 from agent.serve.completion_route import THREAD_HEADER, complete, model_not_found, start_jobs
 from agent.serve.completions import ChatCompletions
 from agent.serve.inputs import ImagePolicy
@@ -44,6 +49,8 @@ from agent.serve.protocol import APIError, error_for
 from agent.serve.queue import FairQueue
 from agent.serve.request_context import REQUEST_ID, RequestContext
 from agent.serve.security import ApiKeys, bearer_token
+from agent.serve.uploads import add_upload_routes, served_folders
+from agent.serve.web_page import add_page_routes
 
 if TYPE_CHECKING:  # pragma: no cover
     from agent.llava.chat_model import ChatLlava
@@ -107,7 +114,7 @@ def create_app(
         keys=keys,
         llm=llm,
         chat=ChatCompletions(llm),
-        agent=AgentModel(config, store, build=build_agent) if settings.agent_model else None,
+        agent=AgentModel(config, store, build=build_agent, single_caller=not keys.required) if settings.agent_model else None,
         store=store,
         queue=FairQueue(settings.max_queue, max_batch=settings.max_batch),
         model_name=settings.model_name or served_model_name(llm.spec.model),
@@ -144,7 +151,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "X-Request-Id", THREAD_HEADER],
             expose_headers=["X-Request-Id", THREAD_HEADER],
             allow_credentials=False,
@@ -204,8 +211,8 @@ def create_app(
         missing = APIError(404, f"no file {file_id!r} for this API key", code="file_not_found", param="file_id")
         if record is None:
             raise missing
-        try:  # still a regular file inside the artifacts folder (not replaced by a link elsewhere)
-            resolve_allowed_path(record.path, [config.artifacts_dir])
+        try:  # still a regular file inside the served folders (not replaced by a link elsewhere)
+            resolve_allowed_path(record.path, served_folders(config))
         except PathNotAllowedError:
             raise missing from None
         if not record.path.is_file():
@@ -232,6 +239,11 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, caller: str = Depends(caller_of)) -> Any:
         return await complete(state, request, caller, file_url)
+
+    add_agent_routes(app, state, caller_of, file_url)
+    add_upload_routes(app, state, caller_of)
+    if settings.ui:
+        add_page_routes(app)
 
     return app
 

@@ -40,6 +40,7 @@ from agent.serve.protocol import (
 )
 from agent.serve.queue import Group, QueueFull, QueueTimeout
 from agent.serve.request_context import REQUEST_ID, DisconnectWatcher, logging_as
+from agent.serve.uploads import attach_videos
 
 if TYPE_CHECKING:  # pragma: no cover
     from agent.serve.app import ServerState
@@ -99,7 +100,10 @@ async def complete(state: ServerState, request: Request, caller: str, file_url: 
         base = settings.public_url or str(request.base_url)
         agent = state.agent
         assert agent is not None
-        _, thread_key = await asyncio.to_thread(agent.thread_for, caller, thread_key, turn.text or "image")
+        if turn.file_ids:  # the caller's uploaded videos, checked and attached before the turn queues
+            turn.videos = await asyncio.to_thread(attach_videos, state, agent.agent(), caller, turn.file_ids)
+        title = turn.text or ("video" if turn.videos else "image")
+        _, thread_key = await asyncio.to_thread(agent.thread_for, caller, thread_key, title)
         headers[THREAD_HEADER] = thread_key
         job = Job(loop, deadline, produce=lambda time_left: agent.produce(
             caller, thread_key, turn, cancel=job.cancel, file_url=partial(file_url, base)), stop_at_deadline=True)

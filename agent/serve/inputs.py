@@ -10,6 +10,10 @@ Images come as ``image_url`` parts of user messages. Allowed sources:
 
 Every image is decoded with the pixel limit of the server and the number of images per request
 is capped. Decoding is blocking work: call these functions from a worker thread.
+
+The agent model also takes videos the caller uploaded (:mod:`agent.serve.uploads`), named by
+OpenAI's file part ``{"type": "file", "file": {"file_id": "file-..."}}`` in the last user message;
+the plain chat model sees only text and images.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
 SYSTEM_ROLES = ("system", "developer")
+MAX_VIDEOS_PER_TURN = 4
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,10 @@ class AgentInput:
 
     text: str
     images: list[DecodedImage] = field(default_factory=list)
+    file_ids: list[str] = field(default_factory=list)
+    """Uploaded videos the message names (file parts), not yet checked against the caller's files."""
+    videos: list[Path] = field(default_factory=list)
+    """Those videos once attached (:func:`agent.serve.uploads.attach_videos`)."""
 
 
 def _bad(index: int, message: str, param: str | None = None) -> APIError:
@@ -109,8 +118,21 @@ def _text_of(content: Any, index: int, role: str) -> str:
     raise _bad(index, f"content must be a string or a list of parts, got {type(content).__name__}")
 
 
-def _user_parts(content: Any, index: int, policy: ImagePolicy, seen: list[int]) -> tuple[list[dict], list[DecodedImage]]:
-    """A user message's parts as LangChain blocks, images decoded; ``seen`` counts images so far."""
+def _file_id(part: dict[str, Any], index: int, part_index: int) -> str:
+    ref = part.get("file")
+    file_id = ref.get("file_id") if isinstance(ref, dict) else None
+    if not isinstance(file_id, str) or not file_id.strip() or len(file_id) > 128:
+        raise _bad(index, f"part {part_index} is a file part without a file id; send {{'type': 'file', 'file': "
+                   "{'file_id': 'file-...'}} with the id POST /v1/uploads answered")  # fmt: skip
+    return file_id.strip()
+
+
+def _user_parts(
+    content: Any, index: int, policy: ImagePolicy, seen: list[int], files: list[str] | None = None
+) -> tuple[list[dict], list[DecodedImage]]:
+    """A user message's parts as LangChain blocks, images decoded; ``seen`` counts images so far.
+
+    ``files`` collects the ids of file parts (the agent's uploaded videos); None refuses them."""
     if isinstance(content, str):
         return [{"type": "text", "text": content}], []
     if not isinstance(content, list):
@@ -135,8 +157,17 @@ def _user_parts(content: Any, index: int, policy: ImagePolicy, seen: list[int]) 
             decoded = decode_image(url, ImageLocation(index, part_index), policy)
             images.append(decoded)
             blocks.append({"type": "image", "image": decoded.image})
+        elif kind == "file" and files is not None:
+            files.append(_file_id(part, index, part_index))
+            if len(files) > MAX_VIDEOS_PER_TURN:
+                raise APIError(400, f"the message holds more than {MAX_VIDEOS_PER_TURN} videos, the limit of this "
+                               "server; send fewer", param="messages", code="too_many_videos")  # fmt: skip
+        elif kind == "file":
+            raise _bad(index, f"part {part_index} is a file part; only the agent model takes files (uploaded videos), "
+                       "and only in the last user message")  # fmt: skip
         else:
-            raise _bad(index, f"part {part_index} has type {kind!r}; this server takes 'text' and 'image_url' parts")
+            raise _bad(index, f"part {part_index} has type {kind!r}; this server takes 'text' and 'image_url' parts "
+                       "(and 'file' parts for the agent model)")  # fmt: skip
     return blocks, images
 
 
@@ -202,11 +233,12 @@ def agent_input(messages: list[dict[str, Any]], policy: ImagePolicy) -> AgentInp
         raise APIError(400, "the agent model runs a turn for the last message, which must be a user message; the "
                        "conversation so far is kept by the server per thread (X-Thread-Id header or 'user')",
                        param=f"messages[{index}]")  # fmt: skip
+    file_ids: list[str] = []
     try:
-        blocks, images = _user_parts(last.get("content"), index, policy, [0])
+        blocks, images = _user_parts(last.get("content"), index, policy, [0], file_ids)
     except ImageError as exc:
         raise APIError(400, str(exc), param="messages", code="invalid_image") from None
     text = "\n".join(b["text"] for b in blocks if b["type"] == "text" and b["text"].strip())
-    if not text.strip() and not images:
-        raise _bad(index, "the user message is empty; send some text or an image")
-    return AgentInput(text=text, images=images)
+    if not text.strip() and not images and not file_ids:
+        raise _bad(index, "the user message is empty; send some text, an image or a video")
+    return AgentInput(text=text, images=images, file_ids=list(dict.fromkeys(file_ids)))

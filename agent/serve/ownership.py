@@ -68,6 +68,36 @@ class OwnershipStore:
                 (caller, key, thread_id, time.time()),
             )
 
+    def threads_of(self, caller: str) -> list[tuple[str, str]]:
+        """The caller's (key, thread id) pairs, oldest binding first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, thread_id FROM threads WHERE caller = ? ORDER BY created", (caller,)
+            ).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
+    def unbind_thread(self, thread_id: str) -> None:
+        """Forget every key of a deleted thread (whoever held one)."""
+        with self._lock:
+            self._db.execute("DELETE FROM threads WHERE thread_id = ?", (thread_id,))
+
+    def path_record(self, caller: str, path: Path) -> FileRecord | None:
+        """The caller's latest record of ``path``, if the file was ever registered to that caller."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT file_id, caller, path, mime_type, bytes, created FROM files WHERE caller = ? AND path = ? "
+                "ORDER BY created DESC LIMIT 1",
+                (caller, str(path)),
+            ).fetchone()
+        return FileRecord(row[0], row[1], Path(row[2]), row[3], row[4], row[5]) if row else None
+
+    def file_for_path(self, caller: str, path: Path) -> FileRecord:
+        """The caller's record of ``path``: the one registered before, else a new one."""
+        record = self.path_record(caller, path)
+        if record is not None and record.bytes == path.stat().st_size:
+            return record
+        return self.add_file(caller, path)
+
     def add_file(self, caller: str, path: Path) -> FileRecord:
         mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         record = FileRecord("file-" + secrets.token_urlsafe(18), caller, path, mime, path.stat().st_size, time.time())

@@ -59,8 +59,38 @@ def build_app(config: AppConfig, api_keys: Sequence[str] = ()) -> Any:
     return create_app(config, keys=keys)
 
 
-def run_server(config: AppConfig, api_keys: Sequence[str] = (), *, verbose: bool = False) -> int:
-    """Serve until interrupted; returns the exit code."""
+def page_address(host: str, port: int) -> str:
+    """The chat page's address on this machine (a server on every interface is reached on loopback)."""
+    name = host.strip().strip("[]")
+    if name in ("0.0.0.0", "::", ""):
+        name = "127.0.0.1"
+    return f"http://[{name}]:{port}/" if ":" in name else f"http://{name}:{port}/"
+
+
+def _open_when_started(server: Any, host: str) -> None:
+    """Open the page in the default browser once the server listens (or print its address when none opens)."""
+    import time
+    import webbrowser
+
+    while not server.started:
+        if server.should_exit:
+            return
+        time.sleep(0.1)
+    port = server.servers[0].sockets[0].getsockname()[1] if server.servers else 0
+    url = page_address(host, port)
+    logger.info("the chat page: %s", url)
+    try:
+        opened = webbrowser.open(url)
+    except webbrowser.Error:
+        opened = False
+    if not opened:
+        logger.warning("no browser could be opened; open %s", url)
+
+
+def run_server(
+    config: AppConfig, api_keys: Sequence[str] = (), *, verbose: bool = False, open_page: bool = False
+) -> int:
+    """Serve until interrupted; returns the exit code. ``open_page``: open the chat page in the browser once up."""
     app = build_app(config, api_keys)
     import uvicorn
 
@@ -84,6 +114,10 @@ def run_server(config: AppConfig, api_keys: Sequence[str] = (), *, verbose: bool
             timeout_graceful_shutdown=5,
         )
     )
+    if open_page:
+        import threading
+
+        threading.Thread(target=_open_when_started, args=(server, settings.host), name="open-page", daemon=True).start()
     try:
         server.run()
     except OSError as exc:  # the port is taken, the address cannot be bound

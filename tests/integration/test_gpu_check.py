@@ -23,6 +23,7 @@ STEP_METRICS = {  # numbers each passed step must have measured (positive unless
     3: ["caption_images_per_s", "generate_s_per_image", "index_images_per_s", "search_p50_ms", "vits_rtf",
         "budget_gib", "evictions"],
     4: ["samples_per_s", "tokens_per_sample", "peak_rss_gib", "resumed_steps", "train_runtime_s"],
+    6: ["weights_gib", "none_step_s", "none_default_clip_s"],
 }  # fmt: skip
 
 
@@ -45,7 +46,7 @@ def test_dry_run_passes_every_step_with_numbers(dry_run):
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     data = json.loads((output / "gpu_check.json").read_text())
     steps = {step["number"]: step for step in data["steps"]}
-    assert sorted(steps) == [1, 2, 3, 4, 5]
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6]
     for number, names in STEP_METRICS.items():
         step = steps[number]
         assert step["status"] == "passed", (number, step["error"], step["traceback"])
@@ -77,7 +78,7 @@ def test_dry_run_report_names_every_step_and_its_results(dry_run):
     assert "ChatLlava against plain `generate`" in report and "| NF4 4-bit |" in report
     assert "evicted" in report and "merge refuses a base saved in 4-bit" in report
     # it printed as it went, step by step
-    assert [f"step {n}:" in done.stdout for n in range(1, 6)] == [True] * 5
+    assert [f"step {n}:" in done.stdout for n in range(1, 7)] == [True] * 6
 
 
 def test_cuda_without_a_gpu_fails_with_one_clear_line(tmp_path):

@@ -149,6 +149,28 @@ def test_another_clip_model_is_refused(workspace):
         assert workspace["clip"] in str(info.value) and str(other) in str(info.value)
 
 
+def test_clip_weights_changed_in_place_are_refused_until_reindexed(workspace):
+    """Retraining CLIP into the same folder keeps its id but not its fingerprint: the index says so."""
+    from safetensors.torch import load_file, save_file
+
+    make_album(workspace["album"], 2)
+    clip = workspace["root"] / "clip-retrained"
+    shutil.copytree(workspace["clip"], clip)
+    open_index(workspace, clip_model=str(clip)).index_folder(workspace["album"], progress=False)
+    weights = next(clip.glob("*.safetensors"))
+    tensors = load_file(weights)
+    name = next(n for n, t in tensors.items() if t.is_floating_point() and t.ndim == 2)
+    tensors[name] = tensors[name] + 0.5
+    save_file(tensors, weights, metadata={"format": "pt"})
+
+    retrained = open_index(workspace, clip_model=str(clip))
+    with pytest.raises(StoreError, match="earlier version of CLIP model .*llava-agent index --reindex"):
+        retrained.search("a cat")
+    report = retrained.reindex(progress=False)
+    assert (report.added, report.unchanged) == (2, 0)
+    assert len(open_index(workspace, clip_model=str(clip)).search("a cat", k=5)) == 2
+
+
 def run_python(code: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, capture_output=True, text=True, timeout=120,

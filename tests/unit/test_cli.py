@@ -223,8 +223,8 @@ def test_serve_options_become_the_serve_section(data_dir, monkeypatch):
     from agent.serve import server
 
     seen = {}
-    monkeypatch.setattr(server, "run_server", lambda config, api_keys, verbose: seen.update(
-        config=config, keys=list(api_keys)) or 0)
+    monkeypatch.setattr(server, "run_server", lambda config, api_keys, verbose, open_page: seen.update(
+        config=config, keys=list(api_keys), open_page=open_page) or 0)
     argv = ["serve", "--host", "::1", "--port", "9001", "--api-key", "k" * 20, "--api-key", "j" * 20, "--no-agent",
             "--cors-origin", "https://app.example", "--model-name", "mine", "--allow-remote-images", "--max-batch", "2"]
     assert main(argv) == 0
@@ -232,3 +232,8 @@ def test_serve_options_become_the_serve_section(data_dir, monkeypatch):
     assert (serve.host, serve.port, serve.agent_model, serve.cors_origins) == ("::1", 9001, None, ["https://app.example"])
     assert serve.model_name == "mine" and serve.allow_remote_images and seen["keys"] == ["k" * 20, "j" * 20]
     assert serve.max_batch == 2
+    assert serve.ui is True and seen["open_page"] is False
+    assert main(["serve", "--no-ui"]) == 0 and seen["config"].serve.ui is False and seen["open_page"] is False
+    assert main(["web", "--port", "9002"]) == 0
+    assert seen["config"].serve.ui is True and seen["config"].serve.port == 9002 and seen["open_page"] is True
+    assert main(["web", "--no-browser"]) == 0 and seen["open_page"] is False

@@ -307,6 +307,28 @@ def test_optional_properties_keep_schema_order_and_separators():
     assert not any(pattern.fullmatch(text) for text in bad)
 
 
+def test_an_enum_of_bounded_numbers_allows_only_its_values():
+    """Bounds next to an ``enum``/``const`` narrow nothing: the listed values are the only ones."""
+    pattern = re.compile(json_schema_regex({"type": "integer", "enum": [1, 2, 4], "minimum": 1, "maximum": 4}))
+    assert [n for n in range(-3, 10) if pattern.fullmatch(str(n))] == [1, 2, 4]
+    const = re.compile(json_schema_regex({"type": "number", "const": 0.5, "minimum": 0, "maximum": 1}))
+    assert const.fullmatch("0.5")
+    assert not any(const.fullmatch(text) for text in ["0", "0.25", "1", "1.0"])
+
+
+def test_the_string_cap_bounds_free_strings_and_keeps_tighter_limits():
+    schema = {
+        "type": "object",
+        "properties": {"free": {"type": "string"}, "short": {"type": "string", "maxLength": 3}},
+        "required": ["free", "short"],
+    }
+    capped = re.compile(json_schema_regex(schema, max_string_length=5))
+    assert capped.fullmatch('{"free": "abcde", "short": "abc"}')
+    assert not capped.fullmatch('{"free": "abcdef", "short": "abc"}')  # the cap
+    assert not capped.fullmatch('{"free": "a", "short": "abcd"}')  # the schema's own, tighter limit
+    assert re.fullmatch(json_schema_regex(schema), '{"free": "%s", "short": ""}' % ("x" * 500))
+
+
 @pytest.mark.parametrize(("low", "high", "step"), [(64, 2048, 8), (-20, 20, 5), (1, 9, 10), (3, 3, 3)])
 def test_multiples_in_a_range_are_exactly_the_integers_matched(low, high, step):
     schema = {"type": "integer", "minimum": low, "maximum": high, "multipleOf": step}

@@ -132,3 +132,47 @@ def test_agent_input_takes_the_last_user_message(policy):
         agent_input([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], policy)
     with pytest.raises(APIError, match="empty"):
         agent_input([{"role": "user", "content": "  "}], policy)
+
+
+def file_part(file_id) -> dict:
+    return {"type": "file", "file": {"file_id": file_id}}
+
+
+def test_the_agent_takes_uploaded_videos_as_file_parts_and_the_chat_model_does_not(policy):
+    turn = agent_input([{"role": "user", "content": [file_part("file-a"), file_part(" file-a "), file_part("file-b")]}],
+                       policy)  # fmt: skip
+    assert turn.text == "" and turn.images == [] and turn.file_ids == ["file-a", "file-b"]  # repeats named once
+    with pytest.raises(APIError, match="only the agent model takes files") as refused:
+        to_langchain_messages([{"role": "user", "content": [file_part("file-a")]}], policy)
+    assert refused.value.status == 400
+    for bad in ({"type": "file"}, {"type": "file", "file": {"file_id": 5}}, file_part(""), file_part("x" * 200)):
+        with pytest.raises(APIError, match="without a file id"):
+            agent_input([{"role": "user", "content": [bad]}], policy)
+    with pytest.raises(APIError) as too_many:
+        agent_input([{"role": "user", "content": [file_part(f"file-{n}") for n in range(5)]}], policy)
+    assert too_many.value.code == "too_many_videos"
+
+
+@pytest.mark.parametrize(
+    ("filename", "content_type", "kept"),
+    [
+        ("party.MP4", None, "party.mp4"),
+        ("C:\\Users\\me\\clip.mov", "application/octet-stream", "clip.mov"),
+        ("../../etc/passwd", "video/webm", "passwd.webm"),
+        (None, "video/quicktime; codecs=avc1", "video.mov"),
+        ("<script>.gif", "", "script.gif"),
+    ],
+)
+def test_an_upload_is_kept_under_a_clean_video_name(filename, content_type, kept):
+    from agent.serve.uploads import upload_name
+
+    assert upload_name(filename, content_type) == kept
+
+
+@pytest.mark.parametrize(("filename", "content_type"), [("notes.txt", "text/plain"), (None, None), ("a.png", "image/png")])
+def test_an_upload_that_is_not_a_video_by_name_or_type_is_refused(filename, content_type):
+    from agent.serve.uploads import upload_name
+
+    with pytest.raises(APIError, match="not a video by its name or type") as refused:
+        upload_name(filename, content_type)
+    assert refused.value.status == 400 and refused.value.code == "invalid_video"

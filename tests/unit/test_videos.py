@@ -245,3 +245,14 @@ def test_a_single_image_chat_model_falls_back_to_captions(tool_workspace):
     tool.describe_with = "chat_model"
     with pytest.raises(Exception, match="too few for video frames"):
         tool._chat_capacity()
+
+
+def test_a_video_attached_twice_is_kept_once_under_one_name(tmp_path, three_scenes):
+    from agent.app.attachments import save_video_attachment
+
+    folder = tmp_path / "attachments"
+    kept = save_video_attachment(three_scenes, folder)
+    assert kept.parent == folder.resolve() and kept.name.endswith("-scenes.mp4") and kept.name.count("-") == 1
+    assert save_video_attachment(kept, folder) == kept  # re-attaching an attached file keeps its name
+    assert save_video_attachment(three_scenes, folder) == kept
+    assert sorted(p.name for p in folder.iterdir()) == [kept.name]

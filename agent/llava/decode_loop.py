@@ -1,0 +1,592 @@
+"""The decode loop behind ``ChatLlava``: prefill what is new, then one token (or one forced stretch) per pass.
+
+``model.generate`` prefills the whole prompt every call, runs one forward pass per token, and
+computes the logits of the whole vocabulary at every step. This loop does the same arithmetic
+with three differences, each behind a switch of :class:`DecodeSettings`:
+
+1. **prefix reuse** (``prefix_cache``): the longest prefix shared with an earlier call of the
+   same model is taken from :class:`agent.llava.prefix_cache.PrefixCache`; only the rest of the
+   prompt is prefilled. Prompts are always prefilled in aligned chunks
+   (:func:`agent.llava.prefix_cache.chunk_boundaries`), with or without reuse, so a reused
+   position holds bitwise what a cold prefill computes. After the reply the sequence is stored;
+   its prompt's complete chunks are what later calls may reuse.
+2. **jump-forward** (``jump_forward``): inside a tool call, what the grammar alone decides is
+   appended in one pass with the token before it (:mod:`agent.decoding.jump_forward`); and
+   (``few_row_logits``) where the constraint allows few tokens, only their rows of the head are
+   computed (:meth:`agent.llava.output_head.OutputHead.rows`) -- exact: the other logits are
+   the ones the mask sets to ``-inf``.
+3. **cheaper steps** (``kv_cache``, ``lm_head``, ``fast_attention``): keys and values are
+   written in place into preallocated buffers instead of concatenated (:mod:`agent.llava.kv_cache`),
+   the head may be an int8 copy (:mod:`agent.llava.output_head`), and on CPU decode steps
+   compute attention as grouped float32 matmuls instead of bf16 SDPA
+   (:mod:`agent.llava.decode_attention`). On CUDA, single-token steps replay a captured CUDA
+   graph (:mod:`agent.llava.cuda_graphs`).
+
+Sampling follows ``generate``: the generation config's repetition penalty, the caller's logits
+processors (``logits_processor``, ``transformers``-style ``(input_ids, scores) -> scores``, given
+the prompt and every token so far, as ``generate`` gives them), the constraint, then temperature,
+the generation config's top-k, top-p, and a draw from the softmax; at temperature 0 the argmax.
+Processors must be functions of their inputs (as ``transformers``' own are): a stretch forced by
+jump-forward is appended without asking them, exactly as when each of its tokens is the only one
+the constraint allows. Models or generation configs this loop does not reproduce exactly (beam
+search, n-gram bans, sliding-window layers, prompt-learning adapters, a head that is not a plain
+linear layer) are reported by :func:`unsupported_reason`, and the caller uses ``generate`` for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, get_args
+
+from agent.core.config import HeadPrecision, KVCacheMode
+from agent.core.errors import InputError
+from agent.llava import decode_attention
+from agent.llava.cuda_graphs import graph_decoder
+from agent.llava.kv_cache import CACHE_KEYWORDS, KVBuffers, cache_arguments, cache_keyword
+from agent.llava.output_head import OutputHead, int8_supported
+from agent.llava.prefix_cache import (
+    DEFAULT_MAX_ENTRIES,
+    DEFAULT_MAX_MIB,
+    PrefixMatch,
+    chunk_boundaries,
+    image_spans,
+    reusable_length,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from agent.llava.loading import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+KV_CACHE_MODES = get_args(KVCacheMode)
+HEAD_MODES = get_args(HeadPrecision)
+FEW_ROWS = 8192
+"""At most this many allowed tokens: compute only their rows of the head."""
+
+# generation-config settings this loop does not implement, with the value that means "off"
+_UNSUPPORTED_GENERATION = {
+    "num_beams": 1,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "bad_words_ids": None,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "sequence_bias": None,
+    "exponential_decay_length_penalty": None,
+    "min_p": None,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "guidance_scale": None,
+    "penalty_alpha": None,
+    "dola_layers": None,
+    "watermarking_config": None,
+    "assistant_model": None,
+    "prompt_lookup_num_tokens": None,
+}
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """Switches of the decode loop (the ``ChatLlava`` fields of the same names)."""
+
+    prefix_cache: bool = True
+    prefix_cache_entries: int = DEFAULT_MAX_ENTRIES
+    prefix_cache_mib: int = DEFAULT_MAX_MIB
+    jump_forward: bool = True
+    few_row_logits: bool = True
+    kv_cache: str = "auto"
+    lm_head: str = "auto"
+    fast_attention: bool = True
+    cuda_graphs: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kv_cache not in KV_CACHE_MODES:
+            raise InputError(f"kv_cache must be one of {KV_CACHE_MODES}, got {self.kv_cache!r}")
+        if self.lm_head not in HEAD_MODES:
+            raise InputError(f"lm_head must be one of {HEAD_MODES}, got {self.lm_head!r}")
+        if self.prefix_cache_entries < 0 or self.prefix_cache_mib < 0:
+            raise InputError(
+                f"prefix_cache_entries and prefix_cache_mib must be >= 0, got {self.prefix_cache_entries} "
+                f"and {self.prefix_cache_mib}"
+            )
+
+
+@dataclass
+class DecodeStats:
+    """What one reply cost (reported in ``response_metadata["decode"]``)."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    """Prompt tokens whose keys and values came from the prefix cache."""
+    prefill_seconds: float = 0.0
+    first_token_seconds: float | None = None
+    """From the start of the loop to the first generated token."""
+    generated_tokens: int = 0
+    forward_passes: int = 0
+    """Passes after the prefill."""
+    forced_tokens: int = 0
+    """Tokens appended by jump-forward, without a pass of their own."""
+    few_row_steps: int = 0
+    """Steps whose logits were computed for the allowed rows only."""
+    graph_steps: int = 0
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+            "prefill_seconds": round(self.prefill_seconds, 4),
+            "first_token_seconds": None
+            if self.first_token_seconds is None
+            else round(self.first_token_seconds, 4),
+            "generated_tokens": self.generated_tokens,
+            "forward_passes": self.forward_passes,
+            "forced_tokens": self.forced_tokens,
+            "few_row_steps": self.few_row_steps,
+            "graph_steps": self.graph_steps,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+# --- the model's parts ----------------------------------------------------------------------
+
+
+@dataclass
+class ModelParts:
+    backbone: Any  # the multimodal model without head (handles images)
+    language_model: Any  # its text decoder
+    head: Any  # the plain linear head
+    text_config: Any
+    image_token_id: int | None
+    context: Hashable  # what else the keys/values depend on (the active adapter)
+
+
+def model_parts(model: Any) -> ModelParts | str:
+    """The pieces the loop drives, or why it cannot drive this model."""
+    import torch
+
+    base = model
+    context: Hashable = None
+    if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
+        active = getattr(model, "active_adapter", None)
+        config = model.peft_config.get(active) if isinstance(active, str) else None
+        if config is None or getattr(config, "is_prompt_learning", False):
+            return "the adapter is not a LoRA-style adapter"
+        base = model.get_base_model()
+        context = ("adapter", active)
+    backbone = getattr(base, "model", None)
+    language_model = getattr(backbone, "language_model", None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if backbone is None or language_model is None:
+        return f"{type(base).__name__} has no .model.language_model"
+    if type(head) is not torch.nn.Linear:
+        return f"its head is a {type(head).__name__}, not a plain linear layer"
+    for module in (backbone, language_model):
+        if cache_keyword(module) is None:
+            return f"{type(module).__name__}.forward takes no cache argument (none of {', '.join(CACHE_KEYWORDS)})"
+    config = base.config
+    text_config = getattr(config, "text_config", config)
+    for name in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+        if getattr(text_config, name, None) not in (None, 1, 1.0):
+            return f"text_config.{name} rescales the logits"
+    layer_types = getattr(text_config, "layer_types", None) or []
+    if any(kind != "full_attention" for kind in layer_types) or getattr(
+        text_config, "use_sliding_window", False
+    ):
+        return "the language model has sliding-window or non-attention layers"
+    image_token_id = getattr(config, "image_token_id", None)
+    if image_token_id is None:
+        image_token_id = getattr(config, "image_token_index", None)
+    return ModelParts(backbone, language_model, head, text_config, image_token_id, context)
+
+
+def unsupported_reason(loaded: LoadedModel, options: dict[str, Any]) -> str | None:
+    """Why this loop cannot reproduce ``generate`` for this model and these options (None: it can)."""
+    parts = _cached_parts(loaded)
+    if isinstance(parts, str):
+        return parts
+    generation_config = loaded.model.generation_config
+    for name, off in _UNSUPPORTED_GENERATION.items():
+        value = getattr(generation_config, name, off)
+        if value not in (off, None) and not (name == "min_length" and value == 0):
+            return f"generation_config.{name}={value!r}"
+    return None
+
+
+def _cached_parts(loaded: LoadedModel) -> ModelParts | str:
+    parts = loaded.accelerators.get("parts")
+    if parts is None:
+        parts = model_parts(loaded.model)
+        loaded.accelerators["parts"] = parts
+    return parts
+
+
+def resolve_head_mode(mode: str, device: Any) -> str:
+    """``auto``: int8 where the int8 kernel exists (CPU), the model's own head elsewhere."""
+    if mode == "auto":
+        return "int8" if int8_supported(device) else "model"
+    if mode == "int8" and not int8_supported(device):
+        logger.info("no int8 head kernel on %s; using the model's own head", device)
+        return "model"
+    return mode
+
+
+def resolve_kv_mode(mode: str) -> str:
+    return "static" if mode == "auto" else mode
+
+
+def output_head(loaded: LoadedModel, mode: str) -> OutputHead:
+    """The head for ``mode`` ("model" or "int8"), built once per loaded model."""
+    key = f"head:{mode}"
+    head = loaded.accelerators.get(key)
+    if head is None:
+        parts = _cached_parts(loaded)
+        assert not isinstance(parts, str)
+        with loaded.accelerators_lock:
+            head = loaded.accelerators.get(key)
+            if head is None:
+                started = time.perf_counter()
+                head = OutputHead(parts.head, mode)
+                loaded.accelerators[key] = head
+                if head.extra_bytes:
+                    loaded.set_extra_bytes(key, head.extra_bytes)
+                    logger.info(
+                        "int8 copy of the head built in %.1fs (%.0f MiB)",
+                        time.perf_counter() - started,
+                        head.extra_bytes / 2**20,
+                    )
+    return head
+
+
+# --- sampling -------------------------------------------------------------------------------
+
+
+class Sampler:
+    """Pick a token from a row of (already masked) logits the way ``generate`` does."""
+
+    def __init__(self, temperature: float, top_p: float, top_k: int | None) -> None:
+        self.greedy = temperature <= 0
+        self.temperature = temperature
+        self.top_p = top_p
+        self.top_k = top_k or 0
+
+    def pick(self, logits: torch.Tensor) -> int:
+        """Index into the last dimension of a (1, n) float32 tensor."""
+        import torch
+
+        if self.greedy:
+            return int(torch.argmax(logits, dim=-1)[0])
+        scores = logits / self.temperature if self.temperature != 1.0 else logits
+        if self.top_k:
+            k = min(self.top_k, scores.shape[-1])
+            threshold = torch.topk(scores, k)[0][..., -1, None]
+            scores = scores.masked_fill(scores < threshold, -float("inf"))
+        if self.top_p < 1.0:
+            ordered, indices = torch.sort(scores, descending=False)
+            cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+            remove = cumulative <= (1 - self.top_p)
+            remove[..., -1:] = False
+            scores = scores.masked_fill(remove.scatter(1, indices, remove), -float("inf"))
+        probabilities = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probabilities, num_samples=1)[0, 0])
+
+
+def token_speller(tokenizer: Any) -> Callable[[bytes], list[int] | None]:
+    """Bytes -> the tokenizer's ids for them (used to spell forced stretches)."""
+
+    def spell(data: bytes) -> list[int] | None:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        return list(tokenizer.encode(text, add_special_tokens=False))
+
+    return spell
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+
+def _image_inputs_between(image_inputs: dict[str, Any], spans: tuple, start: int, end: int) -> dict[str, Any]:
+    """The image inputs of the images whose placeholders lie in ``[start, end)``."""
+    import torch
+
+    wanted = [index for span in spans if start <= span.start < end for index in span.images]
+    if not wanted:
+        return {}
+    total = int(image_inputs["pixel_values"].shape[0]) if "pixel_values" in image_inputs else None
+    if total is None or wanted == list(range(total)):
+        return dict(image_inputs)
+    rows = torch.tensor(wanted, device=image_inputs["pixel_values"].device)
+    return {k: v.index_select(0, rows.to(v.device)) for k, v in image_inputs.items()}
+
+
+def decode(
+    loaded: LoadedModel,
+    inputs: Any,
+    *,
+    options: dict[str, Any],
+    settings: DecodeSettings,
+    emit: Callable[[list[int]], None],
+    should_stop: Callable[[], bool],
+    constraint_processor: Any = None,
+    logits_processor: Sequence[Any] = (),
+) -> DecodeStats:
+    """Generate a reply to the encoded batch-1 ``inputs``; every new token id goes to ``emit``.
+
+    ``should_stop`` is asked before each prefill chunk and after each emitted stretch
+    (cancellation, timeout). ``logits_processor`` are applied to every step's logits before the
+    constraint (see the module's docstring). Returns what the reply cost.
+    """
+    import numpy as np
+    import torch
+
+    started = time.perf_counter()
+    stats = DecodeStats()
+    parts = _cached_parts(loaded)
+    if isinstance(parts, str):
+        raise InputError(f"the decode loop cannot drive this model: {parts}")
+    input_ids = inputs["input_ids"]
+    if input_ids.shape[0] != 1:
+        raise InputError(
+            f"the decode loop generates one sequence at a time, got a batch of {input_ids.shape[0]}"
+        )
+    device = input_ids.device
+    max_new_tokens = int(options["max_new_tokens"])
+    prompt_length = int(input_ids.shape[1])
+    stats.prompt_tokens = prompt_length
+    tokens = input_ids[0].to("cpu").numpy().astype(np.int64)
+    image_inputs = {
+        k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask") and v is not None
+    }
+    spans = image_spans(input_ids.to("cpu"), parts.image_token_id, image_inputs)
+
+    eos = loaded.model.generation_config.eos_token_id
+    eos_ids = {int(e) for e in ([eos] if isinstance(eos, int) else list(eos or []))}
+    temperature = float(options.get("temperature") or 0.0)
+    sampler = Sampler(
+        temperature,
+        float(options.get("top_p") or 1.0),
+        getattr(loaded.model.generation_config, "top_k", None),
+    )
+    processors = [*config_processors(loaded.model.generation_config), *logits_processor]
+    history = _History(tokens, max_new_tokens, device) if processors else None
+    head = output_head(loaded, resolve_head_mode(settings.lm_head, device))
+    if settings.fast_attention and "attention" not in loaded.accelerators:
+        with loaded.accelerators_lock:
+            loaded.accelerators["attention"] = decode_attention.install(loaded.model)
+    kv_mode = resolve_kv_mode(settings.kv_cache)
+    graphs = None
+    if settings.cuda_graphs and kv_mode == "static":  # None unless on CUDA
+        graphs = graph_decoder(loaded, parts, prompt_length + max_new_tokens + 1)
+    prefix_cache = loaded.prefix_cache
+    capacity = prompt_length + max_new_tokens + 1
+    bounds = chunk_boundaries(prompt_length, spans)
+
+    # -- prefill what is new --------------------------------------------------------------------
+    reused = 0
+    kv: KVBuffers | None = None
+    if settings.prefix_cache:
+        prefix_cache.configure(settings.prefix_cache_entries, settings.prefix_cache_mib << 20)
+        match = prefix_cache.match(tokens, spans, parts.context)
+        if match is not None:
+            # a chunk boundary at or before the match and before the last prompt position (which gives the first logits)
+            reused = max(b for b in bounds if b <= min(match.length, prompt_length - 1))
+            if reused > 0:
+                with torch.inference_mode():
+                    kv = prefix_cache.take(PrefixMatch(reused, match.entry), capacity)
+    if graphs is not None:
+        kv = graphs.adopt(kv, reused)
+    elif kv is None:
+        kv = KVBuffers(parts.text_config.num_hidden_layers, capacity)
+    kv.set_dynamic(kv_mode == "dynamic")
+    stats.cached_tokens = reused
+    with torch.inference_mode():  # aligned chunks, SDPA: the same kernels on the same inputs for a
+        # position whether its prefix was reused or not (see prefix_cache.chunk_boundaries)
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+            if end <= reused:
+                continue
+            if should_stop():  # cancelled or out of time before the prompt is read: no reply
+                stats.prefill_seconds = stats.seconds = time.perf_counter() - started
+                return stats
+            output = parts.backbone(
+                input_ids=input_ids[:, start:end],
+                **cache_arguments(parts.backbone, kv.cache),
+                use_cache=True,
+                **_image_inputs_between(image_inputs, spans, start, end),
+            )
+            hidden = output.last_hidden_state[:, -1]
+            del output
+            if kv.length != end:  # the model kept its keys and values elsewhere: every later step would be wrong
+                raise RuntimeError(
+                    f"{type(parts.backbone).__name__} did not write positions {start}..{end} into the "
+                    f"decode loop's key/value cache (it holds {kv.length}); this transformers version "
+                    "is not supported by the decode loop: use decoder='transformers'"
+                )
+    stats.prefill_seconds = time.perf_counter() - started
+    # grouped float32 attention for the decode steps (this thread only), see decode_attention
+    with decode_attention.enabled(settings.fast_attention):
+        # -- decode ---------------------------------------------------------------------------------
+        processor = constraint_processor
+        if processor is not None:
+            processor.begin()
+        jump = settings.jump_forward and processor is not None and hasattr(processor, "forced_run")
+        spell = token_speller(loaded.tokenizer) if jump else None
+        fed: list[int] = []
+        generated = 0
+        stored = False
+
+        def emit_tokens(new: list[int]) -> None:
+            nonlocal generated
+            if stats.first_token_seconds is None:
+                stats.first_token_seconds = time.perf_counter() - started
+            generated += len(new)
+            emit(new)
+            if history is not None:
+                history.extend(new)
+            if processor is not None:
+                processor.accept(new)
+
+        try:
+            with torch.inference_mode():
+                while True:
+                    remaining = max_new_tokens - generated
+                    forced = processor.forced_run(remaining, spell) if jump else []
+                    if forced:
+                        stats.forced_tokens += len(forced)
+                        chosen = forced
+                    else:
+                        chosen = [
+                            _pick(
+                                hidden,
+                                head,
+                                processor,
+                                sampler,
+                                remaining,
+                                stats,
+                                settings.few_row_logits,
+                                processors,
+                                history,
+                            )
+                        ]
+                    emit_tokens(chosen)
+                    if chosen[-1] in eos_ids or generated >= max_new_tokens or should_stop():
+                        break
+                    if jump and not forced:  # a stretch forced right after the pick rides in the same pass
+                        more = processor.forced_run(max_new_tokens - generated, spell)
+                        if more:
+                            stats.forced_tokens += len(more)
+                            emit_tokens(more)
+                            chosen = chosen + more
+                            if generated >= max_new_tokens or should_stop():
+                                break
+                    step = torch.tensor([chosen], dtype=torch.long, device=device)
+                    if graphs is not None and len(chosen) == 1:
+                        hidden = graphs.step(kv, step)
+                        stats.graph_steps += 1
+                    else:
+                        output = parts.language_model(
+                            input_ids=step, **cache_arguments(parts.language_model, kv.cache), use_cache=True
+                        )
+                        hidden = output.last_hidden_state[:, -1]
+                        del output
+                    fed.extend(chosen)
+                    stats.forward_passes += 1
+            stored = True
+        finally:
+            stats.generated_tokens = generated
+            stats.seconds = time.perf_counter() - started
+            if stored and settings.prefix_cache:
+                sequence = np.concatenate([tokens, np.asarray(fed, dtype=np.int64)])
+                if kv.length == sequence.shape[0]:
+                    if graphs is not None:  # the graph's buffers are reused by the next reply: keep a copy
+                        kv = kv.copy_prefix(kv.length, kv.length)
+                    reusable = reusable_length(prompt_length, spans)  # the prompt's complete chunks
+                    prefix_cache.store(sequence, spans, parts.context, kv, reusable)
+                else:  # pragma: no cover - a bug, never a reason to fail the reply
+                    logger.warning(
+                        "prefix not stored: cache holds %d positions for %d tokens", kv.length, len(sequence)
+                    )
+        return stats
+
+
+def config_processors(generation_config: Any) -> list[Any]:
+    """The logits processors ``generate`` builds from the generation config that this loop runs too."""
+    penalty = getattr(generation_config, "repetition_penalty", None)
+    if penalty is None or float(penalty) == 1.0:
+        return []
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    return [RepetitionPenaltyLogitsProcessor(penalty=float(penalty))]
+
+
+class _History:
+    """The prompt and the tokens so far as one (1, n) tensor, for logits processors."""
+
+    def __init__(self, prompt: Any, max_new_tokens: int, device: Any) -> None:
+        import torch
+
+        self.ids = torch.empty((1, len(prompt) + max_new_tokens), dtype=torch.long, device=device)
+        self.ids[0, : len(prompt)] = torch.from_numpy(prompt).to(device)
+        self.length = len(prompt)
+
+    def extend(self, new: list[int]) -> None:
+        import torch
+
+        end = min(self.length + len(new), self.ids.shape[1])
+        self.ids[0, self.length : end] = torch.tensor(new[: end - self.length], dtype=torch.long)
+        self.length = end
+
+    def view(self) -> torch.Tensor:
+        return self.ids[:, : self.length]
+
+
+def _pick(
+    hidden: torch.Tensor,
+    head: OutputHead,
+    processor: Any,
+    sampler: Sampler,
+    remaining: int,
+    stats: DecodeStats,
+    few_rows: bool,
+    processors: Sequence[Any] = (),
+    history: _History | None = None,
+) -> int:
+    import torch
+
+    allowed = (
+        processor.allowed_ids(remaining, head.vocab_size) if processor is not None and few_rows else None
+    )
+    if allowed is not None and 0 < allowed.size <= FEW_ROWS:
+        stats.few_row_steps += 1
+        if allowed.size == 1:
+            return int(allowed[0])
+        ids = torch.from_numpy(allowed).to(hidden.device)
+        rows = head.rows(hidden, ids)
+        if processors:  # the allowed rows in a row of -inf (what the mask leaves), through the processors
+            assert history is not None
+            full = torch.full((1, head.vocab_size), -float("inf"), dtype=rows.dtype, device=rows.device)
+            full[:, ids] = rows
+            for step in processors:
+                full = step(history.view(), full)
+            rows = full[:, ids]
+        return int(allowed[sampler.pick(rows)])
+    logits = head.full(hidden)
+    if processors:
+        assert history is not None
+        for step in processors:
+            logits = step(history.view(), logits)
+    if processor is not None:
+        processor.apply(logits, remaining)
+    return sampler.pick(logits)

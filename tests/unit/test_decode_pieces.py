@@ -1,0 +1,141 @@
+"""Pure pieces of the decode loop: grouped attention, the int8 head, sampling, preallocated KV buffers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agent.core.errors import InputError
+from agent.llava.decode_attention import enabled, grouped_attention
+from agent.llava.decode_loop import DecodeSettings, Sampler
+from agent.llava.kv_cache import KVBuffers, cache_arguments, cache_keyword
+from agent.llava.output_head import OutputHead, quantize_rows_int8
+
+
+def _reference_attention(query, key, value, mask):
+    groups = query.shape[1] // key.shape[1]
+    return torch.nn.functional.scaled_dot_product_attention(
+        query.double(),
+        key.double().repeat_interleave(groups, 1),
+        value.double().repeat_interleave(groups, 1),
+        attn_mask=mask,
+    ).transpose(1, 2)
+
+
+@pytest.mark.parametrize("queries", [1, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grouped_attention_is_sdpa(queries, dtype):
+    generator = torch.Generator().manual_seed(queries)
+    query = torch.randn(1, 6, queries, 16, generator=generator).to(dtype)
+    key = torch.randn(1, 2, 40, 16, generator=generator).to(dtype)
+    value = torch.randn(1, 2, 40, 16, generator=generator).to(dtype)
+    mask = torch.ones(1, 1, queries, 40, dtype=torch.bool)
+    mask[..., 37:] = False
+    mask[0, 0, 0, 5] = False
+    reference = _reference_attention(query, key, value, mask)
+    ours = grouped_attention(query, key, value, mask, 16**-0.5)
+    assert ours.shape == reference.shape and ours.dtype == dtype
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-2
+    assert float((ours.double() - reference).norm() / reference.norm()) < tolerance
+    additive = torch.zeros(mask.shape).masked_fill(~mask, -float("inf"))
+    assert torch.allclose(grouped_attention(query, key, value, additive, 16**-0.5), ours)
+
+
+def test_decode_attention_is_per_thread_and_scoped():
+    import threading
+
+    from agent.llava import decode_attention
+
+    seen = []
+    with enabled():
+        assert decode_attention._ENABLED.get()
+        thread = threading.Thread(target=lambda: seen.append(decode_attention._ENABLED.get()))
+        thread.start()
+        thread.join()
+    assert seen == [False] and not decode_attention._ENABLED.get()
+
+
+def test_int8_head_rows_and_full_agree():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(32, 500, bias=False).to(torch.bfloat16)
+    quantized, scales = quantize_rows_int8(linear.weight.detach())
+    error = (quantized.float() * scales[:, None] - linear.weight.float()).abs().max()
+    assert error <= scales.max() / 2 + 1e-6  # round to nearest: half a step at most
+    hidden = torch.randn(1, 32, dtype=torch.bfloat16)
+    for precision in ("model", "int8"):
+        head = OutputHead(linear, precision)
+        full = head.full(hidden)
+        assert full.shape == (1, 500) and full.dtype == torch.float32
+        ids = torch.tensor([3, 17, 499])
+        assert torch.allclose(head.rows(hidden, ids), full[:, ids], rtol=1e-2, atol=1e-2)
+    assert OutputHead(linear, "int8").extra_bytes == 500 * 32 + 500 * 2
+    with pytest.raises(ValueError, match="precision"):
+        OutputHead(linear, "fp4")
+
+
+def test_sampler_greedy_top_k_and_top_p():
+    logits = torch.tensor([[0.0, 3.0, 1.0, -float("inf")]])
+    assert Sampler(0.0, 1.0, None).pick(logits) == 1
+    torch.manual_seed(0)
+    assert {Sampler(1.0, 1.0, 1).pick(logits) for _ in range(20)} == {1}  # top-k 1 is greedy
+    assert {Sampler(1.0, 0.5, None).pick(logits) for _ in range(20)} == {1}  # 1 holds most of the mass
+    drawn = {Sampler(5.0, 1.0, None).pick(logits) for _ in range(200)}
+    assert drawn == {0, 1, 2}  # masked tokens are never drawn
+
+
+def test_kv_buffers_write_in_place_grow_and_copy():
+    kv = KVBuffers(num_layers=2, capacity=4)
+    layer = kv.layers[0]
+    first = layer.update(torch.ones(1, 2, 3, 8), torch.ones(1, 2, 3, 8))[0]
+    buffer = layer.key_buffer
+    layer.update(torch.full((1, 2, 1, 8), 2.0), torch.zeros(1, 2, 1, 8))
+    assert layer.key_buffer is buffer  # written in place, not concatenated
+    assert first.shape[2] == 3 and layer.keys.shape[2] == 4
+    layer.update(torch.full((1, 2, 300, 8), 3.0), torch.zeros(1, 2, 300, 8))
+    assert layer.capacity >= 304 and layer.keys[0, 0, :, 0].tolist()[:5] == [1, 1, 1, 2, 3]
+    copy = kv.copy_prefix(4, 10)
+    assert copy.layers[0].keys[0, 0, :, 0].tolist() == [1, 1, 1, 2] and copy.layers[1].length == 0
+    layer.crop(-300)
+    assert layer.length == 4
+    kv.set_dynamic(True)
+    layer.update(torch.full((1, 2, 1, 8), 5.0), torch.zeros(1, 2, 1, 8))
+    assert layer.capacity == layer.length == 5
+
+
+def test_decode_settings_are_checked():
+    with pytest.raises(InputError, match="kv_cache"):
+        DecodeSettings(kv_cache="paged")
+    with pytest.raises(InputError, match="lm_head"):
+        DecodeSettings(lm_head="fp8")
+    with pytest.raises(InputError, match="prefix_cache_entries"):
+        DecodeSettings(prefix_cache_entries=-1)
+
+
+class _NewerDecoder(torch.nn.Module):
+    def forward(self, input_ids=None, cache=None, use_cache=None, **kwargs):
+        return cache
+
+
+class _OlderDecoder(torch.nn.Module):
+    def forward(self, input_ids=None, past_key_values=None, use_cache=None, **kwargs):
+        return past_key_values  # a cache=... keyword would vanish into **kwargs
+
+
+class _NoCacheDecoder(torch.nn.Module):
+    def forward(self, input_ids=None, **kwargs):
+        return None
+
+
+@pytest.mark.parametrize(
+    ("module", "keyword"),
+    [(_NewerDecoder(), "cache"), (_OlderDecoder(), "past_key_values"), (_NoCacheDecoder(), None)],
+)
+def test_the_cache_goes_under_the_keyword_the_forward_takes(module, keyword):
+    assert cache_keyword(module) == keyword
+    marker = object()
+    if keyword is None:
+        with pytest.raises(TypeError, match="_NoCacheDecoder.forward takes no key/value cache argument"):
+            cache_arguments(module, marker)
+    else:
+        assert cache_arguments(module, marker) == {keyword: marker}
+        assert module(**cache_arguments(module, marker)) is marker
