@@ -75,6 +75,9 @@ def server(tmp_path_factory, tiny_llava_qwen2) -> Server:
     config.write_text(
         f'data_dir = "{data_dir}"\n'
         f'[model]\nmodel = "{tiny_llava_qwen2}"\ndevice = "cpu"\ntemperature = 0.0\nmax_new_tokens = 96\n'
+        # plain greedy decoding: STORY holds the model for HOLD_TOKENS only without a repetition penalty
+        # (the default one makes the random model end its story early)
+        'repetition_penalty = 1.0\n'
         # a thread of one speak call and its result fits the tiny model's 2,048 positions, one of
         # several parallel calls may not: with the tokenizer's spelling of forced stretches the
         # random model writes a second call after the first here
