@@ -117,6 +117,9 @@ def test_health_models_and_request_ids(server):
                                                              "X-Request-Id": "my-request-1"})  # fmt: skip
     assert response.headers["x-request-id"] == "my-request-1"
     assert response.headers["x-content-type-options"] == "nosniff" and "server" not in response.headers
+    deadline = time.monotonic() + 10  # the server writes the request's log line as (or just after) it answers
+    while "[my-request-1]" not in server.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert "[my-request-1]" in server.log.read_text()  # every log line of a request names it
 
 
