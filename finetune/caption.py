@@ -12,7 +12,6 @@ target and moved into place at once.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections.abc import Sequence
@@ -22,10 +21,19 @@ from typing import Any
 
 from agent.core.errors import ModelLoadError, ModelNotFoundError
 from agent.core.runtime import resolve_device
-from finetune.clip import PairTrainResult, check_output, cosine_schedule, save_model_folder
+from finetune.clip import PairTrainResult, check_output, save_model_folder
 from finetune.metrics import bleu, exact_match
 from finetune.pair_config import PairTrainConfig
-from finetune.pairs import Captioner, Pair, load_images, read_pairs, split_pairs
+from finetune.pairs import (
+    Captioner,
+    Pair,
+    cosine_schedule,
+    load_images,
+    read_pairs,
+    shuffled_batches,
+    split_pairs,
+    step_plan,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -141,23 +149,14 @@ def train_caption(config: PairTrainConfig | None = None, *, captioner: Captioner
     logger.info("Caption LoRA on %s: %d trainable parameters", ", ".join(targets), trainable)
 
     # ---- 4. loop ---------------------------------------------------------------------
-    batch_size = min(config.batch_size, len(train_pairs))
-    steps_per_epoch = max(1, len(train_pairs) // batch_size)
-    total = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    warmup = max(1, total // 20)
+    batch_size, total, warmup = step_plan(len(train_pairs), config.batch_size, config.epochs, config.max_steps)
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_schedule(step, total, warmup))
     model.train()
     history: list[dict[str, Any]] = []
-    order: list[Pair] = []
-    rng = random.Random(config.seed)
     bar = tqdm(total=total, desc="Fine-tuning the captioner", unit="step", disable=not config.progress)
-    for step in range(total):
-        if len(order) < batch_size:
-            shuffled = list(train_pairs)
-            rng.shuffle(shuffled)
-            order = shuffled
-        batch, order = order[:batch_size], order[batch_size:]
+    batches = shuffled_batches(train_pairs, batch_size, config.seed)
+    for step, batch in zip(range(total), batches, strict=False):  # batches never run out
         inputs = caption_batch(processor, load_images(batch), [p.caption for p in batch], device, start_token)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
             loss = model(**inputs).loss

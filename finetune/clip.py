@@ -37,7 +37,17 @@ from finetune.folders import publish_folder, staging_folder
 from finetune.loss_curve import draw_loss_curve
 from finetune.metrics import chance_recall_at_1, recall_at_k
 from finetune.pair_config import PairTrainConfig
-from finetune.pairs import Captioner, Pair, PairsReport, load_images, read_pairs, split_pairs
+from finetune.pairs import (
+    Captioner,
+    Pair,
+    PairsReport,
+    cosine_schedule,
+    load_images,
+    read_pairs,
+    shuffled_batches,
+    split_pairs,
+    step_plan,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -99,14 +109,6 @@ def symmetric_info_nce(
     image_to_text = -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
     text_to_image = -(targets.T * F.log_softmax(logits.T, dim=1)).sum(dim=1).mean()
     return (image_to_text + text_to_image) / 2
-
-
-def cosine_schedule(step: int, total: int, warmup: int) -> float:
-    """Learning-rate factor: linear warm-up to 1, then cosine decay to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _features(output: Any) -> Any:
@@ -246,24 +248,15 @@ def train_clip(config: PairTrainConfig | None = None, *, captioner: Captioner | 
     logger.info("Trainable parameters: %d (%s)", trainable, config.method)
 
     # ---- 4. loop ---------------------------------------------------------------------
-    batch_size = min(config.batch_size, len(train_pairs))
-    steps_per_epoch = max(1, len(train_pairs) // batch_size)
-    total = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    warmup = max(1, total // 20)
+    batch_size, total, warmup = step_plan(len(train_pairs), config.batch_size, config.epochs, config.max_steps)
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_schedule(step, total, warmup))
     clip = _clip_of(model)
     model.train()
     history: list[dict[str, Any]] = []
-    order: list[Pair] = []
-    rng = random.Random(config.seed)
     bar = tqdm(total=total, desc="Fine-tuning CLIP", unit="step", disable=not config.progress)
-    for step in range(total):
-        if len(order) < batch_size:
-            shuffled = list(train_pairs)
-            rng.shuffle(shuffled)
-            order = shuffled
-        batch, order = order[:batch_size], order[batch_size:]
+    batches = shuffled_batches(train_pairs, batch_size, config.seed)
+    for step, batch in zip(range(total), batches, strict=False):  # batches never run out
         pixels = processor(images=load_images(batch), return_tensors="pt")["pixel_values"].to(device)
         text = _text_batch(processor, clip, [p.caption for p in batch], device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):

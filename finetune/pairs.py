@@ -21,9 +21,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -206,3 +207,32 @@ def split_pairs(pairs: Sequence[Pair], fraction: float, seed: int) -> tuple[list
 
 def load_images(pairs: Sequence[Pair], max_image_pixels: int = MAX_IMAGE_PIXELS) -> list[Image.Image]:
     return [open_image_file(pair.image, max_image_pixels) for pair in pairs]
+
+
+# -- the training loop's plan, shared by finetune clip and finetune caption --------------------------
+def step_plan(pair_count: int, batch_size: int, epochs: float, max_steps: int | None) -> tuple[int, int, int]:
+    """(batch size, total steps, warm-up steps) for ``pair_count`` training pairs."""
+    batch_size = min(batch_size, pair_count)
+    steps_per_epoch = max(1, pair_count // batch_size)
+    total = max_steps or max(1, math.ceil(epochs * steps_per_epoch))
+    return batch_size, total, max(1, total // 20)
+
+
+def cosine_schedule(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor: linear warm-up to 1, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def shuffled_batches(pairs: Sequence[Pair], batch_size: int, seed: int) -> Iterator[list[Pair]]:
+    """Endless batches: each pass over ``pairs`` in a new seeded order; a pass's short remainder is dropped."""
+    rng = random.Random(seed)
+    order: list[Pair] = []
+    while True:
+        if len(order) < batch_size:
+            order = list(pairs)
+            rng.shuffle(order)
+        batch, order = order[:batch_size], order[batch_size:]
+        yield batch

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from agent.decoding.token_index import Automaton, TokenVocabulary
+from agent.decoding.token_index import Automaton, TokenVocabulary, longest_move
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -95,13 +95,7 @@ def _longest_token_spelling(
     position = 0
     while position < len(data):
         moves = automaton.transitions.get(state, {})
-        best = None
-        for candidate in moves:
-            piece = vocabulary.token_bytes[candidate]
-            if data.startswith(piece, position) and (
-                best is None or len(piece) > len(vocabulary.token_bytes[best])
-            ):
-                best = candidate
+        best = longest_move(moves, data, position, vocabulary)
         if best is None:
             return None
         tokens.append(best)

@@ -242,18 +242,22 @@ def _walk(
             state = moves[token_id]
             position += 1
             continue
-        best = None
-        for candidate in moves:
-            piece = vocabulary.token_bytes[candidate]
-            if data.startswith(piece, position) and (
-                best is None or len(piece) > len(vocabulary.token_bytes[best])
-            ):
-                best = candidate
+        best = longest_move(moves, data, position, vocabulary)
         if best is None:
             return None
         state = moves[best]
         position += len(vocabulary.token_bytes[best])
     return state
+
+
+def longest_move(moves: dict[int, int], data: bytes, position: int, vocabulary: TokenVocabulary) -> int | None:
+    """The token among ``moves`` whose bytes match ``data`` at ``position`` for the longest stretch, if any."""
+    best = None
+    for candidate in moves:
+        piece = vocabulary.token_bytes[candidate]
+        if data.startswith(piece, position) and (best is None or len(piece) > len(vocabulary.token_bytes[best])):
+            best = candidate
+    return best
 
 
 def bias_from_allowed(allowed: list[int], logits: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,7 @@ import base64
 import io
 import json
 import os
-import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -25,10 +23,11 @@ import jsonschema
 import pytest
 from PIL import Image
 
+from tests.serve_process import free_port, start_server, wait_until_ready
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 openai = pytest.importorskip("openai")
 
-ROOT = Path(__file__).resolve().parents[2]
 KEY = "test-key-" + "a" * 24
 OTHER_KEY = "test-key-" + "b" * 24
 MODEL = "llava-tiny-qwen2"
@@ -51,12 +50,6 @@ class Server:
 
     def health(self) -> dict:
         return httpx.get(self.url + "/health", timeout=10).json()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def png_data_url(size: tuple[int, int], colour=(200, 30, 30)) -> str:
@@ -88,28 +81,10 @@ def server(tmp_path_factory, tiny_llava_qwen2) -> Server:
     )
     port = free_port()
     log = root / "server.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LLAVA_AGENT_CONFIG": str(config), "HF_HUB_OFFLINE": "1"}
-    env.pop("LLAVA_AGENT_DATA_DIR", None)
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli.main", "serve", "--port", str(port), "--api-key", KEY,
-             "--api-key", OTHER_KEY],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    process = start_server(config, port, log, "--api-key", KEY, "--api-key", OTHER_KEY)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
     try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not become ready:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_until_ready(process, url, log)
         yield Server(url, data_dir, images_dir, log)
     finally:
         process.terminate()
@@ -145,6 +120,9 @@ def test_health_models_and_request_ids(server):
                                                              "X-Request-Id": "my-request-1"})  # fmt: skip
     assert response.headers["x-request-id"] == "my-request-1"
     assert response.headers["x-content-type-options"] == "nosniff" and "server" not in response.headers
+    deadline = time.monotonic() + 10  # the server writes the request's log line as (or just after) it answers
+    while "[my-request-1]" not in server.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert "[my-request-1]" in server.log.read_text()  # every log line of a request names it
 
 

@@ -24,9 +24,7 @@ import io
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -34,6 +32,8 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+
+from tests.serve_process import free_port, start_server, wait_until_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -49,12 +49,6 @@ def _chromium() -> str | None:
     if given:
         return given
     return next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def png_bytes(size=(48, 40), colour=(220, 40, 40)) -> bytes:
@@ -74,29 +68,6 @@ def _config(root: Path, model: Path, tools: str, agent: str, max_new_tokens: int
         f"[agent]\nlong_term_memory = false\nrecursion_limit = 3\n{agent}\n"
     )
     return config
-
-
-def _start(config: Path, port: int, log: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "LLAVA_AGENT_CONFIG": str(config), "HF_HUB_OFFLINE": "1"}
-    env.pop("LLAVA_AGENT_DATA_DIR", None)
-    with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "agent.cli.main", "serve", "--port", str(port), *args],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-
-
-def _wait_ready(process: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + 240
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"the server did not become ready:\n{log.read_text()[-3000:]}")
-        time.sleep(0.3)
 
 
 def _seed_hostile_thread(config_path: Path, image: Path) -> str:
@@ -159,12 +130,12 @@ def servers(tmp_path_factory, tiny_llava_qwen2):
     plain = _config(root / "plain", tiny_llava_qwen2, "enabled = []", "", 1200)  # no tools: a long free reply
     ports = free_port(), free_port(), free_port()
     logs = root / "local.log", root / "keyed.log", root / "plain.log"
-    processes = [_start(local, ports[0], logs[0]), _start(keyed, ports[1], logs[1], "--api-key", KEY),
-                 _start(plain, ports[2], logs[2])]  # fmt: skip
+    processes = [start_server(local, ports[0], logs[0]), start_server(keyed, ports[1], logs[1], "--api-key", KEY),
+                 start_server(plain, ports[2], logs[2])]  # fmt: skip
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     try:
         for process, url, log in zip(processes, urls, logs, strict=True):
-            _wait_ready(process, url, log)
+            wait_until_ready(process, url, log)
         yield {"local": urls[0], "keyed": urls[1], "plain": urls[2], "hostile_thread": hostile_thread, "root": root}
     finally:
         for process in processes:
