@@ -2,6 +2,7 @@
 
     python bench/bench_routing.py                 # calibrate on the built-in tools, then time routing
     python bench/bench_routing.py --repeats 3     # more timing rounds
+    python bench/bench_routing.py --package       # also ship the fitted read-out for the built-in tools
 
 Calibration uses requests synthesised from the tools' own examples, each scored against the
 other examples only (agent.app.routing.calibrate); the held-out benchmark set is used only to time
@@ -22,11 +23,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2, help="timing rounds over the held-out requests")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the agent's embedder shares the CPU)")
+    parser.add_argument("--package", action="store_true",
+                        help="write the read-out for the built-in tools to agent/data/routing/ (replacing older ones)")
     args = parser.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
+    from agent.app import routing
     from agent.app.routing import NO_TOOL, SemanticRouter, calibrate, median_ms
     from agent.app.routing_eval import agent_tools, load_routing_set
     from agent.core.config import load_config
@@ -41,9 +45,16 @@ def main() -> None:
           f"load included): {calibration.summary()}")
     started, cpu = time.perf_counter(), time.process_time()
     router = SemanticRouter(tools, embedder, threshold=calibration.threshold, margin=calibration.margin)
+    routing.PACKAGED_READOUTS = Path("/nonexistent")  # time the fit itself
     router.readout  # noqa: B018  (fits the read-out)
     print(f"fitting the router on {router.requests} requests: {time.perf_counter() - started:.1f} s "
           f"({time.process_time() - cpu:.1f} s CPU; cached per data folder afterwards)")
+    if args.package:
+        shipped = Path(routing.__file__).resolve().parents[1] / "data" / "routing"
+        for old in shipped.glob("router-*.npz"):
+            old.unlink()
+        routing.save_readout(router.readout, shipped / f"router-{router.fingerprint()}.npz")
+        print(f"shipped the read-out for the built-in tools: {shipped / f'router-{router.fingerprint()}.npz'}")
 
     cases = load_routing_set()
     router.route("warm up")

@@ -115,6 +115,15 @@ CAPTION_EXAMPLES = (
     ToolExample("What is in this image?", {"image": "{attached}"}),
     ToolExample("Describe this photo for me", {"image": "{attached}"}),
     ToolExample("Describe this picture in detail", {"image": "{attached}", "detail": "detailed"}),
+    ToolExample("Can you explain what's going on in {image}?", {"image": "{image}"}),
+    ToolExample("I need a short caption for {image}", {"image": "{image}"}),
+    ToolExample("Who or what is in {image}?", {"image": "{image}"}),
+    ToolExample("Write a one-line description of {image}", {"image": "{image}"}),
+    ToolExample("Could you check {image} and say what it depicts?", {"image": "{image}"}),
+    ToolExample("Summarise the contents of the image {image}", {"image": "{image}"}),
+    ToolExample("What am I looking at here?", {"image": "{attached}"}),
+    ToolExample("Caption the attached photo", {"image": "{attached}"}),
+    ToolExample("Tell me everything you can see in this picture", {"image": "{attached}", "detail": "detailed"}),
 )
 GENERATE_EXAMPLES = (
     ToolExample("Draw {subject}", {"prompt": "{subject}"}),
@@ -124,6 +133,15 @@ GENERATE_EXAMPLES = (
     ToolExample("Generate a picture showing {subject}", {"prompt": "{subject}"}),
     ToolExample("I'd like an image of {subject}", {"prompt": "{subject}"}),
     ToolExample("Render {subject}, {style}", {"prompt": "{subject}, {style}"}),
+    ToolExample("Can you sketch {subject}?", {"prompt": "{subject}"}),
+    ToolExample("Illustrate {subject} for me", {"prompt": "{subject}"}),
+    ToolExample("I need artwork of {subject}, {style}", {"prompt": "{subject}, {style}"}),
+    ToolExample("Produce an illustration: {subject}", {"prompt": "{subject}"}),
+    ToolExample("Could you design a poster showing {subject}?", {"prompt": "{subject}"}),
+    ToolExample("Show me what {subject} would look like", {"prompt": "{subject}"}),
+    ToolExample("Picture this: {subject}. Make it {style}", {"prompt": "{subject}, {style}"}),
+    ToolExample("Dream up an image of {subject}", {"prompt": "{subject}"}),
+    ToolExample("Visualise {subject} as a new image", {"prompt": "{subject}"}),
 )
 SEARCH_EXAMPLES = (
     ToolExample("Find my photos of {query}", {"query": "{query}"}),
@@ -133,6 +151,12 @@ SEARCH_EXAMPLES = (
     ToolExample("Show me {count} of my photos of {query}", {"query": "{query}", "k": "{count}"}),
     ToolExample("Find images that look like {image}", {"query": "{image}"}),
     ToolExample("Find photos of mine that look like this one", {"query": "{attached}"}),
+    ToolExample("Where are my pictures of {query}?", {"query": "{query}"}),
+    ToolExample("Look through my photo library for {query}", {"query": "{query}"}),
+    ToolExample("Pull up the shots I took of {query}", {"query": "{query}"}),
+    ToolExample("Which of my indexed images show {query}?", {"query": "{query}"}),
+    ToolExample("I'm looking for a photo of {query} in my collection", {"query": "{query}"}),
+    ToolExample("Get me {count} pictures from my folder with {query}", {"query": "{query}", "k": "{count}"}),
 )
 SPEAK_EXAMPLES = (
     ToolExample("Say '{sentence}'", {"text": "{sentence}"}),
@@ -141,6 +165,14 @@ SPEAK_EXAMPLES = (
     ToolExample("Speak this sentence: {sentence}", {"text": "{sentence}"}),
     ToolExample('Can you read "{sentence}" out loud?', {"text": "{sentence}"}),
     ToolExample("Make a recording of you saying: {sentence}", {"text": "{sentence}"}),
+    ToolExample("Pronounce '{sentence}'", {"text": "{sentence}"}),
+    ToolExample("Say this in your voice: {sentence}", {"text": "{sentence}"}),
+    ToolExample("Turn this into speech: {sentence}", {"text": "{sentence}"}),
+    ToolExample("I want to hear the sentence '{sentence}'", {"text": "{sentence}"}),
+    ToolExample("Read out the following text: {sentence}", {"text": "{sentence}"}),
+    ToolExample("Could you voice this line: {sentence}", {"text": "{sentence}"}),
+    ToolExample("Announce out loud: {sentence}", {"text": "{sentence}"}),
+    ToolExample("Make an audio clip that says '{sentence}'", {"text": "{sentence}"}),
 )
 DESCRIBE_VIDEO_EXAMPLES = (
     ToolExample("What happens in {video}?", {"video": "{video}"}),
@@ -170,6 +202,11 @@ REMEMBER_EXAMPLES = (
     ToolExample("Note that {fact}", {"fact": "{fact}"}),
     ToolExample("Don't forget that {fact}", {"fact": "{fact}"}),
     ToolExample("Save this for later: {fact}", {"fact": "{fact}"}),
+    ToolExample("Keep a note: {fact}", {"fact": "{fact}"}),
+    ToolExample("Store this fact about me: {fact}", {"fact": "{fact}"}),
+    ToolExample("For next time, {fact}", {"fact": "{fact}"}),
+    ToolExample("Write down that {fact}", {"fact": "{fact}"}),
+    ToolExample("Make sure you remember: {fact}", {"fact": "{fact}"}),
 )
 RECALL_EXAMPLES = (
     ToolExample("What did I tell you about {topic}?", {"query": "{topic}"}),
@@ -177,6 +214,11 @@ RECALL_EXAMPLES = (
     ToolExample("Remind me of {topic}", {"query": "{topic}"}),
     ToolExample("Look up what I said about {topic}", {"query": "{topic}"}),
     ToolExample("What do you remember about {topic}?", {"query": "{topic}"}),
+    ToolExample("What was it I told you about {topic}?", {"query": "{topic}"}),
+    ToolExample("Check your notes on {topic}", {"query": "{topic}"}),
+    ToolExample("Did I mention {topic} before?", {"query": "{topic}"}),
+    ToolExample("Can you recall {topic} for me?", {"query": "{topic}"}),
+    ToolExample("What have I saved about {topic}?", {"query": "{topic}"}),
 )
 
 for _name, _examples in {"remember": REMEMBER_EXAMPLES, "recall": RECALL_EXAMPLES}.items():

@@ -267,7 +267,7 @@ class AgentSection(_Section):
     )
     long_term_memory: bool = Field(True, description="Add remember/recall tools and recalled facts to the prompt.")
     routing: RoutingMode = Field(
-        "model",
+        defaults.ROUTING,
         description="Who picks the tool on a turn's first model call: 'model' (the model alone), 'semantic' (the "
         "request's meaning against each tool's example requests; no route means a plain answer) or 'hybrid' "
         "(semantic when it is sure, else the model). See agent.app.routing.",

@@ -39,7 +39,7 @@ def embedder():
 
 @pytest.fixture(scope="module")
 def tools(tmp_path_factory):
-    return stand_in_tools(agent_tools(load_config({"data_dir": str(tmp_path_factory.mktemp("d"))})))
+    return stand_in_tools(agent_tools(load_config({"data_dir": str(tmp_path_factory.mktemp("d"))}, environ={})))
 
 
 @pytest.fixture(scope="module")
@@ -73,18 +73,23 @@ def test_clear_requests_route_and_questions_do_not(router, request_text, expecte
     assert decision.seconds > 0 and decision.cpu_seconds >= 0
 
 
-def test_the_fitted_readout_is_cached(router, tools, embedder):
+def test_the_fitted_readout_is_cached(tools, embedder, tmp_path, monkeypatch):
+    monkeypatch.setattr(routing, "_FITTED", {})  # the file cache alone
+    monkeypatch.setattr(routing, "PACKAGED_READOUTS", tmp_path / "shipped")
+    first = SemanticRouter(tools, embedder, cache_dir=tmp_path, requests=FIT_REQUESTS)
+    first.readout  # noqa: B018  (fitted and written)
+    assert [p.name for p in tmp_path.glob("router-*.npz")] == [f"router-{first.fingerprint()}.npz"]
+    monkeypatch.setattr(routing, "_FITTED", {})
     before = embedder.texts
-    again = SemanticRouter(tools, embedder, cache_dir=router.cache_dir, requests=FIT_REQUESTS)
-    again.readout  # noqa: B018
+    again = SemanticRouter(tools, embedder, cache_dir=tmp_path, requests=FIT_REQUESTS)
+    assert again.readout[2] == first.readout[2]
     assert embedder.texts == before  # read from the cache: no request embedded
-    assert list(router.cache_dir.glob("router-*.npz"))
-    changed = SemanticRouter(tools[:3], embedder, cache_dir=router.cache_dir, requests=FIT_REQUESTS)
-    assert changed.fingerprint() != router.fingerprint()
+    changed = SemanticRouter(tools[:3], embedder, cache_dir=tmp_path, requests=FIT_REQUESTS)
+    assert changed.fingerprint() != first.fingerprint()
 
 
 def _agent(tmp_path, mode, router, reply):
-    config = load_config({"data_dir": str(tmp_path), "agent": {"routing": "model"}})
+    config = load_config({"data_dir": str(tmp_path), "agent": {"routing": "model"}}, environ={})
     model = ScriptedChatModel(replies=[reply])
     middleware = SemanticRoutingMiddleware(router, mode)
     return MultimodalAgent(model, router.tools, config=config, middleware=[middleware]), model, middleware
@@ -108,6 +113,11 @@ def test_a_routed_request_runs_its_tool_once_when_the_model_repeats_the_call(tmp
     reply = agent.chat("please read this out loud: the kettle has boiled")
     assert model.bound[0]["tool_choice"] == "speak"
     assert [c["name"] for c in reply.tool_calls] == ["speak"]  # one call kept, the tool ran once
+    calls = [tool_call("speak", {"text": t}, f"e{n}") for n, t in enumerate(["the kettle has boiled", "tea's up", "tea's up"])]
+    agent, model, _ = _agent(tmp_path / "two", "hybrid", router,
+                             lambda messages: AIMessage("", tool_calls=calls) if len(messages) == 2 else "Done.")
+    reply = agent.chat("please read this out loud: the kettle has boiled")
+    assert [c["args"]["text"] for c in reply.tool_calls] == ["the kettle has boiled", "tea's up"]  # distinct calls stay
     unrouted = AIMessage(content="", tool_calls=[tool_call("speak", {"text": "a"}, "d1"), tool_call("speak", {"text": "b"}, "d2")])
     agent, model, _ = _agent(tmp_path / "free", "hybrid", router, lambda messages: unrouted if len(messages) == 2 else "Done.")
     reply = agent.chat("hello, how are you?")  # the model chose freely: its calls are its own
@@ -122,9 +132,11 @@ def test_semantic_mode_answers_unrouted_requests_in_words(tmp_path, router):
 
 def test_config_routing_builds_the_middleware(tmp_path, tools, monkeypatch):
     monkeypatch.setattr(routing, "TRAINING_REQUESTS", FIT_REQUESTS)
-    config = load_config({"data_dir": str(tmp_path), "agent": {"routing": "hybrid", "long_term_memory": False}})
+    config = load_config({"data_dir": str(tmp_path), "agent": {"long_term_memory": False}}, environ={})
+    assert config.agent.routing == "hybrid"  # the default
     agent = MultimodalAgent(ScriptedChatModel(replies=["hi"]), tools, config=config)
     assert isinstance(agent.routing, SemanticRoutingMiddleware) and agent.routing.mode == "hybrid"
     assert agent.routing.router.threshold == config.agent.routing_threshold
-    off = MultimodalAgent(ScriptedChatModel(), tools, config=load_config({"data_dir": str(tmp_path)}))
+    off = MultimodalAgent(ScriptedChatModel(), tools, config=load_config(
+        {"data_dir": str(tmp_path), "agent": {"routing": "model"}}, environ={}))
     assert off.routing is None

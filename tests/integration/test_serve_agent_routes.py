@@ -34,7 +34,7 @@ def _app(tmp_path: Path, keys: list[str], *, ui: bool = True):
     images.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (80, 60), (200, 30, 30)).save(images / "hit.png")
     config = load_config({"data_dir": str(tmp_path / "data"), "tools": {"allowed_dirs": [str(images)]},
-                          "agent": {"long_term_memory": False}, "serve": {"ui": ui}})  # fmt: skip
+                          "agent": {"long_term_memory": False}, "serve": {"ui": ui}}, environ={})  # fmt: skip
 
     def search(query: str) -> tuple[str, dict]:
         """Search the indexed images."""

@@ -70,3 +70,24 @@ def test_split_lexicons_share_no_values():
         assert first[key] and second[key]
         assert not {str(v) for v in first[key]} & {str(v) for v in second[key]}
     assert first["prefix"] == second["prefix"]  # phrasing material is shared, values are not
+
+
+def test_the_built_in_tools_ship_their_fitted_readout(tmp_path):
+    # A default agent routes from its first turn: the read-out for the built-in tools ships with
+    # the package. Changing a tool's description or examples, or the lexicons, changes the
+    # fingerprint: refit and ship with `python bench/bench_routing.py --package`.
+    from agent.app import routing
+    from agent.app.routing_eval import agent_tools
+    from agent.core.config import load_config
+
+    config = load_config({"data_dir": str(tmp_path)}, environ={})
+    embedder = _NoEmbedder()
+    embedder.model_id = config.memory.text_embedder
+    router = SemanticRouter(agent_tools(config), embedder)
+    shipped = sorted(p.name for p in routing.PACKAGED_READOUTS.glob("router-*.npz"))
+    assert shipped == [f"router-{router.fingerprint()}.npz"], "refit: python bench/bench_routing.py --package"
+    weights, bias, labels = routing.load_readout(routing.PACKAGED_READOUTS / shipped[0])
+    assert labels == sorted([t.name for t in router.tools] + [NO_TOOL])
+    assert weights.shape == (2 * 384, len(labels)) and bias.shape == (len(labels),)
+    routing._FITTED.clear()
+    assert router.readout[2] == labels  # read from the package, no embedding needed
