@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.core import defaults
+
 if TYPE_CHECKING:
     from agent.app.routing_eval import RoutingReport
     from agent.app.tool_data import ToolDataset
@@ -31,20 +33,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "epochs": 2.0,
-    "batch_size": 8,
-    "learning_rate": 3e-4,
-    "lora_r": 16,
-    "lora_alpha": 32,
-    "lora_dropout": 0.05,
-    "lora_layers": None,
-    "warmup_ratio": 0.05,
-    "logging_steps": 5,
-    "save_steps": 50,
-    "max_length": 4096,
-}
+TRAIN_DEFAULTS: dict[str, Any] = dict(defaults.TOOL_ADAPTER_TRAINING)
 """Training settings of the recipe (any :class:`finetune.TrainConfig` field can override them)."""
+DEFAULT_ROWS = defaults.TOOL_ADAPTER_ROWS
 
 
 @dataclass
@@ -69,7 +60,7 @@ def train_tool_adapter(
     output_dir: str | Path,
     *,
     config: AppConfig | str | Path | Mapping[str, Any] | None = None,
-    count: int = 600,
+    count: int = DEFAULT_ROWS,
     seed: int = 0,
     eval_set: str | Path | None = None,
     eval_limit: int | None = None,

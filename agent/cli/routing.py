@@ -13,11 +13,7 @@ import json
 import sys
 from typing import Any
 
-from agent.core.defaults import ROUTING_MODES
-
-# The recipe's training settings (agent.app.tool_adapter.TRAIN_DEFAULTS, repeated here so that
-# building the parser imports no LangChain; a unit test keeps the two equal).
-TOOL_TRAIN_DEFAULTS: dict[str, Any] = {"epochs": 2.0, "batch_size": 8, "learning_rate": 3e-4, "lora_r": 16, "lora_alpha": 32}
+from agent.core.defaults import ROUTING_MODES, TOOL_ADAPTER_ROWS, TOOL_ADAPTER_TRAINING
 
 
 def register_eval(subparsers: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -77,7 +73,7 @@ def run_routing(args: argparse.Namespace) -> int:
 
 def register_finetune_tools(commands: Any) -> argparse.ArgumentParser:
     """Add ``tools`` to the ``finetune`` sub-commands."""
-    defaults = TOOL_TRAIN_DEFAULTS
+    defaults = TOOL_ADAPTER_TRAINING
     parser = commands.add_parser(
         "tools", help="Train a tool-use adapter from data synthesised from the enabled tools",
         description="Synthesise tool-use training data from the configured agent's tools, train a LoRA adapter "
@@ -86,7 +82,8 @@ def register_finetune_tools(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="Base model: hub id or local folder")
     parser.add_argument("--output", required=True, dest="output_dir", help="Adapter folder (data goes to OUTPUT-data)")
     parser.add_argument("--config", dest="app_config", help="llava-agent config file (tools enabled, memory, prompt)")
-    parser.add_argument("--count", type=int, default=600, help="Training rows to synthesise (default 600)")
+    parser.add_argument("--count", type=int, default=TOOL_ADAPTER_ROWS,
+                        help=f"Training rows to synthesise (default {TOOL_ADAPTER_ROWS})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=float, default=defaults["epochs"])
     parser.add_argument("--max-steps", type=int)

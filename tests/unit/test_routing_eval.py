@@ -160,13 +160,13 @@ def test_a_wrong_tool_is_not_scored_for_arguments():
 def test_cli_has_the_routing_commands_with_the_recipe_defaults():
     from agent.app.tool_adapter import TRAIN_DEFAULTS
     from agent.cli.main import build_parser
-    from agent.cli.routing import TOOL_TRAIN_DEFAULTS
+    from agent.core.defaults import TOOL_ADAPTER_ROWS
 
-    assert {k: TRAIN_DEFAULTS[k] for k in TOOL_TRAIN_DEFAULTS} == TOOL_TRAIN_DEFAULTS
     parser = build_parser()
     args = parser.parse_args(["eval", "routing", "--model", "m", "--routing", "hybrid", "--limit", "3"])
     assert (args.model, args.routing, args.limit) == ("m", "hybrid", 3)
     args = parser.parse_args(["finetune", "tools", "--model", "m", "--output", "out", "--lora-layers", "15"])
     assert (args.model, args.output_dir, args.lora_layers, args.epochs) == ("m", "out", 15, TRAIN_DEFAULTS["epochs"])
+    assert (args.count, args.learning_rate) == (TOOL_ADAPTER_ROWS, TRAIN_DEFAULTS["learning_rate"])
     with pytest.raises(SystemExit):
         parser.parse_args(["eval", "routing", "--routing", "always"])
