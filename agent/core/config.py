@@ -278,6 +278,10 @@ class AgentSection(_Section):
     routing_margin: float = Field(
         defaults.ROUTING_MARGIN, ge=0.0, le=1.0, description="Least lead of the routed tool over the other tools and over no tool (calibrated)."
     )
+    routing_no_tool_threshold: float = Field(
+        defaults.ROUTING_NO_TOOL_THRESHOLD, ge=0.0, le=1.0,
+        description="Least probability of 'no tool' for a plain answer without the model deciding (calibrated; 1.0: never).",
+    )
 
 
 def _comma_list(value: Any) -> Any:

@@ -38,6 +38,7 @@ ROUTING = "hybrid"
 hybrid beats the model alone with and without a tool-use adapter."""
 ROUTING_THRESHOLD = 0.45
 ROUTING_MARGIN = 0.10
+ROUTING_NO_TOOL_THRESHOLD = 0.45
 """Calibrated on the built-in tools with ``python bench/bench_routing.py`` (never on the held-out set)."""
 
 # -- the tool-use adapter recipe (agent.app.tool_adapter, llava-agent finetune tools) -------------

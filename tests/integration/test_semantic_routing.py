@@ -102,7 +102,17 @@ def test_hybrid_forces_a_routed_tool_and_leaves_the_rest_to_the_model(tmp_path, 
     assert model.bound[0]["tool_choice"] == "speak"  # the first call of the turn
     assert model.bound[1]["tool_choice"] in (None, "auto")  # after the tool result the model answers freely
     assert middleware.decisions[-1].tool == "speak"
+    first = len(model.bound)
+    agent.chat("What is the capital of Peru?")  # the router is sure no tool fits: a plain answer
+    assert middleware.decisions[-1].no_tool and model.bound[first]["tool_choice"] == "none"
+
+
+def test_hybrid_leaves_a_question_to_the_model_when_the_router_is_not_sure(tmp_path, router):
+    unsure = SemanticRouter(router.tools, router.embedder, cache_dir=router.cache_dir, requests=FIT_REQUESTS,
+                            no_tool_threshold=1.0)
+    agent, model, middleware = _agent(tmp_path, "hybrid", unsure, "Lima.")
     agent.chat("What is the capital of Peru?")
+    assert middleware.decisions[-1].tool is None and not middleware.decisions[-1].no_tool
     assert model.bound[-1]["tool_choice"] in (None, "auto")
 
 
@@ -137,6 +147,7 @@ def test_config_routing_builds_the_middleware(tmp_path, tools, monkeypatch):
     agent = MultimodalAgent(ScriptedChatModel(replies=["hi"]), tools, config=config)
     assert isinstance(agent.routing, SemanticRoutingMiddleware) and agent.routing.mode == "hybrid"
     assert agent.routing.router.threshold == config.agent.routing_threshold
+    assert agent.routing.router.no_tool_threshold == config.agent.routing_no_tool_threshold
     off = MultimodalAgent(ScriptedChatModel(), tools, config=load_config(
         {"data_dir": str(tmp_path), "agent": {"routing": "model"}}, environ={}))
     assert off.routing is None

@@ -45,8 +45,10 @@ def test_only_bound_tools_are_routed_to(router):
 def test_bad_settings_are_refused():
     from agent.core.errors import InputError
 
-    with pytest.raises(InputError, match="threshold and margin"):
+    with pytest.raises(InputError, match="threshold, margin and no-tool threshold"):
         SemanticRouter([], _NoEmbedder(), threshold=1.5)
+    with pytest.raises(InputError, match="no-tool threshold"):
+        SemanticRouter([], _NoEmbedder(), no_tool_threshold=-0.1)
 
 
 def test_fit_softmax_separates_labelled_directions():
