@@ -122,11 +122,11 @@ def build_smollm2_llava(output_dir: str | Path, *, gguf_file: str | Path | None 
         AutoModelForCausalLM,
         AutoTokenizer,
         CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
     )
+
+    from tests.tiny_models import tiny_llava_config
 
     output_dir = Path(output_dir)
     with tempfile.TemporaryDirectory(prefix="smollm2-gguf-") as scratch:
@@ -142,6 +142,7 @@ def build_smollm2_llava(output_dir: str | Path, *, gguf_file: str | Path | None 
     tokenizer.model_max_length = language_model.config.max_position_embeddings
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     # one more token: grow the (tied) embeddings, padded so every shape suits 4-bit kernels
+    torch.manual_seed(seed)  # the new rows (image token, padding) are drawn at random: the same ones every build
     language_model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
 
     text_config = language_model.config
@@ -151,19 +152,7 @@ def build_smollm2_llava(output_dir: str | Path, *, gguf_file: str | Path | None 
     text_config._name_or_path = ""  # the temporary folder the GGUF file was read from
     text_config.pad_token_id = tokenizer.pad_token_id
     text_config.eos_token_id = tokenizer.eos_token_id
-    vision_config = CLIPVisionConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        image_size=32, patch_size=8, projection_dim=64,
-    )
-    config = LlavaConfig(
-        vision_config=vision_config,
-        text_config=text_config,
-        image_token_index=image_token_id,
-        image_seq_length=16,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-        tie_word_embeddings=text_config.tie_word_embeddings,
-    )
+    config = tiny_llava_config(text_config, image_token_id, tie_word_embeddings=text_config.tie_word_embeddings)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
     model.model.language_model.load_state_dict(language_model.model.state_dict())
@@ -251,6 +240,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `tests` importable
     main()
 
 

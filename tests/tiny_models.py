@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 LLAVA_15_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
@@ -92,6 +93,20 @@ LLAVA_15_7B_HEADS = {
 rope, SDPA) at a tiny width (head size 8 instead of 128)."""
 
 
+def tiny_llava_config(text_config: Any, image_token_id: int, initializer_range: float = 0.02, **extra: Any) -> Any:
+    """A LLaVA config around ``text_config`` with a small random CLIP vision tower (16 image tokens)."""
+    from transformers import CLIPVisionConfig, LlavaConfig
+
+    vision_config = CLIPVisionConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+        patch_size=8, projection_dim=64, initializer_range=initializer_range,
+    )
+    return LlavaConfig(
+        vision_config=vision_config, text_config=text_config, image_token_index=image_token_id, image_seq_length=16,
+        vision_feature_select_strategy="default", vision_feature_layer=-2, **extra,
+    )
+
+
 def build_tiny_llava(
     output_dir: str | Path,
     family: str = "qwen2",
@@ -107,9 +122,7 @@ def build_tiny_llava(
     import torch
     from transformers import (
         CLIPImageProcessor,
-        CLIPVisionConfig,
         LlamaConfig,
-        LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
         PreTrainedTokenizerFast,
@@ -160,24 +173,7 @@ def build_tiny_llava(
     )
     text_kwargs.update(text_overrides or {})
     text_config = LlamaConfig(**text_kwargs) if family == "llama" else Qwen2Config(**text_kwargs)
-    vision_config = CLIPVisionConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
-        projection_dim=64,
-        initializer_range=initializer_range,
-    )
-    config = LlavaConfig(
-        vision_config=vision_config,
-        text_config=text_config,
-        image_token_index=image_token_id,
-        image_seq_length=16,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-    )
+    config = tiny_llava_config(text_config, image_token_id, initializer_range)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
