@@ -121,12 +121,10 @@ def build_smollm2_llava(output_dir: str | Path, *, gguf_file: str | Path | None 
     from transformers import (
         AutoModelForCausalLM,
         AutoTokenizer,
-        CLIPImageProcessor,
         LlavaForConditionalGeneration,
-        LlavaProcessor,
     )
 
-    from tests.tiny_models import tiny_llava_config
+    from tests.tiny_models import tiny_llava_config, tiny_llava_processor
 
     output_dir = Path(output_dir)
     with tempfile.TemporaryDirectory(prefix="smollm2-gguf-") as scratch:
@@ -163,16 +161,7 @@ def build_smollm2_llava(output_dir: str | Path, *, gguf_file: str | Path | None 
 
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir, safe_serialization=True)
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(
-            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_center_crop=True
-        ),
-        tokenizer=tokenizer,
-        patch_size=8,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=CHATML_IMAGE_TEMPLATE,
-    )
+    processor = tiny_llava_processor(tokenizer, CHATML_IMAGE_TEMPLATE)
     processor.save_pretrained(output_dir)
     info = {
         "language_model": "HuggingFaceTB/SmolLM2-135M-Instruct (real weights, dequantized from Q4_1 GGUF)",

@@ -107,6 +107,19 @@ def tiny_llava_config(text_config: Any, image_token_id: int, initializer_range: 
     )
 
 
+def tiny_llava_processor(tokenizer: Any, chat_template: str) -> Any:
+    """The processor that matches :func:`tiny_llava_config`'s vision tower (32-pixel images, 8-pixel patches)."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    return LlavaProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_center_crop=True
+        ),
+        tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=chat_template,
+    )
+
+
 def build_tiny_llava(
     output_dir: str | Path,
     family: str = "qwen2",
@@ -121,10 +134,8 @@ def build_tiny_llava(
     """
     import torch
     from transformers import (
-        CLIPImageProcessor,
         LlamaConfig,
         LlavaForConditionalGeneration,
-        LlavaProcessor,
         PreTrainedTokenizerFast,
         Qwen2Config,
     )
@@ -180,19 +191,7 @@ def build_tiny_llava(
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(output_dir, safe_serialization=True)
 
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": 32},
-        crop_size={"height": 32, "width": 32},
-        do_center_crop=True,
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=8,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=template,
-    )
+    processor = tiny_llava_processor(tokenizer, template)
     processor.save_pretrained(output_dir)
     (output_dir / "tiny_model_info.json").write_text(json.dumps({"family": family, "seed": seed}))
     return output_dir
