@@ -45,6 +45,25 @@ def tiny_llava_any(request, tiny_llava_paths) -> Path:
 
 
 @pytest.fixture(scope="session")
+def lora_adapter(tiny_llava_qwen2, tmp_path_factory) -> Path:
+    """A LoRA adapter (random, non-zero weights) on the tiny Qwen2 LLaVA's attention, saved once per session."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    base = AutoModelForImageTextToText.from_pretrained(tiny_llava_qwen2, dtype=torch.float32)
+    peft_model = get_peft_model(
+        base,
+        LoraConfig(
+            r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)", init_lora_weights=False
+        ),
+    )
+    folder = tmp_path_factory.mktemp("adapter") / "lora"
+    peft_model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def smollm2_llava() -> Path:
     """A LLaVA whose language model is the real SmolLM2-135M-Instruct (random vision tower).
 

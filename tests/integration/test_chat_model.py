@@ -429,24 +429,6 @@ def test_from_config(tiny_llava_qwen2):
 # ----- adapters ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def lora_adapter(tiny_llava_qwen2, tmp_path_factory):
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForImageTextToText
-
-    base = AutoModelForImageTextToText.from_pretrained(tiny_llava_qwen2, dtype=torch.float32)
-    peft_model = get_peft_model(
-        base,
-        LoraConfig(
-            r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)", init_lora_weights=False
-        ),
-    )
-    folder = tmp_path_factory.mktemp("adapter") / "lora"
-    peft_model.save_pretrained(folder)
-    return folder
-
-
 def test_adapter_applied_at_load(tiny_llava_qwen2, lora_adapter, llm):
     import torch
     from peft import PeftModel

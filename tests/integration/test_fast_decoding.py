@@ -245,22 +245,9 @@ def test_a_cache_the_model_ignores_stops_the_reply_instead_of_garbage(tiny_llava
         llm.invoke("Hello there.", prefix_cache=False)
 
 
-def test_prefix_cache_with_an_adapter(tiny_llava_qwen2, tmp_path_factory):
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForImageTextToText
-
-    base = AutoModelForImageTextToText.from_pretrained(tiny_llava_qwen2, dtype=torch.float32)
-    adapted = get_peft_model(
-        base,
-        LoraConfig(
-            r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)", init_lora_weights=False
-        ),
-    )
-    folder = tmp_path_factory.mktemp("adapter") / "lora"
-    adapted.save_pretrained(folder)
+def test_prefix_cache_with_an_adapter(tiny_llava_qwen2, lora_adapter):
     plain = _model(tiny_llava_qwen2)
-    with_adapter = _model(tiny_llava_qwen2, adapter=str(folder))
+    with_adapter = _model(tiny_llava_qwen2, adapter=str(lora_adapter))
     plain_replies, _ = _conversation(plain, {}, turns=1)  # fills the base model's cache
     reference, _ = _conversation(with_adapter, {"prefix_cache": False}, turns=2)
     replies, stats = _conversation(with_adapter, {"prefix_cache": True}, turns=2)
