@@ -18,7 +18,7 @@ from agent.core.defaults import CLIP_MODEL, TEXT_EMBEDDER
 from agent.core.errors import InputError, ModelLoadError, ModelNotFoundError
 from agent.core.hub_access import hub_load_kwargs
 from agent.core.model_manager import ModelManager, checkpoint_size_bytes, get_model_manager
-from agent.core.runtime import resolve_device, tool_dtype
+from agent.core.runtime import embedder_dtype, resolve_device, tool_dtype
 from agent.core.weights_policy import weight_kwargs
 
 if TYPE_CHECKING:
@@ -242,7 +242,8 @@ class TextEmbedder:
         try:
 
             return SentenceTransformer(
-                self.source, device=self.device, model_kwargs=weight_kwargs(self.allow_pickle_weights)
+                self.source, device=self.device,
+                model_kwargs={"dtype": embedder_dtype(self.device), **weight_kwargs(self.allow_pickle_weights)},
             )
         except OSError as exc:
             raise ModelNotFoundError(

@@ -187,3 +187,25 @@ def test_the_writer_lock_is_held_only_while_writing(config, embedder):
     assert other.returncode == 0 and other.stdout.strip() == "wrote", other.stderr
     store.forget(memory_id_for("I collect stamps."))
     assert store.count() == 0 and config.chroma_dir.resolve() not in _held_locks
+
+
+
+def loaded_dtype(embedder: TextEmbedder):
+    with embedder.manager.use(embedder.key, embedder._load, device=embedder.device) as model:
+        return next(model.parameters()).dtype
+
+
+def test_the_embedder_runs_in_the_native_dtype_and_matches_full_precision(embedder, monkeypatch):
+    import numpy as np
+    import torch
+
+    from agent.core import runtime
+    from agent.core.model_manager import ModelManager
+
+    texts = ["What is the name of my pet?", "draw a lighthouse at dusk", "read this aloud: dinner is ready"]
+    assert loaded_dtype(embedder) == runtime.embedder_dtype("cpu")
+    monkeypatch.setattr(runtime, "native_dtype", lambda device: "float32")  # a CPU without native bf16
+    full = TextEmbedder(DEFAULT_TEXT_EMBEDDER, device="cpu", manager=ModelManager())
+    assert loaded_dtype(full) == torch.float32
+    cosines = np.sum(full.embed(texts) * embedder.embed(texts), axis=1)
+    assert cosines.min() > 0.999, cosines
