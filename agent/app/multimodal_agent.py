@@ -43,6 +43,7 @@ from agent.app.events import (
     ToolResultEvent,
     TurnCollector,
 )
+from agent.app.grounding import ArgumentGroundingMiddleware
 from agent.app.routing import routing_middleware
 from agent.app.system_prompt import build_system_prompt
 from agent.app.tool_limits import ToolLimitsMiddleware
@@ -251,6 +252,8 @@ class MultimodalAgent:
         self.routing = routing_middleware(self.config, self.tools, memory.embedder if memory is not None else None)
         if self.routing is not None:  # inside a forced tool_choice, which it leaves alone
             stack.append(self.routing)
+        if self.config.agent.ground_arguments:  # inside routing: repeated calls are compared once grounded
+            stack.append(ArgumentGroundingMiddleware(self.tools))
         stack.extend(middleware)
         self.graph = create_agent(
             model,

@@ -282,6 +282,11 @@ class AgentSection(_Section):
         defaults.ROUTING_NO_TOOL_THRESHOLD, ge=0.0, le=1.0,
         description="Least probability of 'no tool' for a plain answer without the model deciding (calibrated; 1.0: never).",
     )
+    ground_arguments: bool = Field(
+        True,
+        description="Snap arguments a tool's examples copy from the request (a path, the words to speak) to the "
+        "user's words when the model copied them nearly right. See agent.app.grounding.",
+    )
 
 
 def _comma_list(value: Any) -> Any:

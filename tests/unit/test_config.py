@@ -81,7 +81,7 @@ def test_unknown_settings_list_the_known_ones(tmp_path):
     path = write(tmp_path, "[agent]\nrecursion = 3\n")
     with pytest.raises(ConfigError) as excinfo:
         load_config(path, environ={})
-    assert "agent.recursion: unknown setting; known settings here are long_term_memory, recursion_limit" in str(
+    assert "agent.recursion: unknown setting; known settings here are ground_arguments, long_term_memory, recursion_limit" in str(
         excinfo.value
     )
 
