@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.app.routing import NO_TOOL, SemanticRouter, fit_softmax, request_text, split_lexicons
+from agent.app.routing import (
+    NO_TOOL,
+    SemanticRouter,
+    fit_softmax,
+    lexical_features,
+    request_text,
+    split_examples,
+    split_lexicons,
+)
 from agent.app.tool_data import default_lexicons
 
 
@@ -74,6 +82,31 @@ def test_split_lexicons_share_no_values():
     assert first["prefix"] == second["prefix"]  # phrasing material is shared, values are not
 
 
+def test_split_examples_share_no_phrasing_and_leave_the_tools_alone(tmp_path):
+    from agent.app.routing_eval import agent_tools
+    from agent.core.config import load_config
+    from tools.examples import tool_examples
+
+    tools = agent_tools(load_config({"data_dir": str(tmp_path)}, environ={}))
+    first, second = split_examples(tools)
+    for tool, a, b in zip(tools, first, second, strict=True):
+        assert a.name == b.name == tool.name
+        ra, rb = {e.request for e in tool_examples(a)}, {e.request for e in tool_examples(b)}
+        assert ra and rb and not ra & rb and ra | rb == {e.request for e in tool_examples(tool)}
+    assert [len(tool_examples(t)) for t in tools] == [len(tool_examples(t)) for t in agent_tools(
+        load_config({"data_dir": str(tmp_path)}, environ={}))]  # the agent's own tools keep all theirs
+
+
+def test_lexical_features_count_words_and_pairs_stably():
+    rows = lexical_features(["Read this aloud", "read THIS aloud!", "draw a cat"])
+    assert rows.shape == (3, 1024) and rows.dtype == np.float32
+    assert np.allclose(rows[0], rows[1])  # case and punctuation do not matter
+    assert np.isclose(np.linalg.norm(rows[0]), 1.0)
+    assert np.count_nonzero(rows[0]) == 5  # read, this, aloud, "read this", "this aloud" (no collision here)
+    assert float(rows[0] @ rows[2]) == 0.0
+    assert np.allclose(lexical_features(["x"], weight=2.0), 2 * lexical_features(["x"]))
+
+
 def test_the_built_in_tools_ship_their_fitted_readout(tmp_path):
     # A default agent routes from its first turn: the read-out for the built-in tools ships with
     # the package. Changing a tool's description or examples, or the lexicons, changes the
@@ -90,6 +123,6 @@ def test_the_built_in_tools_ship_their_fitted_readout(tmp_path):
     assert shipped == [f"router-{router.fingerprint()}.npz"], "refit: python bench/bench_routing.py --package"
     weights, bias, labels = routing.load_readout(routing.PACKAGED_READOUTS / shipped[0])
     assert labels == sorted([t.name for t in router.tools] + [NO_TOOL])
-    assert weights.shape == (2 * 384, len(labels)) and bias.shape == (len(labels),)
+    assert weights.shape == (2 * 384 + routing.LEXICAL_DIMS, len(labels)) and bias.shape == (len(labels),)
     routing._FITTED.clear()
     assert router.readout[2] == labels  # read from the package, no embedding needed
