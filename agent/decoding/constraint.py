@@ -24,7 +24,9 @@ valid calls. ``<tool_call>`` anywhere else (quoting a file name mid-sentence, in
 block) is ordinary text and starts nothing.
 
 **End.** EOS is allowed only in final states, i.e. right after a ``</tool_call>``; there the
-grammar also allows ``\\n<tool_call>`` for another call. (The index holds one copy of ``CALL``:
+grammar also allows ``\\n<tool_call>`` for another call -- unless the call just closed repeats an
+earlier call of the reply byte for byte: then EOS is the only token left (a small model forced
+into a call otherwise writes the same call again until its budget ends). (The index holds one copy of ``CALL``:
 from a final state, tokens starting with ``\\n`` continue from the start state -- half the
 states of indexing ``CALL (\\n CALL)*`` literally, hence half the build time.)
 
@@ -56,7 +58,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -190,6 +192,7 @@ class ToolCallConstraint:
         tool_names: list[str],
         *,
         free_start: bool,
+        calls: bool = True,
     ) -> None:
         import numpy as np
 
@@ -198,6 +201,7 @@ class ToolCallConstraint:
         self.tool_choice = tool_choice
         self.tool_names = tool_names
         self.free_start = free_start
+        self.calls = calls  # tool calls (a repeated call ends the reply), not one structured-output value
         self.opener_moves: list[tuple[np.ndarray, np.ndarray, dict[int, int]]] = []
         if free_start:
             for moves in _opener_moves(automaton, vocabulary):
@@ -308,7 +312,7 @@ def _cached_json_constraint(
     regex = json_schema_regex(schema, max_string_length=max_string_length, where="the output schema")
     automaton = indexed_automaton(regex, vocabulary)
     title = schema.get("title", "output")
-    return ToolCallConstraint(vocabulary, automaton, "any", [str(title)], free_start=False)
+    return ToolCallConstraint(vocabulary, automaton, "any", [str(title)], free_start=False, calls=False)
 
 
 @dataclass
@@ -324,6 +328,20 @@ class _Row:
     fenced: bool = False  # inside a ``` fenced code block
     partial: int = _BLANK  # where free text stands (an index into the opener tables)
     done: bool = False
+    call: bytes = b""  # the bytes of the call being written (from its opener)
+    calls: set[bytes] = field(default_factory=set)  # the calls written so far, byte for byte
+    repeated: bool = False  # the last call written repeats an earlier one: the reply ends here
+
+    def note_call_end(self) -> None:
+        """A call just closed: remember what it says, and whether an earlier call said the same."""
+        start = self.call.find(_OPENER)
+        if start >= 0:
+            written = self.call[start + len(_OPENER) :]
+        else:  # opened from free text: the token that finished the opener starts the bytes kept
+            written = self.call[self.call.find(b">") + 1 :]
+        self.call = b""
+        self.repeated = written in self.calls
+        self.calls.add(written)
 
     def feed(self, data: bytes) -> None:
         """Follow free text: lines, fences, and how much of an opener the current line holds."""
@@ -434,6 +452,9 @@ class _ToolCallLogitsProcessorLogic:
             return None
         automaton = self.constraint.automaton
         state = row.state
+        eos = np.asarray(self.constraint.vocabulary.eos_token_ids, dtype=np.int64)
+        if row.repeated and state in automaton.finals:
+            return np.sort(eos[eos < vocab_size])
         tokens = automaton.tokens[state]
         if automaton.max_next_dist[state] > remaining - 1:  # tight budget: as _mask does
             next_dist = automaton.next_dist[state]
@@ -442,7 +463,7 @@ class _ToolCallLogitsProcessorLogic:
                 fits = next_dist == next_dist.min()
             tokens = tokens[fits]
         if state in automaton.finals:
-            tokens = np.concatenate([tokens, np.asarray(self.constraint.vocabulary.eos_token_ids, dtype=np.int64)])
+            tokens = np.concatenate([tokens, eos])
         tokens = tokens[tokens < vocab_size]
         return np.sort(tokens)
 
@@ -453,6 +474,8 @@ class _ToolCallLogitsProcessorLogic:
         if row.mode != "tool_call" or row.done:
             return []
         constraint = self.constraint
+        if row.repeated and row.state in constraint.automaton.finals:
+            return [constraint.vocabulary.eos_token_ids[0]]  # a repeated call ends the reply
         return forced_tokens(constraint.automaton, row.state, constraint.vocabulary, remaining, spell)
 
     def _advance(self, row: _Row, token_id: int) -> None:
@@ -462,6 +485,7 @@ class _ToolCallLogitsProcessorLogic:
         if token_id in constraint.vocabulary.eos_token_ids:
             row.done = True
             return
+        data = constraint.vocabulary.token_bytes[token_id] if token_id < constraint.vocabulary.size else b""
         if row.mode == "tool_call":
             state = constraint.automaton.next_state(row.state, token_id)
             if state is None:
@@ -470,14 +494,17 @@ class _ToolCallLogitsProcessorLogic:
                     "processor or warper must not run after the tool-call constraint"
                 )
             row.state = state
+            if constraint.calls:
+                row.call += data
+                if state in constraint.automaton.finals:
+                    row.note_call_end()
             return
         moves = constraint.opener_moves[row.partial][2]
         if token_id in moves:
             if moves[token_id] < 0:
                 raise RuntimeError(f"token {token_id} opens an invalid tool call; it should have been masked")
-            row.mode, row.state = "tool_call", moves[token_id]
+            row.mode, row.state, row.call = "tool_call", moves[token_id], data
             return
-        data = constraint.vocabulary.token_bytes[token_id] if token_id < constraint.vocabulary.size else b""
         if row.mode == "undecided":
             row.head += data
             if not _OPENER.startswith(row.head.lstrip()):
@@ -498,6 +525,9 @@ class _ToolCallLogitsProcessorLogic:
                 logits[torch.from_numpy(blocked).to(logits.device)] = -float("inf")
             return
         state = row.state
+        if row.repeated and state in automaton.finals:  # a repeated call ends the reply
+            logits.add_(bias_from_allowed([i for i in eos if i < logits.shape[-1]], logits))
+            return
         if automaton.max_next_dist[state] <= remaining - 1:
             logits.add_(automaton.bias(state, logits, eos))
             return

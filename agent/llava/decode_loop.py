@@ -489,7 +489,7 @@ def decode(
                             stats.forced_tokens += len(more)
                             emit_tokens(more)
                             chosen = chosen + more
-                            if generated >= max_new_tokens or should_stop():
+                            if more[-1] in eos_ids or generated >= max_new_tokens or should_stop():
                                 break
                     step = torch.tensor([chosen], dtype=torch.long, device=device)
                     if graphs is not None and len(chosen) == 1:

@@ -131,6 +131,70 @@ class _Steer:
         return scores
 
 
+_SPEAK = {"name": "speak", "args": {"text": "dinner is ready"}}
+_CAPTION = {"name": "caption_image", "args": {"image": "cat.png", "detail": "short"}}
+
+
+def _call_ids(tokenizer, call: dict, first: bool) -> list[int]:
+    """The tokens of one call (after a newline unless first), ending at its </tool_call>."""
+    return tokenizer.encode(("" if first else "\n") + format_tool_calls([call]), add_special_tokens=False)
+
+
+def _steered_ids(tokenizer, calls: list[dict]) -> list[int]:
+    """The tokens of these calls one after another."""
+    return [token for index, call in enumerate(calls) for token in _call_ids(tokenizer, call, index == 0)]
+
+
+@pytest.mark.parametrize(
+    ("steered", "written"),
+    [
+        ([_SPEAK, _SPEAK, _SPEAK], [_SPEAK, _SPEAK]),  # the repeat ends the reply
+        ([_SPEAK, _CAPTION, _SPEAK, _SPEAK], [_SPEAK, _CAPTION, _SPEAK]),  # a repeat after another call too
+    ],
+)
+def test_a_call_repeated_byte_for_byte_ends_the_reply(loaded, steered, written):
+    """A model pushed to write the same call again and again stops after the first repeat (EOS only)."""
+    processor = loaded[0]
+    constraint = ToolCallConstraint.build(processor.tokenizer, SCHEMAS, "any")
+    ids = _steered_ids(processor.tokenizer, steered)
+    for choice_constraint in (constraint, ToolCallConstraint.build(processor.tokenizer, SCHEMAS, "auto")):
+        (text,) = _generate(
+            loaded, [_Steer(ids, 1), choice_constraint.logits_processor(200)], 200, seed=0, rows=1
+        )
+        assert text == format_tool_calls(written)
+
+
+def test_different_calls_may_follow_each_other(loaded):
+    processor = loaded[0]
+    constraint = ToolCallConstraint.build(processor.tokenizer, SCHEMAS, "any")
+    ids = _steered_ids(processor.tokenizer, [_SPEAK, _CAPTION, dict(_SPEAK, args={"text": "dinner is late"})])
+    eos = constraint.vocabulary.eos_token_ids
+    (text,) = _generate(
+        loaded, [_Steer(ids + [eos[0]], 1), constraint.logits_processor(200)], 200, seed=0, rows=1
+    )
+    assert len(parse_tool_calls(text)[1]) == 3
+
+
+def test_the_decode_loop_api_forces_the_end_after_a_repeated_call(loaded):
+    """The decode loop's side: forced_run jumps to EOS, allowed_ids and apply leave only EOS."""
+    import torch
+
+    tokenizer = loaded[0].tokenizer
+    constraint = ToolCallConstraint.build(tokenizer, SCHEMAS, "any")
+    eos = sorted(constraint.vocabulary.eos_token_ids)
+    processor = constraint.logits_processor(300)
+    processor.begin()
+    for index, call in enumerate([_SPEAK, _CAPTION]):  # two different calls: another may follow
+        processor.accept(_call_ids(tokenizer, call, first=index == 0))
+        assert processor.forced_run(200) == []
+        assert len(processor.allowed_ids(200, len(tokenizer))) > len(eos)
+    processor.accept(_call_ids(tokenizer, _SPEAK, first=False))
+    assert processor.forced_run(200) == eos[:1]
+    assert processor.allowed_ids(200, len(tokenizer)).tolist() == eos
+    scores = processor.apply(torch.zeros((1, len(tokenizer))), 200)
+    assert torch.isfinite(scores[0]).nonzero().flatten().tolist() == eos
+
+
 def test_auto_replies_are_text_or_valid_calls(loaded):
     """Free text stays free; a reply that opens <tool_call> (at its start or after text) is finished validly."""
     processor = loaded[0]
