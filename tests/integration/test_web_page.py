@@ -127,7 +127,12 @@ def servers(tmp_path_factory, tiny_llava_qwen2):
     hostile_thread = _seed_hostile_thread(local, hit)
     keyed = _config(root / "keyed", tiny_llava_qwen2, 'enabled = ["speak"]\nspeak_voices = ["en", "fr"]',
                     'tool_choice = "speak"', 96)  # fmt: skip
-    plain = _config(root / "plain", tiny_llava_qwen2, "enabled = []", "", 1200)  # no tools: a long free reply
+    # no tools, and a copy of the model that never ends by itself: the reply runs its 1200 tokens
+    # (the random model would end it early for some prompts), so Stop always has a reply to stop
+    endless = root / "endless-model"
+    shutil.copytree(tiny_llava_qwen2, endless)
+    (endless / "generation_config.json").write_text('{"eos_token_id": null}\n')
+    plain = _config(root / "plain", endless, "enabled = []", "", 1200)
     ports = free_port(), free_port(), free_port()
     logs = root / "local.log", root / "keyed.log", root / "plain.log"
     processes = [start_server(local, ports[0], logs[0]), start_server(keyed, ports[1], logs[1], "--api-key", KEY),
