@@ -65,6 +65,12 @@ class ToolExample:
     def request_slots(self) -> list[str]:
         return _SLOT.findall(self.request)
 
+    def copied_slot(self, argument: str) -> str | None:
+        """The slot ``argument`` is copied from verbatim (its value is exactly ``{slot}``), else None."""
+        value = self.arguments.get(argument)
+        match = _SLOT.fullmatch(value) if isinstance(value, str) else None
+        return match.group(1) if match else None
+
     @property
     def attaches_image(self) -> bool:
         return any(isinstance(v, str) and f"{{{ATTACHED_SLOT}}}" in v for v in self.arguments.values())

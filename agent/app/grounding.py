@@ -59,7 +59,6 @@ LENGTH_RATIO = 0.75
 MAX_MESSAGE_WORDS = 400
 """Longer messages are not searched (a copy from a long text is left as written)."""
 
-_SLOT_ONLY = re.compile(r"^\{([a-z_][a-z0-9_]*)\}$")
 _OPENING = "\"'`“”‘’«»([{<"
 _OUTER = _OPENING + ")]}>,.;:!?"
 """Stripped from the end of a word; only quotes and opening brackets from its start (``./a.png``)."""
@@ -76,9 +75,8 @@ def copied_arguments(tool: BaseTool) -> frozenset[str]:
     properties = _string_properties(tool)
     copied: dict[str, bool] = {}
     for example in examples:
-        for name, value in example.arguments.items():
-            is_copy = isinstance(value, str) and _SLOT_ONLY.match(value) is not None
-            copied[name] = copied.get(name, True) and is_copy
+        for name in example.arguments:
+            copied[name] = copied.get(name, True) and example.copied_slot(name) is not None
     return frozenset(name for name, ok in copied.items() if ok and name in properties)
 
 
