@@ -17,7 +17,7 @@ Configurations:
 * ``generate``: ``decoder="transformers"`` (plain ``model.generate``: nothing of 1-3);
 * ``all``: the defaults (1 prefix cache, 2 jump-forward + few-row logits, 3 static KV + int8 head on CPU);
 * ``-1 prefix``: all but the prefix cache (each call prefills its whole prompt: a cold prefill);
-* ``-2 jump``: all but jump-forward and few-row logits (a call decoded one token at a time);
+* ``-2 jump``: all but jump-forward, few-row logits and prompt lookup (a call decoded one token at a time);
 * ``-3 steps``: all but the CPU decode changes (dynamic KV cache, the model's bf16 head, bf16 SDPA).
 
 Per turn and configuration: TTFT of the first call, time to a complete validated tool call,
@@ -55,7 +55,7 @@ CONFIGS: dict[str, dict] = {
     "generate": {"decoder": "transformers"},
     "all": {},
     "-1 prefix": {"prefix_cache": False},
-    "-2 jump": {"jump_forward": False, "few_row_logits": False},
+    "-2 jump": {"jump_forward": False, "few_row_logits": False, "prompt_lookup": "off"},
     "-3 steps": {"kv_cache": "dynamic", "lm_head": "model", "fast_attention": False},
 }
 USER_TURNS = [

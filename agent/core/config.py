@@ -73,6 +73,7 @@ NoRepeatNgramSize = Annotated[
 Decoder = Literal["auto", "transformers"]
 KVCacheMode = Literal["auto", "static", "dynamic"]
 HeadPrecision = Literal["auto", "model", "int8"]
+PromptLookupMode = Literal["off", "calls", "always"]
 PrefixCacheEntries = Annotated[
     int, Field(ge=0, description="Prompt prefixes kept for reuse per model (least recently used dropped; 0: none).")
 ]
@@ -127,6 +128,10 @@ class ModelSection(_Section):
     lm_head: HeadPrecision = Field("auto", description="auto: an int8 copy of the head on CPU, the model's own elsewhere.")
     fast_attention: bool = Field(True, description="On CPU, decode attention as grouped float32 matmuls, not bf16 SDPA.")
     cuda_graphs: bool = Field(True, description="Replay single-token decode steps as CUDA graphs on CUDA.")
+    prompt_lookup: PromptLookupMode = Field(
+        defaults.PROMPT_LOOKUP,
+        description="Draft what a reply copies from the prompt and check it in one pass: in tool calls, always, off.",
+    )
     allow_pickle_weights: bool = Field(
         False, description="Load a LoRA adapter stored as .bin (a pickle file can run code); safetensors only when off."
     )

@@ -53,6 +53,8 @@ PREFIX_CACHE_ENTRIES = 4
 """Prompt prefixes the chat model keeps for reuse (a thread keeps one; a few threads interleave)."""
 PREFIX_CACHE_MIB = 1024
 """Most MiB of cached keys/values (a 0.5B Qwen2 model: 12 KiB a token; llava-1.5-7b: 512 KiB)."""
+PROMPT_LOOKUP = "calls"
+"""Where the decode loop drafts copied text (README, "Fast agent turns": measured per mode)."""
 
 # -- inputs ------------------------------------------------------------------------------------
 MAX_IMAGE_PIXELS = 50_000_000

@@ -467,6 +467,22 @@ class _ToolCallLogitsProcessorLogic:
         tokens = tokens[tokens < vocab_size]
         return np.sort(tokens)
 
+    def valid_prefix(self, token_ids: list[int]) -> int:
+        """How many of ``token_ids``, in a row from here, the grammar of a call allows (all, outside a call)."""
+        assert self._rows is not None, "call begin() first"
+        row = self._rows[0]
+        if row.mode != "tool_call" or row.done:
+            return len(token_ids)
+        automaton = self.constraint.automaton
+        state = row.state
+        for count, token_id in enumerate(token_ids):
+            if token_id in self.constraint.vocabulary.eos_token_ids:
+                return count + 1 if state in automaton.finals and not row.repeated else count
+            state = automaton.next_state(state, int(token_id))
+            if state is None:
+                return count
+        return len(token_ids)
+
     def forced_run(self, remaining: int, spell: Spell | None = None) -> list[int]:
         """Tokens the grammar alone decides from here (see :mod:`agent.decoding.jump_forward`); [] if none."""
         assert self._rows is not None, "call begin() first"

@@ -40,6 +40,7 @@ from agent.core.config import (
     NoRepeatNgramSize,
     PrefixCacheEntries,
     PrefixCacheMiB,
+    PromptLookupMode,
     Quantization,
     RepetitionPenalty,
     Temperature,
@@ -161,6 +162,11 @@ class ChatLlava(BaseChatModel):
         description="On CPU, decode steps compute attention as grouped float32 matmuls instead of bf16 SDPA.",
     )
     cuda_graphs: bool = Field(default=True, description="Replay single-token steps as CUDA graphs on CUDA.")
+    prompt_lookup: PromptLookupMode = Field(
+        default=defaults.PROMPT_LOOKUP,
+        description="Draft the bytes a reply copies from the prompt (a path, the words to speak) and keep "
+        "what the model agrees with, several tokens per pass: calls (inside tool calls), always, off.",
+    )
     allow_pickle_weights: bool = Field(
         default=False, description="Load a LoRA adapter stored as .bin (pickle files can run code)."
     )
@@ -539,6 +545,7 @@ _DECODE_FIELDS = (
     "lm_head",
     "fast_attention",
     "cuda_graphs",
+    "prompt_lookup",
 )
 
 

@@ -14,7 +14,12 @@ with three differences, each behind a switch of :class:`DecodeSettings`:
    appended in one pass with the token before it (:mod:`agent.decoding.jump_forward`); and
    (``few_row_logits``) where the constraint allows few tokens, only their rows of the head are
    computed (:meth:`agent.llava.output_head.OutputHead.rows`) -- exact: the other logits are
-   the ones the mask sets to ``-inf``.
+   the ones the mask sets to ``-inf``. And (``prompt_lookup``) where the reply is copying text
+   that appears earlier (a path, the words to speak), the rest of it is drafted
+   (:mod:`agent.decoding.prompt_lookup`) and fed after the picked token in the same pass; the
+   longest run of the draft the model agrees with is kept (:meth:`Sampler.judge`), the keys and
+   values of the rest are cut from the cache, and the token decided where the draft went wrong
+   is fed with the next pass.
 3. **cheaper steps** (``kv_cache``, ``lm_head``, ``fast_attention``): keys and values are
    written in place into preallocated buffers instead of concatenated (:mod:`agent.llava.kv_cache`),
    the head may be an int8 copy (:mod:`agent.llava.output_head`), and on CPU decode steps
@@ -41,8 +46,10 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, get_args
 
-from agent.core.config import HeadPrecision, KVCacheMode
+from agent.core import defaults
+from agent.core.config import HeadPrecision, KVCacheMode, PromptLookupMode
 from agent.core.errors import InputError
+from agent.decoding.prompt_lookup import PromptLookup
 from agent.llava import decode_attention
 from agent.llava.cuda_graphs import graph_decoder
 from agent.llava.kv_cache import CACHE_KEYWORDS, KVBuffers, cache_arguments, cache_keyword
@@ -55,9 +62,9 @@ from agent.llava.prefix_cache import (
     image_spans,
     reusable_length,
 )
+from agent.llava.sampling import Sampler, _History, _judge, _pick, config_processors
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
 
     from agent.llava.loading import LoadedModel
 
@@ -65,8 +72,8 @@ logger = logging.getLogger(__name__)
 
 KV_CACHE_MODES = get_args(KVCacheMode)
 HEAD_MODES = get_args(HeadPrecision)
-FEW_ROWS = 8192
-"""At most this many allowed tokens: compute only their rows of the head."""
+PROMPT_LOOKUP_MODES = get_args(PromptLookupMode)
+
 
 # generation-config settings this loop does not implement, with the value that means "off"
 _UNSUPPORTED_GENERATION = {
@@ -108,10 +115,15 @@ class DecodeSettings:
     lm_head: str = "auto"
     fast_attention: bool = True
     cuda_graphs: bool = True
+    prompt_lookup: str = defaults.PROMPT_LOOKUP
 
     def __post_init__(self) -> None:
         if self.kv_cache not in KV_CACHE_MODES:
             raise InputError(f"kv_cache must be one of {KV_CACHE_MODES}, got {self.kv_cache!r}")
+        if self.prompt_lookup not in PROMPT_LOOKUP_MODES:
+            raise InputError(
+                f"prompt_lookup must be one of {PROMPT_LOOKUP_MODES}, got {self.prompt_lookup!r}"
+            )
         if self.lm_head not in HEAD_MODES:
             raise InputError(f"lm_head must be one of {HEAD_MODES}, got {self.lm_head!r}")
         if self.prefix_cache_entries < 0 or self.prefix_cache_mib < 0:
@@ -139,6 +151,10 @@ class DecodeStats:
     few_row_steps: int = 0
     """Steps whose logits were computed for the allowed rows only."""
     graph_steps: int = 0
+    drafted_tokens: int = 0
+    """Tokens proposed by prompt lookup and checked in the pass after the token before them."""
+    accepted_tokens: int = 0
+    """Drafted tokens kept (each one a pass saved)."""
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -155,6 +171,8 @@ class DecodeStats:
             "forced_tokens": self.forced_tokens,
             "few_row_steps": self.few_row_steps,
             "graph_steps": self.graph_steps,
+            "drafted_tokens": self.drafted_tokens,
+            "accepted_tokens": self.accepted_tokens,
             "seconds": round(self.seconds, 4),
         }
 
@@ -270,36 +288,6 @@ def output_head(loaded: LoadedModel, mode: str) -> OutputHead:
 
 
 # --- sampling -------------------------------------------------------------------------------
-
-
-class Sampler:
-    """Pick a token from a row of (already masked) logits the way ``generate`` does."""
-
-    def __init__(self, temperature: float, top_p: float, top_k: int | None) -> None:
-        self.greedy = temperature <= 0
-        self.temperature = temperature
-        self.top_p = top_p
-        self.top_k = top_k or 0
-
-    def pick(self, logits: torch.Tensor) -> int:
-        """Index into the last dimension of a (1, n) float32 tensor."""
-        import torch
-
-        if self.greedy:
-            return int(torch.argmax(logits, dim=-1)[0])
-        scores = logits / self.temperature if self.temperature != 1.0 else logits
-        if self.top_k:
-            k = min(self.top_k, scores.shape[-1])
-            threshold = torch.topk(scores, k)[0][..., -1, None]
-            scores = scores.masked_fill(scores < threshold, -float("inf"))
-        if self.top_p < 1.0:
-            ordered, indices = torch.sort(scores, descending=False)
-            cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
-            remove = cumulative <= (1 - self.top_p)
-            remove[..., -1:] = False
-            scores = scores.masked_fill(remove.scatter(1, indices, remove), -float("inf"))
-        probabilities = torch.softmax(scores, dim=-1)
-        return int(torch.multinomial(probabilities, num_samples=1)[0, 0])
 
 
 def token_speller(tokenizer: Any) -> Callable[[bytes], list[int] | None]:
@@ -442,10 +430,12 @@ def decode(
         if processor is not None:
             processor.begin()
         jump = settings.jump_forward and processor is not None and hasattr(processor, "forced_run")
-        spell = token_speller(loaded.tokenizer) if jump else None
+        spell = token_speller(loaded.tokenizer) if jump or settings.prompt_lookup != "off" else None
+        lookup = _prompt_lookup(loaded, settings.prompt_lookup, processor, tokens, spell)
         fed: list[int] = []
         generated = 0
         stored = False
+        carried: list[int] = []  # a token decided while checking a draft, written but not yet fed
 
         def emit_tokens(new: list[int]) -> None:
             nonlocal generated
@@ -457,52 +447,98 @@ def decode(
                 history.extend(new)
             if processor is not None:
                 processor.accept(new)
+            if lookup is not None:
+                lookup.extend(new)
+
+        def finished(last: int) -> bool:
+            return last in eos_ids or generated >= max_new_tokens or should_stop()
 
         try:
             with torch.inference_mode():
                 while True:
-                    remaining = max_new_tokens - generated
-                    forced = processor.forced_run(remaining, spell) if jump else []
-                    if forced:
-                        stats.forced_tokens += len(forced)
-                        chosen = forced
+                    picked = True  # the first token of this step was chosen by the model, not forced
+                    if carried:  # decided, and written, while the last draft was checked
+                        chosen, carried = carried, []
                     else:
-                        chosen = [
-                            _pick(
-                                hidden,
-                                head,
-                                processor,
-                                sampler,
-                                remaining,
-                                stats,
-                                settings.few_row_logits,
-                                processors,
-                                history,
-                            )
-                        ]
-                    emit_tokens(chosen)
-                    if chosen[-1] in eos_ids or generated >= max_new_tokens or should_stop():
-                        break
-                    if jump and not forced:  # a stretch forced right after the pick rides in the same pass
+                        remaining = max_new_tokens - generated
+                        forced = processor.forced_run(remaining, spell) if jump else []
+                        if forced:
+                            stats.forced_tokens += len(forced)
+                            chosen, picked = forced, False
+                        else:
+                            chosen = [
+                                _pick(
+                                    hidden,
+                                    head,
+                                    processor,
+                                    sampler,
+                                    remaining,
+                                    stats,
+                                    settings.few_row_logits,
+                                    processors,
+                                    history,
+                                )
+                            ]
+                        emit_tokens(chosen)
+                        if finished(chosen[-1]):
+                            break
+                    if jump and picked:  # a stretch forced right after the pick rides in the same pass
                         more = processor.forced_run(max_new_tokens - generated, spell)
                         if more:
                             stats.forced_tokens += len(more)
                             emit_tokens(more)
                             chosen = chosen + more
-                            if more[-1] in eos_ids or generated >= max_new_tokens or should_stop():
+                            if finished(more[-1]):
                                 break
-                    step = torch.tensor([chosen], dtype=torch.long, device=device)
-                    if graphs is not None and len(chosen) == 1:
+                    draft = _draft(lookup, settings.prompt_lookup, processor, max_new_tokens - generated)
+                    step = torch.tensor([chosen + draft], dtype=torch.long, device=device)
+                    if graphs is not None and len(chosen) == 1 and not draft:
                         hidden = graphs.step(kv, step)
                         stats.graph_steps += 1
                     else:
                         output = parts.language_model(
                             input_ids=step, **cache_arguments(parts.language_model, kv.cache), use_cache=True
                         )
-                        hidden = output.last_hidden_state[:, -1]
+                        states = output.last_hidden_state[0]
+                        hidden = states[-1:]
                         del output
                     fed.extend(chosen)
                     stats.forward_passes += 1
+                    if not draft:
+                        continue
+                    # -- keep the longest run of the draft the model would have written itself ----------
+                    stats.drafted_tokens += len(draft)
+                    kept, stop = 0, False
+                    for index, token in enumerate(draft):
+                        # the logits before this drafted token, computed only when the ones before it were kept
+                        position = len(chosen) - 1 + index
+                        instead = _judge(
+                            states[position : position + 1],
+                            head,
+                            processor,
+                            sampler,
+                            token,
+                            max_new_tokens - generated,
+                            stats,
+                            settings.few_row_logits,
+                            processors,
+                            history,
+                        )
+                        written = token if instead is None else instead
+                        emit_tokens([written])
+                        if instead is None:
+                            kept += 1
+                        else:
+                            carried = [instead]
+                        stop = finished(written)
+                        if stop or instead is not None:
+                            break
+                    fed.extend(draft[:kept])
+                    stats.accepted_tokens += kept
+                    kv.truncate(prompt_length + len(fed))  # forget the keys and values of what was not kept
+                    if stop:
+                        break
+                    hidden = states[len(chosen) - 1 + kept : len(chosen) + kept]
             stored = True
         finally:
             stats.generated_tokens = generated
@@ -521,72 +557,34 @@ def decode(
         return stats
 
 
-def config_processors(generation_config: Any) -> list[Any]:
-    """The logits processors ``generate`` builds from the generation config that this loop runs too."""
-    penalty = getattr(generation_config, "repetition_penalty", None)
-    if penalty is None or float(penalty) == 1.0:
+def _prompt_lookup(
+    loaded: LoadedModel, mode: str, processor: Any, prompt: Any, spell: Any
+) -> PromptLookup | None:
+    """The drafter of this reply, or None when prompt lookup is off or cannot apply."""
+    if mode == "off" or spell is None:
+        return None
+    if processor is not None and hasattr(processor, "constraint"):
+        vocabulary = processor.constraint.vocabulary
+    elif mode == "always":
+        from agent.decoding.token_index import token_vocabulary
+
+        try:
+            vocabulary = token_vocabulary(loaded.tokenizer)
+        except InputError:  # a tokenizer without EOS: no byte table, no drafts
+            return None
+    else:
+        return None
+    return PromptLookup(vocabulary.token_bytes, prompt.tolist(), spell)
+
+
+def _draft(lookup: PromptLookup | None, mode: str, processor: Any, remaining: int) -> list[int]:
+    """Tokens to check in the next pass: a draft where prompt lookup applies, else none."""
+    if lookup is None or remaining <= 0:
         return []
-    from transformers import RepetitionPenaltyLogitsProcessor
-
-    return [RepetitionPenaltyLogitsProcessor(penalty=float(penalty))]
-
-
-class _History:
-    """The prompt and the tokens so far as one (1, n) tensor, for logits processors."""
-
-    def __init__(self, prompt: Any, max_new_tokens: int, device: Any) -> None:
-        import torch
-
-        self.ids = torch.empty((1, len(prompt) + max_new_tokens), dtype=torch.long, device=device)
-        self.ids[0, : len(prompt)] = torch.from_numpy(prompt).to(device)
-        self.length = len(prompt)
-
-    def extend(self, new: list[int]) -> None:
-        import torch
-
-        end = min(self.length + len(new), self.ids.shape[1])
-        self.ids[0, self.length : end] = torch.tensor(new[: end - self.length], dtype=torch.long)
-        self.length = end
-
-    def view(self) -> torch.Tensor:
-        return self.ids[:, : self.length]
-
-
-def _pick(
-    hidden: torch.Tensor,
-    head: OutputHead,
-    processor: Any,
-    sampler: Sampler,
-    remaining: int,
-    stats: DecodeStats,
-    few_rows: bool,
-    processors: Sequence[Any] = (),
-    history: _History | None = None,
-) -> int:
-    import torch
-
-    allowed = (
-        processor.allowed_ids(remaining, head.vocab_size) if processor is not None and few_rows else None
-    )
-    if allowed is not None and 0 < allowed.size <= FEW_ROWS:
-        stats.few_row_steps += 1
-        if allowed.size == 1:
-            return int(allowed[0])
-        ids = torch.from_numpy(allowed).to(hidden.device)
-        rows = head.rows(hidden, ids)
-        if processors:  # the allowed rows in a row of -inf (what the mask leaves), through the processors
-            assert history is not None
-            full = torch.full((1, head.vocab_size), -float("inf"), dtype=rows.dtype, device=rows.device)
-            full[:, ids] = rows
-            for step in processors:
-                full = step(history.view(), full)
-            rows = full[:, ids]
-        return int(allowed[sampler.pick(rows)])
-    logits = head.full(hidden)
-    if processors:
-        assert history is not None
-        for step in processors:
-            logits = step(history.view(), logits)
-    if processor is not None:
-        processor.apply(logits, remaining)
-    return sampler.pick(logits)
+    in_call = processor is not None and getattr(processor, "mode", None) == "tool_call"
+    if mode == "calls" and not in_call:
+        return []
+    draft = lookup.draft(remaining)
+    if draft and processor is not None and hasattr(processor, "valid_prefix"):
+        draft = draft[: processor.valid_prefix(draft)]
+    return draft

@@ -382,6 +382,8 @@ def test_four_bit_on_cpu(tiny_llava_qwen2):
     import bitsandbytes as bnb
     import torch
 
+    from agent.core.runtime import native_dtype, torch_dtype
+
     model = ChatLlava(
         model=str(tiny_llava_qwen2), quantization="4bit", device="cpu", max_tokens=4, temperature=0
     )
@@ -398,7 +400,7 @@ def test_four_bit_on_cpu(tiny_llava_qwen2):
     assert any(type(m) is torch.nn.Linear for m in kept_full)
     assert not any(isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)) for m in kept_full)
     assert network.lm_head.__class__ is torch.nn.Linear
-    assert network.lm_head.weight.dtype == torch.bfloat16
+    assert network.lm_head.weight.dtype == torch_dtype(native_dtype("cpu"))  # bf16 where the CPU has it
     quant_config = network.config.quantization_config
     assert quant_config.bnb_4bit_quant_type == "nf4" and quant_config.bnb_4bit_use_double_quant
 

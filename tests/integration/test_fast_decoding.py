@@ -36,6 +36,7 @@ ALL_OFF = {
     "lm_head": "model",
     "kv_cache": "dynamic",
     "fast_attention": False,
+    "prompt_lookup": "off",
 }
 
 
@@ -126,7 +127,14 @@ def test_prefix_cache_gives_the_same_tokens_with_the_defaults(tiny_llava_paths, 
 
 
 @pytest.mark.parametrize(
-    ("family", "switch"), [("qwen2", "few_row_logits"), ("qwen2", "kv_cache"), ("llama", "everything")]
+    ("family", "switch"),
+    [
+        ("qwen2", "few_row_logits"),
+        ("qwen2", "kv_cache"),
+        ("qwen2", "prompt_lookup"),
+        ("llama", "prompt_lookup"),
+        ("llama", "everything"),
+    ],
 )
 def test_same_tokens_with_each_exact_switch_on_and_off(tiny_llava_paths, family, switch):
     llm = _model(tiny_llava_paths[family])
@@ -134,12 +142,20 @@ def test_same_tokens_with_each_exact_switch_on_and_off(tiny_llava_paths, family,
     on = {
         "few_row_logits": {"few_row_logits": True},
         "kv_cache": {"kv_cache": "static"},
-        "everything": {"prefix_cache": True, "few_row_logits": True, "kv_cache": "static"},
+        "prompt_lookup": {"prompt_lookup": "always"},  # drafts in free text and calls, kept or not
+        "everything": {
+            "prefix_cache": True,
+            "few_row_logits": True,
+            "kv_cache": "static",
+            "prompt_lookup": "always",
+        },
     }[switch]
     replies, stats = _conversation(llm, {**ALL_OFF, **on}, turns=2)
     assert replies == reference
     if on.get("few_row_logits"):
         assert sum(s["few_row_steps"] for s in stats) > 0
+    if on.get("prompt_lookup"):  # drafts were checked, so the equality above covers them
+        assert sum(s["drafted_tokens"] for s in stats) > 0
 
 
 @pytest.fixture(scope="module")

@@ -51,3 +51,23 @@ def test_chat_template_renders_images_and_the_vision_path_runs(llm):
     assert isinstance(reply.content, str)
     # 16 image tokens from the 32x32 vision tower, plus the text
     assert reply.usage_metadata["input_tokens"] > 16
+
+
+def test_prompt_lookup_copies_the_request_in_fewer_passes_and_changes_nothing(llm):
+    """Inside a call the words copied from the request are drafted and checked several per pass."""
+    from tools.caption import CaptionImageTool
+    from tools.generate import GenerateImageTool
+    from tools.search import SearchImagesTool
+    from tools.speak import SpeakTool
+
+    tools = [CaptionImageTool(), GenerateImageTool(), SearchImagesTool(), SpeakTool()]
+    bound = llm.bind_tools(tools, tool_choice="caption_image")
+    request = "Describe the picture at /home/me/pictures/holiday/lake_sunset.jpg in detail"
+    off = bound.invoke(request, prompt_lookup="off", max_new_tokens=96)
+    on = bound.invoke(request, prompt_lookup="calls", max_new_tokens=96)
+    assert [(c["name"], c["args"]) for c in on.tool_calls] == [(c["name"], c["args"]) for c in off.tool_calls]
+    assert "lake_sunset.jpg" in on.tool_calls[0]["args"]["image"]
+    drafted, plain = on.response_metadata["decode"], off.response_metadata["decode"]
+    assert drafted["generated_tokens"] == plain["generated_tokens"]
+    assert plain["drafted_tokens"] == 0 and drafted["accepted_tokens"] >= 3
+    assert drafted["forward_passes"] <= plain["forward_passes"] - drafted["accepted_tokens"] // 2

@@ -7,9 +7,10 @@ import torch
 
 from agent.core.errors import InputError
 from agent.llava.decode_attention import enabled, grouped_attention
-from agent.llava.decode_loop import DecodeSettings, Sampler
+from agent.llava.decode_loop import DecodeSettings
 from agent.llava.kv_cache import KVBuffers, cache_arguments, cache_keyword
 from agent.llava.output_head import OutputHead, quantize_rows_int8
+from agent.llava.sampling import Sampler
 
 
 def _reference_attention(query, key, value, mask):
