@@ -92,15 +92,30 @@ class GenerateImageTool(LlavaTool):
     model: str = Field(DEFAULT_IMAGE_MODEL, description="Hub id or local folder of a diffusers checkpoint.")
     artifacts_dir: Path | None = Field(None, description="Where PNGs are written; None = config's.")
     default_steps: int = Field(IMAGE_STEPS, ge=1, description="Steps when the call gives none (1-4 for sd-turbo).")
-    max_steps: int = Field(MAX_STEPS, ge=1, le=MAX_STEPS)
+    max_steps: int = Field(MAX_STEPS, ge=1, le=MAX_STEPS, description="The most denoising steps a call may ask for.")
+    max_side: int = Field(MAX_SIDE, ge=MIN_SIDE, le=MAX_SIDE, description="The widest and tallest picture a call may ask for.")
 
     @model_validator(mode="after")
-    def _schema_with_this_step_limit(self) -> GenerateImageTool:
-        if self.max_steps != MAX_STEPS:  # the schema promises only what this tool accepts
-            steps = Field(None, ge=1, le=self.max_steps,
-                          description=f"Denoising steps (1 to {self.max_steps}); leave empty for the model's default.")
-            self.args_schema = create_model("GenerateImageInput", __base__=GenerateImageInput, steps=(int | None, steps))
+    def _schema_with_these_limits(self) -> GenerateImageTool:
+        """The schema promises only what this tool accepts, so constrained decoding writes nothing else."""
+        if self.default_steps > self.max_steps:
+            raise ValueError(f"the default of {self.default_steps} steps (tools.image_steps) is over the limit of "
+                             f"{self.max_steps} (tools.image_max_steps); lower one or raise the other")
+        fields: dict[str, Any] = {}
+        if self.max_steps != MAX_STEPS:
+            fields["steps"] = (int | None, Field(
+                None, ge=1, le=self.max_steps,
+                description=f"Denoising steps (1 to {self.max_steps}); leave empty for the model's default."))
+        if self.max_side != MAX_SIDE:
+            largest = self.max_side - self.max_side % 8
+            for label in ("width", "height"):
+                fields[label] = (int, Field(
+                    min(512, largest), ge=MIN_SIDE, le=largest, multiple_of=8,
+                    description=f"{label.capitalize()} in pixels, a multiple of 8 from {MIN_SIDE} to {largest}."))
+        if fields:
+            self.args_schema = create_model("GenerateImageInput", __base__=GenerateImageInput, **fields)
         return self
+
     safety_checker: bool = Field(True, description="Keep the checkpoint's safety checker if it has one.")
 
     @classmethod
@@ -108,7 +123,8 @@ class GenerateImageTool(LlavaTool):
         return cls(
             model=config.tools.image_model, device=config.tools.device, artifacts_dir=config.artifacts_dir,
             safety_checker=config.tools.safety_checker, default_steps=config.tools.image_steps, manager=manager,
-            allow_pickle_weights=config.tools.allow_pickle_weights,
+            allow_pickle_weights=config.tools.allow_pickle_weights, max_steps=config.tools.image_max_steps,
+            max_side=config.tools.image_max_side,
         )
 
     def _load(self) -> Any:
@@ -134,10 +150,11 @@ class GenerateImageTool(LlavaTool):
             raise InputError("the prompt is empty; describe the picture to create")
         if len(prompt) > MAX_PROMPT_CHARS:
             raise InputError(f"the prompt has {len(prompt)} characters, over the limit of {MAX_PROMPT_CHARS}")
+        largest = self.max_side - self.max_side % 8
         for label, side in (("width", width), ("height", height)):
-            if not MIN_SIDE <= side <= MAX_SIDE or side % 8:
+            if not MIN_SIDE <= side <= largest or side % 8:
                 raise InputError(
-                    f"{label} = {side} must be a multiple of 8 from {MIN_SIDE} to {MAX_SIDE}, e.g. 512"
+                    f"{label} = {side} must be a multiple of 8 from {MIN_SIDE} to {largest}, e.g. {min(512, largest)}"
                 )
         steps = self.default_steps if steps is None else steps
         if not 1 <= steps <= self.max_steps:
@@ -152,8 +169,8 @@ class GenerateImageTool(LlavaTool):
         self,
         prompt: str,
         negative_prompt: str | None = None,
-        width: int = 512,
-        height: int = 512,
+        width: int | None = None,
+        height: int | None = None,
         steps: int | None = None,
         guidance: float = 0.0,
         seed: int | None = None,
@@ -161,6 +178,9 @@ class GenerateImageTool(LlavaTool):
         import torch
         from PIL.PngImagePlugin import PngInfo
 
+        default_side = min(512, self.max_side - self.max_side % 8)
+        width = default_side if width is None else width
+        height = default_side if height is None else height
         steps = self.validate(prompt, width, height, steps, guidance, seed)
         seed = secrets.randbelow(2**31) if seed is None else seed
         device = self.resolved_device()

@@ -150,6 +150,8 @@ class ToolsSection(_Section):
     )
     image_model: str = defaults.IMAGE_MODEL
     image_steps: int = Field(defaults.IMAGE_STEPS, ge=1, le=100, description="Denoising steps when a call gives none (1-4 for sd-turbo).")
+    image_max_steps: int = Field(100, ge=1, le=100, description="The most denoising steps a call may ask for.")
+    image_max_side: int = Field(2048, ge=64, le=2048, description="The widest and tallest picture a call may ask for, in pixels.")
     safety_checker: bool = Field(
         True, description="Keep a checkpoint's safety checker when it ships one (sd-turbo ships none)."
     )

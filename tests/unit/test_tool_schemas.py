@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.core.config import load_config
-from agent.core.errors import ConfigError
+from agent.core.errors import ConfigError, InputError
 from agent.llava.messages import tool_schemas
 from tests.unit.test_schema_regex import values_for
 from tools.caption import CaptionImageTool
@@ -119,6 +119,23 @@ def test_a_lower_step_limit_is_in_the_schema():
     assert list(parameters(GenerateImageTool(max_steps=8))["properties"]) == list(
         parameters(GenerateImageTool())["properties"]
     )
+
+
+def test_a_lower_size_limit_is_in_the_schema_and_the_checks():
+    tool = GenerateImageTool(max_side=300, max_steps=4, default_steps=2)
+    properties = parameters(tool)["properties"]
+    for side in ("width", "height"):
+        assert {key: properties[side].get(key) for key in ("minimum", "maximum", "multipleOf", "default")} == {
+            "minimum": 64, "maximum": 296, "multipleOf": 8, "default": 296}
+    assert list(properties) == list(parameters(GenerateImageTool())["properties"])
+    with pytest.raises(InputError, match="width = 304 must be a multiple of 8 from 64 to 296"):
+        tool.validate("a lighthouse", 304, 296, None, 0.0, None)
+    assert tool.validate("a lighthouse", 296, 64, None, 0.0, None) == 2
+
+
+def test_a_default_step_count_over_the_limit_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"tools.image_steps\) is over the limit of 4 \(tools.image_max_steps"):
+        GenerateImageTool(max_steps=4, default_steps=5)
 
 
 def _blank(text: str) -> bool:
