@@ -58,7 +58,11 @@ def check_torch(config: AppConfig) -> Check:
 
     # the same decisions ChatLlava makes when everything is "auto"
     device = resolve_device(config.model.device)
-    quantization, dtype = resolve_precision(config.model.quantization, config.model.dtype, device)
+    from agent.llava.loading import checkpoint_bytes
+
+    model = config.model.model or default_chat_model(device)
+    size = checkpoint_bytes(model) if config.model.quantization == "auto" and device == "cpu" else None
+    quantization, dtype = resolve_precision(config.model.quantization, config.model.dtype, device, weights_bytes=size)
     runs = f"the chat model runs on {device}, {'4-bit NF4' if quantization == '4bit' else quantization}, {dtype}"
     if torch.cuda.is_available():
         names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))

@@ -5,8 +5,10 @@
 * :func:`resolve_precision`: the chat model's quantization and compute dtype. 4-bit NF4 on CUDA
   and on CPU where bitsandbytes is installed (decoding is memory-bound: measured on a 2-core
   CPU, 0.5B LLaVA, NF4 21 tok/s, bf16 15, fp32 6.6, same time to first token;
-  ``bench/bench_chat_model.py``); compute in bf16 where the hardware has it natively, else fp16
-  (CUDA, MPS) or fp32 (CPU).
+  ``bench/bench_chat_model.py``) -- except on a CPU where bitsandbytes' 4-bit matmul is slower
+  than full precision (measured once, :func:`cpu_four_bit_decodes_faster`) when the
+  full-precision weights fit in half the available memory; compute in bf16 where the hardware
+  has it natively, else fp16 (CUDA, MPS) or fp32 (CPU).
 * :func:`resolve_training_precision`: the same for fine-tuning (QLoRA on CUDA, LoRA elsewhere).
 * :func:`tool_dtype`: the tool models (captioning, diffusion, CLIP, VITS): fp16 on CUDA, fp32
   elsewhere.
@@ -103,17 +105,100 @@ def native_dtype(device: str) -> str:
     return "bfloat16" if cpu_supports_bf16() else "float32"
 
 
-def resolve_precision(quantization: str, dtype: str, device: str) -> tuple[str, str]:
-    """The chat model's ``(quantization, dtype)`` on ``device``, ``"auto"`` resolved."""
+def resolve_precision(
+    quantization: str, dtype: str, device: str, *, weights_bytes: int | None = None
+) -> tuple[str, str]:
+    """The chat model's ``(quantization, dtype)`` on ``device``, ``"auto"`` resolved.
+
+    ``weights_bytes`` is the checkpoint's size on disk (None: unknown). On CPU, ``auto`` is 4-bit
+    unless this CPU's 4-bit matmul is slower than its full-precision one
+    (:func:`cpu_four_bit_decodes_faster`) *and* the full-precision weights fit in half of the
+    available memory; an unknown size keeps 4-bit.
+    """
     _check_choice("quantization", quantization, QUANTIZATIONS)
     _check_choice("dtype", dtype, DTYPES)
     if quantization == "auto":
-        # NF4 decodes fastest on CUDA and CPU alike; without bitsandbytes, or on MPS, full precision.
-        on_cpu_with_bnb = device == "cpu" and bitsandbytes_installed()
-        quantization = "4bit" if device.startswith("cuda") or on_cpu_with_bnb else "none"
+        # NF4 decodes fastest on CUDA and on most CPUs; without bitsandbytes, or on MPS, full precision.
+        if device.startswith("cuda"):
+            quantization = "4bit"
+        elif device == "cpu" and bitsandbytes_installed():
+            full = native_dtype(device) if dtype == "auto" else dtype
+            quantization = "4bit"
+            if _fits_in_memory(weights_bytes, full) and not cpu_four_bit_decodes_faster():
+                quantization = "none"
+        else:
+            quantization = "none"
     if dtype == "auto":
         dtype = "float16" if quantization == "8bit" else native_dtype(device)  # int8 matmuls take fp16
     return quantization, dtype
+
+
+def _fits_in_memory(weights_bytes: int | None, dtype: str) -> bool:
+    """Whether full-precision weights of a checkpoint this size take at most half the available memory."""
+    if not weights_bytes:
+        return False
+    try:
+        import os
+
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):  # not a POSIX system: no measurement, no risk taken
+        return False
+    scale = 2 if dtype == "float32" else 1  # checkpoints are stored in 16-bit (a 32-bit one is overcounted)
+    return weights_bytes * scale <= available // 2
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_four_bit_decodes_faster() -> bool:
+    """Whether bitsandbytes' NF4 matmul beats the native dtype's on this CPU at one decode token.
+
+    Measured once per process (0.5-2 s, with the quantization): four 2048x4096 layers (134 MB in
+    fp32, more than a cache holds) in NF4 and in full precision, one token each, median of three
+    rounds. Decoding is
+    memory-bound, so 4-bit wins where bitsandbytes' CPU kernels are vectorised (a 2-core
+    AVX512-BF16 CPU: 0.5B LLaVA NF4 21 tok/s, bf16 12); on CPUs where its dequantization runs
+    slowly (a 2-core AMD EPYC without AVX-512: one 576x1536 layer 1.3 ms in NF4, 0.16 ms in
+    fp32) full precision wins.
+    """
+    import statistics
+    import time
+
+    import torch
+
+    try:
+        import bitsandbytes as bnb
+    except Exception:  # noqa: BLE001 - a broken native library: no 4-bit here at all
+        return False
+    quiet_bitsandbytes_kernel_notice()
+    dtype = torch_dtype(native_dtype("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    full_layers, four_layers = [], []
+    with torch.no_grad():
+        weight = torch.randn(4096, 2048, generator=generator).to(dtype)
+        for _ in range(4):
+            full = torch.nn.Linear(2048, 4096, bias=False, dtype=dtype)
+            full.weight.copy_(weight)
+            four = bnb.nn.Linear4bit(2048, 4096, bias=False, compute_dtype=dtype, quant_type="nf4")
+            four.load_state_dict(full.state_dict())
+            full_layers.append(full.eval())
+            four_layers.append(four.to("cpu").eval())
+    token = torch.randn(1, 1, 2048, generator=generator).to(dtype)
+
+    def seconds(layers: list[Any]) -> float:
+        started = time.perf_counter()
+        for layer in layers:
+            layer(token)
+        return time.perf_counter() - started
+
+    rounds: dict[str, list[float]] = {"full": [], "four": []}
+    with torch.inference_mode():
+        seconds(full_layers), seconds(four_layers)  # warm-up
+        for _ in range(3):
+            rounds["full"].append(seconds(full_layers))
+            rounds["four"].append(seconds(four_layers))
+    full_s, four_s = statistics.median(rounds["full"]), statistics.median(rounds["four"])
+    logger.info("one decode token on this CPU: NF4 %.1f ms, %s %.1f ms (four 2048x4096 layers)",
+                four_s * 1e3, dtype, full_s * 1e3)
+    return four_s < full_s
 
 
 @dataclass(frozen=True)

@@ -115,13 +115,35 @@ def resolve_spec(
 ) -> ModelSpec:
     """Turn user settings (with ``"auto"`` and ``None``) into a concrete :class:`ModelSpec`."""
     device = resolve_device(device)
-    quantization, dtype = resolve_precision(quantization, dtype, device)
     model = str(model) if model else default_chat_model(device)
     local = Path(model).expanduser()
     if local.exists():
         model = str(local.resolve())
+    size = checkpoint_bytes(model) if quantization == "auto" and device == "cpu" else None
+    quantization, dtype = resolve_precision(quantization, dtype, device, weights_bytes=size)
     adapter_path = str(Path(adapter).expanduser().resolve()) if adapter else None
     return ModelSpec(model, quantization, dtype, device, adapter_path, trust_remote_code, allow_pickle_weights)
+
+
+def checkpoint_bytes(model: str) -> int | None:
+    """Bytes of a checkpoint's safetensors weights (a folder, or a hub id in the local cache); None: unknown."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.glob("*.safetensors")) or None
+    if path.is_absolute() or model.startswith((".", "~")):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        index = try_to_load_from_cache(model, "model.safetensors.index.json")
+        if isinstance(index, str):
+            import json
+
+            return int(json.loads(Path(index).read_text(encoding="utf-8"))["metadata"]["total_size"])
+        single = try_to_load_from_cache(model, "model.safetensors")
+        return Path(single).stat().st_size if isinstance(single, str) else None
+    except (ImportError, OSError, ValueError, KeyError, TypeError):  # an odd id or a damaged cache: unknown
+        return None
 
 
 def hf_cache_dir() -> str:

@@ -327,6 +327,37 @@ def test_auto_precision_choices():
         resolve_precision("3bit", "auto", "cpu")
 
 
+def test_auto_on_cpu_is_full_precision_only_where_four_bit_is_slower_and_the_weights_fit(monkeypatch):
+    from agent.core import runtime
+
+    native = "bfloat16" if cpu_supports_bf16() else "float32"
+    monkeypatch.setattr(runtime, "cpu_four_bit_decodes_faster", lambda: False)
+    assert resolve_precision("auto", "auto", "cpu", weights_bytes=10 << 20) == ("none", native)
+    assert resolve_precision("auto", "auto", "cpu", weights_bytes=1 << 50)[0] == "4bit"  # would not fit
+    assert resolve_precision("auto", "auto", "cpu")[0] == "4bit"  # size unknown: the memory-safe choice
+    assert resolve_precision("4bit", "auto", "cpu", weights_bytes=10 << 20)[0] == "4bit"  # asked for
+    monkeypatch.setattr(runtime, "cpu_four_bit_decodes_faster", lambda: True)
+    assert resolve_precision("auto", "auto", "cpu", weights_bytes=10 << 20)[0] == "4bit"
+
+
+def test_this_cpus_four_bit_speed_is_measured_once(tiny_llava_qwen2):
+    import time
+
+    from agent.core.runtime import cpu_four_bit_decodes_faster
+    from agent.llava.loading import checkpoint_bytes
+
+    cpu_four_bit_decodes_faster.cache_clear()
+    started = time.perf_counter()
+    faster = cpu_four_bit_decodes_faster()
+    assert isinstance(faster, bool) and time.perf_counter() - started < 30
+    assert cpu_four_bit_decodes_faster.cache_info().misses == 1 and cpu_four_bit_decodes_faster() is faster
+    size = checkpoint_bytes(str(tiny_llava_qwen2))
+    assert size == sum(f.stat().st_size for f in tiny_llava_qwen2.glob("*.safetensors")) > 0
+    assert checkpoint_bytes("no-such-org/no-such-model") is None
+    spec = resolve_spec(str(tiny_llava_qwen2), device="cpu")
+    assert spec.quantization == ("4bit" if faster else "none")  # a tiny checkpoint always fits
+
+
 def test_default_models():
     assert resolve_spec(None, device="cpu").model == CHAT_MODEL_CPU
     assert CHAT_MODEL_GPU == "llava-hf/llava-1.5-7b-hf"
