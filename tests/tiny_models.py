@@ -197,6 +197,20 @@ def build_tiny_llava(
     return output_dir
 
 
+def endless_copy(model: str | Path, output_dir: str | Path) -> Path:
+    """A copy of a tiny checkpoint that never ends a reply by itself (no end-of-sequence token).
+
+    For tests that need a reply to run its whole token budget: which prompts a random model ends
+    early depends on the CPU's kernels and dtype, so a hold built on "this prompt runs long" is not.
+    """
+    import shutil
+
+    output_dir = Path(output_dir)
+    shutil.copytree(model, output_dir)
+    (output_dir / "generation_config.json").write_text('{"eos_token_id": null}\n')
+    return output_dir
+
+
 def build_all(output_dir: str | Path) -> dict[str, Path]:
     output_dir = Path(output_dir)
     return {family: build_tiny_llava(output_dir / f"llava-tiny-{family}", family) for family in FAMILIES}

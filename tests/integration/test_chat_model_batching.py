@@ -1,7 +1,10 @@
 """Several plain requests in one generation (``agent.llava.batching``) on the tiny random model.
 
 A batched row must be the request it would have been alone: same greedy text, same finish
-reason, its own limits; a row that cannot run, or is cancelled, leaves the others alone.
+reason, its own limits; a row that cannot run, or is cancelled, leaves the others alone. Exactly
+so in float32 with the model's own output head, the one ``generate`` (batched rows) uses: the
+int8 head copy a single CPU request decodes with by default, 4-bit and bf16 kernels round
+differently and can flip a greedy near tie (which precision ``auto`` picks depends on the CPU).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ PROMPTS = ["Say hello", "Tell me a long story about a red circle", "What colour 
 
 @pytest.fixture(scope="module")
 def llm(tiny_llava_qwen2) -> ChatLlava:
-    return ChatLlava(model=str(tiny_llava_qwen2), temperature=0.0, device="cpu")
+    return ChatLlava(model=str(tiny_llava_qwen2), temperature=0.0, device="cpu", quantization="none", dtype="float32",
+                     lm_head="model")  # fmt: skip
 
 
 def collect(llm, requests, **kwargs) -> dict[int, object]:

@@ -1,7 +1,8 @@
 """`llava-agent serve` driven by real clients: the official ``openai`` package, LangChain's ``ChatOpenAI``, httpx.
 
-One server process (the real CLI command, on loopback, two API keys) serves the whole module,
-with the tiny random qwen2-family LLaVA. Assertions are on shapes, schemas, status codes and
+One server process (the real CLI command, on loopback, two API keys) serves most of the module,
+with the tiny random qwen2-family LLaVA; a second one serves a copy that never ends a reply, to
+hold the model while the queue, batching and disconnects are tested. Assertions are on shapes, schemas, status codes and
 invariants (stream == non-stream, server == the same model in process), never on what the random
 model happens to say.
 """
@@ -24,6 +25,7 @@ import pytest
 from PIL import Image
 
 from tests.serve_process import free_port, start_server, wait_until_ready
+from tests.tiny_models import endless_copy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 openai = pytest.importorskip("openai")
@@ -35,7 +37,7 @@ AGENT = "llava-agent"
 MAX_PIXELS = 100_000
 MAX_BODY = 1_500_000
 STORY = [{"role": "user", "content": "Tell me a long story about a red circle"}]
-HOLD_TOKENS = 1100  # greedy, STORY runs past this budget (its end of sequence comes later): a long, sure hold
+HOLD_TOKENS = 1100  # STORY runs this whole budget (the served copy never ends a reply): a long, sure hold
 
 
 @dataclass
@@ -58,26 +60,17 @@ def png_data_url(size: tuple[int, int], colour=(200, 30, 30)) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_llava_qwen2) -> Server:
-    root = tmp_path_factory.mktemp("serve")
+def _serve(root: Path, model: Path, model_settings: str, sections: str):
+    """A real ``llava-agent serve`` process with ``model`` and both API keys, stopped when the module ends."""
     data_dir, images_dir = root / "data", root / "images"
-    images_dir.mkdir()
+    images_dir.mkdir(parents=True)
     Image.new("RGB", (40, 30), (10, 200, 10)).save(images_dir / "green.png")
     config = root / "config.toml"
     config.write_text(
         f'data_dir = "{data_dir}"\n'
-        f'[model]\nmodel = "{tiny_llava_qwen2}"\ndevice = "cpu"\ntemperature = 0.0\nmax_new_tokens = 96\n'
-        # plain greedy decoding: STORY holds the model for HOLD_TOKENS only without a repetition penalty
-        # (the default one makes the random model end its story early)
-        'repetition_penalty = 1.0\n'
-        # a thread of one speak call and its result fits the tiny model's 2,048 positions, one of
-        # several parallel calls may not: with the tokenizer's spelling of forced stretches the
-        # random model writes a second call after the first here
-        'jump_forward = false\n'
-        f'[tools]\nenabled = ["speak"]\nspeak_voices = ["en", "fr"]\ndevice = "cpu"\nallowed_dirs = ["{images_dir}", "{data_dir}"]\n'
-        '[agent]\nlong_term_memory = false\ntool_choice = "speak"\nrecursion_limit = 4\n'
-        f"[serve]\nmax_image_pixels = {MAX_PIXELS}\nmax_request_bytes = {MAX_BODY}\nmax_queue = 2\n"
+        f'[model]\nmodel = "{model}"\ndevice = "cpu"\ntemperature = 0.0\nmax_new_tokens = 96\n{model_settings}'
+        f'[serve]\nmax_image_pixels = {MAX_PIXELS}\nmax_request_bytes = {MAX_BODY}\nmax_queue = 2\n'
+        f'[tools]\ndevice = "cpu"\nallowed_dirs = ["{images_dir}", "{data_dir}"]\n{sections}'
     )
     port = free_port()
     log = root / "server.log"
@@ -95,16 +88,64 @@ def server(tmp_path_factory, tiny_llava_qwen2) -> Server:
 
 
 @pytest.fixture(scope="module")
-def in_process_model(tiny_llava_qwen2):
-    """The same checkpoint and settings as the server's, loaded here, to compare replies with."""
+def server(tmp_path_factory, tiny_llava_qwen2) -> Server:
+    yield from _serve(
+        tmp_path_factory.mktemp("serve"), tiny_llava_qwen2,
+        # plain greedy decoding, as the in-process copy compared with
+        'repetition_penalty = 1.0\n'
+        # a thread of one speak call and its result fits the tiny model's 2,048 positions, one of
+        # several parallel calls may not: with the tokenizer's spelling of forced stretches the
+        # random model writes a second call after the first here
+        'jump_forward = false\n',
+        'enabled = ["speak"]\nspeak_voices = ["en", "fr"]\n'
+        '[agent]\nlong_term_memory = false\ntool_choice = "speak"\nrecursion_limit = 4\n',
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def endless_model(tmp_path_factory, tiny_llava_qwen2) -> Path:
+    """The tiny model, under its own name, as a copy that never ends a reply by itself.
+
+    For holding the model: which prompts a random model ends early depends on the CPU's kernels.
+    """
+    return endless_copy(tiny_llava_qwen2, tmp_path_factory.mktemp("endless") / tiny_llava_qwen2.name)
+
+
+@pytest.fixture(scope="module")
+def holding_server(tmp_path_factory, endless_model) -> Server:
+    """A server on which STORY runs its whole budget: for the queue, batching and disconnect tests.
+
+    In float32 with the model's own output head, the path batched rows take (``generate``), a
+    batched row is its solo reply exactly.
+    """
+    yield from _serve(
+        tmp_path_factory.mktemp("serve-holding"), endless_model,
+        'repetition_penalty = 1.0\nquantization = "none"\ndtype = "float32"\nlm_head = "model"\n',
+        'enabled = []\n[agent]\nlong_term_memory = false\n',
+    )  # fmt: skip
+
+
+def _one_thread_model(path: Path):
     import torch
 
     from agent import ChatLlava
 
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield ChatLlava(model=str(tiny_llava_qwen2), device="cpu", temperature=0.0)
+    yield ChatLlava(model=str(path), device="cpu", temperature=0.0)
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def in_process_model(tiny_llava_qwen2):
+    """The same checkpoint and settings as the server's, loaded here, to compare replies with."""
+    yield from _one_thread_model(tiny_llava_qwen2)
+
+
+@pytest.fixture(scope="module")
+def endless_in_process_model(endless_model):
+    """The copy that never ends a reply, loaded here: a long reply for the time-limit test."""
+    yield from _one_thread_model(endless_model)
 
 
 # ----- the chat model through the official client ---------------------------------------------
@@ -401,18 +442,16 @@ def test_cors_is_off_unless_configured(server):
 # ----- many clients, one model -----------------------------------------------------------------
 
 
-def test_a_client_that_disconnects_mid_stream_stops_its_generation(server):
-    client = server.client()
-    full = client.chat.completions.create(model=MODEL, messages=STORY, max_tokens=HOLD_TOKENS, temperature=0)
-    assert full.choices[0].finish_reason == "length"  # greedy: this prompt runs the whole budget
-    before = server.health()
+def test_a_client_that_disconnects_mid_stream_stops_its_generation(holding_server):
+    client = holding_server.client()
+    before = holding_server.health()
     with client.chat.completions.create(model=MODEL, messages=STORY, max_tokens=HOLD_TOKENS, temperature=0,
                                         stream=True) as stream:  # fmt: skip
         for index, _ in enumerate(stream):
             if index == 3:
                 break  # leaving the block closes the connection mid-stream
     deadline = time.monotonic() + 60
-    while (health := server.health())["requests"]["cancelled"] == before["requests"]["cancelled"]:
+    while (health := holding_server.health())["requests"]["cancelled"] == before["requests"]["cancelled"]:
         assert time.monotonic() < deadline, health
         time.sleep(0.1)
     assert health["queue"]["active"] == 0
@@ -422,9 +461,9 @@ def test_a_client_that_disconnects_mid_stream_stops_its_generation(server):
     assert nxt.choices[0].finish_reason in ("stop", "length")
 
 
-def test_a_full_queue_answers_429_and_every_reply_goes_to_its_request(server):
+def test_a_full_queue_answers_429_and_every_reply_goes_to_its_request(holding_server):
     """max_queue = 2: with one request running and two waiting, more are refused at once."""
-    client = server.client()
+    client = holding_server.client()
     prompts = [f"Tell me about the number {n}" for n in range(4)]
     results: dict[str, object] = {}
 
@@ -438,14 +477,14 @@ def test_a_full_queue_answers_429_and_every_reply_goes_to_its_request(server):
 
     long = threading.Thread(target=ask, args=(STORY[0]["content"], HOLD_TOKENS))
     long.start()
-    _wait_for_queue(server, active=1, waiting=0)
+    _wait_for_queue(holding_server, active=1, waiting=0)
     threads = [threading.Thread(target=ask, args=(p,)) for p in prompts[:2]]
     for waiting, thread in enumerate(threads, start=1):  # in order: these two wait ...
         thread.start()
-        _wait_for_queue(server, active=1, waiting=waiting)
+        _wait_for_queue(holding_server, active=1, waiting=waiting)
     for prompt in prompts[2:]:  # ... and these two find the queue full, and are answered at once
         ask(prompt)
-    assert server.health()["queue"]["active"] == 1, "the holder ended before the queue was tested"
+    assert holding_server.health()["queue"]["active"] == 1, "the holder ended before the queue was tested"
     for thread in [long, *threads]:
         thread.join(timeout=180)
     refused = [p for p in prompts if isinstance(results[p], openai.RateLimitError)]
@@ -455,7 +494,7 @@ def test_a_full_queue_answers_429_and_every_reply_goes_to_its_request(server):
         alone = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}],
                                                max_tokens=12, temperature=0)  # fmt: skip
         assert results[prompt] == alone.choices[0].message.content
-    queue = server.health()["queue"]
+    queue = holding_server.health()["queue"]
     assert (queue["waiting"], queue["active"]) == (0, 0)
     assert queue["batched_requests"] >= 2  # the two that waited ran together
 
@@ -463,7 +502,8 @@ def test_a_full_queue_answers_429_and_every_reply_goes_to_its_request(server):
 # ----- time limits (the app in process, with the same tiny model) ------------------------------
 
 
-async def test_time_limits_cut_generation_and_queue_waits(tmp_path, in_process_model):
+async def test_time_limits_cut_generation_and_queue_waits(tmp_path, endless_in_process_model):
+    in_process_model = endless_in_process_model
     from agent.core.config import load_config
     from agent.serve.app import create_app
 
@@ -515,15 +555,15 @@ def _hold_the_model(server: Server) -> threading.Thread:
     return long
 
 
-def test_waiting_plain_requests_run_as_one_batch_with_their_own_limits(server):
-    client = server.client()
+def test_waiting_plain_requests_run_as_one_batch_with_their_own_limits(holding_server):
+    client = holding_server.client()
     short = {"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 6}
     story = client.chat.completions.create(model=MODEL, messages=STORY, max_tokens=30, temperature=0)
     stop = story.choices[0].message.content[8:10]
     cut = {"messages": STORY, "max_tokens": 30, "stop": [stop]}
     alone = [client.chat.completions.create(model=MODEL, temperature=0, **fields) for fields in (short, cut)]
     assert alone[1].choices[0].finish_reason == "stop"
-    before = server.health()["queue"]["batched_requests"]
+    before = holding_server.health()["queue"]["batched_requests"]
 
     results: dict[int, object] = {}
 
@@ -532,14 +572,14 @@ def test_waiting_plain_requests_run_as_one_batch_with_their_own_limits(server):
         results[index] = ("".join(c.choices[0].delta.content or "" for c in chunks if c.choices),
                           chunks[-1].choices[0].finish_reason, chunks[-1].usage.completion_tokens)  # fmt: skip
 
-    long = _hold_the_model(server)
+    long = _hold_the_model(holding_server)
     threads = [threading.Thread(target=ask, args=(i, f)) for i, f in enumerate((short, cut))]
     for waiting, thread in enumerate(threads, start=1):
         thread.start()
-        _wait_for_queue(server, active=1, waiting=waiting)
+        _wait_for_queue(holding_server, active=1, waiting=waiting)
     for thread in [long, *threads]:
         thread.join(timeout=180)
-    assert server.health()["queue"]["batched_requests"] == before + 2
+    assert holding_server.health()["queue"]["batched_requests"] == before + 2
     for index, single in enumerate(alone):  # each row: the same reply and finish reason as alone
         choice = single.choices[0]
         assert results[index][:2] == (choice.message.content, choice.finish_reason)
@@ -547,11 +587,11 @@ def test_waiting_plain_requests_run_as_one_batch_with_their_own_limits(server):
             assert results[index][2] == single.usage.completion_tokens
 
 
-def test_a_client_leaving_a_batch_stops_only_its_row(server):
-    client = server.client()
+def test_a_client_leaving_a_batch_stops_only_its_row(holding_server):
+    client = holding_server.client()
     short = {"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 6}
     alone = client.chat.completions.create(model=MODEL, temperature=0, **short)
-    before = server.health()
+    before = holding_server.health()
     kept: dict[str, object] = {}
 
     def leave() -> None:
@@ -564,15 +604,15 @@ def test_a_client_leaving_a_batch_stops_only_its_row(server):
     def stay() -> None:
         kept["reply"] = client.chat.completions.create(model=MODEL, temperature=0, **short)
 
-    long = _hold_the_model(server)
+    long = _hold_the_model(holding_server)
     threads = [threading.Thread(target=leave), threading.Thread(target=stay)]
     for waiting, thread in enumerate(threads, start=1):
         thread.start()
-        _wait_for_queue(server, active=1, waiting=waiting)
+        _wait_for_queue(holding_server, active=1, waiting=waiting)
     for thread in [long, *threads]:
         thread.join(timeout=180)
     deadline = time.monotonic() + 60
-    while (health := server.health())["requests"]["cancelled"] == before["requests"]["cancelled"]:
+    while (health := holding_server.health())["requests"]["cancelled"] == before["requests"]["cancelled"]:
         assert time.monotonic() < deadline, health
         time.sleep(0.1)
     assert health["queue"]["batched_requests"] == before["queue"]["batched_requests"] + 2

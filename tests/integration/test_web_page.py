@@ -34,6 +34,7 @@ import pytest
 from PIL import Image
 
 from tests.serve_process import free_port, start_server, wait_until_ready
+from tests.tiny_models import endless_copy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -120,7 +121,7 @@ def servers(tmp_path_factory, tiny_llava_qwen2):
 
     root = tmp_path_factory.mktemp("web")
     sd = build_stable_diffusion(root / "sd")
-    local = _config(root / "local", tiny_llava_qwen2, f'enabled = ["generate_image"]\nimage_model = "{sd}"\nimage_steps = 1',
+    local = _config(root / "local", tiny_llava_qwen2, f'enabled = ["generate_image"]\nimage_model = "{sd}"\nimage_steps = 1\nimage_max_steps = 2\nimage_max_side = 128',
                     'tool_choice = "generate_image"', 96)  # fmt: skip
     hit = root / "local" / "images" / "hit.png"
     hit.write_bytes(png_bytes((64, 64), (20, 120, 220)))
@@ -129,9 +130,7 @@ def servers(tmp_path_factory, tiny_llava_qwen2):
                     'tool_choice = "speak"', 96)  # fmt: skip
     # no tools, and a copy of the model that never ends by itself: the reply runs its 1200 tokens
     # (the random model would end it early for some prompts), so Stop always has a reply to stop
-    endless = root / "endless-model"
-    shutil.copytree(tiny_llava_qwen2, endless)
-    (endless / "generation_config.json").write_text('{"eos_token_id": null}\n')
+    endless = endless_copy(tiny_llava_qwen2, root / "endless-model")
     plain = _config(root / "plain", endless, "enabled = []", "", 1200)
     ports = free_port(), free_port(), free_port()
     logs = root / "local.log", root / "keyed.log", root / "plain.log"
@@ -233,16 +232,19 @@ def test_chat_with_an_image_tool_history_and_hostile_text(browser, servers):
 
     # a phone-width window
     page.set_viewport_size({"width": 390, "height": 844})
-    page.locator("#thread-list .open").first.click(force=True)
-    expect(page.locator(".thumb-grid figure")).to_have_count(1)
-    expect(page.locator("#threads")).not_to_have_class(re.compile(r"\bopen\b"))
-    page.wait_for_timeout(300)  # the drawer's slide
-    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing runs off the side
-    _shot(page, "phone-390-conversation")
+    expect(page.locator("#thread-list .open").first).not_to_be_in_viewport()  # the list is a closed drawer
     page.click("#toggle-threads")
     expect(page.locator("#toggle-threads")).to_have_attribute("aria-expanded", "true")
-    page.wait_for_timeout(300)
+    expect(page.locator("#thread-list .open").first).to_be_in_viewport()
+    page.wait_for_timeout(300)  # the drawer's slide
     _shot(page, "phone-390-conversations-list")
+    page.locator("#thread-list .open").first.click()  # picking a conversation opens it and closes the drawer
+    expect(page.locator(".thumb-grid figure")).to_have_count(1)
+    expect(page.locator("#threads")).not_to_have_class(re.compile(r"\bopen\b"))
+    expect(page.locator("#toggle-threads")).to_have_attribute("aria-expanded", "false")
+    page.wait_for_timeout(300)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing runs off the side
+    _shot(page, "phone-390-conversation")
     assert not errors, errors
     page.close()
 
