@@ -265,6 +265,8 @@ def step_turns(ctx: Context, record: Any) -> None:
             record.note(record.headline)
             return
         command += ["--size", "tiny"]
+        if "--turns" in usage:  # a dry run: two tool turns and two plain ones exercise every measurement
+            command += ["--turns", "4", "--call-tokens", "48", "--answer-tokens", "16"]
     results = ctx.workdir / "bench_turns.json"
     if "--output" in usage:
         command += ["--output", str(results)]
