@@ -33,7 +33,7 @@ generated_path = None
 def chat(tmp_path):
     global generated_path
     generated_path = tmp_path / "generated.png"
-    config = load_config({"data_dir": str(tmp_path / "data"), "agent": {"long_term_memory": False}}, environ={})
+    config = load_config({"data_dir": str(tmp_path / "data"), "agent": {"long_term_memory": False, "routing": "model"}}, environ={})
     model = ScriptedChatModel(replies=[
         AIMessage("", tool_calls=[tool_call("generate_image", {"prompt": "a boat"})]),
         "Here is your boat.",
@@ -70,7 +70,7 @@ def generate_video(prompt: str) -> tuple[str, dict]:
 def test_a_videos_contact_sheet_is_shown_in_place_of_the_video(tmp_path):
     global generated_path
     generated_path = tmp_path / "generated.png"
-    config = load_config({"data_dir": str(tmp_path / "data"), "agent": {"long_term_memory": False}}, environ={})
+    config = load_config({"data_dir": str(tmp_path / "data"), "agent": {"long_term_memory": False, "routing": "model"}}, environ={})
     model = ScriptedChatModel(replies=[AIMessage("", tool_calls=[tool_call("generate_video", {"prompt": "a boat"})]), "Done."])
     out = io.StringIO()
     terminal = TerminalChat(config, output=out, agent_factory=lambda c: MultimodalAgent(model, [generate_video], config=c))
@@ -166,7 +166,7 @@ def test_speak_on_reads_replies_aloud_with_espeak(tmp_path, monkeypatch):
     from tools import build_tools
 
     config = load_config({"data_dir": str(tmp_path / "data"), "tools": {"enabled": ["speak"]},
-                          "agent": {"long_term_memory": False}}, environ={})
+                          "agent": {"long_term_memory": False, "routing": "model"}}, environ={})
     model = ScriptedChatModel(replies=["Hello from the speaker."])
     out = io.StringIO()
     monkeypatch.setattr("agent.cli.terminal.find_audio_player", lambda: None)  # no sound card in tests
