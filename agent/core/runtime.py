@@ -147,17 +147,81 @@ def _fits_in_memory(weights_bytes: int | None, dtype: str) -> bool:
     return weights_bytes * scale <= available // 2
 
 
+CPU_MEASUREMENT_FILE = "cpu-four-bit.json"
+"""Where :func:`cpu_four_bit_decodes_faster` keeps its result, in ``$XDG_CACHE_HOME/llava-agent``."""
+
+
+def _measurement_path() -> Any:
+    import os
+    from pathlib import Path
+
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "llava-agent" / CPU_MEASUREMENT_FILE
+
+
+def _cpu_identity() -> str:
+    """What the measurement depends on: the CPU (model and flags), its core count, torch and bitsandbytes."""
+    import hashlib
+    import importlib.metadata
+    import os
+    import platform
+
+    described = []
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            described = sorted({line.strip() for line in handle if line.startswith(("model name", "flags"))})
+    except OSError:
+        described = [platform.processor()]
+    versions = []
+    for package in ("torch", "bitsandbytes"):
+        try:
+            versions.append(importlib.metadata.version(package))
+        except importlib.metadata.PackageNotFoundError:
+            versions.append("-")
+    payload = "\n".join([*described, platform.machine(), str(os.cpu_count()), *versions])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_four_bit_decodes_faster() -> bool:
     """Whether bitsandbytes' NF4 matmul beats the native dtype's on this CPU at one decode token.
 
-    Measured once per process (0.5-2 s, with the quantization): four 2048x4096 layers (134 MB in
-    fp32, more than a cache holds) in NF4 and in full precision, one token each, median of three
-    rounds. Decoding is
-    memory-bound, so 4-bit wins where bitsandbytes' CPU kernels are vectorised (a 2-core
-    AVX512-BF16 CPU: 0.5B LLaVA NF4 21 tok/s, bf16 12); on CPUs where its dequantization runs
-    slowly (a 2-core AMD EPYC without AVX-512: one 576x1536 layer 1.3 ms in NF4, 0.16 ms in
-    fp32) full precision wins.
+    Measured once per machine (:func:`measure_cpu_four_bit`) and kept in
+    ``$XDG_CACHE_HOME/llava-agent/cpu-four-bit.json`` (``~/.cache`` by default) under the CPU's
+    model, flags and core count and the torch and bitsandbytes versions, so a new CPU or a new
+    version measures again; delete the file to measure again by hand.
+    """
+    import json
+
+    identity = _cpu_identity()
+    path = _measurement_path()
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored.get("identity") == identity and isinstance(stored.get("four_bit_faster"), bool):
+            return stored["four_bit_faster"]
+    except (OSError, ValueError, AttributeError):
+        pass  # missing, unreadable or another machine's: measure
+    four_s, full_s = measure_cpu_four_bit()
+    result = four_s < full_s
+    try:
+        from agent.core.files import atomic_write_text
+
+        record = {"identity": identity, "four_bit_faster": result, "nf4_ms": round(four_s * 1e3, 3),
+                  "native_ms": round(full_s * 1e3, 3), "native_dtype": native_dtype("cpu")}
+        atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    except OSError as exc:  # a read-only home: measured again next time
+        logger.info("could not keep the CPU measurement in %s (%s)", path, exc)
+    return result
+
+
+def measure_cpu_four_bit() -> tuple[float, float]:
+    """Seconds of one decode token through four 2048x4096 layers: ``(NF4, native dtype)``.
+
+    0.5-2 s with the quantization: the layers (134 MB in fp32, more than a cache holds) in NF4 and
+    in full precision, one token each, median of three rounds. Decoding is memory-bound, so 4-bit
+    wins where bitsandbytes' CPU kernels are vectorised (a 2-core AVX512-BF16 CPU: 0.5B LLaVA NF4
+    21 tok/s, bf16 12); on CPUs where its dequantization runs slowly (a 2-core AMD EPYC without
+    AVX-512: one 576x1536 layer 1.3 ms in NF4, 0.16 ms in fp32) full precision wins.
     """
     import statistics
     import time
@@ -167,7 +231,7 @@ def cpu_four_bit_decodes_faster() -> bool:
     try:
         import bitsandbytes as bnb
     except Exception:  # noqa: BLE001 - a broken native library: no 4-bit here at all
-        return False
+        return float("inf"), 0.0
     quiet_bitsandbytes_kernel_notice()
     dtype = torch_dtype(native_dtype("cpu"))
     generator = torch.Generator().manual_seed(0)
@@ -198,7 +262,7 @@ def cpu_four_bit_decodes_faster() -> bool:
     full_s, four_s = statistics.median(rounds["full"]), statistics.median(rounds["four"])
     logger.info("one decode token on this CPU: NF4 %.1f ms, %s %.1f ms (four 2048x4096 layers)",
                 four_s * 1e3, dtype, full_s * 1e3)
-    return four_s < full_s
+    return four_s, full_s
 
 
 @dataclass(frozen=True)

@@ -340,22 +340,50 @@ def test_auto_on_cpu_is_full_precision_only_where_four_bit_is_slower_and_the_wei
     assert resolve_precision("auto", "auto", "cpu", weights_bytes=10 << 20)[0] == "4bit"
 
 
-def test_this_cpus_four_bit_speed_is_measured_once(tiny_llava_qwen2):
+def test_this_cpus_four_bit_speed_is_measured_once_and_kept(tiny_llava_qwen2, tmp_path, monkeypatch):
+    import json
     import time
 
+    from agent.core import runtime
     from agent.core.runtime import cpu_four_bit_decodes_faster
     from agent.llava.loading import checkpoint_bytes
 
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    record = tmp_path / "llava-agent" / "cpu-four-bit.json"
     cpu_four_bit_decodes_faster.cache_clear()
     started = time.perf_counter()
     faster = cpu_four_bit_decodes_faster()
     assert isinstance(faster, bool) and time.perf_counter() - started < 30
     assert cpu_four_bit_decodes_faster.cache_info().misses == 1 and cpu_four_bit_decodes_faster() is faster
+    kept = json.loads(record.read_text())
+    assert kept["four_bit_faster"] is faster and (kept["nf4_ms"] < kept["native_ms"]) is faster
+
+    def measure_again():
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(runtime, "measure_cpu_four_bit", measure_again)  # a new process reads the record
+    cpu_four_bit_decodes_faster.cache_clear()
+    assert cpu_four_bit_decodes_faster() is faster
+    record.write_text(json.dumps({**kept, "identity": "another machine"}))  # another CPU or version: measured
+    monkeypatch.setattr(runtime, "measure_cpu_four_bit", lambda: (1.0, 2.0))
+    cpu_four_bit_decodes_faster.cache_clear()
+    assert cpu_four_bit_decodes_faster() is True and json.loads(record.read_text())["identity"] == kept["identity"]
+    record.write_text("{not json")  # unreadable: measured again, not an error
+    monkeypatch.setattr(runtime, "measure_cpu_four_bit", lambda: (2.0, 1.0))
+    cpu_four_bit_decodes_faster.cache_clear()
+    assert cpu_four_bit_decodes_faster() is False
+    cpu_four_bit_decodes_faster.cache_clear()  # the rest of the session reads this machine's own record
+
     size = checkpoint_bytes(str(tiny_llava_qwen2))
     assert size == sum(f.stat().st_size for f in tiny_llava_qwen2.glob("*.safetensors")) > 0
     assert checkpoint_bytes("no-such-org/no-such-model") is None
+
+
+def test_auto_on_this_cpu_follows_its_measurement(tiny_llava_qwen2):
+    from agent.core.runtime import cpu_four_bit_decodes_faster
+
     spec = resolve_spec(str(tiny_llava_qwen2), device="cpu")
-    assert spec.quantization == ("4bit" if faster else "none")  # a tiny checkpoint always fits
+    assert spec.quantization == ("4bit" if cpu_four_bit_decodes_faster() else "none")  # a tiny checkpoint fits
 
 
 def test_default_models():
