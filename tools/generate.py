@@ -107,14 +107,23 @@ class GenerateImageTool(LlavaTool):
                 None, ge=1, le=self.max_steps,
                 description=f"Denoising steps (1 to {self.max_steps}); leave empty for the model's default."))
         if self.max_side != MAX_SIDE:
-            largest = self.max_side - self.max_side % 8
             for label in ("width", "height"):
                 fields[label] = (int, Field(
-                    min(512, largest), ge=MIN_SIDE, le=largest, multiple_of=8,
-                    description=f"{label.capitalize()} in pixels, a multiple of 8 from {MIN_SIDE} to {largest}."))
+                    self.default_side, ge=MIN_SIDE, le=self.largest_side, multiple_of=8,
+                    description=f"{label.capitalize()} in pixels, a multiple of 8 from {MIN_SIDE} to {self.largest_side}."))
         if fields:
             self.args_schema = create_model("GenerateImageInput", __base__=GenerateImageInput, **fields)
         return self
+
+    @property
+    def largest_side(self) -> int:
+        """The widest or tallest picture a call may ask for: ``max_side`` down to a multiple of 8."""
+        return self.max_side - self.max_side % 8
+
+    @property
+    def default_side(self) -> int:
+        """Width and height when a call gives none."""
+        return min(512, self.largest_side)
 
     safety_checker: bool = Field(True, description="Keep the checkpoint's safety checker if it has one.")
 
@@ -150,12 +159,10 @@ class GenerateImageTool(LlavaTool):
             raise InputError("the prompt is empty; describe the picture to create")
         if len(prompt) > MAX_PROMPT_CHARS:
             raise InputError(f"the prompt has {len(prompt)} characters, over the limit of {MAX_PROMPT_CHARS}")
-        largest = self.max_side - self.max_side % 8
         for label, side in (("width", width), ("height", height)):
-            if not MIN_SIDE <= side <= largest or side % 8:
-                raise InputError(
-                    f"{label} = {side} must be a multiple of 8 from {MIN_SIDE} to {largest}, e.g. {min(512, largest)}"
-                )
+            if not MIN_SIDE <= side <= self.largest_side or side % 8:
+                raise InputError(f"{label} = {side} must be a multiple of 8 from {MIN_SIDE} to {self.largest_side}, "
+                                 f"e.g. {self.default_side}")
         steps = self.default_steps if steps is None else steps
         if not 1 <= steps <= self.max_steps:
             raise InputError(f"steps = {steps} must be from 1 to {self.max_steps}")
@@ -178,9 +185,8 @@ class GenerateImageTool(LlavaTool):
         import torch
         from PIL.PngImagePlugin import PngInfo
 
-        default_side = min(512, self.max_side - self.max_side % 8)
-        width = default_side if width is None else width
-        height = default_side if height is None else height
+        width = self.default_side if width is None else width
+        height = self.default_side if height is None else height
         steps = self.validate(prompt, width, height, steps, guidance, seed)
         seed = secrets.randbelow(2**31) if seed is None else seed
         device = self.resolved_device()

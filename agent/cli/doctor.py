@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from agent.core.errors import LlavaAgentError, ModelNotFoundError
-from agent.core.runtime import default_chat_model, resolve_device, resolve_precision
-from agent.llava.loading import check_model_available
+from agent.core.runtime import default_chat_model, resolve_device
+from agent.llava.loading import check_model_available, resolve_spec
 from memory.chroma import get_chroma_client
 from memory.embedders import resolve_text_embedder
 from tools.speak import ESPEAK_EXECUTABLE, INSTALL_HINT
@@ -57,12 +57,9 @@ def check_torch(config: AppConfig) -> Check:
     import torch
 
     # the same decisions ChatLlava makes when everything is "auto"
-    device = resolve_device(config.model.device)
-    from agent.llava.loading import checkpoint_bytes
-
-    model = config.model.model or default_chat_model(device)
-    size = checkpoint_bytes(model) if config.model.quantization == "auto" and device == "cpu" else None
-    quantization, dtype = resolve_precision(config.model.quantization, config.model.dtype, device, weights_bytes=size)
+    spec = resolve_spec(config.model.model, quantization=config.model.quantization, dtype=config.model.dtype,
+                        device=config.model.device)  # fmt: skip
+    device, quantization, dtype = spec.device, spec.quantization, spec.dtype
     runs = f"the chat model runs on {device}, {'4-bit NF4' if quantization == '4bit' else quantization}, {dtype}"
     if torch.cuda.is_available():
         names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))

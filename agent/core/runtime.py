@@ -34,6 +34,8 @@ from agent.core.defaults import CHAT_MODEL_CPU, CHAT_MODEL_GPU
 from agent.core.errors import InputError, QuantizationError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
     import torch
 
 logger = logging.getLogger(__name__)
@@ -151,7 +153,7 @@ CPU_MEASUREMENT_FILE = "cpu-four-bit.json"
 """Where :func:`cpu_four_bit_decodes_faster` keeps its result, in ``$XDG_CACHE_HOME/llava-agent``."""
 
 
-def _measurement_path() -> Any:
+def _measurement_path() -> Path:
     import os
     from pathlib import Path
 
