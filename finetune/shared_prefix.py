@@ -69,6 +69,7 @@ def split_batch(model: Any, inputs: dict[str, Any], image_token_id: int | None =
                 input_ids=input_ids[:1, :prefix],
                 attention_mask=inputs["attention_mask"][:1, :prefix],
                 use_cache=True,
+                logits_to_keep=1,  # only the cache is used: the vocabulary projection of 1,000s of tokens is not
             )
     finally:
         model.train(was_training)

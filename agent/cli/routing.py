@@ -32,7 +32,7 @@ def register_eval(subparsers: Any, common: argparse.ArgumentParser) -> argparse.
     routing.add_argument("--adapter", metavar="PATH", help="folder of a LoRA adapter to apply (overrides the config)")
     routing.add_argument("--routing", choices=ROUTING_MODES, help="routing mode (overrides agent.routing)")
     routing.add_argument("--set", dest="routing_set", metavar="FILE",
-                         help="labelled requests, JSONL (default: the shipped held-out set)")
+                         help="labelled requests, JSONL, or a shipped set: held-out (the default), held-out-2")
     routing.add_argument("--limit", type=int, metavar="N", help="score only the first N requests")
     routing.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     routing.add_argument("--max-new-tokens", type=int, default=256, help="token budget of the model call")

@@ -36,9 +36,9 @@ ROUTING_MODES = ("model", "semantic", "hybrid")
 ROUTING = "hybrid"
 """Measured on the held-out routing set with the real SmolLM2 LLaVA (README, "Tool routing"):
 hybrid beats the model alone with and without a tool-use adapter."""
-ROUTING_THRESHOLD = 0.50
-ROUTING_MARGIN = 0.30
-ROUTING_NO_TOOL_THRESHOLD = 0.60
+ROUTING_THRESHOLD = 0.35
+ROUTING_MARGIN = 0.20
+ROUTING_NO_TOOL_THRESHOLD = 0.70
 """Calibrated on the built-in tools with ``python bench/bench_routing.py`` (never on the held-out set)."""
 
 # -- the tool-use adapter recipe (agent.app.tool_adapter, llava-agent finetune tools) -------------

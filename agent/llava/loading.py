@@ -284,8 +284,28 @@ def _load_uncached(spec: ModelSpec) -> LoadedModel:
     if spec.adapter:
         model = _apply_adapter(model, spec)
     model.eval()
+    _ensure_end_of_reply(model, processor, spec)
     logger.info("Loaded %s in %.1f s", spec.model, time.perf_counter() - started)
     return LoadedModel(spec=spec, model=model, processor=processor)
+
+
+def _ensure_end_of_reply(model: Any, processor: Any, spec: ModelSpec) -> None:
+    """Give a checkpoint whose generation config names no end-of-sequence token the tokenizer's.
+
+    Replies stop at the generation config's EOS, and a finished tool call or JSON reply is ended by
+    forcing it; without one a reply runs to its token budget.
+    """
+    config = getattr(model, "generation_config", None)
+    if config is None or config.eos_token_id not in (None, []):
+        return
+    tokenizer = getattr(processor, "tokenizer", processor)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        logger.warning("%s names no end-of-sequence token (generation config and tokenizer): replies run to their "
+                       "token budget; set eos_token_id in its generation_config.json", spec.model)
+        return
+    config.eos_token_id = eos
+    logger.info("%s: its generation config names no end-of-sequence token; using the tokenizer's (%d)", spec.model, eos)
 
 
 def _load_error(spec: ModelSpec, exc: OSError, what: str) -> ModelLoadError | ModelNotFoundError:

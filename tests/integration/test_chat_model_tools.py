@@ -213,3 +213,21 @@ def test_cancel_event_ends_a_call_being_written(tiny_llava_qwen2):
     assert reply.tool_calls == [] and reply.content == ""  # half a call is not a call
     # the same seed writes the same call: stopped early, it has only a part of its tokens
     assert 0 < reply.usage_metadata["output_tokens"] < full.usage_metadata["output_tokens"] / 2
+
+
+def test_a_checkpoint_without_an_eos_in_its_generation_config_still_ends_calls(tiny_llava_qwen2, tmp_path):
+    """The tokenizer's EOS stands in, so a forced call ends when it is complete, not at the budget."""
+    import shutil
+
+    folder = tmp_path / "no-eos"
+    shutil.copytree(tiny_llava_qwen2, folder)
+    config_file = folder / "generation_config.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    config.pop("eos_token_id", None)
+    config_file.write_text(json.dumps(config))
+    chat = ChatLlava(model=str(folder), max_tokens=400, temperature=0.0, device="cpu")
+    loaded = chat.loaded
+    assert loaded.model.generation_config.eos_token_id == loaded.processor.tokenizer.eos_token_id
+    message = chat.bind_tools(TOOLS, tool_choice="speak").invoke([HumanMessage("Say hi.")])
+    _assert_valid_calls(message)
+    assert message.usage_metadata["output_tokens"] < 400

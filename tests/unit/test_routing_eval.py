@@ -38,6 +38,43 @@ def test_the_shipped_held_out_set_is_large_varied_and_valid():
     assert any(case.images for case in cases if case.tool is None)
 
 
+def test_the_second_shipped_set_is_valid_varied_and_apart_from_the_first():
+    first = load_routing_set("held-out")
+    second = load_routing_set("held-out-2")
+    counts = Counter(case.tool for case in second)
+    assert len(second) >= 80
+    assert counts[None] / len(second) >= 0.25
+    assert set(counts) - {None} == BUILT_IN
+    assert not {c.id for c in first} & {c.id for c in second}
+    assert not {normalise_text(c.request) for c in first} & {normalise_text(c.request) for c in second}
+
+
+def test_a_set_is_found_by_name_or_path(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"id": "a", "request": "hello", "tool": null}\n')
+    assert [c.id for c in load_routing_set(str(path))] == ["a"]
+    assert load_routing_set("held-out") == load_routing_set()
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_routing_set(tmp_path / "held-out-3")
+
+
+def test_no_held_out_request_is_a_training_request():
+    """The training data is synthesised from examples and lexicons: none of it may be a benchmark request."""
+    from agent.app.routing import request_text, training_requests
+    from agent.app.routing_eval import agent_tools
+    from agent.app.tool_data import default_lexicons
+    from agent.core.config import load_config
+
+    tools = agent_tools(load_config({"data_dir": "/nonexistent-llava-agent"}, environ={}))
+    texts, _, _ = training_requests(tools, default_lexicons(), 3000, seed=0)
+    synthesised = {normalise_text(request_text(t)) for t in texts}
+    lexicon = default_lexicons()
+    questions = {normalise_text(row[0]) for key in ("plain", "traps", "unsupported") for row in lexicon[key]}
+    for case in [*load_routing_set("held-out"), *load_routing_set("held-out-2")]:
+        assert normalise_text(case.request) not in synthesised, case.id
+        assert normalise_text(case.request) not in questions, case.id
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
