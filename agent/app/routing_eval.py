@@ -97,7 +97,8 @@ def load_routing_set(path: str | Path | None = None) -> list[RoutingCase]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise DatasetError(f"routing set {path} does not exist; pass a JSONL file of labelled requests") from None
+        raise DatasetError(f"routing set {path} does not exist; pass a JSONL file of labelled requests or a shipped "
+                           f"set's name ({', '.join(SHIPPED_SETS)})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"routing set {path} cannot be read ({exc}); check it is UTF-8 text") from None
     cases: list[RoutingCase] = []

@@ -284,19 +284,20 @@ def _load_uncached(spec: ModelSpec) -> LoadedModel:
     if spec.adapter:
         model = _apply_adapter(model, spec)
     model.eval()
-    _ensure_end_of_reply(model, processor, spec)
+    _ensure_end_of_reply(model, processor, spec, hub)
     logger.info("Loaded %s in %.1f s", spec.model, time.perf_counter() - started)
     return LoadedModel(spec=spec, model=model, processor=processor)
 
 
-def _ensure_end_of_reply(model: Any, processor: Any, spec: ModelSpec) -> None:
+def _ensure_end_of_reply(model: Any, processor: Any, spec: ModelSpec, hub: dict[str, Any]) -> None:
     """Give a checkpoint whose generation config names no end-of-sequence token the tokenizer's.
 
     Replies stop at the generation config's EOS, and a finished tool call or JSON reply is ended by
-    forcing it; without one a reply runs to its token budget.
+    forcing it; without one a reply runs to its token budget. A ``generation_config.json`` that
+    sets ``"eos_token_id": null`` on purpose is left as it is.
     """
     config = getattr(model, "generation_config", None)
-    if config is None or config.eos_token_id not in (None, []):
+    if config is None or config.eos_token_id not in (None, []) or _sets_eos_explicitly(spec, hub):
         return
     tokenizer = getattr(processor, "tokenizer", processor)
     eos = getattr(tokenizer, "eos_token_id", None)
@@ -306,6 +307,20 @@ def _ensure_end_of_reply(model: Any, processor: Any, spec: ModelSpec) -> None:
         return
     config.eos_token_id = eos
     logger.info("%s: its generation config names no end-of-sequence token; using the tokenizer's (%d)", spec.model, eos)
+
+
+def _sets_eos_explicitly(spec: ModelSpec, hub: dict[str, Any]) -> bool:
+    """Whether the checkpoint's ``generation_config.json`` has an ``eos_token_id`` key (even null)."""
+    import json
+
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(spec.model, "generation_config.json", **hub, _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False)
+        return bool(path) and "eos_token_id" in json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
 
 
 def _load_error(spec: ModelSpec, exc: OSError, what: str) -> ModelLoadError | ModelNotFoundError:

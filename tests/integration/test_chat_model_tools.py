@@ -231,3 +231,8 @@ def test_a_checkpoint_without_an_eos_in_its_generation_config_still_ends_calls(t
     message = chat.bind_tools(TOOLS, tool_choice="speak").invoke([HumanMessage("Say hi.")])
     _assert_valid_calls(message)
     assert message.usage_metadata["output_tokens"] < 400
+    # an explicit null is a choice (tests/tiny_models.py's endless_copy): kept
+    endless_folder = shutil.copytree(folder, tmp_path / "endless")
+    (endless_folder / "generation_config.json").write_text(json.dumps({**config, "eos_token_id": None}))
+    endless = ChatLlava(model=str(endless_folder), max_tokens=40, temperature=0.0, device="cpu")
+    assert endless.loaded.model.generation_config.eos_token_id is None
