@@ -18,13 +18,10 @@ Tools run as instant stand-ins with the real tools' names, descriptions and argu
 and the turn ends after the first model call, so the benchmark measures decisions, not tool
 models. A plain answer is stopped at its first token unless ``answers=True``.
 
-The labelled set is JSONL, one request per line. Two sets ship, both written apart from the
-tools' example requests and the training lexicons: ``held-out`` (the default,
-``agent/data/routing_heldout.jsonl``, 156 requests) and ``held-out-2``
-(``agent/data/routing_heldout_2.jsonl``, 80 requests written later, before the example requests
-were extended, and never used to tune them: the first set's misses were known by then, so the
-second set checks that what was changed for them carries over); pass a name or your own file
-with ``--set``::
+The labelled set is JSONL, one request per line. Two sets ship, written apart from the tools'
+example requests and the lexicons: ``held-out`` (the default, 156 requests) and ``held-out-2``
+(80, written before the examples were extended; see the README on how each was used). Pass a
+name or your own file with ``--set``::
 
     {"id": "caption-01", "request": "What's in photos/cat.png?", "tool": "caption_image", "args": {"image": "photos/cat.png"}}
     {"id": "draw-01", "request": "draw a lighthouse at dusk", "tool": "generate_image", "args": {"prompt": ["lighthouse", "dusk"]}}

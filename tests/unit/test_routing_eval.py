@@ -66,9 +66,9 @@ def test_no_held_out_request_is_a_training_request():
     from agent.core.config import load_config
 
     tools = agent_tools(load_config({"data_dir": "/nonexistent-llava-agent"}, environ={}))
-    texts, _, _ = training_requests(tools, default_lexicons(), 3000, seed=0)
-    synthesised = {normalise_text(request_text(t)) for t in texts}
     lexicon = default_lexicons()
+    texts, _, _ = training_requests(tools, lexicon, 3000, seed=0)
+    synthesised = {normalise_text(request_text(t)) for t in texts}
     questions = {normalise_text(row[0]) for key in ("plain", "traps", "unsupported") for row in lexicon[key]}
     for case in [*load_routing_set("held-out"), *load_routing_set("held-out-2")]:
         assert normalise_text(case.request) not in synthesised, case.id
