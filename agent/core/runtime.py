@@ -2,13 +2,13 @@
 
 * :func:`resolve_device`: ``"auto"`` becomes ``cuda`` when a GPU is usable, else ``mps`` on
   Apple silicon, else ``cpu``; a named device is checked.
-* :func:`resolve_precision`: the chat model's quantization and compute dtype. 4-bit NF4 on CUDA
-  and on CPU where bitsandbytes is installed (decoding is memory-bound: measured on a 2-core
-  CPU, 0.5B LLaVA, NF4 21 tok/s, bf16 15, fp32 6.6, same time to first token;
-  ``bench/bench_chat_model.py``) -- except on a CPU where bitsandbytes' 4-bit matmul is slower
-  than full precision (measured once, :func:`cpu_four_bit_decodes_faster`) when the
-  full-precision weights fit in half the available memory; compute in bf16 where the hardware
-  has it natively, else fp16 (CUDA, MPS) or fp32 (CPU).
+* :func:`resolve_precision`: the chat model's quantization and compute dtype. 4-bit NF4 on CUDA;
+  on CPU the fastest decode of this CPU among NF4, int8 weights and full precision (measured
+  once, :func:`cpu_fastest_decode`; decoding is memory-bound: a 2-core AVX512-BF16 CPU decoded
+  a 0.5B LLaVA at NF4 21 tok/s, bf16 15, fp32 6.6, same time to first token,
+  ``bench/bench_chat_model.py``), int8 weights and full precision only where the full-precision
+  weights fit in half the available memory; compute in bf16 where the hardware has it natively,
+  else fp16 (CUDA, MPS) or fp32 (CPU).
 * :func:`resolve_training_precision`: the same for fine-tuning (QLoRA on CUDA, LoRA elsewhere).
 * :func:`tool_dtype`: the tool models (captioning, diffusion, CLIP, VITS): fp16 on CUDA, fp32
   elsewhere.
@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-QUANTIZATIONS = ("auto", "4bit", "8bit", "none")
+QUANTIZATIONS = ("auto", "4bit", "8bit", "int8-weights", "none")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 SKIP_QUANTIZATION_MODULES = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
 """Modules kept in full precision when quantizing (transformers v5 module names)."""
@@ -112,27 +112,49 @@ def resolve_precision(
 ) -> tuple[str, str]:
     """The chat model's ``(quantization, dtype)`` on ``device``, ``"auto"`` resolved.
 
-    ``weights_bytes`` is the checkpoint's size on disk (None: unknown). On CPU, ``auto`` is 4-bit
-    unless this CPU's 4-bit matmul is slower than its full-precision one
-    (:func:`cpu_four_bit_decodes_faster`) *and* the full-precision weights fit in half of the
-    available memory; an unknown size keeps 4-bit.
+    ``weights_bytes`` is the checkpoint's size on disk (None: unknown). On CUDA ``auto`` is 4-bit
+    NF4. On CPU it is whichever of NF4, int8 weights and full precision decodes fastest on this
+    CPU (:func:`cpu_fastest_decode`, measured once per machine); int8 weights and full precision
+    load the full-precision weights first, so they are taken only when those fit in half of the
+    available memory (an unknown size keeps NF4 where bitsandbytes is installed).
     """
     _check_choice("quantization", quantization, QUANTIZATIONS)
     _check_choice("dtype", dtype, DTYPES)
+    if quantization == "int8-weights" and device != "cpu":
+        raise InputError(
+            f"quantization 'int8-weights' runs on CPU only (torch's int8 weight kernel), not on {device}; "
+            "use quantization='4bit' or 'auto' there"
+        )
+    if quantization == "int8-weights" and not int8_weights_available():
+        raise InputError(
+            "quantization 'int8-weights' needs torch's int8 weight kernel (torch._weight_int8pack_mm), "
+            "which this torch lacks; upgrade torch or use quantization='auto'"
+        )
     if quantization == "auto":
-        # NF4 decodes fastest on CUDA and on most CPUs; without bitsandbytes, or on MPS, full precision.
         if device.startswith("cuda"):
             quantization = "4bit"
-        elif device == "cpu" and bitsandbytes_installed():
+        elif device == "cpu":
             full = native_dtype(device) if dtype == "auto" else dtype
-            quantization = "4bit"
-            if _fits_in_memory(weights_bytes, full) and not cpu_four_bit_decodes_faster():
-                quantization = "none"
-        else:
+            quantization = _cpu_auto_quantization(_fits_in_memory(weights_bytes, full))
+        else:  # MPS: no bitsandbytes kernels
             quantization = "none"
     if dtype == "auto":
         dtype = "float16" if quantization == "8bit" else native_dtype(device)  # int8 matmuls take fp16
     return quantization, dtype
+
+
+def _cpu_auto_quantization(full_precision_fits: bool) -> str:
+    """``auto`` on CPU: the fastest decode measured here, among those that can be loaded safely."""
+    if not full_precision_fits and bitsandbytes_installed():
+        return "4bit"  # int8 weights and full precision start from the full-precision weights
+    return cpu_fastest_decode()
+
+
+def int8_weights_available() -> bool:
+    """Whether torch has the CPU int8 weight-only kernel ``quantization="int8-weights"`` uses."""
+    from agent.core.int8_weights import int8_kernel_available
+
+    return int8_kernel_available("cpu")
 
 
 def _fits_in_memory(weights_bytes: int | None, dtype: str) -> bool:
@@ -149,8 +171,8 @@ def _fits_in_memory(weights_bytes: int | None, dtype: str) -> bool:
     return weights_bytes * scale <= available // 2
 
 
-CPU_MEASUREMENT_FILE = "cpu-four-bit.json"
-"""Where :func:`cpu_four_bit_decodes_faster` keeps its result, in ``$XDG_CACHE_HOME/llava-agent``."""
+CPU_MEASUREMENT_FILE = "cpu-decode.json"
+"""Where :func:`cpu_decode_timings` keeps its result, in ``$XDG_CACHE_HOME/llava-agent``."""
 
 
 def _measurement_path() -> Path:
@@ -184,12 +206,32 @@ def _cpu_identity() -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_four_bit_decodes_faster() -> bool:
-    """Whether bitsandbytes' NF4 matmul beats the native dtype's on this CPU at one decode token.
+CPU_DECODE_CHOICES = ("4bit", "int8-weights", "none")
+"""What :func:`measure_cpu_decode` times, in the order a tie is broken (fewest bytes first)."""
 
-    Measured once per machine (:func:`measure_cpu_four_bit`) and kept in
-    ``$XDG_CACHE_HOME/llava-agent/cpu-four-bit.json`` (``~/.cache`` by default) under the CPU's
+
+def cpu_fastest_decode() -> str:
+    """Which of NF4 (``"4bit"``), int8 weights and full precision (``"none"``) decodes fastest on this CPU.
+
+    From :func:`cpu_decode_timings` (measured once per machine), among the choices whose library
+    is there now (bitsandbytes for NF4, torch's int8 kernel for int8 weights).
+    """
+    timings = cpu_decode_timings()
+    usable = {
+        "4bit": bitsandbytes_installed(),
+        "int8-weights": int8_weights_available(),
+        "none": True,
+    }
+    candidates = [name for name in CPU_DECODE_CHOICES if usable[name] and timings.get(name) is not None]
+    return min(candidates, key=lambda name: timings[name]) if candidates else "none"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_decode_timings() -> dict[str, float | None]:
+    """Milliseconds of one decode token per choice of :data:`CPU_DECODE_CHOICES` on this CPU (None: not runnable).
+
+    Measured once per machine (:func:`measure_cpu_decode`) and kept in
+    ``$XDG_CACHE_HOME/llava-agent/cpu-decode.json`` (``~/.cache`` by default) under the CPU's
     model, flags and core count and the torch and bitsandbytes versions, so a new CPU or a new
     version measures again; delete the file to measure again by hand.
     """
@@ -199,72 +241,93 @@ def cpu_four_bit_decodes_faster() -> bool:
     path = _measurement_path()
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
-        if stored.get("identity") == identity and isinstance(stored.get("four_bit_faster"), bool):
-            return stored["four_bit_faster"]
+        timings = stored.get("milliseconds")
+        if stored.get("identity") == identity and isinstance(timings, dict) and set(timings) == set(CPU_DECODE_CHOICES):
+            return timings
     except (OSError, ValueError, AttributeError):
         pass  # missing, unreadable or another machine's: measure
-    four_s, full_s = measure_cpu_four_bit()
-    result = four_s < full_s
+    timings = {name: round(seconds * 1e3, 3) if seconds != float("inf") else None
+               for name, seconds in measure_cpu_decode().items()}
     try:
         from agent.core.files import atomic_write_text
 
-        record = {"identity": identity, "four_bit_faster": result, "nf4_ms": round(four_s * 1e3, 3),
-                  "native_ms": round(full_s * 1e3, 3), "native_dtype": native_dtype("cpu")}
+        record = {"identity": identity, "milliseconds": timings, "native_dtype": native_dtype("cpu")}
         atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     except OSError as exc:  # a read-only home: measured again next time
         logger.info("could not keep the CPU measurement in %s (%s)", path, exc)
-    return result
+    return timings
 
 
-def measure_cpu_four_bit() -> tuple[float, float]:
-    """Seconds of one decode token through four 2048x4096 layers: ``(NF4, native dtype)``.
+def measure_cpu_decode() -> dict[str, float]:
+    """Seconds of one decode token through four 2048x4096 layers, per choice of :data:`CPU_DECODE_CHOICES`.
 
-    0.5-2 s with the quantization: the layers (134 MB in fp32, more than a cache holds) in NF4 and
-    in full precision, one token each, median of three rounds. Decoding is memory-bound, so 4-bit
-    wins where bitsandbytes' CPU kernels are vectorised (a 2-core AVX512-BF16 CPU: 0.5B LLaVA NF4
-    21 tok/s, bf16 12); on CPUs where its dequantization runs slowly (a 2-core AMD EPYC without
-    AVX-512: one 576x1536 layer 1.3 ms in NF4, 0.16 ms in fp32) full precision wins.
+    1-3 s in all: the layers (134 MB in fp32, more than a cache holds) in NF4, as int8 weights
+    and in the native dtype, one token each, median of three interleaved rounds; a choice whose
+    library is missing takes ``inf``. Decoding is memory-bound, so fewer bytes win where the
+    kernel is vectorised: a 2-core AVX512-BF16 CPU decoded a 0.5B LLaVA at NF4 21 tok/s, bf16 12;
+    on a 2-core AMD EPYC without AVX-512 bitsandbytes' NF4 dequantization is slow (one 576x1536
+    layer 1.3 ms in NF4, 0.16 ms in fp32) and torch's int8 kernel reads a quarter of fp32's bytes.
     """
     import statistics
     import time
 
     import torch
 
-    try:
-        import bitsandbytes as bnb
-    except Exception:  # noqa: BLE001 - a broken native library: no 4-bit here at all
-        return float("inf"), 0.0
-    quiet_bitsandbytes_kernel_notice()
     dtype = torch_dtype(native_dtype("cpu"))
     generator = torch.Generator().manual_seed(0)
-    full_layers, four_layers = [], []
+    layers: dict[str, list[Any]] = {}
     with torch.no_grad():
-        weight = torch.randn(4096, 2048, generator=generator).to(dtype)
-        for _ in range(4):
-            full = torch.nn.Linear(2048, 4096, bias=False, dtype=dtype)
-            full.weight.copy_(weight)
-            four = bnb.nn.Linear4bit(2048, 4096, bias=False, compute_dtype=dtype, quant_type="nf4")
-            four.load_state_dict(full.state_dict())
-            full_layers.append(full.eval())
-            four_layers.append(four.to("cpu").eval())
+        weights = [torch.randn(4096, 2048, generator=generator).to(dtype) for _ in range(4)]
+        full = []
+        for weight in weights:
+            linear = torch.nn.Linear(2048, 4096, bias=False, dtype=dtype)
+            linear.weight.copy_(weight)
+            full.append(linear.eval())
+        layers["none"] = full
+        four = _four_bit_layers(full, dtype)
+        if four:
+            layers["4bit"] = four
+        if int8_weights_available():
+            from agent.core.int8_weights import int8_linear_class
+
+            layers["int8-weights"] = [int8_linear_class()(linear).eval() for linear in full]
     token = torch.randn(1, 1, 2048, generator=generator).to(dtype)
 
-    def seconds(layers: list[Any]) -> float:
+    def seconds(stack: list[Any]) -> float:
         started = time.perf_counter()
-        for layer in layers:
+        for layer in stack:
             layer(token)
         return time.perf_counter() - started
 
-    rounds: dict[str, list[float]] = {"full": [], "four": []}
+    rounds: dict[str, list[float]] = {name: [] for name in layers}
     with torch.inference_mode():
-        seconds(full_layers), seconds(four_layers)  # warm-up
+        for stack in layers.values():
+            seconds(stack)  # warm-up
         for _ in range(3):
-            rounds["full"].append(seconds(full_layers))
-            rounds["four"].append(seconds(four_layers))
-    full_s, four_s = statistics.median(rounds["full"]), statistics.median(rounds["four"])
-    logger.info("one decode token on this CPU: NF4 %.1f ms, %s %.1f ms (four 2048x4096 layers)",
-                four_s * 1e3, dtype, full_s * 1e3)
-    return four_s, full_s
+            for name, stack in layers.items():
+                rounds[name].append(seconds(stack))
+    timings = {name: statistics.median(rounds[name]) if name in rounds else float("inf")
+               for name in CPU_DECODE_CHOICES}
+    logger.info("one decode token on this CPU (four 2048x4096 layers): %s",
+                ", ".join(f"{name} {value * 1e3:.1f} ms" for name, value in timings.items()))
+    return timings
+
+
+def _four_bit_layers(full: list[Any], dtype: torch.dtype) -> list[Any]:
+    """NF4 copies of ``full`` (empty where bitsandbytes cannot be imported)."""
+    if not bitsandbytes_installed():
+        return []
+    try:
+        import bitsandbytes as bnb
+    except Exception:  # noqa: BLE001 - a broken native library: no 4-bit here at all
+        return []
+    quiet_bitsandbytes_kernel_notice()
+    four = []
+    for linear in full:
+        layer = bnb.nn.Linear4bit(2048, 4096, bias=False, compute_dtype=dtype, quant_type="nf4")
+        layer.load_state_dict(linear.state_dict())
+        four.append(layer.to("cpu").eval())
+    return four
 
 
 @dataclass(frozen=True)
@@ -288,6 +351,11 @@ def resolve_training_precision(device: str, dtype: str, quantization: str) -> Pl
         device = "cpu"  # training kernels used here are CUDA or CPU
     _check_choice("dtype", dtype, DTYPES)
     _check_choice("quantization", quantization, QUANTIZATIONS)
+    if quantization == "int8-weights":
+        raise InputError(
+            "quantization 'int8-weights' is for running a model on CPU, not for fine-tuning; "
+            "train with quantization='auto', '4bit' or 'none' and run the adapter with int8 weights"
+        )
     if dtype == "auto":
         native = native_dtype(device)
         dtype = native if native == "bfloat16" else "float32"
@@ -335,9 +403,10 @@ def quiet_bitsandbytes_kernel_notice() -> None:
 
 
 def bitsandbytes_config(quantization: str, dtype: str) -> Any:
-    """The ``BitsAndBytesConfig`` for a resolved quantization (``None`` for ``"none"``)."""
+    """The ``BitsAndBytesConfig`` for a resolved quantization (``None`` for ``"none"`` and ``"int8-weights"``,
+    which quantizes after loading: :func:`agent.core.int8_weights.quantize_linear_layers`)."""
     _check_choice("quantization", quantization, QUANTIZATIONS[1:])
-    if quantization == "none":
+    if quantization in ("none", "int8-weights"):
         return None
     quiet_bitsandbytes_kernel_notice()
     try:

@@ -49,11 +49,12 @@ from typing import TYPE_CHECKING, Any, get_args
 from agent.core import defaults
 from agent.core.config import HeadPrecision, KVCacheMode, PromptLookupMode
 from agent.core.errors import InputError
+from agent.core.int8_weights import int8_kernel_available as int8_supported
 from agent.decoding.prompt_lookup import PromptLookup
 from agent.llava import decode_attention
 from agent.llava.cuda_graphs import graph_decoder
 from agent.llava.kv_cache import CACHE_KEYWORDS, KVBuffers, cache_arguments, cache_keyword
-from agent.llava.output_head import OutputHead, int8_supported
+from agent.llava.output_head import OutputHead
 from agent.llava.prefix_cache import (
     DEFAULT_MAX_ENTRIES,
     DEFAULT_MAX_MIB,

@@ -5,7 +5,8 @@
 * :func:`load_model` loads a checkpoint with ``AutoProcessor`` +
   ``AutoModelForImageTextToText`` (safetensors only, no remote code unless asked), quantizes it
   with bitsandbytes when asked (NF4 + double quantization; vision tower, projector and
-  ``lm_head`` kept in full precision), applies a LoRA adapter, and keeps it in the one
+  ``lm_head`` kept in full precision), applies a LoRA adapter, turns the language model's
+  linear layers into int8 weights when asked (:mod:`agent.core.int8_weights`), and keeps it in the one
   :class:`~agent.core.model_manager.ModelManager` under ``("chat", spec)``, so its memory counts
   in the device's budget like every tool model. :func:`use_model` holds it for a generation, so
   it is never evicted mid-reply. Each :class:`LoadedModel` carries a lock that serialises
@@ -283,6 +284,10 @@ def _load_uncached(spec: ModelSpec) -> LoadedModel:
         raise ModelLoadError(f"loading {spec.model!r} failed: {exc}") from exc
     if spec.adapter:
         model = _apply_adapter(model, spec)
+    if spec.quantization == "int8-weights":
+        from agent.core.int8_weights import quantize_linear_layers
+
+        quantize_linear_layers(model)
     model.eval()
     _ensure_end_of_reply(model, processor, spec, hub)
     logger.info("Loaded %s in %.1f s", spec.model, time.perf_counter() - started)

@@ -302,9 +302,14 @@ def test_bitsandbytes_missing(monkeypatch, tiny_llava_qwen2):
         model.invoke("hi")
 
 
-def test_auto_on_cpu_without_bitsandbytes_is_full_precision(monkeypatch):
+def test_auto_on_cpu_without_bitsandbytes_is_never_four_bit(monkeypatch):
+    from agent.core import runtime
+
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as when it is not installed
-    assert resolve_precision("auto", "auto", "cpu")[0] == "none"
+    monkeypatch.setattr(runtime, "cpu_decode_timings", lambda: {"4bit": 1.0, "int8-weights": 3.0, "none": 2.0})
+    assert resolve_precision("auto", "auto", "cpu")[0] == "none"  # NF4 measured fastest, but not installed now
+    monkeypatch.setattr(runtime, "cpu_decode_timings", lambda: {"4bit": 1.0, "int8-weights": 2.0, "none": 3.0})
+    assert resolve_precision("auto", "auto", "cpu")[0] == "int8-weights"
 
 
 def test_unsupported_device():
@@ -327,52 +332,62 @@ def test_auto_precision_choices():
         resolve_precision("3bit", "auto", "cpu")
 
 
-def test_auto_on_cpu_is_full_precision_only_where_four_bit_is_slower_and_the_weights_fit(monkeypatch):
+def test_auto_on_cpu_is_the_fastest_measured_decode_that_fits(monkeypatch):
     from agent.core import runtime
 
     native = "bfloat16" if cpu_supports_bf16() else "float32"
-    monkeypatch.setattr(runtime, "cpu_four_bit_decodes_faster", lambda: False)
-    assert resolve_precision("auto", "auto", "cpu", weights_bytes=10 << 20) == ("none", native)
+    timings = {"4bit": 98.0, "int8-weights": 4.1, "none": 9.1}  # measured on a 2-core AMD EPYC
+    monkeypatch.setattr(runtime, "cpu_decode_timings", lambda: timings)
+    assert resolve_precision("auto", "auto", "cpu", weights_bytes=10 << 20) == ("int8-weights", native)
     assert resolve_precision("auto", "auto", "cpu", weights_bytes=1 << 50)[0] == "4bit"  # would not fit
     assert resolve_precision("auto", "auto", "cpu")[0] == "4bit"  # size unknown: the memory-safe choice
     assert resolve_precision("4bit", "auto", "cpu", weights_bytes=10 << 20)[0] == "4bit"  # asked for
-    monkeypatch.setattr(runtime, "cpu_four_bit_decodes_faster", lambda: True)
+    timings.update({"int8-weights": 20.0})
+    assert resolve_precision("auto", "auto", "cpu", weights_bytes=10 << 20)[0] == "none"
+    timings.update({"4bit": 3.0})
     assert resolve_precision("auto", "auto", "cpu", weights_bytes=10 << 20)[0] == "4bit"
+    with pytest.raises(InputError, match="'int8-weights' runs on CPU only"):
+        resolve_precision("int8-weights", "auto", "cuda")
+    with pytest.raises(InputError, match="not for fine-tuning"):
+        runtime.resolve_training_precision("cpu", "auto", "int8-weights")
 
 
-def test_this_cpus_four_bit_speed_is_measured_once_and_kept(tiny_llava_qwen2, tmp_path, monkeypatch):
+def test_this_cpus_decode_speeds_are_measured_once_and_kept(tiny_llava_qwen2, tmp_path, monkeypatch):
     import json
     import time
 
     from agent.core import runtime
-    from agent.core.runtime import cpu_four_bit_decodes_faster
+    from agent.core.runtime import CPU_DECODE_CHOICES, cpu_decode_timings, cpu_fastest_decode
     from agent.llava.loading import checkpoint_bytes
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    record = tmp_path / "llava-agent" / "cpu-four-bit.json"
-    cpu_four_bit_decodes_faster.cache_clear()
+    record = tmp_path / "llava-agent" / "cpu-decode.json"
+    cpu_decode_timings.cache_clear()
     started = time.perf_counter()
-    faster = cpu_four_bit_decodes_faster()
-    assert isinstance(faster, bool) and time.perf_counter() - started < 30
-    assert cpu_four_bit_decodes_faster.cache_info().misses == 1 and cpu_four_bit_decodes_faster() is faster
+    timings = cpu_decode_timings()
+    assert time.perf_counter() - started < 30 and set(timings) == set(CPU_DECODE_CHOICES)
+    assert all(value > 0 for value in timings.values())  # bitsandbytes and the int8 kernel are installed here
+    assert cpu_fastest_decode() == min(timings, key=timings.get)
+    assert cpu_decode_timings.cache_info().misses == 1 and cpu_decode_timings() is timings
     kept = json.loads(record.read_text())
-    assert kept["four_bit_faster"] is faster and (kept["nf4_ms"] < kept["native_ms"]) is faster
+    assert kept["milliseconds"] == timings
 
     def measure_again():
         raise AssertionError("measured again")
 
-    monkeypatch.setattr(runtime, "measure_cpu_four_bit", measure_again)  # a new process reads the record
-    cpu_four_bit_decodes_faster.cache_clear()
-    assert cpu_four_bit_decodes_faster() is faster
+    monkeypatch.setattr(runtime, "measure_cpu_decode", measure_again)  # a new process reads the record
+    cpu_decode_timings.cache_clear()
+    assert cpu_decode_timings() == timings
     record.write_text(json.dumps({**kept, "identity": "another machine"}))  # another CPU or version: measured
-    monkeypatch.setattr(runtime, "measure_cpu_four_bit", lambda: (1.0, 2.0))
-    cpu_four_bit_decodes_faster.cache_clear()
-    assert cpu_four_bit_decodes_faster() is True and json.loads(record.read_text())["identity"] == kept["identity"]
+    monkeypatch.setattr(runtime, "measure_cpu_decode", lambda: {"4bit": 1.0, "int8-weights": 3.0, "none": 2.0})
+    cpu_decode_timings.cache_clear()
+    assert cpu_fastest_decode() == "4bit" and json.loads(record.read_text())["identity"] == kept["identity"]
     record.write_text("{not json")  # unreadable: measured again, not an error
-    monkeypatch.setattr(runtime, "measure_cpu_four_bit", lambda: (2.0, 1.0))
-    cpu_four_bit_decodes_faster.cache_clear()
-    assert cpu_four_bit_decodes_faster() is False
-    cpu_four_bit_decodes_faster.cache_clear()  # the rest of the session reads this machine's own record
+    monkeypatch.setattr(runtime, "measure_cpu_decode",
+                        lambda: {"4bit": float("inf"), "int8-weights": 3.0, "none": 2.0})
+    cpu_decode_timings.cache_clear()
+    assert cpu_fastest_decode() == "none" and json.loads(record.read_text())["milliseconds"]["4bit"] is None
+    cpu_decode_timings.cache_clear()  # the rest of the session reads this machine's own record
 
     size = checkpoint_bytes(str(tiny_llava_qwen2))
     assert size == sum(f.stat().st_size for f in tiny_llava_qwen2.glob("*.safetensors")) > 0
@@ -380,10 +395,11 @@ def test_this_cpus_four_bit_speed_is_measured_once_and_kept(tiny_llava_qwen2, tm
 
 
 def test_auto_on_this_cpu_follows_its_measurement(tiny_llava_qwen2):
-    from agent.core.runtime import cpu_four_bit_decodes_faster
+    from agent.core.runtime import cpu_decode_timings, cpu_fastest_decode
 
     spec = resolve_spec(str(tiny_llava_qwen2), device="cpu")
-    assert spec.quantization == ("4bit" if cpu_four_bit_decodes_faster() else "none")  # a tiny checkpoint fits
+    timings = cpu_decode_timings()
+    assert spec.quantization == cpu_fastest_decode() == min(timings, key=timings.get)  # a tiny checkpoint fits
 
 
 def test_default_models():

@@ -273,6 +273,34 @@ def test_prefix_cache_with_an_adapter(tiny_llava_qwen2, lora_adapter):
     assert with_adapter.loaded.prefix_cache is not plain.loaded.prefix_cache
 
 
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_int8_weights_reuse_the_cache_exactly_and_stay_close_to_full_precision(tiny_llava_paths, family):
+    from agent.core.int8_weights import int8_linear_class
+
+    llm = _model(tiny_llava_paths[family], quantization="int8-weights")
+    language_model = llm.loaded.model.model.language_model
+    assert isinstance(language_model.layers[0].mlp.down_proj, int8_linear_class())
+    assert type(llm.loaded.model.lm_head).__name__ == "Linear"  # the decode loop keeps its own int8 head
+    reference, _ = _conversation(llm, {"prefix_cache": False}, turns=2)
+    replies, stats = _conversation(llm, {}, turns=2)
+    assert replies == reference and stats[1]["cached_tokens"] > 0
+    assert all(r[1] for r in replies[::2])  # forced calls are still valid calls
+
+
+def test_int8_weights_under_an_adapter(tiny_llava_qwen2, lora_adapter):
+    from agent.core.int8_weights import int8_linear_class
+
+    plain = _model(tiny_llava_qwen2, quantization="int8-weights")
+    adapted = _model(tiny_llava_qwen2, quantization="int8-weights", adapter=str(lora_adapter))
+    wrapped = [m for name, m in adapted.loaded.model.named_modules() if name.endswith("q_proj") and hasattr(m, "lora_A")]
+    assert wrapped and all(isinstance(m.base_layer, int8_linear_class()) for m in wrapped)
+    assert all(type(m.lora_A["default"]).__name__ == "Linear" for m in wrapped)
+    reference, _ = _conversation(adapted, {"prefix_cache": False}, turns=1)
+    replies, _ = _conversation(adapted, {}, turns=1)
+    assert replies == reference
+    assert replies != _conversation(plain, {}, turns=1)[0]  # the adapter still changes the replies
+
+
 def test_threads_interleaving_share_the_cache_exactly(tiny_llava_any):
     llm = _model(tiny_llava_any, prefix_cache_entries=4)
     expected = {index: _conversation(llm, {"prefix_cache": False}, turns=2)[0] for index in range(2)}

@@ -56,7 +56,7 @@ def test_dict_source_and_explicit_overrides(tmp_path):
     "toml, expected",
     [
         ('[model]\nquantization = "fp4"\n',
-         "model.quantization = 'fp4': not allowed; input should be 'auto', '4bit', '8bit' or 'none'"),
+         "model.quantization = 'fp4': not allowed; input should be 'auto', '4bit', '8bit', 'int8-weights' or 'none'"),
         ('[model]\ndtype = "int3"\n',
          "model.dtype = 'int3': not allowed; input should be 'auto', 'float32', 'float16' or 'bfloat16'"),
         ("[agent]\nrecursion_limit = 1\n", "agent.recursion_limit = 1: Input should be greater than or equal to 2"),

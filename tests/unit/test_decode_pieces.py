@@ -56,20 +56,21 @@ def test_decode_attention_is_per_thread_and_scoped():
     assert seen == [False] and not decode_attention._ENABLED.get()
 
 
-def test_int8_head_rows_and_full_agree():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_int8_head_rows_and_full_agree(dtype):
     torch.manual_seed(0)
-    linear = torch.nn.Linear(32, 500, bias=False).to(torch.bfloat16)
+    linear = torch.nn.Linear(32, 500, bias=False).to(dtype)
     quantized, scales = quantize_rows_int8(linear.weight.detach())
     error = (quantized.float() * scales[:, None] - linear.weight.float()).abs().max()
     assert error <= scales.max() / 2 + 1e-6  # round to nearest: half a step at most
-    hidden = torch.randn(1, 32, dtype=torch.bfloat16)
+    hidden = torch.randn(1, 32, dtype=dtype)
     for precision in ("model", "int8"):
         head = OutputHead(linear, precision)
         full = head.full(hidden)
         assert full.shape == (1, 500) and full.dtype == torch.float32
         ids = torch.tensor([3, 17, 499])
         assert torch.allclose(head.rows(hidden, ids), full[:, ids], rtol=1e-2, atol=1e-2)
-    assert OutputHead(linear, "int8").extra_bytes == 500 * 32 + 500 * 2
+    assert OutputHead(linear, "int8").extra_bytes == 500 * 32 + 500 * 2  # bf16 scales: the kernel runs in bf16
     with pytest.raises(ValueError, match="precision"):
         OutputHead(linear, "fp4")
 
