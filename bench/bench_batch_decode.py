@@ -4,8 +4,8 @@ The server (``llava-agent serve``) runs one request at a time through a fair que
 several requests into one ``generate`` would only be worth its cost (left padding, per-request
 constraints, stop sequences and cancellation inside one batch) if the total decode rate grows
 with the batch. This measures exactly that on the random-weight llava-interleave-0.5b-sized
-checkpoint of ``bench/bench_chat_model.py``, loaded through ``ChatLlava`` (4-bit NF4 by default,
-as the server loads it): for each batch size, ``generate`` on B different text prompts (left
+checkpoint of ``bench/bench_chat_model.py``, loaded through ``ChatLlava`` (in the precision ``auto``
+picks on this CPU, as the server loads it): for each batch size, ``generate`` on B different text prompts (left
 padded), greedy, exactly ``--new-tokens`` new tokens each, timed from the first new token to the
 last. Reported: total decode tokens/s and tokens/s per sequence, and tokens per CPU-second of
 this process (steadier than wall time on a machine shared with other work), medians of

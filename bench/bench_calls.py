@@ -68,10 +68,12 @@ def run(args) -> dict:
     schemas = tool_schemas(tools)
     parameters = {s["function"]["name"]: s["function"]["parameters"] for s in schemas}
     system = SystemMessage(build_system_prompt(tools))
-    llm = ChatLlava(model=model, adapter=args.adapter, device="cpu", temperature=0.0, max_tokens=args.max_tokens)
+    llm = ChatLlava(model=model, adapter=args.adapter, device="cpu", temperature=0.0, max_tokens=args.max_tokens,
+                    quantization=args.quantization)
     cases = [c for c in load_routing_set(args.set) if c.tool is not None and c.tool in parameters]
     cases = cases[:: max(1, len(cases) // args.requests)][: args.requests] if args.requests else cases
     loaded = llm.loaded
+    print(f"precision {loaded.spec.quantization}/{loaded.spec.dtype}", flush=True)
     base_cache = loaded.prefix_cache
     caches = {name: PrefixCache(accountant=base_cache.accountant) for name in CONFIGS}
     for name, settings in CONFIGS.items():  # warm-up: the head copy, constraint indexes, the system prompt
@@ -160,6 +162,7 @@ def main() -> None:
     parser.add_argument("--set", default=None, help="a routing set (default: the shipped held-out set)")
     parser.add_argument("--requests", type=int, default=40, help="tool requests, spread over the set (0: all)")
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--quantization", default="auto", help="auto (this CPU's fastest), 4bit, int8-weights or none")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()

@@ -485,6 +485,9 @@ def evaluate_routing(
         "routing": run_config.agent.routing,
         "temperature": temperature,
     }
+    spec = getattr(chat_model, "spec", None)  # ChatLlava: the precision "auto" resolved to on this machine
+    if spec is not None:
+        settings["precision"] = f"{spec.quantization}/{spec.dtype}"
     if decisions:
         from agent.app.routing import median_ms
 

@@ -67,7 +67,7 @@ def check_torch(config: AppConfig) -> Check:
         from agent.core.runtime import cpu_decode_timings
 
         measured = ", ".join(f"{QUANTIZATION_WORDS[name]} {ms:.1f} ms" for name, ms in cpu_decode_timings().items() if ms)
-        runs += f" (the fastest decode measured on this CPU: {measured} a token through four 2048x4096 layers)"
+        runs += f" (one decode token through four 2048x4096 layers measured on this CPU: {measured})"
     if torch.cuda.is_available():
         names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
         return Check("torch", "ok", f"{torch.__version__}, CUDA {torch.version.cuda}: {names}; {runs}")

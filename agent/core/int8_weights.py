@@ -54,7 +54,11 @@ def int8_kernel_available(device: Any = "cpu") -> bool:
 
 
 def quantize_rows_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row symmetric int8: ``weight ~= q * scale[:, None]``, in chunks to bound the memory used."""
+    """Per-row symmetric int8: ``weight ~= q * scale[:, None]``, in chunks to bound the memory used.
+
+    The scales (returned in fp32) are exact bf16 values, so the bf16 copy the kernel takes is the
+    scale ``q`` was rounded against.
+    """
     import torch
 
     rows = weight.shape[0]
@@ -62,7 +66,11 @@ def quantize_rows_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     scales = torch.empty(rows, dtype=torch.float32, device=weight.device)
     for start in range(0, rows, QUANTIZE_CHUNK_ROWS):
         block = weight[start : start + QUANTIZE_CHUNK_ROWS].float()
-        scale = block.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        # the scale as the kernel will hold it (bf16), rounded up so no weight needs more than 127
+        exact = block.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        scale = exact.to(torch.bfloat16).float()
+        scale = torch.where(scale < exact, torch.nextafter(scale.bfloat16(), torch.tensor(float("inf"),
+                            dtype=torch.bfloat16)).float(), scale)
         quantized[start : start + QUANTIZE_CHUNK_ROWS] = torch.round(block / scale[:, None]).clamp(-127, 127)
         scales[start : start + QUANTIZE_CHUNK_ROWS] = scale
     return quantized, scales
@@ -99,23 +107,16 @@ def int8_linear_class() -> type:
             if flat.shape[0] <= KERNEL_ROWS:
                 out = torch._weight_int8pack_mm(flat.contiguous(), self.qweight, self.scales).to(x.dtype)
             else:
-                dtype = x.dtype if x.dtype != torch.bfloat16 or _bf16_matmul_native() else torch.float32
-                # the scales multiply the output, not the weight: one conversion pass over the
-                # weight instead of three; rounded to bf16 as the kernel's output is
-                out = (flat.to(dtype) @ self.qweight.to(dtype).T) * self.scales.to(dtype)
+                # in fp32 whatever the model's dtype (fp16 would overflow before the scales apply),
+                # the scales on the output rows (one conversion pass over the weight instead of
+                # three), rounded once to bf16 as the kernel's output is
+                out = (flat.float() @ self.qweight.float().T) * self.scales.float()
                 out = out.to(torch.bfloat16).to(x.dtype)
             if self.bias is not None:
                 out = out + self.bias.to(out.dtype)
             return out.reshape(*shape[:-1], self.out_features)
 
     return Int8Linear
-
-
-@lru_cache(maxsize=1)
-def _bf16_matmul_native() -> bool:
-    from agent.core.runtime import cpu_supports_bf16
-
-    return cpu_supports_bf16()
 
 
 def quantize_linear_layers(model: Any) -> tuple[int, int]:

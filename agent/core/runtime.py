@@ -242,7 +242,7 @@ def cpu_decode_timings() -> dict[str, float | None]:
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
         timings = stored.get("milliseconds")
-        if stored.get("identity") == identity and isinstance(timings, dict) and set(timings) == set(CPU_DECODE_CHOICES):
+        if stored.get("identity") == identity and _valid_timings(timings):
             return timings
     except (OSError, ValueError, AttributeError):
         pass  # missing, unreadable or another machine's: measure
@@ -256,6 +256,15 @@ def cpu_decode_timings() -> dict[str, float | None]:
     except OSError as exc:  # a read-only home: measured again next time
         logger.info("could not keep the CPU measurement in %s (%s)", path, exc)
     return timings
+
+
+def _valid_timings(timings: Any) -> bool:
+    """A stored measurement: every choice, each a positive number of milliseconds or None."""
+    return (
+        isinstance(timings, dict)
+        and set(timings) == set(CPU_DECODE_CHOICES)
+        and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0) for v in timings.values())
+    )
 
 
 def measure_cpu_decode() -> dict[str, float]:

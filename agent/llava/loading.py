@@ -287,11 +287,22 @@ def _load_uncached(spec: ModelSpec) -> LoadedModel:
     if spec.quantization == "int8-weights":
         from agent.core.int8_weights import quantize_linear_layers
 
+        _check_adapter_takes_int8(model, spec)
         quantize_linear_layers(model)
     model.eval()
     _ensure_end_of_reply(model, processor, spec, hub)
     logger.info("Loaded %s in %.1f s", spec.model, time.perf_counter() - started)
     return LoadedModel(spec=spec, model=model, processor=processor)
+
+
+def _check_adapter_takes_int8(model: Any, spec: ModelSpec) -> None:
+    """Int8 weights serve plain LoRA only: DoRA reads its base layers' full weights at every step."""
+    for name, config in (getattr(model, "peft_config", None) or {}).items():
+        if getattr(config, "use_dora", False):
+            raise ModelLoadError(
+                f"adapter {spec.adapter!r} ({name}) is a DoRA adapter, which needs the full-precision weights of "
+                "the layers it adapts; load it with quantization='none' or '4bit' instead of 'int8-weights'"
+            )
 
 
 def _ensure_end_of_reply(model: Any, processor: Any, spec: ModelSpec, hub: dict[str, Any]) -> None:

@@ -382,6 +382,9 @@ def test_this_cpus_decode_speeds_are_measured_once_and_kept(tiny_llava_qwen2, tm
     monkeypatch.setattr(runtime, "measure_cpu_decode", lambda: {"4bit": 1.0, "int8-weights": 3.0, "none": 2.0})
     cpu_decode_timings.cache_clear()
     assert cpu_fastest_decode() == "4bit" and json.loads(record.read_text())["identity"] == kept["identity"]
+    record.write_text(json.dumps({**kept, "milliseconds": {**timings, "none": "fast"}}))  # not a number: measured
+    cpu_decode_timings.cache_clear()
+    assert cpu_fastest_decode() == "4bit"
     record.write_text("{not json")  # unreadable: measured again, not an error
     monkeypatch.setattr(runtime, "measure_cpu_decode",
                         lambda: {"4bit": float("inf"), "int8-weights": 3.0, "none": 2.0})

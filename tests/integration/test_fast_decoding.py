@@ -274,17 +274,30 @@ def test_prefix_cache_with_an_adapter(tiny_llava_qwen2, lora_adapter):
 
 
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
-def test_int8_weights_reuse_the_cache_exactly_and_stay_close_to_full_precision(tiny_llava_paths, family):
-    from agent.core.int8_weights import int8_linear_class
+def test_int8_weights_reuse_the_cache_exactly(tiny_llava_paths, family, monkeypatch):
+    import torch
+
+    from agent.core.int8_weights import KERNEL_ROWS, int8_linear_class
 
     llm = _model(tiny_llava_paths[family], quantization="int8-weights")
     language_model = llm.loaded.model.model.language_model
     assert isinstance(language_model.layers[0].mlp.down_proj, int8_linear_class())
     assert type(llm.loaded.model.lm_head).__name__ == "Linear"  # the decode loop keeps its own int8 head
+    kernel = torch._weight_int8pack_mm
+    layers = {m.qweight.data_ptr() for m in language_model.modules() if isinstance(m, int8_linear_class())}
+    rows: list[int] = []
+
+    def counted(x, weight, scales):  # the real kernel; calls on the layers' weights (not the head's) noted
+        if weight.data_ptr() in layers:
+            rows.append(int(x.shape[0]))
+        return kernel(x, weight, scales)
+
+    monkeypatch.setattr(torch, "_weight_int8pack_mm", counted)
     reference, _ = _conversation(llm, {"prefix_cache": False}, turns=2)
     replies, stats = _conversation(llm, {}, turns=2)
     assert replies == reference and stats[1]["cached_tokens"] > 0
     assert all(r[1] for r in replies[::2])  # forced calls are still valid calls
+    assert rows.count(1) > 100 and max(rows) <= KERNEL_ROWS  # the layers' decode steps ran the int8 kernel
 
 
 def test_int8_weights_under_an_adapter(tiny_llava_qwen2, lora_adapter):
