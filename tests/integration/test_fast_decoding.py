@@ -647,3 +647,18 @@ def test_the_reply_only_repetition_control_runs_in_the_decode_loop(tiny_llava_qw
     call, _ = _stream_tokens(llm, prompt, [], constraint, tokens=64, options={"no_repeat_ngram_size": 1})
     assert parse_tool_calls(call)[1][0]["name"] == "speak"
     assert call == unguarded
+
+
+def test_a_dora_adapter_is_refused_with_int8_weights(tiny_llava_qwen2, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from agent.core.errors import ModelLoadError
+
+    base = AutoModelForImageTextToText.from_pretrained(tiny_llava_qwen2, dtype=torch.float32)
+    config = LoraConfig(r=4, target_modules=r".*language_model.*\.q_proj", use_dora=True, init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(tmp_path / "dora")
+    with pytest.raises(ModelLoadError, match=r"DoRA adapter.*quantization='none' or '4bit'"):
+        _model(tiny_llava_qwen2, quantization="int8-weights", adapter=str(tmp_path / "dora")).loaded  # noqa: B018
+    assert _model(tiny_llava_qwen2, quantization="none", adapter=str(tmp_path / "dora")).invoke("hi").content is not None
