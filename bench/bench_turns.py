@@ -382,55 +382,6 @@ def head_agreement(llm, args) -> dict:
     return out
 
 
-def weights_agreement(args) -> dict:
-    """Top-1 agreement of int8 weights (and bf16, NF4) with fp32, on real text through a real model.
-
-    Each precision loads ``args.weights_agreement`` through ChatLlava's loading path
-    and reads this repository's docs 16 tokens per pass with a cache, so the int8 layers run
-    their decode kernel; at each position the top token is compared with full precision's.
-    """
-    import torch
-    from transformers import DynamicCache
-
-    from agent.core.int8_weights import KERNEL_ROWS
-    from agent.llava.loading import load_model, resolve_spec
-
-    text = "\n".join((ROOT / p).read_text() for p in ("README.md", "docs/architecture.md"))
-    tops: dict[str, torch.Tensor] = {}
-    out: dict = {}
-    for label, quantization, dtype in (("none", "none", "float32"), ("bf16", "none", "bfloat16"),
-                                       ("int8-weights", "int8-weights", "float32"), ("4bit", "4bit", "float32")):
-        loaded = load_model(resolve_spec(str(args.weights_agreement), quantization=quantization,
-                                         dtype=dtype, device="cpu"))
-        ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"][0][: args.agreement_tokens]
-        language_model, head = loaded.model.model.language_model, loaded.model.lm_head
-        chosen = []
-        started = time.perf_counter()
-        with torch.inference_mode():
-            for begin in range(0, len(ids), 512):  # a fresh cache every 512 tokens bounds the work
-                cache = DynamicCache()
-                for start in range(begin, min(begin + 512, len(ids)), KERNEL_ROWS):
-                    piece = ids[start : min(start + KERNEL_ROWS, begin + 512, len(ids))][None]
-                    hidden = language_model(input_ids=piece, past_key_values=cache, use_cache=True).last_hidden_state
-                    chosen.append(head(hidden)[0].float().argmax(-1))
-        tops[label] = torch.cat(chosen)
-        seconds = time.perf_counter() - started
-        get_model_manager_clear()
-        if label != "none":
-            agree = int((tops[label] == tops["none"]).sum())
-            total = len(tops["none"])
-            out[label] = {"tokens": total, "top1_agreement": agree / total, "seconds": round(seconds, 1)}
-            print(f"{label}: top-1 agreement with fp32 {agree}/{total} = {agree / total:.4f} "
-                  f"({seconds:.1f} s)", flush=True)
-    return out
-
-
-def get_model_manager_clear() -> None:
-    from agent.core.model_manager import get_model_manager
-
-    get_model_manager().clear()
-
-
 DECODE_VARIANTS = {
     "generate (plain)": {"decoder": "transformers"},
     "loop, none of 3": {"kv_cache": "dynamic", "lm_head": "model", "fast_attention": False},
@@ -486,10 +437,6 @@ def main() -> None:
         "--configs", default=",".join(CONFIGS), help="comma-separated subset of the configurations"
     )
     parser.add_argument("--head-agreement", action="store_true")
-    parser.add_argument(
-        "--weights-agreement", type=Path, default=None, metavar="MODEL_DIR",
-        help="top-1 agreement of int8 weights and NF4 with full precision on real text through MODEL_DIR (a LLaVA folder)",
-    )
     parser.add_argument("--quantization", default="auto", help="the bench model's quantization (auto, 4bit, int8-weights, none)")
     parser.add_argument(
         "--decode-variants", action="store_true", help="only compare decode-step variants (KV cache x head)"
@@ -510,11 +457,6 @@ def main() -> None:
     for name in list(CONFIGS):
         if name not in args.configs.split(",") and name not in ("all", "-1 prefix", "-2 jump"):
             del CONFIGS[name]
-    if args.weights_agreement:
-        report = {"weights_agreement": weights_agreement(args)}
-        if args.output:
-            args.output.write_text(json.dumps(report, indent=1))
-        return
     folder = build_model(args.size, args.model_dir)
     llm = ChatLlava(model=str(folder), device=args.device, temperature=0.0, quantization=args.quantization)
     started = time.perf_counter()

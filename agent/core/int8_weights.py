@@ -10,12 +10,12 @@ linear layer of the language model keeps its weight as int8, one scale per outpu
 * a decode step (at most :data:`KERNEL_ROWS` positions: one token, a jump-forward run, a
   prompt-lookup draft) multiplies with ``torch._weight_int8pack_mm``, which reads the int8 weight
   and converts it in registers: a quarter of fp32's bytes;
-* a prefill (more positions) converts the int8 weight to the compute dtype, uses the ordinary
-  matrix multiply (faster than the int8 kernel at many rows) and scales its output rows.
+* a prefill (more positions) converts the int8 weight to fp32, uses the ordinary matrix
+  multiply (faster than the int8 kernel at many rows) and scales its output rows.
 
-Both paths round the activations to bf16 (the int8 kernel's input type; its fp32 variant is not
-vectorised), so a position computes the same values whichever path it takes, up to the order of
-the sums: reusing a cached prompt prefix gives the same tokens as prefilling it again.
+Both paths round their inputs and outputs to bf16 once (the int8 kernel's types; its fp32
+variant is not vectorised), so a position computes the same values whichever path it takes, up
+to the order of the sums: reusing a cached prompt prefix gives the same tokens as prefilling it.
 
 Quantized: the language model's linear layers (attention and MLP projections), a LoRA adapter's
 base layers included (its small A/B matrices stay as they are). Not quantized: the vision tower,
@@ -24,7 +24,7 @@ head, :mod:`agent.llava.output_head`).
 
 Quality: per-row int8 weights keep nearly all of a model's choices: on real text through the
 pretrained SmolLM2-135M-Instruct, the top token agreed with fp32's at 96.4% of positions (bf16:
-97.3%, NF4: 70.8%; ``bench/bench_turns.py --weights-agreement``).
+97.3%, NF4: 70.8%; ``bench/bench_weights_agreement.py``).
 """
 
 from __future__ import annotations
@@ -68,9 +68,9 @@ def quantize_rows_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
         block = weight[start : start + QUANTIZE_CHUNK_ROWS].float()
         # the scale as the kernel will hold it (bf16), rounded up so no weight needs more than 127
         exact = block.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-        scale = exact.to(torch.bfloat16).float()
-        scale = torch.where(scale < exact, torch.nextafter(scale.bfloat16(), torch.tensor(float("inf"),
-                            dtype=torch.bfloat16)).float(), scale)
+        rounded = exact.bfloat16()
+        up = torch.nextafter(rounded, torch.full_like(rounded, float("inf")))
+        scale = torch.where(rounded.float() < exact, up, rounded).float()
         quantized[start : start + QUANTIZE_CHUNK_ROWS] = torch.round(block / scale[:, None]).clamp(-127, 127)
         scales[start : start + QUANTIZE_CHUNK_ROWS] = scale
     return quantized, scales
@@ -92,7 +92,7 @@ def int8_linear_class() -> type:
             self.register_buffer("qweight", quantized)
             self.register_buffer("scales", scales.to(torch.bfloat16))
             self.bias = linear.bias
-            self.compute_dtype = linear.weight.dtype
+            self.compute_dtype = linear.weight.dtype  # what peft's LoRA wrapper reads for its input dtype
 
         def extra_repr(self) -> str:
             return f"in_features={self.in_features}, out_features={self.out_features}, int8 weight, bias={self.bias is not None}"

@@ -333,7 +333,8 @@ def _four_bit_layers(full: list[Any], dtype: torch.dtype) -> list[Any]:
     quiet_bitsandbytes_kernel_notice()
     four = []
     for linear in full:
-        layer = bnb.nn.Linear4bit(2048, 4096, bias=False, compute_dtype=dtype, quant_type="nf4")
+        layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=False, compute_dtype=dtype,
+                                  quant_type="nf4")
         layer.load_state_dict(linear.state_dict())
         four.append(layer.to("cpu").eval())
     return four

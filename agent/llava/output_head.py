@@ -9,8 +9,9 @@ ways to read less:
   (:meth:`OutputHead.rows`), and the logits of every other token, which the mask would set to
   ``-inf`` anyway, are never computed.
 * **int8** (``precision="int8"``): a copy of the head quantized per row (symmetric, one scale
-  per vocabulary entry) and multiplied with ``torch._weight_int8pack_mm``, half the bytes of
-  bf16 (the per-row recipe of :mod:`agent.core.int8_weights`). It changes the logits slightly; its top-1 agreement with the bf16 head is measured by
+  per vocabulary entry, the recipe of :mod:`agent.core.int8_weights`) and multiplied with
+  ``torch._weight_int8pack_mm`` in bf16, half the bytes of a bf16 head. It changes the logits
+  slightly; its top-1 agreement with the bf16 head is measured by
   ``bench/bench_turns.py --head-agreement``. CPU only (the op has no CUDA kernel).
 """
 
