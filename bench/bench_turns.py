@@ -338,7 +338,7 @@ def flat_numbers(report: dict) -> dict:
 
 
 def head_agreement(llm, args) -> dict:
-    """Top-1 agreement of the int8 head with the bf16 head on hidden states of real text."""
+    """Top-1 agreement of the int8 and int4 heads with the model's head on hidden states of real text."""
     import torch
 
     from agent.llava.output_head import OutputHead
@@ -348,21 +348,25 @@ def head_agreement(llm, args) -> dict:
 
     def measure(label, backbone, head_linear, tokenizer, chunk=512):
         ids = tokenizer(text, return_tensors="pt")["input_ids"][0]
-        full, int8 = OutputHead(head_linear, "model"), OutputHead(head_linear, "int8")
-        agree = total = 0
-        margins = []
+        full = OutputHead(head_linear, "model")
+        copies = {precision: OutputHead(head_linear, precision) for precision in ("int8", "int4")}
+        agree = dict.fromkeys(copies, 0)
+        total = 0
         with torch.inference_mode():
             for start in range(0, min(len(ids), args.agreement_tokens), chunk):
                 piece = ids[start : start + chunk][None]
                 hidden = backbone(input_ids=piece).last_hidden_state[0]
-                for row in hidden:
-                    a, b = full.full(row[None]), int8.full(row[None])
-                    agree += int(a.argmax() == b.argmax())
-                    total += 1
-                    top2 = a.topk(2).values[0]
-                    margins.append(float(top2[0] - top2[1]))
-        out[label] = {"tokens": total, "top1_agreement": agree / total}
-        print(f"{label}: int8 head top-1 agreement {agree}/{total} = {agree / total:.4f}", flush=True)
+                reference = torch.cat([full.full(row[None]) for row in hidden]).argmax(-1)
+                for precision, head in copies.items():
+                    top = torch.cat([head.full(row[None]) for row in hidden]).argmax(-1)
+                    agree[precision] += int((top == reference).sum())
+                total += len(hidden)
+        out[label] = {"tokens": total} | {f"{p}_top1_agreement": agree[p] / total for p in copies}
+        for precision in copies:
+            print(
+                f"{label}: {precision} head top-1 agreement {agree[precision]}/{total} = {agree[precision] / total:.4f}",
+                flush=True,
+            )
 
     parts = llm.loaded.accelerators.get("parts")
     if parts is None:
@@ -389,7 +393,8 @@ DECODE_VARIANTS = {
     "loop, int8 head only": {"kv_cache": "dynamic", "lm_head": "int8", "fast_attention": False},
     "loop, fast attention only": {"kv_cache": "dynamic", "lm_head": "model", "fast_attention": True},
     "loop, int8 head + fast attention": {"kv_cache": "dynamic", "lm_head": "int8", "fast_attention": True},
-    "loop, all of 3": {"kv_cache": "static", "lm_head": "int8", "fast_attention": True},
+    "loop, all of 3, int8 head": {"kv_cache": "static", "lm_head": "int8", "fast_attention": True},
+    "loop, all of 3, int4 head": {"kv_cache": "static", "lm_head": "int4", "fast_attention": True},
 }
 
 

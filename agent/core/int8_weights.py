@@ -1,4 +1,5 @@
-"""Int8 weight-only linear layers for CPU decoding (``quantization="int8-weights"``).
+"""Int8 weight-only linear layers for CPU decoding (``quantization="int8-weights"``), and the
+int8 and int4 recipes of the decode loop's head copies (:mod:`agent.llava.output_head`).
 
 Decoding one token reads every weight of the language model once, so on a CPU its speed is set
 by the bytes of the weights. bitsandbytes' NF4 reads an eighth of fp32's, but its CPU kernel is
@@ -46,6 +47,12 @@ SKIPPED_PARTS = ("vision_tower", "multi_modal_projector", "lm_head", "lora_")
 """Module-name parts never quantized: image side, the head, and LoRA's own A/B matrices."""
 
 
+INT4_GROUP = 32
+"""Inputs per int4 group (one scale and offset each); the hidden size must be a multiple of it."""
+INT4_BLOCK_ROWS = 64
+"""Rows torch's CPU int4 kernel packs together; an int4 weight is padded to a multiple of it."""
+
+
 def int8_kernel_available(device: Any = "cpu") -> bool:
     """Whether torch has the int8 weight-only matmul for ``device`` (CPU only)."""
     import torch
@@ -74,6 +81,45 @@ def quantize_rows_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
         quantized[start : start + QUANTIZE_CHUNK_ROWS] = torch.round(block / scale[:, None]).clamp(-127, 127)
         scales[start : start + QUANTIZE_CHUNK_ROWS] = scale
     return quantized, scales
+
+
+def int4_kernel_available(device: Any = "cpu") -> bool:
+    """Whether torch has the int4 weight-only matmul for ``device`` (CPU only)."""
+    import torch
+
+    return torch.device(device).type == "cpu" and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+
+
+def quantize_groups_int4(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(packed, scales_and_zeros)`` for ``torch._weight_int4pack_mm_for_cpu`` (torchao's int4 layout).
+
+    Each row is cut in groups of ``group`` inputs, each group mapped to 0..15 between its minimum
+    and maximum (``w ~= (q - 8) * scale + zero``; scale and zero exact bf16 values). Rows are
+    padded with zeros to a multiple of :data:`INT4_BLOCK_ROWS`; packed in chunks (the kernel's
+    layout keeps each block of 64 rows to itself) to bound the memory used.
+    """
+    import torch
+
+    rows, columns = weight.shape
+    if columns % group:
+        raise ValueError(f"an int4 weight needs an input size divisible by {group}, got {columns}")
+    padded = -(-rows // INT4_BLOCK_ROWS) * INT4_BLOCK_ROWS
+    packed = torch.empty(padded, columns // 2, dtype=torch.uint8)
+    scales_and_zeros = torch.zeros(padded, columns // group, 2, dtype=torch.float32)
+    for start in range(0, padded, QUANTIZE_CHUNK_ROWS):  # a multiple of the kernel's 64-row blocks
+        end = min(start + QUANTIZE_CHUNK_ROWS, padded)
+        block = torch.zeros(end - start, columns)
+        block[: max(0, min(end, rows) - start)] = weight[start:end].float()
+        block = block.reshape(end - start, columns // group, group)
+        low, high = block.amin(-1), block.amax(-1)
+        scale = ((high - low) / 15).clamp(min=1e-12).bfloat16().float()
+        zero = (low + 8 * scale).bfloat16().float()
+        codes = torch.round((block - zero[..., None]) / scale[..., None] + 8).clamp(0, 15)
+        packed[start:end] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+            codes.reshape(end - start, columns).to(torch.int32), 1
+        )
+        scales_and_zeros[start:end, :, 0], scales_and_zeros[start:end, :, 1] = scale, zero
+    return packed, scales_and_zeros.transpose(0, 1).contiguous().to(torch.bfloat16)
 
 
 @lru_cache(maxsize=1)

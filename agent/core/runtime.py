@@ -27,6 +27,7 @@ import functools
 import importlib.util
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -235,19 +236,28 @@ def cpu_decode_timings() -> dict[str, float | None]:
     model, flags and core count and the torch and bitsandbytes versions, so a new CPU or a new
     version measures again; delete the file to measure again by hand.
     """
+    return kept_cpu_measurement(CPU_MEASUREMENT_FILE, CPU_DECODE_CHOICES, lambda: measure_cpu_decode())
+
+
+def kept_cpu_measurement(
+    file_name: str, choices: tuple[str, ...], measure: Callable[[], dict[str, float]]
+) -> dict[str, float | None]:
+    """Milliseconds per choice, read from ``$XDG_CACHE_HOME/llava-agent/<file_name>`` when that
+    record is this machine's (:func:`_cpu_identity`) and well formed, else ``measure()`` (seconds
+    per choice, ``inf`` for a choice that cannot run here) and kept there atomically."""
     import json
 
     identity = _cpu_identity()
-    path = _measurement_path()
+    path = _measurement_path().with_name(file_name)
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
         timings = stored.get("milliseconds")
-        if stored.get("identity") == identity and _valid_timings(timings):
+        if stored.get("identity") == identity and _valid_timings(timings, choices):
             return timings
     except (OSError, ValueError, AttributeError):
         pass  # missing, unreadable or another machine's: measure
     timings = {name: round(seconds * 1e3, 3) if seconds != float("inf") else None
-               for name, seconds in measure_cpu_decode().items()}
+               for name, seconds in measure().items()}
     try:
         from agent.core.files import atomic_write_text
 
@@ -258,11 +268,11 @@ def cpu_decode_timings() -> dict[str, float | None]:
     return timings
 
 
-def _valid_timings(timings: Any) -> bool:
+def _valid_timings(timings: Any, choices: tuple[str, ...] = CPU_DECODE_CHOICES) -> bool:
     """A stored measurement: every choice, each a positive number of milliseconds or None."""
     return (
         isinstance(timings, dict)
-        and set(timings) == set(CPU_DECODE_CHOICES)
+        and set(timings) == set(choices)
         and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0) for v in timings.values())
     )
 
@@ -271,13 +281,14 @@ def measure_cpu_decode() -> dict[str, float]:
     """Seconds of one decode token through four 2048x4096 layers, per choice of :data:`CPU_DECODE_CHOICES`.
 
     1-3 s in all: the layers (134 MB in fp32, more than a cache holds) in NF4, as int8 weights
-    and in the native dtype, one token each, median of three interleaved rounds; a choice whose
-    library is missing takes ``inf``. Decoding is memory-bound, so fewer bytes win where the
+    and in the native dtype, one token each, the fastest of five interleaved rounds (the round
+    least disturbed by other work: measured while other jobs shared the cores, the median had
+    put all three at 31-32 ms against 1.2-3.8 ms idle); a choice whose library is missing takes
+    ``inf``. Decoding is memory-bound, so fewer bytes win where the
     kernel is vectorised: a 2-core AVX512-BF16 CPU decoded a 0.5B LLaVA at NF4 21 tok/s, bf16 12;
     on a 2-core AMD EPYC without AVX-512 bitsandbytes' NF4 dequantization is slow (one 576x1536
     layer 1.3 ms in NF4, 0.16 ms in fp32) and torch's int8 kernel reads a quarter of fp32's bytes.
     """
-    import statistics
     import time
 
     import torch
@@ -312,10 +323,10 @@ def measure_cpu_decode() -> dict[str, float]:
     with torch.inference_mode():
         for stack in layers.values():
             seconds(stack)  # warm-up
-        for _ in range(3):
+        for _ in range(5):
             for name, stack in layers.items():
                 rounds[name].append(seconds(stack))
-    timings = {name: statistics.median(rounds[name]) if name in rounds else float("inf")
+    timings = {name: min(rounds[name]) if name in rounds else float("inf")
                for name in CPU_DECODE_CHOICES}
     logger.info("one decode token on this CPU (four 2048x4096 layers): %s",
                 ", ".join(f"{name} {value * 1e3:.1f} ms" for name, value in timings.items()))

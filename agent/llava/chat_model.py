@@ -156,7 +156,8 @@ class ChatLlava(BaseChatModel):
         default="auto", description="static (auto): preallocated and written in place; dynamic: concatenated."
     )
     lm_head: HeadPrecision = Field(
-        default="auto", description="auto: an int8 copy of the head on CPU, the model's own head elsewhere."
+        default="auto",
+        description="auto: on CPU the head copy measured fastest here (int4 screening, int8), the model's own head elsewhere."
     )
     fast_attention: bool = Field(
         default=True,

@@ -49,12 +49,13 @@ from typing import TYPE_CHECKING, Any, get_args
 from agent.core import defaults
 from agent.core.config import HeadPrecision, KVCacheMode, PromptLookupMode
 from agent.core.errors import InputError
+from agent.core.int8_weights import int4_kernel_available as int4_supported
 from agent.core.int8_weights import int8_kernel_available as int8_supported
 from agent.decoding.prompt_lookup import PromptLookup
 from agent.llava import decode_attention
 from agent.llava.cuda_graphs import graph_decoder
 from agent.llava.kv_cache import CACHE_KEYWORDS, KVBuffers, cache_arguments, cache_keyword
-from agent.llava.output_head import OutputHead
+from agent.llava.output_head import OutputHead, cpu_fastest_head
 from agent.llava.prefix_cache import (
     DEFAULT_MAX_ENTRIES,
     DEFAULT_MAX_MIB,
@@ -252,11 +253,13 @@ def _cached_parts(loaded: LoadedModel) -> ModelParts | str:
 
 
 def resolve_head_mode(mode: str, device: Any) -> str:
-    """``auto``: int8 where the int8 kernel exists (CPU), the model's own head elsewhere."""
+    """``auto``: on CPU the head measured fastest here (:func:`cpu_fastest_head`), elsewhere the model's own."""
     if mode == "auto":
-        return "int8" if int8_supported(device) else "model"
-    if mode == "int8" and not int8_supported(device):
-        logger.info("no int8 head kernel on %s; using the model's own head", device)
+        import torch
+
+        return cpu_fastest_head() if torch.device(device).type == "cpu" else "model"
+    if (mode == "int8" and not int8_supported(device)) or (mode == "int4" and not int4_supported(device)):
+        logger.info("no %s head kernel on %s; using the model's own head", mode, device)
         return "model"
     return mode
 
@@ -266,7 +269,7 @@ def resolve_kv_mode(mode: str) -> str:
 
 
 def output_head(loaded: LoadedModel, mode: str) -> OutputHead:
-    """The head for ``mode`` ("model" or "int8"), built once per loaded model."""
+    """The head for ``mode`` ("model", "int8" or "int4"), built once per loaded model."""
     key = f"head:{mode}"
     head = loaded.accelerators.get(key)
     if head is None:
@@ -281,7 +284,8 @@ def output_head(loaded: LoadedModel, mode: str) -> OutputHead:
                 if head.extra_bytes:
                     loaded.set_extra_bytes(key, head.extra_bytes)
                     logger.info(
-                        "int8 copy of the head built in %.1fs (%.0f MiB)",
+                        "%s copy of the head built in %.1fs (%.0f MiB)",
+                        mode,
                         time.perf_counter() - started,
                         head.extra_bytes / 2**20,
                     )

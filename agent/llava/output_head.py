@@ -8,40 +8,59 @@ ways to read less:
   closing brace, one of four tool names); then only those rows of the head are multiplied
   (:meth:`OutputHead.rows`), and the logits of every other token, which the mask would set to
   ``-inf`` anyway, are never computed.
-* **int8** (``precision="int8"``): a copy of the head quantized per row (symmetric, one scale
-  per vocabulary entry, the recipe of :mod:`agent.core.int8_weights`) and multiplied with
-  ``torch._weight_int8pack_mm`` in bf16, half the bytes of a bf16 head. It changes the logits
-  slightly; its top-1 agreement with the bf16 head is measured by
-  ``bench/bench_turns.py --head-agreement``. CPU only (the op has no CUDA kernel).
+* **a quantized copy** screens the whole vocabulary, and its :data:`RESCORED` best tokens are
+  scored again with the model's own rows: the top token is the model head's whenever the copy
+  ranks it among them (the other logits stay the copy's, which sampling sees). ``"int8"``: per
+  row (symmetric, one scale per vocabulary entry, the recipe of :mod:`agent.core.int8_weights`),
+  multiplied with ``torch._weight_int8pack_mm`` in bf16, half the bytes of a bf16 head.
+  ``"int4"``: in groups of :data:`~agent.core.int8_weights.INT4_GROUP` inputs per row
+  (asymmetric, a bf16 scale and offset per group, torchao's layout), multiplied with
+  ``torch._weight_int4pack_mm_for_cpu``, a quarter of the bytes plus the groups' scales. Top-1
+  agreement with the model's head on real text is measured by ``bench/bench_turns.py
+  --head-agreement``; on CPU, ``auto`` takes whichever of the three :func:`measure_cpu_head`
+  timed fastest here. CPU only (neither op has a CUDA kernel).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
-from agent.core.int8_weights import quantize_rows_int8
+from agent.core.int8_weights import (
+    INT4_GROUP,
+    int4_kernel_available,
+    int8_kernel_available,
+    quantize_groups_int4,
+    quantize_rows_int8,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 logger = logging.getLogger(__name__)
 
-HEAD_PRECISIONS = ("auto", "model", "int8")
+HEAD_PRECISIONS = ("auto", "model", "int8", "int4")
+CPU_HEAD_CHOICES = ("int4", "int8", "model")
+"""What :func:`measure_cpu_head` times, in the order a tie is broken (fewest bytes first)."""
+CPU_HEAD_MEASUREMENT_FILE = "cpu-head.json"
+RESCORED = 16
+"""Best candidates of a quantized copy scored again with the model's own head rows."""
 
 
 class OutputHead:
-    """Logits from the last hidden state, through the model's own head or an int8 copy of it."""
+    """Logits from the last hidden state, through the model's own head or a quantized copy of it."""
 
     def __init__(self, linear: Any, precision: str = "model") -> None:
-        if precision not in ("model", "int8"):
-            raise ValueError(f"head precision must be 'model' or 'int8', got {precision!r}")
+        if precision not in ("model", "int8", "int4"):
+            raise ValueError(f"head precision must be 'model', 'int8' or 'int4', got {precision!r}")
         self.linear = linear
         self.precision = precision
         self.weight = linear.weight
         self.bias = getattr(linear, "bias", None)
         self.vocab_size = int(self.weight.shape[0])
         self._int8: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._int4: tuple[torch.Tensor, torch.Tensor] | None = None
         if precision == "int8":
             import torch
 
@@ -49,13 +68,14 @@ class OutputHead:
             # bf16 in and out whatever the model's dtype: the kernel's fp32 variant is not
             # vectorised (on a 2-core AMD EPYC it made a 0.5B fp32 model's decode 1.25x slower)
             self._int8 = (quantized, scales.to(torch.bfloat16))
+        elif precision == "int4":
+            self._int4 = quantize_groups_int4(self.weight.detach())
 
     @property
     def extra_bytes(self) -> int:
         """Bytes this head holds beside the model's own weights."""
-        if self._int8 is None:
-            return 0
-        return sum(t.numel() * t.element_size() for t in self._int8)
+        copy = self._int8 or self._int4 or ()
+        return sum(t.numel() * t.element_size() for t in copy)
 
     def full(self, hidden: torch.Tensor) -> torch.Tensor:
         """(1, vocabulary) float32 logits of a (1, hidden) state."""
@@ -63,24 +83,81 @@ class OutputHead:
 
         if self._int8 is not None:
             logits = torch._weight_int8pack_mm(hidden.to(torch.bfloat16), *self._int8).float()
-            if self.bias is not None:
-                logits = logits + self.bias.float()
+        elif self._int4 is not None:
+            packed, scales_and_zeros = self._int4
+            logits = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                hidden.to(torch.bfloat16), packed, INT4_GROUP, scales_and_zeros
+            )[:, : self.vocab_size].float()
         else:
-            logits = torch.nn.functional.linear(hidden, self.weight, self.bias)
-        return logits.float()
+            return torch.nn.functional.linear(hidden, self.weight, self.bias).float()
+        if self.bias is not None:
+            logits = logits + self.bias.float()
+        # the copy picks the candidates; the model's own rows score them
+        candidates = logits.topk(min(RESCORED, self.vocab_size), dim=-1).indices[0]
+        logits[0, candidates] = self.rows(hidden, candidates)[0]
+        return logits
 
     def rows(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """(1, len(ids)) float32 logits of the tokens ``ids`` only."""
+        """(1, len(ids)) float32 logits of the tokens ``ids`` only, from the model's own rows."""
         import torch
 
         bias = self.bias.index_select(0, ids) if self.bias is not None else None
-        if self._int8 is not None:
-            quantized, scales = self._int8
-            logits = torch._weight_int8pack_mm(
-                hidden.to(torch.bfloat16), quantized.index_select(0, ids), scales.index_select(0, ids)
-            ).float()
-            if bias is not None:
-                logits = logits + bias.float()
-        else:
-            logits = torch.nn.functional.linear(hidden, self.weight.index_select(0, ids), bias)
-        return logits.float()
+        return torch.nn.functional.linear(hidden, self.weight.index_select(0, ids), bias).float()
+
+
+def cpu_fastest_head() -> str:
+    """The head :func:`cpu_head_timings` measured fastest on this CPU among those whose kernel is here."""
+    timings = cpu_head_timings()
+    usable = {"int4": int4_kernel_available("cpu"), "int8": int8_kernel_available("cpu"), "model": True}
+    candidates = [name for name in CPU_HEAD_CHOICES if usable[name] and timings.get(name) is not None]
+    return min(candidates, key=lambda name: timings[name]) if candidates else "model"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_head_timings() -> dict[str, float | None]:
+    """Milliseconds of one token through a 98304x1024 head per choice of :data:`CPU_HEAD_CHOICES`.
+
+    Measured once per machine and kept beside the decode measurement
+    (``$XDG_CACHE_HOME/llava-agent/cpu-head.json``; :func:`agent.core.runtime.kept_cpu_measurement`).
+    """
+    from agent.core.runtime import kept_cpu_measurement
+
+    return kept_cpu_measurement(CPU_HEAD_MEASUREMENT_FILE, CPU_HEAD_CHOICES, lambda: measure_cpu_head())
+
+
+def measure_cpu_head(rows: int = 98304, hidden: int = 1024) -> dict[str, float]:
+    """Seconds of one token through a ``rows`` x ``hidden`` head (the model's own in the CPU's
+    native dtype, the int8 copy, the int4 copy with its rescoring), the fastest of five
+    interleaved rounds; ``inf`` where the kernel is missing. About 1 s: the head (192 MB in bf16) is larger
+    than a cache holds, as a real vocabulary's is, so it measures the bytes read per token.
+    """
+    import time
+
+    import torch
+
+    from agent.core.runtime import native_dtype, torch_dtype
+
+    dtype = torch_dtype(native_dtype("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(hidden, rows, bias=False, dtype=dtype)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(rows, hidden, generator=generator).to(dtype))
+    heads = {"model": OutputHead(linear, "model")}
+    if int8_kernel_available("cpu"):
+        heads["int8"] = OutputHead(linear, "int8")
+    if int4_kernel_available("cpu"):
+        heads["int4"] = OutputHead(linear, "int4")
+    state = torch.randn(1, hidden, generator=generator).to(dtype)
+    rounds: dict[str, list[float]] = {name: [] for name in heads}
+    with torch.inference_mode():
+        for head in heads.values():
+            head.full(state)  # warm-up
+        for _ in range(5):
+            for name, head in heads.items():
+                started = time.perf_counter()
+                head.full(state)
+                rounds[name].append(time.perf_counter() - started)
+    timings = {name: min(rounds[name]) if name in rounds else float("inf") for name in CPU_HEAD_CHOICES}
+    logger.info("one token through a %dx%d head on this CPU: %s", rows, hidden,
+                ", ".join(f"{name} {value * 1e3:.1f} ms" for name, value in timings.items()))
+    return timings

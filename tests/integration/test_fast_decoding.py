@@ -274,6 +274,18 @@ def test_prefix_cache_with_an_adapter(tiny_llava_qwen2, lora_adapter):
 
 
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_the_int4_head_gives_the_model_heads_replies(tiny_llava_paths, family):
+    """Int4 picks the candidates and the model's rows score them: the same greedy replies, calls included."""
+    llm = _model(tiny_llava_paths[family])
+    reference, _ = _conversation(llm, ALL_OFF, turns=2)
+    replies, stats = _conversation(llm, {**ALL_OFF, "lm_head": "int4"}, turns=2)
+    assert replies == reference and all(r[1] for r in replies[::2])
+    head = llm.loaded.accelerators["head:int4"]
+    assert head.precision == "int4" and head.extra_bytes > 0
+    assert sum(s["generated_tokens"] for s in stats) > 40
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
 def test_int8_weights_reuse_the_cache_exactly(tiny_llava_paths, family, monkeypatch):
     import torch
 

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from agent.core.errors import InputError
+from agent.core.int8_weights import quantize_groups_int4
 from agent.llava.decode_attention import enabled, grouped_attention
 from agent.llava.decode_loop import DecodeSettings
 from agent.llava.kv_cache import KVBuffers, cache_arguments, cache_keyword
-from agent.llava.output_head import OutputHead, quantize_rows_int8
+from agent.llava.output_head import RESCORED, OutputHead, quantize_rows_int8
 from agent.llava.sampling import Sampler
 
 
@@ -73,6 +74,56 @@ def test_int8_head_rows_and_full_agree(dtype):
     assert OutputHead(linear, "int8").extra_bytes == 500 * 32 + 500 * 2  # bf16 scales: the kernel runs in bf16
     with pytest.raises(ValueError, match="precision"):
         OutputHead(linear, "fp4")
+    assert OutputHead(linear, "int4").rows(hidden, torch.tensor([3])).shape == (1, 1)
+
+
+def test_int4_groups_round_to_nearest_within_their_range():
+    torch.manual_seed(0)
+    weight = torch.randn(100, 64) * 0.05
+    packed, scales_and_zeros = quantize_groups_int4(weight, group=32)
+    assert scales_and_zeros.shape == (2, 128, 2)  # groups x rows padded to 64 x (scale, zero)
+    # one-hot inputs read the dequantized weight back through the kernel, column by column
+    dequantized = torch.ops.aten._weight_int4pack_mm_for_cpu(
+        torch.eye(64, dtype=torch.bfloat16), packed, 32, scales_and_zeros
+    ).float().T[:100]
+    step = scales_and_zeros[..., 0].float().T[:100].repeat_interleave(32, dim=1)
+    assert ((dequantized - weight).abs() <= step / 2 + weight.abs() / 128 + 1e-6).all()
+    assert (dequantized - weight).abs().max() > 0  # it is 4-bit: not exact
+    with pytest.raises(ValueError, match="divisible by 32"):
+        quantize_groups_int4(torch.randn(64, 48))
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_quantized_heads_rescore_their_candidates_with_the_model_rows(precision, dtype):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 500, bias=True).to(dtype)
+    model, copy = OutputHead(linear, "model"), OutputHead(linear, precision)
+    if precision == "int4":  # rows padded to 64; a bf16 scale and zero per group of 32
+        assert copy.extra_bytes == 512 * 64 // 2 + 2 * 512 * 2 * 2
+    raw_disagreements = 0
+    for _ in range(200):
+        hidden = torch.randn(1, 64, dtype=dtype)
+        with torch.no_grad():
+            exact, screened = model.full(hidden), copy.full(hidden)
+            if precision == "int8":
+                raw = torch._weight_int8pack_mm(hidden.bfloat16(), *copy._int8)
+            else:
+                raw = torch.ops.aten._weight_int4pack_mm_for_cpu(hidden.bfloat16(), copy._int4[0], 32, copy._int4[1])
+            raw = raw[:, :500].float() + linear.bias.float()
+            ids = torch.tensor([0, 63, 64, 499])
+            assert torch.equal(copy.rows(hidden, ids), model.rows(hidden, ids))
+            candidates = raw.topk(RESCORED).indices[0]
+            assert torch.equal(screened[0, candidates], model.rows(hidden, candidates)[0])  # the model's rows
+        assert screened.shape == (1, 500) and screened.dtype == torch.float32
+        assert screened.argmax() == exact.argmax()
+        others = torch.ones(500, dtype=torch.bool)
+        others[candidates] = False
+        assert torch.equal(screened[0, others], raw[0, others])  # the rest: the copy's approximation
+        assert (screened - exact).abs().max() <= 0.15 * exact.abs().max()
+        raw_disagreements += int(raw.argmax() != exact.argmax())
+    if precision == "int4":
+        assert raw_disagreements > 0  # without the rescoring int4 alone picks another token now and then
 
 
 def test_sampler_greedy_top_k_and_top_p():
