@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, get_args
 from agent.core import defaults
 from agent.core.config import HeadPrecision, KVCacheMode, PromptLookupMode
 from agent.core.errors import InputError
+from agent.core.int8_weights import INT4_GROUP
 from agent.core.int8_weights import int4_kernel_available as int4_supported
 from agent.core.int8_weights import int8_kernel_available as int8_supported
 from agent.decoding.prompt_lookup import PromptLookup
@@ -269,7 +270,17 @@ def resolve_kv_mode(mode: str) -> str:
 
 
 def output_head(loaded: LoadedModel, mode: str) -> OutputHead:
-    """The head for ``mode`` ("model", "int8" or "int4"), built once per loaded model."""
+    """The head for ``mode`` ("model", "int8" or "int4"), built once per loaded model.
+
+    An int4 copy needs a hidden size divisible by its group size; another head gets the int8 copy.
+    """
+    if mode == "int4":
+        parts = _cached_parts(loaded)
+        assert not isinstance(parts, str)
+        if parts.head.in_features % INT4_GROUP:
+            logger.info("a hidden size of %d takes no int4 head (groups of %d); using int8",
+                        parts.head.in_features, INT4_GROUP)
+            mode = "int8"
     key = f"head:{mode}"
     head = loaded.accelerators.get(key)
     if head is None:

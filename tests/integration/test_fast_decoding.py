@@ -285,6 +285,17 @@ def test_the_int4_head_gives_the_model_heads_replies(tiny_llava_paths, family):
     assert sum(s["generated_tokens"] for s in stats) > 40
 
 
+def test_a_hidden_size_the_int4_groups_do_not_divide_takes_the_int8_head(tiny_llava_qwen2, monkeypatch):
+    from agent.llava import decode_loop
+
+    llm = _model(tiny_llava_qwen2)
+    hidden = decode_loop.model_parts(llm.loaded.model).head.in_features
+    monkeypatch.setattr(decode_loop, "INT4_GROUP", hidden * 3 // 4)  # not a divisor of the hidden size
+    head = decode_loop.output_head(llm.loaded, "int4")
+    assert head.precision == "int8" and head is llm.loaded.accelerators["head:int8"]
+    assert llm.invoke("hi", lm_head="int4").content is not None
+
+
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
 def test_int8_weights_reuse_the_cache_exactly(tiny_llava_paths, family, monkeypatch):
     import torch
