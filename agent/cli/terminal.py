@@ -168,9 +168,9 @@ class TerminalChat:
         # The conversations, memories and commands work from here on, even if the model cannot load
         # (no network, not downloaded): that error is shown when a message needs the model.
         self._agent = agent
-        if hasattr(type(agent.model), "loaded"):
+        if hasattr(type(agent.model), "prepare"):
             try:
-                agent.model.loaded  # noqa: B018 - loads the weights now, with progress, not at the first message
+                agent.model.prepare()  # the weights (with progress) and the head copy now, not at the first message
             except BaseException as exc:  # the turn that needs the model reports it, in one line
                 self.model_error = exc
 

@@ -240,6 +240,17 @@ class ChatLlava(BaseChatModel):
         """The loaded model and processor (loaded on first access, shared per process through the model manager)."""
         return load_model(self.spec)
 
+    def prepare(self) -> LoadedModel:
+        """Load the model and build what its replies will use (on CPU the head copy, whose speed
+        is measured once per machine), so the first reply does not wait for them."""
+        loaded = self.loaded
+        settings = self._decode_settings({})
+        if settings is not None:
+            from agent.llava.decode_loop import prepare_decoding
+
+            prepare_decoding(loaded, settings)
+        return loaded
+
     def image_capacity(self) -> int:
         """How many images one prompt keeps as pixels (``max_images`` or the model's capability)."""
         return self.max_images if self.max_images is not None else image_capacity(self.loaded.config)

@@ -303,6 +303,19 @@ def output_head(loaded: LoadedModel, mode: str) -> OutputHead:
     return head
 
 
+def prepare_decoding(loaded: LoadedModel, settings: DecodeSettings) -> None:
+    """Build now what the first decode would build (the head copy, the CPU decode attention), so a
+    first reply does not wait for them; nothing for a model the loop cannot drive."""
+    parts = _cached_parts(loaded)
+    if isinstance(parts, str):
+        return
+    device = parts.head.weight.device
+    output_head(loaded, resolve_head_mode(settings.lm_head, device))
+    if settings.fast_attention and "attention" not in loaded.accelerators:
+        with loaded.accelerators_lock:
+            loaded.accelerators["attention"] = decode_attention.install(loaded.model)
+
+
 # --- sampling -------------------------------------------------------------------------------
 
 
@@ -388,8 +401,7 @@ def decode(
     history = _History(tokens, max_new_tokens, device) if processors else None
     head = output_head(loaded, resolve_head_mode(settings.lm_head, device))
     if settings.fast_attention and "attention" not in loaded.accelerators:
-        with loaded.accelerators_lock:
-            loaded.accelerators["attention"] = decode_attention.install(loaded.model)
+        prepare_decoding(loaded, settings)
     kv_mode = resolve_kv_mode(settings.kv_cache)
     graphs = None
     if settings.cuda_graphs and kv_mode == "static":  # None unless on CUDA

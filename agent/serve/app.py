@@ -251,7 +251,7 @@ def create_app(
 async def _load(state: ServerState) -> None:
     started = time.perf_counter()
     try:
-        await asyncio.to_thread(lambda: state.llm.loaded)
+        await asyncio.to_thread(state.llm.prepare)  # the weights and the head copy, before the first request
     except Exception as exc:
         state.status = "error"
         state.load_error = f"{type(exc).__name__}: {exc}"

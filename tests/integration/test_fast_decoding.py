@@ -285,6 +285,15 @@ def test_the_int4_head_gives_the_model_heads_replies(tiny_llava_paths, family):
     assert sum(s["generated_tokens"] for s in stats) > 40
 
 
+def test_prepare_builds_the_head_copy_before_the_first_reply(tiny_llava_qwen2):
+    llm = _model(tiny_llava_qwen2, lm_head="int8")
+    llm.loaded.accelerators.pop("head:int8", None)
+    assert llm.prepare() is llm.loaded
+    assert llm.loaded.accelerators["head:int8"].precision == "int8"
+    assert "attention" in llm.loaded.accelerators
+    assert _model(tiny_llava_qwen2, decoder="transformers").prepare() is llm.loaded  # nothing more to build
+
+
 def test_a_hidden_size_the_int4_groups_do_not_divide_takes_the_int8_head(tiny_llava_qwen2, monkeypatch):
     from agent.llava import decode_loop
 
