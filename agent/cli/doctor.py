@@ -72,7 +72,7 @@ def check_torch(config: AppConfig) -> Check:
         from agent.llava.output_head import cpu_fastest_head, cpu_head_timings
 
         measured = ", ".join(f"{name} {ms:.1f} ms" for name, ms in cpu_head_timings().items() if ms)
-        runs += f"; decode head: {cpu_fastest_head()} (one token through a 98304x1024 head here: {measured})"
+        runs += f"; decode head: {cpu_fastest_head()} (one token through a 49152x1024 head here: {measured})"
     if torch.cuda.is_available():
         names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
         return Check("torch", "ok", f"{torch.__version__}, CUDA {torch.version.cuda}: {names}; {runs}")

@@ -115,7 +115,7 @@ def cpu_fastest_head() -> str:
 
 @functools.lru_cache(maxsize=1)
 def cpu_head_timings() -> dict[str, float | None]:
-    """Milliseconds of one token through a 98304x1024 head per choice of :data:`CPU_HEAD_CHOICES`.
+    """Milliseconds of one token through a 49152x1024 head per choice of :data:`CPU_HEAD_CHOICES`.
 
     Measured once per machine and kept beside the decode measurement
     (``$XDG_CACHE_HOME/llava-agent/cpu-head.json``; :func:`agent.core.runtime.kept_cpu_measurement`).
@@ -125,11 +125,13 @@ def cpu_head_timings() -> dict[str, float | None]:
     return kept_cpu_measurement(CPU_HEAD_MEASUREMENT_FILE, CPU_HEAD_CHOICES, lambda: measure_cpu_head())
 
 
-def measure_cpu_head(rows: int = 98304, hidden: int = 1024) -> dict[str, float]:
+def measure_cpu_head(rows: int = 49152, hidden: int = 1024) -> dict[str, float]:
     """Seconds of one token through a ``rows`` x ``hidden`` head (the model's own in the CPU's
     native dtype, the int8 copy, the int4 copy with its rescoring), the fastest of five
-    interleaved rounds; ``inf`` where the kernel is missing. About 1 s: the head (192 MB in bf16) is larger
-    than a cache holds, as a real vocabulary's is, so it measures the bytes read per token.
+    interleaved rounds; ``inf`` where the kernel is missing. About 2 s on two cores (mostly
+    quantizing the copies). The three heads (96 MB in bf16, 48 and 27 MB as copies) are read in
+    turn, so none is still cached when its turn comes, as a real vocabulary's head is not after
+    the layers of a decode step: it measures the bytes read per token.
     """
     import time
 

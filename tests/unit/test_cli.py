@@ -130,7 +130,7 @@ def test_doctor_reports_every_check(data_dir, capsys):
     assert "[ok  ] espeak-ng" in out and "[ok  ] chroma" in out
     from agent.llava.output_head import cpu_fastest_head
 
-    assert f"decode head: {cpu_fastest_head()} (one token through a 98304x1024 head here: int4 " in out
+    assert f"decode head: {cpu_fastest_head()} (one token through a 49152x1024 head here: int4 " in out
     assert code == 0
     for line in out.splitlines():
         if line.startswith("[FAIL]") or line.startswith("[warn]"):
