@@ -15,7 +15,7 @@ its own prompt cache.
 Configurations:
 
 * ``generate``: ``decoder="transformers"`` (plain ``model.generate``: nothing of 1-3);
-* ``all``: the defaults (1 prefix cache, 2 jump-forward + few-row logits, 3 static KV + int8 head on CPU);
+* ``all``: the defaults (1 prefix cache, 2 jump-forward + few-row logits, 3 static KV + a quantized head copy on CPU);
 * ``-1 prefix``: all but the prefix cache (each call prefills its whole prompt: a cold prefill);
 * ``-2 jump``: all but jump-forward, few-row logits and prompt lookup (a call decoded one token at a time);
 * ``-3 steps``: all but the CPU decode changes (dynamic KV cache, the model's bf16 head, bf16 SDPA).
@@ -159,7 +159,7 @@ def run_turns(llm, args) -> dict:
     results: dict[str, list[dict]] = {name: [] for name in CONFIGS}
     names = list(CONFIGS)
 
-    # warm-up (not timed): the int8 head copy, the constraint indexes, thread pools
+    # warm-up (not timed): the head copy, the constraint indexes, thread pools
     for tool in {t["function"]["name"] for t in schemas}:
         llm.bind_tools(schemas, tool_choice=tool).invoke([HumanMessage("hi")], max_tokens=args.call_tokens)
     for name, settings in CONFIGS.items():

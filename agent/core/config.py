@@ -125,7 +125,7 @@ class ModelSection(_Section):
     jump_forward: bool = Field(True, description="Append the stretches of a tool call the grammar forces in one pass.")
     few_row_logits: bool = Field(True, description="When the constraint allows few tokens, compute only their logits.")
     kv_cache: KVCacheMode = Field("auto", description="static: preallocated, written in place; dynamic: grown by concatenation.")
-    lm_head: HeadPrecision = Field("auto", description="auto: on CPU the head copy measured fastest here (int4, int8), the model's own elsewhere.")
+    lm_head: HeadPrecision = Field("auto", description="auto: on CPU whichever of an int4 copy, an int8 copy and the model's own head measured fastest here; the model's own elsewhere.")
     fast_attention: bool = Field(True, description="On CPU, decode attention as grouped float32 matmuls, not bf16 SDPA.")
     cuda_graphs: bool = Field(True, description="Replay single-token decode steps as CUDA graphs on CUDA.")
     prompt_lookup: PromptLookupMode = Field(

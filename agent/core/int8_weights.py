@@ -6,7 +6,7 @@ by the bytes of the weights. bitsandbytes' NF4 reads an eighth of fp32's, but it
 slow where it is not vectorised (a 2-core AMD EPYC without AVX-512: one 2048x4096 layer 24.5 ms
 in NF4, 2.3 ms in fp32, 1.0 ms as int8 weights). Int8 weights are the middle way there: each
 linear layer of the language model keeps its weight as int8, one scale per output row
-(symmetric, round to nearest: the same recipe as the decode loop's int8 head), and
+(symmetric, round to nearest: the same recipe as the decode loop's int8 head copy), and
 
 * a decode step (at most :data:`KERNEL_ROWS` positions: one token, a jump-forward run, a
   prompt-lookup draft) multiplies with ``torch._weight_int8pack_mm``, which reads the int8 weight
@@ -20,8 +20,8 @@ to the order of the sums: reusing a cached prompt prefix gives the same tokens a
 
 Quantized: the language model's linear layers (attention and MLP projections), a LoRA adapter's
 base layers included (its small A/B matrices stay as they are). Not quantized: the vision tower,
-the projector, the embeddings and ``lm_head`` (the decode loop keeps its own int8 copy of the
-head, :mod:`agent.llava.output_head`).
+the projector, the embeddings and ``lm_head`` (the decode loop keeps its own int4 or int8 copy
+of the head, :mod:`agent.llava.output_head`).
 
 Quality: per-row int8 weights keep nearly all of a model's choices: on real text through the
 pretrained SmolLM2-135M-Instruct, the top token agreed with fp32's at 96.4% of positions (bf16:
@@ -50,7 +50,8 @@ SKIPPED_PARTS = ("vision_tower", "multi_modal_projector", "lm_head", "lora_")
 INT4_GROUP = 32
 """Inputs per int4 group (one scale and offset each); the hidden size must be a multiple of it."""
 INT4_BLOCK_ROWS = 64
-"""Rows torch's CPU int4 kernel packs together; an int4 weight is padded to a multiple of it."""
+"""An int4 weight is padded to a multiple of this many rows (torch's CPU kernel packs rows in
+blocks of 64 with AVX-512, 32 without: both divide it)."""
 
 
 def int8_kernel_available(device: Any = "cpu") -> bool:

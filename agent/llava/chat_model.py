@@ -157,7 +157,7 @@ class ChatLlava(BaseChatModel):
     )
     lm_head: HeadPrecision = Field(
         default="auto",
-        description="auto: on CPU the head copy measured fastest here (int4 screening, int8), the model's own head elsewhere."
+        description="auto: on CPU whichever of an int4 copy, an int8 copy and the model's own head measured fastest here; the model's own elsewhere."
     )
     fast_attention: bool = Field(
         default=True,
@@ -248,7 +248,10 @@ class ChatLlava(BaseChatModel):
         if settings is not None:
             from agent.llava.decode_loop import prepare_decoding
 
-            prepare_decoding(loaded, settings)
+            try:
+                prepare_decoding(loaded, settings)
+            except Exception as exc:  # noqa: BLE001 - an optional speed-up: the first reply tries again
+                logger.warning("could not prepare the decode loop now (%s); the first reply will", exc)
         return loaded
 
     def image_capacity(self) -> int:

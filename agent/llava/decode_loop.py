@@ -22,7 +22,8 @@ with three differences, each behind a switch of :class:`DecodeSettings`:
    is fed with the next pass.
 3. **cheaper steps** (``kv_cache``, ``lm_head``, ``fast_attention``): keys and values are
    written in place into preallocated buffers instead of concatenated (:mod:`agent.llava.kv_cache`),
-   the head may be an int8 copy (:mod:`agent.llava.output_head`), and on CPU decode steps
+   the head may be an int4 or int8 copy whose best tokens the model's rows rescore
+   (:mod:`agent.llava.output_head`), and on CPU decode steps
    compute attention as grouped float32 matmuls instead of bf16 SDPA
    (:mod:`agent.llava.decode_attention`). On CUDA, single-token steps replay a captured CUDA
    graph (:mod:`agent.llava.cuda_graphs`).
@@ -274,15 +275,15 @@ def output_head(loaded: LoadedModel, mode: str) -> OutputHead:
 
     An int4 copy needs a hidden size divisible by its group size; another head gets the int8 copy.
     """
-    if mode == "int4":
+    key = f"head:{mode}"
+    head = loaded.accelerators.get(key)
+    if head is None and mode == "int4":
         parts = _cached_parts(loaded)
         assert not isinstance(parts, str)
         if parts.head.in_features % INT4_GROUP:
             logger.info("a hidden size of %d takes no int4 head (groups of %d); using int8",
                         parts.head.in_features, INT4_GROUP)
-            mode = "int8"
-    key = f"head:{mode}"
-    head = loaded.accelerators.get(key)
+            head = loaded.accelerators[key] = output_head(loaded, "int8")  # counted once, as int8
     if head is None:
         parts = _cached_parts(loaded)
         assert not isinstance(parts, str)
@@ -307,8 +308,8 @@ def prepare_decoding(loaded: LoadedModel, settings: DecodeSettings) -> None:
     """Build now what the first decode would build (the head copy, the CPU decode attention), so a
     first reply does not wait for them; nothing for a model the loop cannot drive."""
     parts = _cached_parts(loaded)
-    if isinstance(parts, str):
-        return
+    if isinstance(parts, str) or unsupported_reason(loaded, {}) is not None:
+        return  # every reply goes to ``generate``: nothing of the loop's is needed
     device = parts.head.weight.device
     output_head(loaded, resolve_head_mode(settings.lm_head, device))
     if settings.fast_attention and "attention" not in loaded.accelerators:

@@ -12,7 +12,7 @@
   it is never evicted mid-reply. Each :class:`LoadedModel` carries a lock that serialises
   generation on it, its prompt cache (:class:`~agent.llava.prefix_cache.PrefixCache`, whose
   bytes are counted in the same budget and which is dropped with the model), and what the decode
-  loop builds for it once (an int8 head copy, CUDA graphs).
+  loop builds for it once (a quantized head copy, CUDA graphs).
 
 Failures raise :class:`agent.core.errors.ModelNotFoundError`, :class:`agent.core.errors.QuantizationError`
 or :class:`agent.core.errors.ModelLoadError`, each saying what to do.
@@ -73,7 +73,7 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
     prefix_cache: PrefixCache = field(default_factory=PrefixCache)
     accelerators: dict[str, Any] = field(default_factory=dict)
-    """What the decode loop builds once per model (its parts, an int8 head, CUDA graphs)."""
+    """What the decode loop builds once per model (its parts, a quantized head copy, CUDA graphs)."""
     accelerators_lock: threading.Lock = field(default_factory=threading.Lock)
     extra_bytes: dict[str, int] = field(default_factory=dict)
     """Bytes held beside the weights (prompt cache, head copies), counted in the device's budget."""

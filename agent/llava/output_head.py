@@ -77,8 +77,20 @@ class OutputHead:
         copy = self._int8 or self._int4 or ()
         return sum(t.numel() * t.element_size() for t in copy)
 
+    @property
+    def quantized(self) -> bool:
+        """Whether the whole-vocabulary logits come from a quantized copy (see :meth:`rescore`)."""
+        return self._int8 is not None or self._int4 is not None
+
     def full(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(1, vocabulary) float32 logits of a (1, hidden) state."""
+        """(1, vocabulary) float32 logits of a (1, hidden) state (a copy's rescored at its best tokens)."""
+        logits = self.screen(hidden)
+        if self.quantized:
+            self.rescore(hidden, logits, logits.topk(min(RESCORED, self.vocab_size), dim=-1).indices[0])
+        return logits
+
+    def screen(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(1, vocabulary) float32 logits from the copy (the model's own head when there is none)."""
         import torch
 
         if self._int8 is not None:
@@ -92,8 +104,14 @@ class OutputHead:
             return torch.nn.functional.linear(hidden, self.weight, self.bias).float()
         if self.bias is not None:
             logits = logits + self.bias.float()
-        # the copy picks the candidates; the model's own rows score them
-        candidates = logits.topk(min(RESCORED, self.vocab_size), dim=-1).indices[0]
+        return logits
+
+    def rescore(self, hidden: torch.Tensor, logits: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Put the model's own logits of ``candidates`` into ``logits`` (in place) and return it.
+
+        The decode loop picks the candidates after its logits processors and constraint mask, so
+        they are the best tokens that may come next, not the best of the whole vocabulary.
+        """
         logits[0, candidates] = self.rows(hidden, candidates)[0]
         return logits
 
@@ -127,11 +145,12 @@ def cpu_head_timings() -> dict[str, float | None]:
 
 def measure_cpu_head(rows: int = 49152, hidden: int = 1024) -> dict[str, float]:
     """Seconds of one token through a ``rows`` x ``hidden`` head (the model's own in the CPU's
-    native dtype, the int8 copy, the int4 copy with its rescoring), the fastest of five
-    interleaved rounds; ``inf`` where the kernel is missing. About 2 s on two cores (mostly
-    quantizing the copies). The three heads (96 MB in bf16, 48 and 27 MB as copies) are read in
-    turn, so none is still cached when its turn comes, as a real vocabulary's head is not after
-    the layers of a decode step: it measures the bytes read per token.
+    native dtype, the int8 and int4 copies with their rescoring), the fastest of five interleaved
+    rounds; ``inf`` where the kernel is missing. About 2 s on two cores (mostly quantizing the
+    copies). The three heads (96 MiB in bf16, 192 MiB in fp32; 48 and 30 MiB as copies) are read
+    in turn, so on a CPU whose cache is smaller than their sum none is still cached when its turn
+    comes, as a real vocabulary's head is not after the layers of a decode step. The model's own
+    head is timed in the CPU's native dtype, not the dtype a model may be loaded in.
     """
     import time
 

@@ -406,15 +406,24 @@ def test_auto_on_this_cpu_follows_its_measurement(tiny_llava_qwen2):
 
 
 def test_this_cpus_head_speeds_are_measured_once_and_kept(tmp_path, monkeypatch):
+    from agent.llava.output_head import cpu_head_timings
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    record = tmp_path / "llava-agent" / "cpu-head.json"
+    cpu_head_timings.cache_clear()
+    try:
+        _head_measurement_checks(tmp_path, record, monkeypatch)
+    finally:
+        cpu_head_timings.cache_clear()  # the rest of the session reads this machine's own record
+
+
+def _head_measurement_checks(tmp_path, record, monkeypatch):
     import json
 
     from agent.llava import output_head
     from agent.llava.decode_loop import resolve_head_mode
     from agent.llava.output_head import CPU_HEAD_CHOICES, cpu_fastest_head, cpu_head_timings
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    record = tmp_path / "llava-agent" / "cpu-head.json"
-    cpu_head_timings.cache_clear()
     timings = cpu_head_timings()
     assert set(timings) == set(CPU_HEAD_CHOICES) and all(value > 0 for value in timings.values())
     assert cpu_fastest_head() == min(timings, key=timings.get) == resolve_head_mode("auto", "cpu")
@@ -425,13 +434,18 @@ def test_this_cpus_head_speeds_are_measured_once_and_kept(tmp_path, monkeypatch)
     monkeypatch.setattr(output_head, "measure_cpu_head", lambda: pytest.fail("measured again"))
     cpu_head_timings.cache_clear()
     assert cpu_head_timings() == timings  # a new process reads the record
+    kept = json.loads(record.read_text())
+    assert kept["method"] == "fastest-of-5"
     monkeypatch.setattr(output_head, "measure_cpu_head", lambda: {"int4": 0.003, "int8": 0.001, "model": 0.002})
-    record.write_text("{not json")  # unreadable: measured again, not an error
+    record.write_text(json.dumps({k: v for k, v in kept.items() if k != "method"}))  # an earlier method's
     cpu_head_timings.cache_clear()
     assert cpu_fastest_head() == "int8" and json.loads(record.read_text())["milliseconds"]["int8"] == 1.0
-    monkeypatch.setattr(output_head, "int8_kernel_available", lambda device="cpu": False)
+    monkeypatch.setattr(output_head, "measure_cpu_head", lambda: {"int4": 0.001, "int8": 0.003, "model": 0.002})
+    record.write_text("{not json")  # unreadable: measured again, not an error
+    cpu_head_timings.cache_clear()
+    assert cpu_fastest_head() == "int4"
+    monkeypatch.setattr(output_head, "int4_kernel_available", lambda device="cpu": False)
     assert cpu_fastest_head() == "model"  # measured fastest, but its kernel is not here now
-    cpu_head_timings.cache_clear()  # the rest of the session reads this machine's own record
 
 
 def test_default_models():

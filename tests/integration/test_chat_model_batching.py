@@ -3,8 +3,8 @@
 A batched row must be the request it would have been alone: same greedy text, same finish
 reason, its own limits; a row that cannot run, or is cancelled, leaves the others alone. Exactly
 so in float32 with the model's own output head, the one ``generate`` (batched rows) uses: the
-int8 head copy a single CPU request decodes with by default, 4-bit and bf16 kernels round
-differently and can flip a greedy near tie (which precision ``auto`` picks depends on the CPU).
+quantized head copy a single CPU request decodes with by default (outside its rescored best
+tokens), 4-bit and bf16 kernels round differently and can flip a greedy near tie (which precision ``auto`` picks depends on the CPU).
 """
 
 from __future__ import annotations

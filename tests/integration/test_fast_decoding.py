@@ -288,10 +288,13 @@ def test_the_int4_head_gives_the_model_heads_replies(tiny_llava_paths, family):
 def test_prepare_builds_the_head_copy_before_the_first_reply(tiny_llava_qwen2):
     llm = _model(tiny_llava_qwen2, lm_head="int8")
     llm.loaded.accelerators.pop("head:int8", None)
+    llm.loaded.accelerators.pop("attention", None)
     assert llm.prepare() is llm.loaded
     assert llm.loaded.accelerators["head:int8"].precision == "int8"
     assert "attention" in llm.loaded.accelerators
-    assert _model(tiny_llava_qwen2, decoder="transformers").prepare() is llm.loaded  # nothing more to build
+    built = set(llm.loaded.accelerators)
+    assert _model(tiny_llava_qwen2, decoder="transformers", lm_head="int4").prepare() is llm.loaded
+    assert set(llm.loaded.accelerators) == built  # generate decodes there: nothing of the loop's is built
 
 
 def test_a_hidden_size_the_int4_groups_do_not_divide_takes_the_int8_head(tiny_llava_qwen2, monkeypatch):
@@ -300,6 +303,7 @@ def test_a_hidden_size_the_int4_groups_do_not_divide_takes_the_int8_head(tiny_ll
     llm = _model(tiny_llava_qwen2)
     hidden = decode_loop.model_parts(llm.loaded.model).head.in_features
     monkeypatch.setattr(decode_loop, "INT4_GROUP", hidden * 3 // 4)  # not a divisor of the hidden size
+    monkeypatch.delitem(llm.loaded.accelerators, "head:int4", raising=False)  # built by an earlier test
     head = decode_loop.output_head(llm.loaded, "int4")
     assert head.precision == "int8" and head is llm.loaded.accelerators["head:int8"]
     assert llm.invoke("hi", lm_head="int4").content is not None
@@ -314,7 +318,7 @@ def test_int8_weights_reuse_the_cache_exactly(tiny_llava_paths, family, monkeypa
     llm = _model(tiny_llava_paths[family], quantization="int8-weights")
     language_model = llm.loaded.model.model.language_model
     assert isinstance(language_model.layers[0].mlp.down_proj, int8_linear_class())
-    assert type(llm.loaded.model.lm_head).__name__ == "Linear"  # the decode loop keeps its own int8 head
+    assert type(llm.loaded.model.lm_head).__name__ == "Linear"  # the decode loop keeps its own head copy
     kernel = torch._weight_int8pack_mm
     layers = {m.qweight.data_ptr() for m in language_model.modules() if isinstance(m, int8_linear_class())}
     rows: list[int] = []

@@ -1,4 +1,4 @@
-"""Pure pieces of the decode loop: grouped attention, the int8 head, sampling, preallocated KV buffers."""
+"""Pure pieces of the decode loop: grouped attention, the quantized head copies, sampling, preallocated KV buffers."""
 
 from __future__ import annotations
 
@@ -124,6 +124,44 @@ def test_quantized_heads_rescore_their_candidates_with_the_model_rows(precision,
         raw_disagreements += int(raw.argmax() != exact.argmax())
     if precision == "int4":
         assert raw_disagreements > 0  # without the rescoring int4 alone picks another token now and then
+
+
+class _AllowOnly:
+    """A constraint in free text that leaves ``allowed`` finite (the full-vocabulary path)."""
+
+    def __init__(self, allowed: torch.Tensor) -> None:
+        self.banned = torch.ones(500, dtype=torch.bool)
+        self.banned[allowed] = False
+
+    def allowed_ids(self, remaining, vocab_size):
+        return None
+
+    def apply(self, scores, remaining):
+        scores[0, self.banned] = -float("inf")
+        return scores
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_a_copys_candidates_are_the_best_tokens_the_mask_leaves(precision):
+    """Rescoring after the constraint: the pick is the model head's among the allowed tokens."""
+    from agent.llava.decode_loop import DecodeStats
+    from agent.llava.sampling import _scores
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 500, bias=False)
+    model, copy = OutputHead(linear, "model"), OutputHead(linear, precision)
+    for _ in range(100):
+        hidden = torch.randn(1, 64)
+        with torch.no_grad():
+            exact = model.full(hidden)
+            # allow 300 tokens, none of them among the copy's (or the model's) 40 best
+            ranked = exact.argsort(descending=True)[0]
+            allowed = ranked[40:][torch.randperm(460)[:300]]
+            _, logits = _scores(hidden, copy, _AllowOnly(allowed), 8, DecodeStats(), False)
+        best_allowed = allowed[exact[0, allowed].argmax()]
+        assert int(logits.argmax()) == int(best_allowed)
+        assert torch.isinf(logits[0, ranked[:40]]).all()
+        assert torch.equal(logits[0, best_allowed], exact[0, best_allowed])  # the model's own logit
 
 
 def test_sampler_greedy_top_k_and_top_p():
