@@ -277,7 +277,7 @@ def kept_cpu_measurement(
         return timings
 
 
-def _valid_timings(timings: Any, choices: tuple[str, ...] = CPU_DECODE_CHOICES) -> bool:
+def _valid_timings(timings: Any, choices: tuple[str, ...]) -> bool:
     """A stored measurement: every choice, each a positive number of milliseconds or None."""
     return (
         isinstance(timings, dict)

@@ -312,7 +312,12 @@ def prepare_decoding(loaded: LoadedModel, settings: DecodeSettings) -> None:
         return  # every reply goes to ``generate``: nothing of the loop's is needed
     device = parts.head.weight.device
     output_head(loaded, resolve_head_mode(settings.lm_head, device))
-    if settings.fast_attention and "attention" not in loaded.accelerators:
+    if settings.fast_attention:
+        _install_fast_attention(loaded)
+
+
+def _install_fast_attention(loaded: LoadedModel) -> None:
+    if "attention" not in loaded.accelerators:
         with loaded.accelerators_lock:
             loaded.accelerators["attention"] = decode_attention.install(loaded.model)
 
@@ -401,8 +406,8 @@ def decode(
     processors = [*config_processors(loaded.model.generation_config), *logits_processor]
     history = _History(tokens, max_new_tokens, device) if processors else None
     head = output_head(loaded, resolve_head_mode(settings.lm_head, device))
-    if settings.fast_attention and "attention" not in loaded.accelerators:
-        prepare_decoding(loaded, settings)
+    if settings.fast_attention:
+        _install_fast_attention(loaded)
     kv_mode = resolve_kv_mode(settings.kv_cache)
     graphs = None
     if settings.cuda_graphs and kv_mode == "static":  # None unless on CUDA

@@ -13,14 +13,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from agent.llava.output_head import RESCORED
+
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import torch
 
     from agent.llava.decode_loop import DecodeStats
     from agent.llava.output_head import OutputHead
-
-from agent.llava.output_head import RESCORED
 
 FEW_ROWS = 8192
 """At most this many allowed tokens: compute only their rows of the head."""
@@ -159,13 +159,13 @@ def _scores(
                 full = step(history.view(), full)
             rows = full[:, ids]
         return allowed, rows
-    if not head.quantized or (processor is None and not processors):
-        return None, _processed(head.full(hidden), processor, processors, history, remaining)
-    # a quantized copy: its best tokens *after* the processors and the mask are rescored, so a
-    # constraint or a penalty that rules out the copy's overall favourites still gets exact logits
     logits = head.screen(hidden)
-    probe = _processed(logits.clone(), processor, processors, history, remaining)
-    head.rescore(hidden, logits, probe.topk(min(RESCORED, head.vocab_size), dim=-1).indices[0])
+    if head.quantized:
+        # the copy's best tokens *after* the processors and the mask are rescored, so a constraint
+        # or a penalty that rules out the copy's overall favourites still gets exact logits
+        probe = _processed(logits.clone(), processor, processors, history, remaining) if (
+            processor is not None or processors) else logits
+        head.rescore(hidden, logits, probe.topk(min(RESCORED, head.vocab_size), dim=-1).indices[0])
     return None, _processed(logits, processor, processors, history, remaining)
 
 
