@@ -50,14 +50,11 @@ from typing import TYPE_CHECKING, Any, get_args
 from agent.core import defaults
 from agent.core.config import HeadPrecision, KVCacheMode, PromptLookupMode
 from agent.core.errors import InputError
-from agent.core.int8_weights import INT4_GROUP
-from agent.core.int8_weights import int4_kernel_available as int4_supported
-from agent.core.int8_weights import int8_kernel_available as int8_supported
 from agent.decoding.prompt_lookup import PromptLookup
 from agent.llava import decode_attention
 from agent.llava.cuda_graphs import graph_decoder
 from agent.llava.kv_cache import CACHE_KEYWORDS, KVBuffers, cache_arguments, cache_keyword
-from agent.llava.output_head import OutputHead, cpu_fastest_head
+from agent.llava.output_head import loaded_head, resolve_head_mode
 from agent.llava.prefix_cache import (
     DEFAULT_MAX_ENTRIES,
     DEFAULT_MAX_MIB,
@@ -254,54 +251,8 @@ def _cached_parts(loaded: LoadedModel) -> ModelParts | str:
     return parts
 
 
-def resolve_head_mode(mode: str, device: Any) -> str:
-    """``auto``: on CPU the head measured fastest here (:func:`cpu_fastest_head`), elsewhere the model's own."""
-    if mode == "auto":
-        import torch
-
-        return cpu_fastest_head() if torch.device(device).type == "cpu" else "model"
-    if (mode == "int8" and not int8_supported(device)) or (mode == "int4" and not int4_supported(device)):
-        logger.info("no %s head kernel on %s; using the model's own head", mode, device)
-        return "model"
-    return mode
-
-
 def resolve_kv_mode(mode: str) -> str:
     return "static" if mode == "auto" else mode
-
-
-def output_head(loaded: LoadedModel, mode: str) -> OutputHead:
-    """The head for ``mode`` ("model", "int8" or "int4"), built once per loaded model.
-
-    An int4 copy needs a hidden size divisible by its group size; another head gets the int8 copy.
-    """
-    key = f"head:{mode}"
-    head = loaded.accelerators.get(key)
-    if head is None and mode == "int4":
-        parts = _cached_parts(loaded)
-        assert not isinstance(parts, str)
-        if parts.head.in_features % INT4_GROUP:
-            logger.info("a hidden size of %d takes no int4 head (groups of %d); using int8",
-                        parts.head.in_features, INT4_GROUP)
-            head = loaded.accelerators[key] = output_head(loaded, "int8")  # counted once, as int8
-    if head is None:
-        parts = _cached_parts(loaded)
-        assert not isinstance(parts, str)
-        with loaded.accelerators_lock:
-            head = loaded.accelerators.get(key)
-            if head is None:
-                started = time.perf_counter()
-                head = OutputHead(parts.head, mode)
-                loaded.accelerators[key] = head
-                if head.extra_bytes:
-                    loaded.set_extra_bytes(key, head.extra_bytes)
-                    logger.info(
-                        "%s copy of the head built in %.1fs (%.0f MiB)",
-                        mode,
-                        time.perf_counter() - started,
-                        head.extra_bytes / 2**20,
-                    )
-    return head
 
 
 def prepare_decoding(loaded: LoadedModel, settings: DecodeSettings) -> None:
@@ -311,7 +262,7 @@ def prepare_decoding(loaded: LoadedModel, settings: DecodeSettings) -> None:
     if isinstance(parts, str) or unsupported_reason(loaded, {}) is not None:
         return  # every reply goes to ``generate``: nothing of the loop's is needed
     device = parts.head.weight.device
-    output_head(loaded, resolve_head_mode(settings.lm_head, device))
+    loaded_head(loaded, parts.head, resolve_head_mode(settings.lm_head, device))
     if settings.fast_attention:
         _install_fast_attention(loaded)
 
@@ -405,7 +356,7 @@ def decode(
     )
     processors = [*config_processors(loaded.model.generation_config), *logits_processor]
     history = _History(tokens, max_new_tokens, device) if processors else None
-    head = output_head(loaded, resolve_head_mode(settings.lm_head, device))
+    head = loaded_head(loaded, parts.head, resolve_head_mode(settings.lm_head, device))
     if settings.fast_attention:
         _install_fast_attention(loaded)
     kv_mode = resolve_kv_mode(settings.kv_cache)

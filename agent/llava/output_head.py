@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from agent.core.int8_weights import (
@@ -38,9 +39,10 @@ from agent.core.int8_weights import (
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from agent.llava.loading import LoadedModel
+
 logger = logging.getLogger(__name__)
 
-HEAD_PRECISIONS = ("auto", "model", "int8", "int4")
 CPU_HEAD_CHOICES = ("int4", "int8", "model")
 """What :func:`measure_cpu_head` times, in the order a tie is broken (fewest bytes first)."""
 CPU_HEAD_MEASUREMENT_FILE = "cpu-head.json"
@@ -121,6 +123,43 @@ class OutputHead:
 
         bias = self.bias.index_select(0, ids) if self.bias is not None else None
         return torch.nn.functional.linear(hidden, self.weight.index_select(0, ids), bias).float()
+
+
+def resolve_head_mode(mode: str, device: Any) -> str:
+    """``auto``: on CPU the head measured fastest here (:func:`cpu_fastest_head`), elsewhere the model's own."""
+    if mode == "auto":
+        import torch
+
+        return cpu_fastest_head() if torch.device(device).type == "cpu" else "model"
+    if (mode == "int8" and not int8_kernel_available(device)) or (mode == "int4" and not int4_kernel_available(device)):
+        logger.info("no %s head kernel on %s; using the model's own head", mode, device)
+        return "model"
+    return mode
+
+
+def loaded_head(loaded: LoadedModel, linear: Any, mode: str) -> OutputHead:
+    """The head of ``loaded`` (its plain ``linear`` layer) for ``mode`` ("model", "int8" or "int4"), built once.
+
+    Kept in ``loaded.accelerators`` and its extra bytes counted in the model's memory budget. An
+    int4 copy needs a hidden size divisible by its group size; another head gets the int8 copy.
+    """
+    key = f"head:{mode}"
+    head = loaded.accelerators.get(key)
+    if head is None and mode == "int4" and linear.in_features % INT4_GROUP:
+        logger.info("a hidden size of %d takes no int4 head (groups of %d); using int8", linear.in_features, INT4_GROUP)
+        head = loaded.accelerators[key] = loaded_head(loaded, linear, "int8")  # counted once, as int8
+    if head is None:
+        with loaded.accelerators_lock:
+            head = loaded.accelerators.get(key)
+            if head is None:
+                started = time.perf_counter()
+                head = OutputHead(linear, mode)
+                loaded.accelerators[key] = head
+                if head.extra_bytes:
+                    loaded.set_extra_bytes(key, head.extra_bytes)
+                    logger.info("%s copy of the head built in %.1fs (%.0f MiB)", mode,
+                                time.perf_counter() - started, head.extra_bytes / 2**20)
+    return head
 
 
 def cpu_fastest_head() -> str:

@@ -421,8 +421,12 @@ def _head_measurement_checks(tmp_path, record, monkeypatch):
     import json
 
     from agent.llava import output_head
-    from agent.llava.decode_loop import resolve_head_mode
-    from agent.llava.output_head import CPU_HEAD_CHOICES, cpu_fastest_head, cpu_head_timings
+    from agent.llava.output_head import (
+        CPU_HEAD_CHOICES,
+        cpu_fastest_head,
+        cpu_head_timings,
+        resolve_head_mode,
+    )
 
     timings = cpu_head_timings()
     assert set(timings) == set(CPU_HEAD_CHOICES) and all(value > 0 for value in timings.values())

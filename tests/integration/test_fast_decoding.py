@@ -298,13 +298,13 @@ def test_prepare_builds_the_head_copy_before_the_first_reply(tiny_llava_qwen2):
 
 
 def test_a_hidden_size_the_int4_groups_do_not_divide_takes_the_int8_head(tiny_llava_qwen2, monkeypatch):
-    from agent.llava import decode_loop
+    from agent.llava import decode_loop, output_head
 
     llm = _model(tiny_llava_qwen2)
-    hidden = decode_loop.model_parts(llm.loaded.model).head.in_features
-    monkeypatch.setattr(decode_loop, "INT4_GROUP", hidden * 3 // 4)  # not a divisor of the hidden size
+    linear = decode_loop.model_parts(llm.loaded.model).head
+    monkeypatch.setattr(output_head, "INT4_GROUP", linear.in_features * 3 // 4)  # not a divisor of the hidden size
     monkeypatch.delitem(llm.loaded.accelerators, "head:int4", raising=False)  # built by an earlier test
-    head = decode_loop.output_head(llm.loaded, "int4")
+    head = output_head.loaded_head(llm.loaded, linear, "int4")
     assert head.precision == "int8" and head is llm.loaded.accelerators["head:int8"]
     assert llm.invoke("hi", lm_head="int4").content is not None
 
