@@ -23,12 +23,14 @@ Inference loading, fine-tuning, the model manager, the tools and ``doctor`` all 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import logging
 import sys
 import threading
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -430,6 +432,22 @@ def quiet_bitsandbytes_kernel_notice() -> None:
     source = logging.getLogger("bitsandbytes.backends.cpu.ops")
     if not any(isinstance(f, _OptionalKernelNotice) for f in source.filters):
         source.addFilter(_OptionalKernelNotice())
+
+
+_PEFT_NOTICE = r"`is_gradient_checkpointing` is deprecated"
+
+
+@contextlib.contextmanager
+def peft_quietly() -> Iterator[None]:
+    """Wrap or load a LoRA adapter without peft's read of a property transformers 5 deprecated.
+
+    ``PeftModel`` asks the model ``is_gradient_checkpointing``, and transformers answers with a
+    ``FutureWarning`` that would be printed to every user at every adapter load: only that one
+    warning is silenced, inside the block.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_PEFT_NOTICE, category=FutureWarning)
+        yield
 
 
 def bitsandbytes_config(quantization: str, dtype: str) -> Any:

@@ -37,6 +37,7 @@ from agent.core.model_manager import ModelManager, get_model_manager
 from agent.core.runtime import (
     bitsandbytes_config,
     default_chat_model,
+    peft_quietly,
     resolve_device,
     resolve_precision,
     torch_dtype,
@@ -373,7 +374,8 @@ def _apply_adapter(model: Any, spec: ModelSpec) -> Any:
 
     logger.info("Applying adapter %s", spec.adapter)
     try:
-        return PeftModel.from_pretrained(model, spec.adapter, is_trainable=False)
+        with peft_quietly():
+            return PeftModel.from_pretrained(model, spec.adapter, is_trainable=False)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise ModelLoadError(
             f"adapter {spec.adapter!r} does not match the model {spec.model!r} ({exc}); apply it to the base "
