@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.core.errors import ModelLoadError, ModelNotFoundError
-from agent.core.runtime import peft_quietly, resolve_device
+from agent.core.runtime import quiet_library_notices, resolve_device
 from finetune.clip import PairTrainResult, check_output, save_model_folder
 from finetune.metrics import bleu, exact_match
 from finetune.pair_config import PairTrainConfig
@@ -143,7 +143,7 @@ def train_caption(config: PairTrainConfig | None = None, *, captioner: Captioner
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=targets, bias="none")
     start_token = getattr(getattr(base.config, "text_config", None), "bos_token_id", None)
-    with peft_quietly():
+    with quiet_library_notices():
         model = get_peft_model(base, lora)
     parameters = [p for p in model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in parameters)

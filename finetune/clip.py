@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.core.errors import ConfigError, ModelLoadError, ModelNotFoundError
-from agent.core.runtime import peft_quietly, resolve_device
+from agent.core.runtime import quiet_library_notices, resolve_device
 from finetune.folders import publish_folder, staging_folder
 from finetune.loss_curve import draw_loss_curve
 from finetune.metrics import chance_recall_at_1, recall_at_k
@@ -142,7 +142,7 @@ def choose_trainable(model: Any, config: PairTrainConfig) -> Any:
             raise ModelLoadError("--method lora needs peft; install it with `pip install peft`") from None
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                           target_modules=LORA_TARGETS, modules_to_save=["visual_projection", "text_projection"])
-        with peft_quietly():
+        with quiet_library_notices():
             model = get_peft_model(model, lora)
         model.base_model.model.logit_scale.requires_grad_(True)
         return model

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.core.errors import ConfigError, ModelLoadError, QuantizationError
-from agent.core.runtime import peft_quietly, torch_dtype
+from agent.core.runtime import quiet_library_notices, torch_dtype
 from finetune.folders import publish_folder, staging_folder
 from finetune.ownership import check_replaceable, write_marker
 
@@ -79,7 +79,7 @@ def merge(
     model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch_dtype(dtype))
     processor = AutoProcessor.from_pretrained(base)
     try:
-        with peft_quietly():
+        with quiet_library_notices():
             model = PeftModel.from_pretrained(model, str(adapter))
     except (ValueError, RuntimeError, KeyError) as exc:
         raise ModelLoadError(f"adapter {adapter} does not fit base {base!r} ({exc}); pass the base it was trained on") from exc

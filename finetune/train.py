@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.core.errors import ConfigError, StoreError
-from agent.core.runtime import peft_quietly, resolve_training_precision
+from agent.core.runtime import quiet_library_notices, resolve_training_precision
 from finetune.checkpoints import CHECKPOINT_PREFIX, COMPLETE_MARKER, finish_checkpoint
 from finetune.collator import ConversationEncoder, TrainingCollator
 from finetune.config import TrainConfig
@@ -164,7 +164,7 @@ def train(config: TrainConfig | None = None, **options: Any) -> TrainResult:
         bias="none",
         task_type="CAUSAL_LM",
     )
-    with peft_quietly():
+    with quiet_library_notices():
         model = get_peft_model(model, lora)
     trainable, total = model.get_nb_trainable_parameters()
     logger.info("Trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))

@@ -22,7 +22,7 @@ from agent.core.files import open_allowed_image, read_allowed_image, resolve_all
 from agent.core.hub_access import hub_load_kwargs
 from agent.core.images import is_image_path
 from agent.core.model_manager import checkpoint_size_bytes
-from agent.core.runtime import peft_quietly, tool_dtype
+from agent.core.runtime import quiet_library_notices, tool_dtype
 from agent.core.weights_policy import weight_kwargs
 from tools.base import LlavaTool, default_allowed_dirs
 from tools.cancellation import raise_if_cancelled
@@ -57,7 +57,7 @@ def apply_caption_adapter(model: Any, adapter: str) -> Any:
     except ImportError:
         raise ModelLoadError("a caption adapter needs peft; install it with `pip install peft`") from None
     try:
-        with peft_quietly():
+        with quiet_library_notices():
             return PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
     except (ValueError, RuntimeError, KeyError) as exc:
         raise ModelLoadError(

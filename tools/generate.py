@@ -25,7 +25,7 @@ from agent.core.errors import InputError, ToolError
 from agent.core.files import write_new_artifact
 from agent.core.hub_access import hub_load_kwargs
 from agent.core.model_manager import checkpoint_size_bytes
-from agent.core.runtime import tool_dtype
+from agent.core.runtime import quiet_library_notices, tool_dtype
 from tools.base import PIPELINE_LOAD_LOCK, LlavaTool, default_artifacts_dir
 from tools.cancellation import cancelled, raise_if_cancelled
 from tools.shared_state import exclusive
@@ -148,7 +148,8 @@ class GenerateImageTool(LlavaTool):
         with PIPELINE_LOAD_LOCK:  # diffusers' lazy imports are not thread-safe on first use
             from diffusers import AutoPipelineForText2Image
 
-            pipeline = AutoPipelineForText2Image.from_pretrained(self.model, **kwargs)
+            with quiet_library_notices():
+                pipeline = AutoPipelineForText2Image.from_pretrained(self.model, **kwargs)
         return pipeline.to(device)
 
     def validate(

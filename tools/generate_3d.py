@@ -23,8 +23,9 @@ from pydantic import BaseModel, Field
 from agent.core.defaults import MAX_IMAGE_PIXELS, MESH_GRID_SIZE, SHAPE_IMAGE_MODEL, SHAPE_MODEL, SHAPE_STEPS
 from agent.core.errors import InputError, ModelLoadError, ToolError
 from agent.core.files import read_allowed_image, write_new_artifact
+from agent.core.hub_access import hub_load_kwargs
 from agent.core.model_manager import checkpoint_size_bytes
-from agent.core.runtime import tool_dtype
+from agent.core.runtime import quiet_library_notices, tool_dtype
 from tools.base import (
     PIPELINE_LOAD_LOCK,
     LlavaTool,
@@ -149,11 +150,15 @@ class Generate3DTool(LlavaTool):
     def _loader(self, model: str, from_image: bool):
         def load() -> Any:
             device = self.resolved_device()
+            hub = hub_load_kwargs(model, what="3-D model", config_file="model_index.json")
             with PIPELINE_LOAD_LOCK:
                 import diffusers
 
                 expected = diffusers.ShapEImg2ImgPipeline if from_image else diffusers.ShapEPipeline
-                pipeline = diffusers.DiffusionPipeline.from_pretrained(model, dtype=tool_dtype(device), use_safetensors=True)
+                with quiet_library_notices():
+                    pipeline = diffusers.DiffusionPipeline.from_pretrained(
+                        model, dtype=tool_dtype(device), use_safetensors=True, **hub
+                    )
             if not isinstance(pipeline, expected):
                 setting = "shape_image_model" if from_image else "shape_model"
                 raise ModelLoadError(

@@ -28,8 +28,9 @@ from pydantic import BaseModel, Field
 from agent.core.defaults import VIDEO_MAX_FRAMES, VIDEO_MODEL, VIDEO_STEPS
 from agent.core.errors import InputError, ModelLoadError, ToolError
 from agent.core.files import write_new_artifact
+from agent.core.hub_access import hub_load_kwargs
 from agent.core.model_manager import checkpoint_size_bytes, model_size_bytes
-from agent.core.runtime import tool_dtype
+from agent.core.runtime import quiet_library_notices, tool_dtype
 from tools.base import PIPELINE_LOAD_LOCK, LlavaTool, SharedPipeline, default_artifacts_dir, require_package
 from tools.video_cost import (
     REFERENCE_CPU,
@@ -177,10 +178,14 @@ class GenerateVideoTool(LlavaTool):
         import torch
 
         device = self.resolved_device()
+        hub = hub_load_kwargs(self.model, what="video model", config_file="model_index.json")
         with PIPELINE_LOAD_LOCK:
             from diffusers import DiffusionPipeline
 
-            pipeline = DiffusionPipeline.from_pretrained(self.model, dtype=tool_dtype(device), use_safetensors=True)
+            with quiet_library_notices():
+                pipeline = DiffusionPipeline.from_pretrained(
+                    self.model, dtype=tool_dtype(device), use_safetensors=True, **hub
+                )
         accepted = set(inspect.signature(pipeline.__call__).parameters)
         missing = [name for name in PIPELINE_ARGUMENTS if name not in accepted]
         if missing:

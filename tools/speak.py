@@ -400,8 +400,9 @@ class SpeakTool(LlavaTool):
         from transformers import AutoProcessor, BarkModel
 
         device = self.resolved_device()
-        model = BarkModel.from_pretrained(self.bark_model, dtype=tool_dtype(device)).to(device).eval()
-        return model, AutoProcessor.from_pretrained(self.bark_model)
+        hub = hub_load_kwargs(self.bark_model, what="Bark voice")
+        model = BarkModel.from_pretrained(self.bark_model, dtype=tool_dtype(device), **hub).to(device).eval()
+        return model, AutoProcessor.from_pretrained(self.bark_model, **hub)
 
     def _bark_preset(self, processor: Any, voice: str | None) -> str | None:
         if voice is None:

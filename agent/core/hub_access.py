@@ -5,7 +5,9 @@ and without a network ``huggingface_hub`` retries every request five times with 
 of ``Retrying in 8s`` warnings over the chat prompt before the error. Before any such load,
 :func:`hub_load_kwargs` decides in at most :data:`PROBE_TIMEOUT_S` seconds:
 
-* a local folder, or ``HF_HUB_OFFLINE`` set: nothing to ask;
+* a local folder: nothing to ask; a folder that does not exist: :class:`ModelNotFoundError` at once;
+* ``HF_HUB_OFFLINE`` set: nothing to ask; a model not in the local cache: :class:`ModelNotFoundError`
+  at once (instead of the library's own error from deep inside its loading code);
 * the hub answers (one ``HEAD`` request, proxies honoured; the answer is remembered for a minute):
   load normally (downloads happen as usual);
 * the hub does not answer and the model is in the local cache: the process switches to the
@@ -98,14 +100,29 @@ def is_cached(model: str, filename: str = "config.json") -> bool:
         return False
 
 
+def looks_like_folder(model: str) -> bool:
+    """Whether ``model`` is written as a folder (absolute, ``./``, ``../``, ``~``) rather than a hub id."""
+    return Path(model).expanduser().is_absolute() or model.startswith((".", "~"))
+
+
 def hub_load_kwargs(model: str, *, what: str = "model", config_file: str = "config.json") -> dict[str, Any]:
     """``from_pretrained`` keyword arguments that never wait on an unreachable hub (see the module doc).
 
-    Raises :class:`ModelNotFoundError` (one line, with :func:`download_hint`) within seconds when
-    the model is neither local nor cached and the hub cannot be reached.
+    Raises :class:`ModelNotFoundError` (one line, with :func:`download_hint`) at once when the
+    model is a folder that does not exist, or is neither local nor cached while ``HF_HUB_OFFLINE``
+    is set, and within seconds when it is neither local nor cached and the hub cannot be reached.
     """
-    if Path(model).expanduser().exists() or offline_mode():
+    if Path(model).expanduser().exists():
         return {}
+    if looks_like_folder(model):
+        raise ModelNotFoundError(f"the {what} folder {model!r} does not exist; set an existing folder or a hub id")
+    if offline_mode():
+        if is_cached(model, config_file):
+            return {}
+        raise ModelNotFoundError(
+            f"{what} {model!r} is not in the local cache and HF_HUB_OFFLINE is set; download it once while online "
+            f"with `{download_hint(model)}`, or set a local folder in the config"
+        )
     reachable, reason = hub_reachable()
     if reachable:
         return {}
@@ -119,4 +136,4 @@ def hub_load_kwargs(model: str, *, what: str = "model", config_file: str = "conf
 
 
 __all__ = ["PROBE_TIMEOUT_S", "download_hint", "hub_endpoint", "hub_load_kwargs", "hub_reachable", "is_cached",
-           "offline_mode", "reset_probe", "work_offline"]
+           "looks_like_folder", "offline_mode", "reset_probe", "work_offline"]

@@ -434,19 +434,23 @@ def quiet_bitsandbytes_kernel_notice() -> None:
         source.addFilter(_OptionalKernelNotice())
 
 
-_PEFT_NOTICE = r"`is_gradient_checkpointing` is deprecated"
+LIBRARY_NOTICES = (
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),  # peft reads it when it wraps a model
+    (UserWarning, r"The `local_dir_use_symlinks` argument is deprecated"),  # diffusers passes it to the hub client
+)
+"""Warnings the libraries raise at each load that say nothing to a user (what was deprecated is inside them)."""
 
 
 @contextlib.contextmanager
-def peft_quietly() -> Iterator[None]:
-    """Wrap or load a LoRA adapter without peft's read of a property transformers 5 deprecated.
+def quiet_library_notices() -> Iterator[None]:
+    """Load a model or wrap it in a LoRA adapter without the libraries' notices to each other.
 
-    ``PeftModel`` asks the model ``is_gradient_checkpointing``, and transformers answers with a
-    ``FutureWarning`` that would be printed to every user at every adapter load: only that one
-    warning is silenced, inside the block.
+    Only :data:`LIBRARY_NOTICES` are silenced, and only inside the block: without it every adapter
+    load and every diffusers pipeline load would print a deprecation warning to the user's chat.
     """
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_PEFT_NOTICE, category=FutureWarning)
+        for category, message in LIBRARY_NOTICES:
+            warnings.filterwarnings("ignore", message=message, category=category)
         yield
 
 

@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any
 
 from agent.core.defaults import CHAT_MODEL_CPU
 from agent.core.errors import ModelLoadError, ModelNotFoundError, QuantizationError
-from agent.core.hub_access import download_hint, hub_load_kwargs
+from agent.core.hub_access import download_hint, hub_load_kwargs, is_cached, looks_like_folder, offline_mode
 from agent.core.model_manager import ModelManager, get_model_manager
 from agent.core.runtime import (
     bitsandbytes_config,
     default_chat_model,
-    peft_quietly,
+    quiet_library_notices,
     resolve_device,
     resolve_precision,
     torch_dtype,
@@ -155,16 +155,6 @@ def hf_cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in (
-        "1",
-        "true",
-        "yes",
-    )
-
-
 def _not_found(model: str, reason: str) -> ModelNotFoundError:
     return ModelNotFoundError(
         f"model {model!r} {reason}. Looked in the Hugging Face cache {hf_cache_dir()}. Either download it "
@@ -176,7 +166,7 @@ def _not_found(model: str, reason: str) -> ModelNotFoundError:
 def check_model_available(model: str) -> None:
     """Raise :class:`ModelNotFoundError` early when ``model`` cannot be found (offline and not cached)."""
     path = Path(model).expanduser()
-    if path.is_absolute() or model.startswith((".", "~")) or path.exists():
+    if looks_like_folder(model) or path.exists():
         if not path.exists():
             raise ModelNotFoundError(
                 f"model folder {model!r} does not exist; pass an existing folder or a hub id like {CHAT_MODEL_CPU}"
@@ -186,12 +176,8 @@ def check_model_available(model: str) -> None:
                 f"model folder {model!r} has no config.json; pass the folder written by save_pretrained()"
             )
         return
-    if _offline():
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(model, "config.json")
-        if not isinstance(cached, str):
-            raise _not_found(model, "is not in the local cache and HF_HUB_OFFLINE is set")
+    if offline_mode() and not is_cached(model):
+        raise _not_found(model, "is not in the local cache and HF_HUB_OFFLINE is set")
 
 
 def load_model(spec: ModelSpec, manager: ModelManager | None = None) -> LoadedModel:
@@ -347,7 +333,7 @@ def _load_error(spec: ModelSpec, exc: OSError, what: str) -> ModelLoadError | Mo
             f"the folder {spec.model!r} has no safetensors weights; only safetensors are loaded "
             "(re-save the model with save_pretrained(safe_serialization=True))"
         )
-    if _offline() or "offline" in message.lower() or "connect" in message.lower():
+    if offline_mode() or "offline" in message.lower() or "connect" in message.lower():
         return _not_found(
             spec.model, f"cannot be loaded ({what}: {message.splitlines()[0] if message else exc})"
         )
@@ -374,7 +360,7 @@ def _apply_adapter(model: Any, spec: ModelSpec) -> Any:
 
     logger.info("Applying adapter %s", spec.adapter)
     try:
-        with peft_quietly():
+        with quiet_library_notices():
             return PeftModel.from_pretrained(model, spec.adapter, is_trainable=False)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise ModelLoadError(

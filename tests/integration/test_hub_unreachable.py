@@ -126,3 +126,43 @@ def test_every_message_gives_the_same_download_hint(tmp_path):
     check = _model_status("chat model", "org/uncached-model-for-hint")
     assert "hf download org/uncached-model-for-hint" in check.advice
     assert load_config({}, environ={}) is not None
+
+
+@pytest.fixture
+def offline_with_empty_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def test_offline_an_uncached_or_missing_tool_model_is_one_clear_error_at_once(offline_with_empty_cache, tmp_path):
+    from agent.core.errors import ModelNotFoundError
+    from agent.core.hub_access import hub_load_kwargs
+    from tools.generate import GenerateImageTool
+
+    with pytest.raises(ModelNotFoundError, match=r"video model 'org/uncached-video' is not in the local cache and "
+                                                 r"HF_HUB_OFFLINE is set; download it .*`hf download org/uncached-video`"):
+        hub_load_kwargs("org/uncached-video", what="video model", config_file="model_index.json")
+    with pytest.raises(ModelNotFoundError, match=r"the 3-D model folder '\./no-such-folder' does not exist"):
+        hub_load_kwargs("./no-such-folder", what="3-D model")
+
+    # in the cache (the file that names the pipeline is enough to decide): nothing to add, nothing asked
+    snapshot = offline_with_empty_cache / "models--org--cached-sd" / "snapshots" / "0123456789abcdef"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model_index.json").write_text("{}")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123456789abcdef")
+    assert hub_load_kwargs("org/cached-sd", what="image model", config_file="model_index.json") == {}
+
+    # through a tool: the call fails at once with that one line (not the library's OSError from inside diffusers)
+    tool = GenerateImageTool(model="org/uncached-sd", device="cpu", artifacts_dir=tmp_path / "artifacts")
+    started = time.monotonic()
+    message = tool.invoke({"type": "tool_call", "id": "call-1", "name": tool.name,
+                           "args": {"prompt": "a lighthouse", "width": 64, "height": 64}})
+    assert message.status == "error"
+    assert "image model 'org/uncached-sd' is not in the local cache and HF_HUB_OFFLINE is set" in message.content
+    assert "`hf download org/uncached-sd`" in message.content and "model_index.json" not in message.content
+    assert time.monotonic() - started < 10
