@@ -50,6 +50,8 @@ from agent.core.errors import ContextLengthError, InputError, LlavaAgentError
 from agent.decoding.constraint import ToolCallConstraint, json_output_constraint
 from agent.decoding.tool_protocol import (
     TOOL_CALL_OPEN,
+    TOOL_RESPONSE_CLOSE,
+    TOOL_RESPONSE_OPEN,
     ToolCallParseError,
     first_call_position,
     normalise_tool_choice,
@@ -412,6 +414,9 @@ class ChatLlava(BaseChatModel):
                     )
                 constraint_processor = constraint.logits_processor(options["max_new_tokens"])
                 hold_back.append(TOOL_CALL_OPEN)
+                # A small model may echo the framing of the tool result it just read: an opening
+                # "<tool_response>" is dropped, and the reply ends where it would start another one.
+                stops += [s for s in (TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE) if s not in stops]
 
             emitted: list[str] = []
             result = None
@@ -425,6 +430,7 @@ class ChatLlava(BaseChatModel):
                 hold_back=hold_back,
                 decode_settings=decode_settings,
                 cancel=cancel_event,
+                drop_leading=(TOOL_RESPONSE_OPEN,) if use_tools else (),
             ):
                 if isinstance(event, str):
                     emitted.append(event)

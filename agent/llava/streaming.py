@@ -93,6 +93,25 @@ def find_stop(text: str, stops: Sequence[str], start: int = 0) -> int | None:
     return min(found) if found else None
 
 
+def without_leading(text: str, markers: Sequence[str]) -> str:
+    """``text`` without the markers it opens with (after blank space), and the blank space after them.
+
+    ``text`` unchanged when it opens with anything else; "" while it is blank or may still become
+    a marker, so that nothing is shown before the model has written past its opening.
+    """
+    if not markers:
+        return text
+    rest, dropped = text.lstrip(), False
+    while rest:
+        marker = next((m for m in markers if rest.startswith(m)), None)
+        if marker is None:
+            if any(m.startswith(rest) for m in markers):
+                return ""
+            return rest if dropped else text
+        rest, dropped = rest[len(marker) :].lstrip(), True
+    return ""
+
+
 def safe_length(text: str, stops: Sequence[str]) -> int:
     """How much of ``text`` can be shown: all of it, minus a tail that may be the start of a stop."""
     for size in range(min(len(text), max((len(s) for s in stops), default=1) - 1), 0, -1):
@@ -150,6 +169,7 @@ def stream_generate(
     decode_settings: DecodeSettings | None = None,
     cancel: threading.Event | None = None,
     logits_processor: Sequence[Any] = (),
+    drop_leading: Sequence[str] = (),
 ) -> Iterator[str | GenerationResult]:
     """Generate a reply to the encoded ``inputs``; yield text pieces, then a :class:`GenerationResult`.
 
@@ -161,6 +181,9 @@ def stream_generate(
     applied to every step's logits, before the constraint, by either decoder. The options'
     ``repetition_penalty`` and ``no_repeat_ngram_size`` become one more processor, run first
     (:func:`agent.llava.repetition.repetition_guard`: over the reply only, never inside a tool call).
+    A reply that opens with one of the ``drop_leading`` markers loses it (:func:`without_leading`),
+    before stops are looked for and text is yielded: a small model that writes ``<tool_response>``
+    after a tool result, echoing the prompt's framing, still answers in words.
     """
     import torch
     from transformers import LogitsProcessorList, StoppingCriteriaList
@@ -265,7 +288,7 @@ def stream_generate(
                 output_tokens += len(item)
                 if stop_at is not None or not decoder.add(item):
                     continue
-                text = decoder.text
+                text = without_leading(decoder.text, drop_leading)
                 current_mode = mode()
                 if stops and current_mode != "tool_call":
                     stop_at = find_stop(text, stops, max(0, emitted - longest_stop))
@@ -286,7 +309,7 @@ def stream_generate(
     elapsed = time.perf_counter() - started
     if errors:
         raise errors[0]
-    text = decoder.text[:stop_at] if stop_at is not None else decoder.finish()
+    text = without_leading(decoder.text if stop_at is not None else decoder.finish(), drop_leading)[:stop_at]
     if stop_at is None and stops and mode() != "tool_call":
         final_stop = find_stop(text, stops)
         if final_stop is not None:

@@ -615,6 +615,61 @@ def _stream_tokens(
     return result.text, result.decode or {}
 
 
+class _ForceText:
+    """A logits processor that makes the model write ``ids`` after the prompt, then whatever it likes."""
+
+    def __init__(self, prompt_tokens: int, ids: list[int]) -> None:
+        self.prompt_tokens, self.ids = prompt_tokens, ids
+
+    def __call__(self, input_ids, scores):
+        step = input_ids.shape[1] - self.prompt_tokens
+        if step < len(self.ids):
+            forced = scores.new_full(scores.shape, float("-inf"))
+            forced[:, self.ids[step]] = 0.0
+            return forced
+        return scores
+
+
+@pytest.mark.parametrize("generate", [False, True], ids=["decode-loop", "generate"])
+def test_an_echoed_tool_response_opening_is_dropped_and_a_second_one_stops(tiny_llava_llama, generate):
+    """A small model may answer a tool result with "<tool_response>" and an echo of it: the words stay, the framing goes."""
+    from agent.decoding.tool_protocol import TOOL_RESPONSE_CLOSE, TOOL_RESPONSE_OPEN
+    from agent.llava.decode_loop import DecodeSettings
+    from agent.llava.prompting import render_prompt
+    from agent.llava.streaming import GenerationResult, stream_generate
+
+    loaded = _model(tiny_llava_llama).loaded
+    inputs = render_prompt(loaded.processor, [{"role": "user", "content": "Say it."}], config=loaded.config).encode(
+        loaded.processor
+    )
+    written = f"{TOOL_RESPONSE_OPEN}\nSaved it. {TOOL_RESPONSE_CLOSE}\n{TOOL_RESPONSE_OPEN} more"
+    ids = loaded.tokenizer.encode(written, add_special_tokens=False)
+    assert loaded.tokenizer.decode(ids) == written
+
+    def reply(drop_leading: tuple) -> tuple[str, GenerationResult]:
+        pieces, result = [], None
+        for event in stream_generate(
+            loaded,
+            inputs,
+            options={"max_new_tokens": len(ids) + 4, "temperature": 0.0},
+            stops=[TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE],
+            decode_settings=None if generate else DecodeSettings(prefix_cache=False),
+            logits_processor=[_ForceText(int(inputs["input_ids"].shape[1]), ids)],
+            drop_leading=drop_leading,
+        ):
+            if isinstance(event, GenerationResult):
+                result = event
+            else:
+                pieces.append(event)
+        assert result is not None
+        return "".join(pieces), result
+
+    streamed, result = reply((TOOL_RESPONSE_OPEN,))
+    assert (streamed, result.text, result.finish_reason) == ("Saved it. ", "Saved it. ", "stop")
+    streamed, result = reply(())  # without it, the opening is a stop: nothing is said at all
+    assert (streamed, result.text) == ("", "")
+
+
 def test_logits_processors_apply_in_both_decoders(tiny_llava_qwen2):
     """A repetition penalty given as a processor: the decode loop picks what generate picks, with and without a constraint."""
     from transformers import RepetitionPenaltyLogitsProcessor
