@@ -51,13 +51,16 @@ def lora_adapter(tiny_llava_qwen2, tmp_path_factory) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
+    from agent.core.runtime import quiet_library_notices
+
     base = AutoModelForImageTextToText.from_pretrained(tiny_llava_qwen2, dtype=torch.float32)
-    peft_model = get_peft_model(
-        base,
-        LoraConfig(
-            r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)", init_lora_weights=False
-        ),
-    )
+    with quiet_library_notices():
+        peft_model = get_peft_model(
+            base,
+            LoraConfig(
+                r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)", init_lora_weights=False
+            ),
+        )
     folder = tmp_path_factory.mktemp("adapter") / "lora"
     peft_model.save_pretrained(folder)
     return folder

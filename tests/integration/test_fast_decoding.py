@@ -746,10 +746,12 @@ def test_a_dora_adapter_is_refused_with_int8_weights(tiny_llava_qwen2, tmp_path)
     from transformers import AutoModelForImageTextToText
 
     from agent.core.errors import ModelLoadError
+    from agent.core.runtime import quiet_library_notices
 
     base = AutoModelForImageTextToText.from_pretrained(tiny_llava_qwen2, dtype=torch.float32)
     config = LoraConfig(r=4, target_modules=r".*language_model.*\.q_proj", use_dora=True, init_lora_weights=False)
-    get_peft_model(base, config).save_pretrained(tmp_path / "dora")
+    with quiet_library_notices():
+        get_peft_model(base, config).save_pretrained(tmp_path / "dora")
     with pytest.raises(ModelLoadError, match=r"DoRA adapter.*quantization='none' or '4bit'"):
         _model(tiny_llava_qwen2, quantization="int8-weights", adapter=str(tmp_path / "dora")).loaded  # noqa: B018
     assert _model(tiny_llava_qwen2, quantization="none", adapter=str(tmp_path / "dora")).invoke("hi").content is not None
