@@ -8,9 +8,13 @@ result follows, and a second call answers; the other turns are answered directly
 
 The thread is *scripted*: what goes into the history after each call is the same fixed reply
 for every configuration, so every configuration is asked exactly the same prompts (a random
-model's replies would otherwise make the threads drift apart). Configurations run turn by
-turn, interleaved, in a rotating order, so all see the same load on a shared machine; each has
-its own prompt cache.
+model's replies would otherwise make the threads drift apart). The tool calls themselves are
+scripted too (:class:`ScriptedText`, a logits processor): every configuration writes the call
+a trained model would write (``{"image": "/home/me/pictures/cat.png"}``), token by token where
+the grammar leaves a choice, so "the same call, one token at a time" is compared with the same
+text; ``--free-calls`` lets the random model fill the arguments itself (up to ``--call-tokens``).
+Configurations run turn by turn, interleaved, in a rotating order, so all see the same load on a
+shared machine; each has its own prompt cache.
 
 Configurations:
 
@@ -82,6 +86,70 @@ SCRIPTED_RESULT = "Done. The result is saved as /home/me/.local/share/llava-agen
 SCRIPTED_ANSWER = "Here is what I found: the result looks good, and it is saved where the tool said."
 
 
+class TokenPieces:
+    """Every token's text, for :class:`ScriptedText` (built once per tokenizer: ~3 s at 151k tokens)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.by_text: dict[str, list[int]] = {}
+        for token_id, text in enumerate(tokenizer.batch_decode([[i] for i in range(len(tokenizer))])):
+            if text and "\ufffd" not in text:  # not part of a character
+                self.by_text.setdefault(text, []).append(token_id)
+        self.longest = max(map(len, self.by_text))
+
+    def continuations(self, rest: str) -> list[tuple[int, int]]:
+        """``(token id, length)`` of every token whose text starts ``rest``."""
+        return [
+            (token_id, size)
+            for size in range(1, min(len(rest), self.longest) + 1)
+            for token_id in self.by_text.get(rest[:size], ())
+        ]
+
+
+class ScriptedText:
+    """A logits processor that has the model write ``text`` after its prompt, then end (``end_ids``).
+
+    At each step only tokens whose text continues ``text`` keep a score: the token the tokenizer
+    itself would write there first (as a trained model writes it), then the longer ones. A random
+    model then writes the same tool call in every configuration, short arguments as a trained
+    model writes them, instead of filling each string up to the token budget; a stretch the
+    grammar forces (jump-forward) is the same text however it is spelled.
+    """
+
+    def __init__(self, pieces: TokenPieces, prompt_tokens: int, text: str, end_ids: list[int]) -> None:
+        self.pieces, self.prompt_tokens, self.text, self.end_ids = pieces, prompt_tokens, text, end_ids
+        canonical = pieces.tokenizer.encode(text, add_special_tokens=False)
+        self.canonical: dict[int, int] = {}  # text offset -> the token the tokenizer writes there
+        for index, token_id in enumerate(canonical):
+            self.canonical[len(pieces.tokenizer.decode(canonical[:index]))] = token_id
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        written = self.pieces.tokenizer.decode(input_ids[0, self.prompt_tokens :].tolist())
+        if not self.text.startswith(written):
+            return scores
+        rest = self.text[len(written) :]
+        wanted = torch.full_like(scores, float("-inf"))
+        if not rest:  # the script is written: the reply ends
+            wanted[0, self.end_ids] = 0.0
+        for token_id, size in self.pieces.continuations(rest):
+            wanted[0, token_id] = float(size)
+        if (token_id := self.canonical.get(len(written))) is not None:
+            wanted[0, token_id] = 1000.0
+        return torch.where(scores == float("-inf"), scores, wanted)
+
+
+def prompt_length(llm, messages, schemas) -> int:
+    """The prompt's tokens as ``ChatLlava`` renders ``messages`` with ``schemas`` bound."""
+    from agent.llava.messages import messages_to_turns
+    from agent.llava.prompting import render_prompt
+
+    loaded = llm.loaded
+    rendered = render_prompt(loaded.processor, messages_to_turns(messages), tools=schemas, config=loaded.config)
+    return int(rendered.encode(loaded.processor)["input_ids"].shape[1])
+
+
 def build_model(size: str, model_dir: Path | None) -> Path:
     if model_dir is not None:
         return model_dir
@@ -145,6 +213,7 @@ def run_turns(llm, args) -> dict:
     from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
     from agent.app.system_prompt import build_system_prompt
+    from agent.decoding.tool_protocol import format_tool_calls
     from agent.llava.messages import tool_schemas
     from agent.llava.prefix_cache import PrefixCache
 
@@ -159,6 +228,9 @@ def run_turns(llm, args) -> dict:
     results: dict[str, list[dict]] = {name: [] for name in CONFIGS}
     names = list(CONFIGS)
 
+    pieces = TokenPieces(loaded.tokenizer) if args.scripted_calls else None
+    end_ids = loaded.model.generation_config.eos_token_id
+    end_ids = [end_ids] if isinstance(end_ids, int) else list(end_ids)
     # warm-up (not timed): the head copy, the constraint indexes, thread pools
     for tool in {t["function"]["name"] for t in schemas}:
         llm.bind_tools(schemas, tool_choice=tool).invoke([HumanMessage("hi")], max_tokens=args.call_tokens)
@@ -182,8 +254,17 @@ def run_turns(llm, args) -> dict:
             started = time.perf_counter()
             if tool_turn:
                 caller = llm.bind_tools(schemas, tool_choice=tool)
-                first = timed_call(caller, [*history, user], max_tokens=args.call_tokens, **settings)
+                extra = {}
+                if pieces is not None:  # the call a trained model would write, the same in every configuration
+                    length = prompt_length(llm, [*history, user], schemas)
+                    script = format_tool_calls([{"name": tool, "args": SCRIPTED_ARGS[tool]}])
+                    extra["logits_processor"] = [ScriptedText(pieces, length, script, end_ids)]
+                    started = time.perf_counter()
+                first = timed_call(caller, [*history, user], max_tokens=args.call_tokens, **settings, **extra)
                 assert first["calls"], f"{name}: no tool call on turn {turn + 1}"
+                if pieces is not None:
+                    assert first["prompt_tokens"] == length, (first["prompt_tokens"], length)
+                    assert first["calls"] == [(tool, SCRIPTED_ARGS[tool])], (name, first["calls"])
                 for call_name, call_args in first["calls"]:
                     jsonschema.validate(call_args, parameters[call_name])  # a complete, validated call
                 row["call_seconds"] = time.perf_counter() - started
@@ -280,8 +361,8 @@ def print_tables(results: dict, args) -> dict:
         for a, s in zip(all_rows, stepwise_rows, strict=True)
         if a["tool_turn"] and a.get("call_seconds") and s.get("call_seconds")
     ]
-    # the call's decoding alone (after its first token), per generated token: the calls' argument
-    # strings are the random model's own and differ in length between the two configurations
+    # the call's decoding alone (after its first token), per generated token (with --free-calls the
+    # argument strings are the random model's own and differ in length between the configurations)
     per_token_speedups = [
         ((s["call_seconds"] - s["first_ttft"]) / s["call_tokens"])
         / ((a["call_seconds"] - a["first_ttft"]) / a["call_tokens"])
@@ -437,6 +518,12 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=None, help="reuse a checkpoint built earlier")
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--call-tokens", type=int, default=96, help="max_tokens of a tool call")
+    parser.add_argument(
+        "--free-calls",
+        dest="scripted_calls",
+        action="store_false",
+        help="let the random model write its calls' arguments (by default every configuration writes the scripted call)",
+    )
     parser.add_argument("--answer-tokens", type=int, default=32, help="max_tokens of an answer")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument(

@@ -91,6 +91,11 @@ class ChatLlava(BaseChatModel):
     cancel_event=event)``) ends generation at the next token once set, from any thread, also
     while a tool call or JSON reply is being written (nothing is streamed then); the reply ends
     with ``finish_reason == "cancelled"`` and carries no tool calls.
+
+    The call option ``logits_processor`` (a list of ``transformers``-style processors,
+    ``(input_ids, scores) -> scores``, as ``model.generate`` takes them) runs at every step of
+    either decoder, before the tool-call or JSON constraint; ``input_ids`` holds the prompt and
+    every token so far.
     """
 
     model_config = ConfigDict(populate_by_name=True, protected_namespaces=())
@@ -362,6 +367,7 @@ class ChatLlava(BaseChatModel):
         tool_choice = kwargs.pop("tool_choice", None)
         response_format = kwargs.pop("response_format", None)
         cancel_event = kwargs.pop("cancel_event", None)  # a threading.Event: set it to end generation early
+        logits_processor = list(kwargs.pop("logits_processor", None) or ())
         if response_format is not None and tools:
             raise InputError("response_format and tools cannot be combined in one call; use one or the other")
         decode_settings = self._decode_settings(kwargs)
@@ -430,6 +436,7 @@ class ChatLlava(BaseChatModel):
                 hold_back=hold_back,
                 decode_settings=decode_settings,
                 cancel=cancel_event,
+                logits_processor=logits_processor,
                 drop_leading=(TOOL_RESPONSE_OPEN,) if use_tools else (),
             ):
                 if isinstance(event, str):

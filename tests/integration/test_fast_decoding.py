@@ -670,6 +670,17 @@ def test_an_echoed_tool_response_opening_is_dropped_and_a_second_one_stops(tiny_
     assert (streamed, result.text) == ("", "")
 
 
+@pytest.mark.parametrize("decoder", ["auto", "transformers"])
+def test_chat_llava_takes_logits_processors_as_a_call_option(tiny_llava_llama, decoder):
+    llm = _model(tiny_llava_llama, decoder=decoder)
+    plain = llm.invoke("Say it.")
+    ids = llm.loaded.tokenizer.encode("forced words here", add_special_tokens=False)
+    processor = _ForceText(plain.usage_metadata["input_tokens"], ids)
+    forced = llm.invoke("Say it.", logits_processor=[processor], max_tokens=len(ids))
+    assert forced.content == "forced words here" != plain.content
+    assert llm.invoke("Say it.").content == plain.content  # only the call that was given it
+
+
 def test_logits_processors_apply_in_both_decoders(tiny_llava_qwen2):
     """A repetition penalty given as a processor: the decode loop picks what generate picks, with and without a constraint."""
     from transformers import RepetitionPenaltyLogitsProcessor
