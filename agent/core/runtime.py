@@ -436,6 +436,7 @@ def quiet_bitsandbytes_kernel_notice() -> None:
 
 LIBRARY_NOTICES = (
     (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),  # peft reads it when it wraps a model
+    (FutureWarning, r"`gradient_checkpointing_enable` is deprecated"),  # peft calls it before 4-bit training
     (UserWarning, r"The `local_dir_use_symlinks` argument is deprecated"),  # diffusers passes it to the hub client
 )
 """Warnings the libraries raise at each load that say nothing to a user (what was deprecated is inside them)."""

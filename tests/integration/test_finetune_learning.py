@@ -109,9 +109,12 @@ def test_only_language_model_linears_are_adapted(trained, tiny_llava_qwen2):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    model = PeftModel.from_pretrained(
-        AutoModelForImageTextToText.from_pretrained(tiny_llava_qwen2), str(trained.adapter_dir)
-    )
+    from agent.core.runtime import quiet_library_notices
+
+    with quiet_library_notices():
+        model = PeftModel.from_pretrained(
+            AutoModelForImageTextToText.from_pretrained(tiny_llava_qwen2), str(trained.adapter_dir)
+        )
     adapted = {name.rsplit(".lora_A", 1)[0] for name, _ in model.named_parameters() if ".lora_A" in name}
     assert adapted, "no LoRA layers"
     assert all(".language_model." in name for name in adapted)
@@ -137,7 +140,9 @@ def test_merged_model_gives_the_same_outputs_as_base_plus_adapter(trained, tiny_
     samples = validate(colour_shapes["test"], image_folder=colour_shapes["image_folder"]).samples[:8]
     encoder.image_folder = colour_shapes["image_folder"]
     batch = TrainingCollator(encoder)(samples)
-    with torch.no_grad():
+    from agent.core.runtime import quiet_library_notices
+
+    with torch.no_grad(), quiet_library_notices():
         adapted = PeftModel.from_pretrained(
             AutoModelForImageTextToText.from_pretrained(tiny_llava_qwen2), str(trained.adapter_dir)
         ).eval()

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -104,8 +105,12 @@ def test_qlora_on_cpu_trains_saves_and_reloads(tiny_llava_llama, small_data, tmp
     from finetune import train
 
     output_dir = tmp_path / "qlora"
-    result = train(**_options(tiny_llava_llama, small_data, output_dir, quantization="4bit", max_steps=3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(**_options(tiny_llava_llama, small_data, output_dir, quantization="4bit", max_steps=3))
     assert result.global_step == 3
+    # the libraries' notices to each other (checkpointing's deprecated names) do not reach the user
+    assert not [str(w.message) for w in caught if "checkpointing" in str(w.message)]
     summary = json.loads((output_dir / "data_summary.json").read_text())
     assert summary["quantization"] == "4bit" and summary["device"] == "cpu"
     saved = json.loads((output_dir / "training_config.json").read_text())
@@ -121,6 +126,17 @@ def test_qlora_on_cpu_trains_saves_and_reloads(tiny_llava_llama, small_data, tmp
 
     assert isinstance(chat.loaded.model, PeftModel)
     assert type(chat.loaded.model.get_base_model().model.language_model.layers[0].mlp.up_proj.base_layer).__name__ == "Linear4bit"
+
+
+def test_activation_checkpointing_in_full_precision_trains_quietly(tiny_llava_llama, small_data, tmp_path):
+    from finetune import train
+
+    output_dir = tmp_path / "checkpointed"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(**_options(tiny_llava_llama, small_data, output_dir, gradient_checkpointing=True, max_steps=2))
+    assert result.global_step == 2 and (output_dir / "adapter_config.json").is_file()
+    assert not [str(w.message) for w in caught if "checkpointing" in str(w.message)]
 
 
 def test_resume_after_a_kill_finishes_with_the_same_number_of_steps(tiny_llava_llama, small_data, tmp_path, caplog):
