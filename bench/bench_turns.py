@@ -292,7 +292,8 @@ def run_turns(llm, args) -> dict:
             print(
                 f"turn {turn + 1:>2} {name:<10} ttft {row['first_ttft']:.3f}s"
                 + (
-                    f" call {row['call_seconds']:.2f}s after-tool ttft {row['after_tool_ttft']:.3f}s"
+                    f" call {row['call_seconds']:.2f}s ({(first['decode'] or {}).get('forward_passes', '-')} passes,"
+                    f" {first['tokens']} tokens) after-tool ttft {row['after_tool_ttft']:.3f}s"
                     if tool_turn
                     else ""
                 )
@@ -392,9 +393,9 @@ def print_tables(results: dict, args) -> dict:
     for key, value in targets.items():
         print(f"- {key}: {fmt(value)}")
     print(f"- tool calls identical with and without jump-forward: {same_calls}/{tool_turns}")
-    print(
-        f"- generate-path turn-last TTFT1 / turn-1: {results['generate'][-1]['first_ttft'] / results['generate'][0]['first_ttft']:.2f}"
-    )
+    if "generate" in results:
+        plain = results["generate"]
+        print(f"- generate-path turn-last TTFT1 / turn-1: {plain[-1]['first_ttft'] / plain[0]['first_ttft']:.2f}")
     return {"summary": summary, "targets": targets, "same_calls": f"{same_calls}/{tool_turns}"}
 
 

@@ -77,13 +77,18 @@ TARGETS: dict[str, Target] = {
         ),
     ),
     # constrained decoding: the per-token mask and its token budget
-    "agent/decoding/constraint.py": Target(
+    "agent/decoding/call_processor.py": Target(
         tests=("tests/integration/test_constrained_decoding.py",),
         mutants=(
             Mutant("auto mode opens a call it cannot finish", "blocked = ids[cost > remaining - 1]",
                    "blocked = ids[cost > remaining]"),
             Mutant("budget reserve off by one", "if automaton.max_next_dist[state] <= remaining - 1:",
                    "if automaton.max_next_dist[state] <= remaining:"),
+        ),
+    ),
+    "agent/decoding/constraint.py": Target(
+        tests=("tests/integration/test_constrained_decoding.py",),
+        mutants=(
             Mutant("tool_choice naming a tool allows every tool",
                    'if tool_choice not in ("auto", "any", "required") and name != tool_choice:',
                    "if False:"),
