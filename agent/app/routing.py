@@ -428,7 +428,8 @@ def routing_middleware(config: Any, tools: Sequence[BaseTool], embedder: TextEmb
         from memory.embedders import TextEmbedder
 
         return SemanticRouter(
-            tools, embedder or TextEmbedder(config.memory.text_embedder, device=config.tools.device),
+            tools, embedder or TextEmbedder(config.memory.text_embedder, device=config.tools.device,
+                                            runtime=config.memory.text_embedder_runtime),
             threshold=config.agent.routing_threshold, margin=config.agent.routing_margin,
             no_tool_threshold=config.agent.routing_no_tool_threshold,
             cache_dir=config.data_dir.expanduser() / "routing",

@@ -48,6 +48,7 @@ ROUTING_MODES = defaults.ROUTING_MODES
 RoutingMode = Literal[ROUTING_MODES]
 Quantization = Literal[QUANTIZATIONS]  # the choices themselves live in agent.core.runtime
 DType = Literal[DTYPES]
+TextEmbedderRuntime = Literal[defaults.TEXT_EMBEDDER_RUNTIMES]
 
 # The chat model's settings, shared by ``[model]`` here and by ``ChatLlava``'s fields, so both
 # accept exactly the same values.
@@ -252,6 +253,9 @@ class MemorySection(_Section):
     image_collection: str = "images"
     memory_collection: str = "memories"
     text_embedder: str = defaults.TEXT_EMBEDDER
+    text_embedder_runtime: TextEmbedderRuntime = Field(
+        "auto", description="What runs the text embedder: 'auto' (ONNX Runtime on a CPU where it can), 'onnx', 'torch'."
+    )
     recall_k: int = Field(3, ge=0)
     recall_min_score: float = Field(
         0.3, ge=-1.0, le=1.0, description="Cosine similarity a memory needs to be added to the prompt automatically."

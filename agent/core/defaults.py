@@ -12,6 +12,10 @@ IMAGE_MODEL = "stabilityai/sd-turbo"
 CLIP_MODEL = "openai/clip-vit-base-patch32"
 VITS_MODEL = "facebook/mms-tts-eng"
 TEXT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
+TEXT_EMBEDDER_RUNTIMES = ("auto", "onnx", "torch")
+"""What runs the text embedder (``memory.text_embedder_runtime``): ``auto`` takes ONNX Runtime on a
+CPU where the model's pipeline allows it (half the time of sentence-transformers there, the same
+vectors: memory.onnx_text), else sentence-transformers."""
 VIDEO_MODEL = "THUDM/CogVideoX-2b"
 """Text-to-video (diffusers ``CogVideoXPipeline``); about 13 GB of fp16 weights, a CUDA GPU in practice."""
 SHAPE_MODEL = "openai/shap-e"

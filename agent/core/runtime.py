@@ -179,12 +179,19 @@ CPU_MEASUREMENT_FILE = "cpu-decode.json"
 """Where :func:`cpu_decode_timings` keeps its result, in ``$XDG_CACHE_HOME/llava-agent``."""
 
 
-def _measurement_path() -> Path:
+def cache_folder() -> Path:
+    """Where what is derived once per machine is kept: ``$XDG_CACHE_HOME/llava-agent`` (``~/.cache`` by default).
+
+    CPU timings (:func:`cpu_decode_timings`), the text embedder's ONNX export (:mod:`memory.onnx_text`).
+    """
     import os
     from pathlib import Path
 
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "llava-agent" / CPU_MEASUREMENT_FILE
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llava-agent"
+
+
+def _measurement_path() -> Path:
+    return cache_folder() / CPU_MEASUREMENT_FILE
 
 
 def _cpu_identity() -> str:
