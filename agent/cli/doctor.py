@@ -209,9 +209,15 @@ def check_text_embedder(config: AppConfig) -> Check:
     if importlib.util.find_spec("sentence_transformers") is None:
         return Check("text embedder", "missing", "sentence-transformers not installed: no long-term memory",
                      "pip install 'llava-agent[embeddings]'")
+    runtime = config.memory.text_embedder_runtime
+    onnx_ready = all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+    if runtime == "onnx" and not onnx_ready:
+        return Check("text embedder", "missing", "memory.text_embedder_runtime is 'onnx' but onnxruntime or onnx "
+                     "is not installed", "pip install 'llava-agent[embeddings]', or set it to 'auto'")
+    engine = "ONNX Runtime on a CPU" if runtime != "torch" and onnx_ready else "sentence-transformers"
     source = resolve_text_embedder(config.memory.text_embedder)
     if Path(source).is_dir():
-        return Check("text embedder", "ok", f"{config.memory.text_embedder} -> {source}")
+        return Check("text embedder", "ok", f"{config.memory.text_embedder} -> {source} (runs in {engine})")
     return _model_status("text embedder", source)
 
 

@@ -128,6 +128,7 @@ def test_doctor_reports_every_check(data_dir, capsys):
                  "text embedder"):
         assert f"] {name}:" in out
     assert "[ok  ] espeak-ng" in out and "[ok  ] chroma" in out
+    assert "(runs in ONNX Runtime on a CPU)" in out  # the text embedder's default runtime, installed
     from agent.core.runtime import resolve_device
     from agent.llava.output_head import cpu_fastest_head
 
@@ -242,3 +243,19 @@ def test_serve_options_become_the_serve_section(data_dir, monkeypatch):
     assert main(["web", "--port", "9002"]) == 0
     assert seen["config"].serve.ui is True and seen["config"].serve.port == 9002 and seen["open_page"] is True
     assert main(["web", "--no-browser"]) == 0 and seen["open_page"] is False
+
+
+def test_doctor_says_when_the_onnx_runtime_asked_for_is_not_installed(data_dir, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    from agent.cli import doctor
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(doctor.importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    path = tmp_path / "c.toml"
+    path.write_text('[memory]\ntext_embedder_runtime = "onnx"\n')
+    main(["--config", str(path), "doctor"])
+    lines = capsys.readouterr().out.splitlines()
+    (index,) = [i for i, line in enumerate(lines) if "] text embedder:" in line]
+    assert lines[index].startswith("[") and "'onnx' but onnxruntime or onnx is not installed" in lines[index]
+    assert "pip install 'llava-agent[embeddings]'" in lines[index + 1]
