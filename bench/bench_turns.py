@@ -87,53 +87,66 @@ SCRIPTED_ANSWER = "Here is what I found: the result looks good, and it is saved 
 
 
 class TokenPieces:
-    """Every token's text, for :class:`ScriptedText` (built once per tokenizer: ~3 s at 151k tokens)."""
+    """Every token's exact bytes (the constraint's own table), for :class:`ScriptedText`."""
 
     def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
-        self.by_text: dict[str, list[int]] = {}
-        for token_id, text in enumerate(tokenizer.batch_decode([[i] for i in range(len(tokenizer))])):
-            if text and "\ufffd" not in text:  # not part of a character
-                self.by_text.setdefault(text, []).append(token_id)
-        self.longest = max(map(len, self.by_text))
+        from agent.decoding.token_index import token_vocabulary
 
-    def continuations(self, rest: str) -> list[tuple[int, int]]:
-        """``(token id, length)`` of every token whose text starts ``rest``."""
+        self.vocabulary = token_vocabulary(tokenizer)
+        self.by_bytes = self.vocabulary.byte_groups()  # bytes -> ids, special tokens left out
+        self.longest = max(map(len, self.by_bytes))
+
+    def written(self, ids: list[int]) -> bytes:
+        table = self.vocabulary.token_bytes
+        return b"".join(table[i] for i in ids if i < len(table))
+
+    def continuations(self, rest: bytes) -> list[tuple[int, int]]:
+        """``(token id, length)`` of every token whose bytes start ``rest``."""
         return [
             (token_id, size)
             for size in range(1, min(len(rest), self.longest) + 1)
-            for token_id in self.by_text.get(rest[:size], ())
+            for token_id in self.by_bytes.get(rest[:size], ())
         ]
 
 
 class ScriptedText:
     """A logits processor that has the model write ``text`` after its prompt, then end (``end_ids``).
 
-    At each step only tokens whose text continues ``text`` keep a score: the token the tokenizer
+    At each step only tokens whose bytes continue ``text`` keep a score: the token the tokenizer
     itself would write there first (as a trained model writes it), then the longer ones. A random
     model then writes the same tool call in every configuration, short arguments as a trained
     model writes them, instead of filling each string up to the token budget; a stretch the
-    grammar forces (jump-forward) is the same text however it is spelled.
+    grammar forces (jump-forward) is the same text however it is spelled. Off the script (which
+    a valid call never is) it leaves the scores alone.
     """
 
-    def __init__(self, pieces: TokenPieces, prompt_tokens: int, text: str, end_ids: list[int]) -> None:
-        self.pieces, self.prompt_tokens, self.text, self.end_ids = pieces, prompt_tokens, text, end_ids
-        canonical = pieces.tokenizer.encode(text, add_special_tokens=False)
-        self.canonical: dict[int, int] = {}  # text offset -> the token the tokenizer writes there
-        for index, token_id in enumerate(canonical):
-            self.canonical[len(pieces.tokenizer.decode(canonical[:index]))] = token_id
+    def __init__(self, pieces: TokenPieces, prompt_tokens: int, text: str, end_ids: list[int], tokenizer) -> None:
+        self.pieces, self.prompt_tokens, self.end_ids = pieces, prompt_tokens, end_ids
+        self.script = text.encode()
+        self.canonical: dict[int, int] = {}  # byte offset -> the token the tokenizer writes there
+        offset = 0
+        for token_id in tokenizer.encode(text, add_special_tokens=False):
+            data = pieces.written([token_id])
+            if not data or not self.script.startswith(data, offset):
+                break  # a leading-space marker, or a merge the script does not hold: longest tokens from here
+            self.canonical[offset] = token_id
+            offset += len(data)
 
     def __call__(self, input_ids, scores):
         import torch
 
-        written = self.pieces.tokenizer.decode(input_ids[0, self.prompt_tokens :].tolist())
-        if not self.text.startswith(written):
+        written = self.pieces.written(input_ids[0, self.prompt_tokens :].tolist())
+        if not self.script.startswith(written):
             return scores
-        rest = self.text[len(written) :]
+        rest = self.script[len(written) :]
         wanted = torch.full_like(scores, float("-inf"))
         if not rest:  # the script is written: the reply ends
             wanted[0, self.end_ids] = 0.0
-        for token_id, size in self.pieces.continuations(rest):
+            return torch.where(scores == float("-inf"), scores, wanted)
+        candidates = self.pieces.continuations(rest)
+        if not candidates:
+            return scores
+        for token_id, size in candidates:
             wanted[0, token_id] = float(size)
         if (token_id := self.canonical.get(len(written))) is not None:
             wanted[0, token_id] = 1000.0
@@ -254,13 +267,15 @@ def run_turns(llm, args) -> dict:
             started = time.perf_counter()
             if tool_turn:
                 caller = llm.bind_tools(schemas, tool_choice=tool)
-                extra = {}
+                extra = {"max_tokens": args.call_tokens}
                 if pieces is not None:  # the call a trained model would write, the same in every configuration
                     length = prompt_length(llm, [*history, user], schemas)
                     script = format_tool_calls([{"name": tool, "args": SCRIPTED_ARGS[tool]}])
-                    extra["logits_processor"] = [ScriptedText(pieces, length, script, end_ids)]
+                    extra["logits_processor"] = [ScriptedText(pieces, length, script, end_ids, loaded.tokenizer)]
+                    # room for the whole script however it is spelled (one byte a token at worst)
+                    extra["max_tokens"] = max(args.call_tokens, len(script.encode()) + 1)
                     started = time.perf_counter()
-                first = timed_call(caller, [*history, user], max_tokens=args.call_tokens, **settings, **extra)
+                first = timed_call(caller, [*history, user], **settings, **extra)
                 assert first["calls"], f"{name}: no tool call on turn {turn + 1}"
                 if pieces is not None:
                     assert first["prompt_tokens"] == length, (first["prompt_tokens"], length)
