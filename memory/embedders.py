@@ -234,7 +234,7 @@ class TextEmbedder:
         self.manager = manager or get_model_manager()
         self.allow_pickle_weights = False  # safetensors only unless the user opts in
         self.backend: str | None = None
-        """What embeds once loaded: ``"onnx"`` or ``"torch"``."""
+        """What embedded the last texts: ``"onnx"`` or ``"torch"`` (None before the first)."""
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -278,7 +278,6 @@ class TextEmbedder:
                 # RuntimeError: what it cannot run (said once, quietly); anything else is a failure
                 log = logger.info if isinstance(exc, RuntimeError) else logger.warning
                 log("The text embedder runs with sentence-transformers (ONNX Runtime: %s)", exc)
-        self.backend = "torch" if encoder is None else "onnx"
         return model, encoder
 
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
@@ -290,6 +289,7 @@ class TextEmbedder:
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
         with self.manager.use(self.key, self._load, device=self.device) as (model, encoder):
+            self.backend = "torch" if encoder is None else "onnx"  # (the manager may hold it from another instance)
             if encoder is not None:
                 vectors = encoder.encode(list(texts), batch_size=batch_size)
             else:

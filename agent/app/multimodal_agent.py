@@ -279,6 +279,17 @@ class MultimodalAgent:
     def attachments_dir(self) -> Path:
         return attachments_folder(self.config.data_dir)
 
+    def prepare(self) -> None:
+        """Load now what the first turn would wait for: the chat model (its weights, head copy) and routing's embedder.
+
+        A model that cannot load raises here (as its first turn would); routing that cannot load is
+        switched off with a warning, and the model decides every turn.
+        """
+        if hasattr(type(self.model), "prepare"):
+            self.model.prepare()
+        if self.routing is not None:
+            self.routing.warm_up()
+
     def new_thread(self, title: str = "") -> str:
         """Start a thread and return its id."""
         return self.conversations.new_thread(title).thread_id

@@ -357,6 +357,21 @@ class SemanticRoutingMiddleware(AgentMiddleware):
             self._router = self._router()
         return self._router
 
+    def _give_up(self, exc: Exception) -> None:
+        self.unavailable = str(exc)
+        logger.warning("semantic routing is unavailable (%s); the model decides every turn. Set "
+                       "agent.routing = \"model\" to silence this", exc)
+
+    def warm_up(self) -> None:
+        """Load what the first routed turn needs now (the embedder, its ONNX export, the read-out); never raises."""
+        if self.unavailable is not None:
+            return
+        try:
+            self.router.readout  # noqa: B018
+            self.router.embedder.embed(["hello"])
+        except Exception as exc:  # routing is a help: without it the model decides
+            self._give_up(exc)
+
     def prepare(self, request: ModelRequest) -> ModelRequest:
         text = _last_user_text(request.messages)
         if text is None or not request.tools or request.tool_choice not in (None, "auto"):
@@ -367,9 +382,7 @@ class SemanticRoutingMiddleware(AgentMiddleware):
         try:
             decision = self.router.route(text, allowed=[n for n in names if n])
         except Exception as exc:  # routing is a help: without it the model decides
-            self.unavailable = str(exc)
-            logger.warning("semantic routing is unavailable (%s); the model decides every turn. Set "
-                           "agent.routing = \"model\" to silence this", exc)
+            self._give_up(exc)
             return request
         self.decisions = [*self.decisions[-999:], decision]
         logger.debug("semantic routing: %s (score %.3f, lead %.3f) in %.1f ms", decision.tool or "no route",

@@ -168,11 +168,10 @@ class TerminalChat:
         # The conversations, memories and commands work from here on, even if the model cannot load
         # (no network, not downloaded): that error is shown when a message needs the model.
         self._agent = agent
-        if hasattr(type(agent.model), "prepare"):
-            try:
-                agent.model.prepare()  # the weights (with progress) and the head copy now, not at the first message
-            except BaseException as exc:  # the turn that needs the model reports it, in one line
-                self.model_error = exc
+        try:
+            agent.prepare()  # the weights (with progress), the head copy, routing's embedder: not at the first message
+        except BaseException as exc:  # the turn that needs the model reports it, in one line
+            self.model_error = exc
 
     @property
     def agent(self) -> MultimodalAgent:

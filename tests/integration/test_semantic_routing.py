@@ -151,3 +151,21 @@ def test_config_routing_builds_the_middleware(tmp_path, tools, monkeypatch):
     off = MultimodalAgent(ScriptedChatModel(), tools, config=load_config(
         {"data_dir": str(tmp_path), "agent": {"routing": "model"}}, environ={}))
     assert off.routing is None
+
+
+def test_prepare_loads_routing_before_the_first_turn(tmp_path, tools, monkeypatch):
+    monkeypatch.setattr(routing, "TRAINING_REQUESTS", FIT_REQUESTS)
+    config = load_config({"data_dir": str(tmp_path), "agent": {"long_term_memory": False}}, environ={})
+    agent = MultimodalAgent(ScriptedChatModel(replies=["hi"]), tools, config=config)
+    assert agent.routing.router.embedder.backend is None  # nothing loaded by building the agent
+    agent.prepare()
+    assert agent.routing.router.embedder.backend in ("onnx", "torch") and agent.routing.unavailable is None
+    assert agent.routing.decisions == []  # loaded, not a turn
+
+    missing = tmp_path / "no-such-embedder"
+    broken = MultimodalAgent(ScriptedChatModel(replies=["Lima."]), tools, config=load_config(
+        {"data_dir": str(tmp_path / "b"), "agent": {"long_term_memory": False},
+         "memory": {"text_embedder": str(missing)}}, environ={}))
+    broken.prepare()  # routing is a help: an embedder that cannot load switches it off, with the reason
+    assert broken.routing.unavailable and "no-such-embedder" in broken.routing.unavailable
+    assert broken.chat("What is the capital of Peru?").text == "Lima."
