@@ -5,7 +5,7 @@
     python bench/bench_routing.py --package       # also ship the fitted read-out for the built-in tools
 
 Calibration uses requests synthesised from the tools' own examples, each scored against the
-other examples only (agent.app.routing.calibrate); the held-out benchmark set is used only to time
+other examples only (agent.app.routing_calibration.calibrate); the held-out benchmark set is used only to time
 routing decisions (and to report, for information, how the router alone labels it).
 """
 
@@ -31,7 +31,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from agent.app import routing
-    from agent.app.routing import NO_TOOL, SemanticRouter, calibrate, median_ms
+    from agent.app.routing import NO_TOOL, SemanticRouter, median_ms
+    from agent.app.routing_calibration import calibrate
     from agent.app.routing_eval import agent_tools, load_routing_set
     from agent.core.config import load_config
     from memory.embedders import TextEmbedder

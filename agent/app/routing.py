@@ -13,7 +13,7 @@ read-out sees two embeddings side by side: the whole request and its first
 :data:`OPENING_WORDS` words, where what is asked ("draw", "read this aloud", "find my") usually
 sits, and beside them the request's own words and word pairs, hashed (:func:`lexical_features`;
 an embedding blurs "read it aloud" into the topic of what is read, a word count does not). Each
-part was chosen on the calibration requests (:func:`calibrate`, phrasings and slot values the
+part was chosen on the calibration requests (:func:`agent.app.routing_calibration.calibrate`, phrasings and slot values the
 read-out never saw), by how many the best class labels right: the whole request alone 0.753,
 with its opening words 0.809, with its words too 0.827 (weighted 1; at 2 the read-out learns the
 training phrasings' words and falls to 0.778). When
@@ -28,7 +28,8 @@ decoding makes the model fill the arguments from the request); a request the rou
 no tool is answered in words (``tool_choice = "none"``); otherwise, with ``agent.routing =
 "hybrid"`` the model decides as usual, with ``"semantic"`` it answers in words. ``"model"`` (no middleware) leaves every decision to the model.
 
-Threshold, margin and the no-tool threshold are calibrated (:func:`calibrate`) on requests synthesised from the tools'
+Threshold, margin and the no-tool threshold are calibrated
+(:func:`agent.app.routing_calibration.calibrate`) on requests synthesised from the tools'
 examples with slot values and questions the fitted router never saw -- never on the held-out
 benchmark set.
 """
@@ -75,8 +76,6 @@ LEXICAL_WEIGHT = 1.0
 """The request's words and word pairs, hashed into 1,024 counts (L2-normalised, scaled by the weight)."""
 _WORD = re.compile(r"[a-z0-9']+")
 _ATTACHED_LINE = re.compile(r"^\[attached image: .*\]$", re.MULTILINE)
-_SLOT_LEXICONS = ("image", "video", "subject", "style", "query", "sentence", "fact", "topic", "count")
-_QUESTION_LEXICONS = ("plain", "traps", "unsupported", "clarify", "attachment_chat")
 
 
 @dataclass(frozen=True)
@@ -449,101 +448,6 @@ def routing_middleware(config: Any, tools: Sequence[BaseTool], embedder: TextEmb
         )
 
     return SemanticRoutingMiddleware(build, mode)
-
-
-# ----- calibration ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Calibration:
-    """The chosen threshold and margin, and how they scored on the calibration requests."""
-
-    threshold: float
-    margin: float
-    routed_right: int
-    routed_wrong: int
-    unrouted: int
-    requests: int
-    grid: list[tuple[float, float, int, int]] = field(default_factory=list)
-    no_tool_threshold: float = 1.0
-    answered_in_words: int = 0
-    """Calibration requests that need no tool and clear the no-tool threshold (none that needs one does)."""
-
-    def summary(self) -> str:
-        return (f"threshold {self.threshold:.2f}, margin {self.margin:.2f}: {self.routed_right} of {self.requests} "
-                f"requests routed right, {self.routed_wrong} routed wrong, {self.unrouted} left to the model; "
-                f"no-tool threshold {self.no_tool_threshold:.2f}: {self.answered_in_words} no-tool requests answered "
-                "in words without asking the model, no tool request")
-
-
-def split_lexicons(lexicons: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Two lexicons with no slot value and no no-tool question in common (every other entry)."""
-    first, second = dict(lexicons), dict(lexicons)
-    for key in (*_SLOT_LEXICONS, *_QUESTION_LEXICONS):
-        if isinstance(lexicons.get(key), list) and len(lexicons[key]) > 1:
-            first[key], second[key] = lexicons[key][0::2], lexicons[key][1::2]
-    return first, second
-
-
-def split_examples(tools: Sequence[BaseTool]) -> tuple[list[BaseTool], list[BaseTool]]:
-    """Two copies of the tools with no example request in common (every other one of each tool's)."""
-    from tools.examples import tool_examples
-
-    first, second = [], []
-    for tool in tools:
-        examples = tool_examples(tool)
-        if len(examples) < 2:
-            first.append(tool)
-            second.append(tool)
-            continue
-        for half, chosen in ((first, examples[0::2]), (second, examples[1::2])):
-            half.append(tool.model_copy(update={"metadata": {**(tool.metadata or {}), "examples": list(chosen)}}))
-    return first, second
-
-
-def calibrate(tools: Sequence[BaseTool], embedder: TextEmbedder, *, requests: int = 450, seed: int = 7,
-              wrong_cost: float = 4.0) -> Calibration:
-    """Choose threshold and margin on requests the fitted router has never seen.
-
-    The router is fitted on half of every tool's example requests and half of every lexicon; the
-    calibration requests are synthesised (another seed) from the other halves, so no phrasing, slot
-    value or question is shared -- as with requests users write. A wrong route
-    costs ``wrong_cost`` right ones: in ``hybrid`` mode an unrouted request is still decided by
-    the model, a wrongly routed one is not.
-    """
-    from agent.app.tool_data import default_lexicons
-
-    fitted_on, held_back = split_lexicons(default_lexicons())
-    fit_tools, held_tools = split_examples(tools)
-    router = SemanticRouter(fit_tools, embedder, lexicons=fitted_on)
-    texts, labels, _ = training_requests(held_tools, held_back, requests, seed)
-    scored = list(zip(router.probabilities_for(features(embedder, texts)), labels, strict=True))
-    best: Calibration | None = None
-    grid = []
-    for threshold in [round(0.20 + 0.025 * i, 3) for i in range(31)]:
-        for margin in [round(0.05 * i, 2) for i in range(0, 15)]:
-            right = wrong = 0
-            for scores, label in scored:
-                tool, _, _ = router.decide(scores, threshold, margin)
-                if tool is not None:
-                    right += tool == label
-                    wrong += tool != label
-            grid.append((threshold, margin, right, wrong))
-            # ties go to the stricter setting (the grid grows stricter as it goes)
-            if best is None or right - wrong_cost * wrong >= best.routed_right - wrong_cost * best.routed_wrong:
-                best = Calibration(threshold, margin, right, wrong, len(scored) - right - wrong, len(scored))
-    assert best is not None
-    best.grid = grid
-    # the lowest no-tool threshold at which no calibration request that needs a tool would be answered in words
-    needs_tool = [scores[NO_TOOL] for scores, label in scored if label != NO_TOOL]
-    for candidate in [round(0.20 + 0.05 * i, 2) for i in range(17)]:
-        if all(p < candidate for p in needs_tool):
-            best.no_tool_threshold = candidate
-            break
-    best.answered_in_words = sum(1 for scores, label in scored
-                                 if label == NO_TOOL and scores[NO_TOOL] >= best.no_tool_threshold
-                                 and router.decide(scores, best.threshold, best.margin)[0] is None)
-    return best
 
 
 def median_ms(decisions: Sequence[RoutingDecision], cpu: bool = False) -> float:

@@ -11,9 +11,8 @@ from agent.app.routing import (
     fit_softmax,
     lexical_features,
     request_text,
-    split_examples,
-    split_lexicons,
 )
+from agent.app.routing_calibration import split_examples, split_lexicons
 from agent.app.tool_data import default_lexicons
 
 
