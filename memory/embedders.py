@@ -240,7 +240,8 @@ class TextEmbedder:
     def key(self) -> tuple[str, str, str, str]:
         return ("sentence-transformers", self.source, self.device, self.runtime)
 
-    def _load(self) -> Any:
+    def _load(self) -> tuple[Any, Any]:
+        """``(sentence-transformers model, None)``, or ``(None, ONNX encoder)`` once the model runs there."""
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:
@@ -269,6 +270,7 @@ class TextEmbedder:
 
             try:
                 encoder = onnx_encoder(model)
+                model = None  # the session embeds; its tokenizer is all it keeps of the torch model
             except Exception as exc:  # the export or the runtime: sentence-transformers still embeds
                 if self.runtime == "onnx":
                     raise ModelLoadError(

@@ -109,6 +109,8 @@ class OnnxSentenceEncoder:
         self.normalize = normalize
         self.path = path
         self.input_names = [node.name for node in session.get_inputs()]
+        self.weight_bytes = path.stat().st_size
+        """What the model manager counts for it: the exported file (its weights, fp32)."""
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Embeddings of ``texts`` (float32 rows), in batches of ``batch_size``, longest first as sentence-transformers does."""

@@ -44,7 +44,11 @@ def _device_key(device: str) -> str:
 
 
 def model_size_bytes(obj: Any) -> int:
-    """Bytes held by the parameters and buffers of a torch module, a diffusers pipeline, or a tuple of them."""
+    """Bytes held by the parameters and buffers of a torch module, a diffusers pipeline, or a tuple of them.
+
+    Anything else that holds weights outside torch (an ONNX Runtime session) says so with an
+    integer ``weight_bytes`` attribute.
+    """
     seen: set[int] = set()
 
     def module_bytes(module: Any) -> int:
@@ -58,6 +62,9 @@ def model_size_bytes(obj: Any) -> int:
     def walk(item: Any) -> int:
         if hasattr(item, "parameters") and hasattr(item, "buffers"):
             return module_bytes(item)
+        declared = getattr(item, "weight_bytes", None)
+        if isinstance(declared, int) and not isinstance(declared, bool):
+            return declared
         if isinstance(item, (tuple, list)):
             return sum(walk(x) for x in item)
         if isinstance(item, Mapping):

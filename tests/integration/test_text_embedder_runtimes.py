@@ -98,3 +98,30 @@ def test_the_runtime_setting_is_checked(tmp_path):
     assert load_config({"data_dir": str(tmp_path)}, environ={}).memory.text_embedder_runtime == "auto"
     with pytest.raises(ConfigError, match="text_embedder_runtime"):
         load_config({"data_dir": str(tmp_path), "memory": {"text_embedder_runtime": "tensorrt"}}, environ={})
+
+
+def test_the_onnx_embedder_holds_its_weights_once_and_the_manager_counts_them(exported, monkeypatch):
+    import gc
+    import weakref
+
+    import torch
+
+    built = []
+    original = torch.nn.Module.__init__
+
+    def tracking_init(self, *args, **kwargs):  # every torch module the load builds, weakly
+        original(self, *args, **kwargs)
+        built.append(weakref.ref(self))
+
+    monkeypatch.setattr(torch.nn.Module, "__init__", tracking_init)
+    embedder = _embedder(exported, monkeypatch)
+    embedder.embed(["hello"])
+    monkeypatch.undo()
+    gc.collect()
+    assert embedder.backend == "onnx" and built  # the load did build the torch model, to export or fingerprint it
+    assert [ref() for ref in built if ref() is not None] == []  # and kept none of it: the session embeds
+    (path,) = (exported / "llava-agent" / "onnx").glob("*.onnx")
+    assert embedder.manager.used_bytes("cpu") == path.stat().st_size > 80 * 2**20  # MiniLM's fp32 weights
+    torch_embedder = _embedder(exported, monkeypatch, runtime="torch")
+    torch_embedder.embed(["hello"])
+    assert abs(torch_embedder.manager.used_bytes("cpu") - path.stat().st_size) < 2 * 2**20

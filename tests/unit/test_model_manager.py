@@ -256,3 +256,13 @@ def test_concurrent_loads_with_known_sizes_reserve_room_before_loading():
         thread.join(timeout=30)
     assert len(peaks) == 12 and max(peaks) <= budget
     assert all("(loading)" in f for f in failures)
+
+
+def test_weights_held_outside_torch_are_counted_by_what_they_declare():
+    class Session:  # e.g. an ONNX Runtime session's encoder
+        weight_bytes = 90_000_000
+
+    assert model_size_bytes((None, Session())) == 90_000_000
+    assert model_size_bytes((torch.nn.Linear(256, 256), Session())) == LINEAR_BYTES + 90_000_000
+    Session.weight_bytes = True  # not a byte count
+    assert model_size_bytes(Session()) == 0
