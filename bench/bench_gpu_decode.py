@@ -50,7 +50,7 @@ PATHS = {
 def _generate(loaded, settings: dict, max_tokens: int, tools=None, prompt: str = PROMPT):
     """One greedy reply through the product's generation path (no LangChain needed)."""
     from agent.decoding.constraint import ToolCallConstraint
-    from agent.llava.decode_loop import DecodeSettings
+    from agent.llava.decode_setup import DecodeSettings
     from agent.llava.prompting import render_prompt
     from agent.llava.streaming import stream_generate
 
@@ -208,7 +208,7 @@ def main() -> None:
     results["spec"] = {"quantization": spec.quantization, "dtype": spec.dtype, "device": spec.device}
     if args.device.startswith("cuda"):
         results["gpu"] = torch.cuda.get_device_name()
-    from agent.llava.decode_loop import model_parts
+    from agent.llava.decode_setup import model_parts
     from agent.llava.kv_cache import cache_keyword
 
     parts = model_parts(llm.model)

@@ -392,7 +392,7 @@ def head_agreement(llm, args) -> dict:
 
     parts = llm.loaded.accelerators.get("parts")
     if parts is None:
-        from agent.llava.decode_loop import model_parts
+        from agent.llava.decode_setup import model_parts
 
         parts = model_parts(llm.loaded.model)
     measure(

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from agent.app.events import ReplyEvent, TokenEvent, ToolCallEvent, ToolResultEvent
-from agent.cli.main import one_line
+from agent.cli.commands import one_line
 from agent.core.errors import ImageError, InputError, LlavaAgentError, VideoError
 from agent.core.images import is_image_path
 from agent.core.terminal_safe import TerminalSafeWriter, terminal_safe

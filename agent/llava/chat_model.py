@@ -57,7 +57,7 @@ from agent.decoding.tool_protocol import (
     normalise_tool_choice,
     parse_tool_calls,
 )
-from agent.llava.decode_loop import DecodeSettings
+from agent.llava.decode_setup import DecodeSettings
 from agent.llava.loading import LoadedModel, ModelSpec, load_model, resolve_spec, use_model
 from agent.llava.messages import messages_to_turns, tool_schemas
 from agent.llava.prompting import image_capacity, render_prompt
@@ -253,7 +253,7 @@ class ChatLlava(BaseChatModel):
         loaded = self.loaded
         settings = self._decode_settings({})
         if settings is not None:
-            from agent.llava.decode_loop import prepare_decoding
+            from agent.llava.decode_setup import prepare_decoding
 
             try:
                 prepare_decoding(loaded, settings)

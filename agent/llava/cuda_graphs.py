@@ -31,7 +31,7 @@ from agent.llava.kv_cache import KVBuffers, _round_up, cache_arguments
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from agent.llava.decode_loop import ModelParts
+    from agent.llava.decode_setup import ModelParts
     from agent.llava.loading import LoadedModel
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import torch
 
-    from agent.llava.decode_loop import DecodeStats
+    from agent.llava.decode_setup import DecodeStats
     from agent.llava.output_head import OutputHead
 
 FEW_ROWS = 8192

@@ -3,7 +3,7 @@
 :func:`stream_generate` is the one generation path behind :class:`agent.llava.chat_model.ChatLlava`.
 The tokens come from :func:`agent.llava.decode_loop.decode` (prefix reuse, jump-forward, cheaper
 steps), or from ``model.generate`` for what that loop does not drive (``decode_settings=None``,
-or :func:`agent.llava.decode_loop.unsupported_reason`). It holds the model's lock for the whole
+or :func:`agent.llava.decode_setup.unsupported_reason`). It holds the model's lock for the whole
 generation (so threads sharing a model take turns),
 decodes tokens incrementally (no word buffering: each token's text is yielded as soon as it
 forms whole characters), honours stop sequences (generation is stopped and the text trimmed
@@ -23,7 +23,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agent.llava.decode_loop import DecodeSettings, decode, unsupported_reason
+from agent.llava.decode_loop import decode
+from agent.llava.decode_setup import DecodeSettings, unsupported_reason
 from agent.llava.repetition import repetition_guard
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,7 +47,7 @@ class GenerationResult:
     mode: str
     """The tool-call constraint's final mode ("text", "tool_call", "undecided"); "text" without one."""
     decode: dict[str, Any] | None = None
-    """What the decode loop reports (:class:`agent.llava.decode_loop.DecodeStats`); None with ``generate``."""
+    """What the decode loop reports (:class:`agent.llava.decode_setup.DecodeStats`); None with ``generate``."""
     first_token_at: float | None = None
     """``time.perf_counter()`` when the first generated token reached this thread (None if none did)."""
 

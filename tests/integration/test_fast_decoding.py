@@ -298,10 +298,10 @@ def test_prepare_builds_the_head_copy_before_the_first_reply(tiny_llava_qwen2):
 
 
 def test_a_hidden_size_the_int4_groups_do_not_divide_takes_the_int8_head(tiny_llava_qwen2, monkeypatch):
-    from agent.llava import decode_loop, output_head
+    from agent.llava import decode_setup, output_head
 
     llm = _model(tiny_llava_qwen2)
-    linear = decode_loop.model_parts(llm.loaded.model).head
+    linear = decode_setup.model_parts(llm.loaded.model).head
     monkeypatch.setattr(output_head, "INT4_GROUP", linear.in_features * 3 // 4)  # not a divisor of the hidden size
     monkeypatch.delitem(llm.loaded.accelerators, "head:int4", raising=False)  # built by an earlier test
     head = output_head.loaded_head(llm.loaded, linear, "int4")
@@ -444,7 +444,8 @@ def _decode_raw(llm: ChatLlava, constraint, prompt: str, seed: int, **settings) 
     """Run the decode loop itself on a rendered prompt; the raw reply text and its stats."""
     import torch
 
-    from agent.llava.decode_loop import DecodeSettings, decode
+    from agent.llava.decode_loop import decode
+    from agent.llava.decode_setup import DecodeSettings
     from agent.llava.prompting import render_prompt
 
     loaded = llm.loaded
@@ -531,7 +532,7 @@ def test_forced_stretches_are_spelled_by_the_tokenizer(tiny_llava_qwen2):
 
     from agent.decoding.constraint import ToolCallConstraint
     from agent.decoding.jump_forward import forced_bytes, forced_tokens, walk_tokens
-    from agent.llava.decode_loop import token_speller
+    from agent.llava.decode_setup import token_speller
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llava_qwen2)
     constraint = ToolCallConstraint.build(tokenizer, SCHEMAS, "speak")
@@ -590,7 +591,7 @@ def _stream_tokens(
     The head and the decode attention are the model's own (bf16 rounds differently in the int8
     head and in float32 attention), so the loop's tokens can be compared with generate's.
     """
-    from agent.llava.decode_loop import DecodeSettings
+    from agent.llava.decode_setup import DecodeSettings
     from agent.llava.prompting import render_prompt
     from agent.llava.streaming import GenerationResult, stream_generate
 
@@ -634,7 +635,7 @@ class _ForceText:
 def test_an_echoed_tool_response_opening_is_dropped_and_a_second_one_stops(tiny_llava_llama, generate):
     """A small model may answer a tool result with "<tool_response>" and an echo of it: the words stay, the framing goes."""
     from agent.decoding.tool_protocol import TOOL_RESPONSE_CLOSE, TOOL_RESPONSE_OPEN
-    from agent.llava.decode_loop import DecodeSettings
+    from agent.llava.decode_setup import DecodeSettings
     from agent.llava.prompting import render_prompt
     from agent.llava.streaming import GenerationResult, stream_generate
 
@@ -714,7 +715,7 @@ def test_logits_processors_apply_in_both_decoders(tiny_llava_qwen2):
 
 
 def test_the_generation_configs_repetition_penalty_runs_in_the_decode_loop(tiny_llava_qwen2):
-    from agent.llava.decode_loop import unsupported_reason
+    from agent.llava.decode_setup import unsupported_reason
 
     llm = _model(tiny_llava_qwen2)
     config = llm.loaded.model.generation_config

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli.main import build_parser, main, one_line
+from agent.cli.commands import one_line
+from agent.cli.main import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "transformers", "diffusers", "chromadb", "bitsandbytes", "peft", "sentence_transformers",
@@ -195,7 +196,7 @@ def test_global_options_also_work_after_the_command(tmp_path, capsys):
 
 
 def test_model_and_adapter_options_override_the_config(data_dir, tmp_path):
-    from agent.cli.main import _load_config
+    from agent.cli.commands import _load_config
 
     adapter = tmp_path / "adapter"
     for command in ("chat", "ask"):

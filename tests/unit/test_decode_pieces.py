@@ -8,7 +8,7 @@ import torch
 from agent.core.errors import InputError
 from agent.core.int8_weights import quantize_groups_int4
 from agent.llava.decode_attention import enabled, grouped_attention
-from agent.llava.decode_loop import DecodeSettings
+from agent.llava.decode_setup import DecodeSettings
 from agent.llava.kv_cache import KVBuffers, cache_arguments, cache_keyword
 from agent.llava.output_head import RESCORED, OutputHead, quantize_rows_int8
 from agent.llava.sampling import Sampler
@@ -144,7 +144,7 @@ class _AllowOnly:
 @pytest.mark.parametrize("precision", ["int8", "int4"])
 def test_a_copys_candidates_are_the_best_tokens_the_mask_leaves(precision):
     """Rescoring after the constraint: the pick is the model head's among the allowed tokens."""
-    from agent.llava.decode_loop import DecodeStats
+    from agent.llava.decode_setup import DecodeStats
     from agent.llava.sampling import _scores
 
     torch.manual_seed(0)

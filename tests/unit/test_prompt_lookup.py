@@ -7,7 +7,7 @@ import torch
 
 from agent.core.errors import InputError
 from agent.decoding.prompt_lookup import MAX_DRAFT_TOKENS, PromptLookup, _whole_characters
-from agent.llava.decode_loop import DecodeSettings
+from agent.llava.decode_setup import DecodeSettings
 from agent.llava.sampling import Sampler
 
 # a toy tokenizer: one token per byte, plus a few word tokens and a special token with no bytes
