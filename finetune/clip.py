@@ -36,6 +36,7 @@ from agent.core.runtime import quiet_library_notices, resolve_device
 from finetune.folders import publish_folder, staging_folder
 from finetune.loss_curve import draw_loss_curve
 from finetune.metrics import chance_recall_at_1, recall_at_k
+from finetune.ownership import check_not_an_input, check_replaceable, write_marker
 from finetune.pair_config import PairTrainConfig
 from finetune.pairs import (
     Captioner,
@@ -210,9 +211,13 @@ def _data(config: PairTrainConfig, captioner: Captioner | None) -> tuple[PairsRe
 
 
 def check_output(config: PairTrainConfig) -> Path:
+    """The output folder, once it is known not to be (or hold) an input, and to be replaceable when it exists."""
     output = Path(config.output).expanduser()
+    check_not_an_input(output, {"base model": config.model, "pairs": config.pairs, "image folder": config.image_folder,
+                                "evaluation pairs": config.eval_pairs}, option="--output")
     if output.exists() and not config.overwrite:
         raise ConfigError(f"output folder {output} already exists; pass --overwrite to replace it or choose another")
+    check_replaceable(output, option="--output")  # --overwrite replaces only a folder this project wrote
     return output
 
 
@@ -304,6 +309,7 @@ def save_model_folder(model: Any, processor: Any, output: Path, config: PairTrai
     (staging / METRICS_NAME).write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
     (staging / HISTORY_NAME).write_text(json.dumps(history, indent=2) + "\n")
     draw_loss_curve([(h["step"], h["loss"]) for h in history], (), staging / LOSS_CURVE_NAME, title=title)
+    write_marker(staging, "fine_tuned_model")
     if then is not None:
         then(staging)
     logger.info("Writing %s", output)

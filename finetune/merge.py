@@ -17,7 +17,7 @@ from typing import Any
 from agent.core.errors import ConfigError, ModelLoadError, QuantizationError
 from agent.core.runtime import quiet_library_notices, torch_dtype
 from finetune.folders import publish_folder, staging_folder
-from finetune.ownership import check_replaceable, write_marker
+from finetune.ownership import check_not_an_input, check_replaceable, write_marker
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ def merge(
     _adapter_base(adapter)  # checks the folder even when base is given
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"dtype should be one of float32, bfloat16, float16, got {dtype!r}")
+    check_not_an_input(output_dir, {"adapter": adapter, "base model": base})
     if output_dir.exists() and not overwrite:
         raise ConfigError(f"output_dir {output_dir} already exists; pass --overwrite or choose another folder")
 

@@ -36,7 +36,13 @@ from finetune.modeling import (
     lora_target_pattern,
     projector_name,
 )
-from finetune.ownership import MARKER_NAME, check_checkpoints_deletable, check_replaceable, write_marker
+from finetune.ownership import (
+    MARKER_NAME,
+    check_checkpoints_deletable,
+    check_not_an_input,
+    check_replaceable,
+    write_marker,
+)
 from finetune.validate import validate
 
 logger = logging.getLogger(__name__)
@@ -277,6 +283,10 @@ def train(config: TrainConfig | None = None, **options: Any) -> TrainResult:
 
 
 def _check_output_dir(config: TrainConfig, output_dir: Path, checkpoint_dir: Path, is_main: bool) -> None:
+    inputs = {"base model": config.model, "training data": config.data, "image folder": config.image_folder,
+              "evaluation data": config.eval_data}
+    check_not_an_input(output_dir, inputs)
+    check_not_an_input(checkpoint_dir, inputs, option="checkpoint folder")
     if output_dir.exists() and not (config.overwrite or config.resume):
         raise ConfigError(
             f"output_dir {output_dir} already exists; pass --overwrite to replace it or choose another folder"

@@ -11,6 +11,7 @@ import pytest
 
 from agent.cli.main import main
 from agent.core.config import load_config
+from finetune.ownership import marked_kind
 from memory.image_index import ImageIndex
 from tests.shape_pairs import write_shape_pairs
 from tests.tool_models import build_clip
@@ -64,6 +65,7 @@ def test_finetuned_clip_retrieves_held_out_pairs_through_search_images(shapes, t
     for name in ("config.json", "model.safetensors", "finetune_config.json",
                  "finetune_metrics.json", "loss_curve.png", "log_history.json"):
         assert (output / name).is_file(), name
+    assert marked_kind(output) == "fine_tuned_model"  # so --overwrite may replace it, and nothing else
     metrics = json.loads((output / "finetune_metrics.json").read_text())
     assert metrics["before"]["recall@1"] <= 0.4 and metrics["after"]["recall@1"] >= 0.9
     assert not list(tmp_path.glob(".clip-shapes.tmp-*"))  # the staging folder was moved into place
