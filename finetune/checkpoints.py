@@ -13,6 +13,11 @@ and the next run started from step 0. So the Trainer's rotation is switched off 
    ``keep`` newest, and incomplete ones older than the newest complete one.
 
 At every instant the newest complete checkpoint written so far exists.
+
+A resumed run must be the run its checkpoints came from: :func:`write_run_identity` records, in
+the checkpoint folder, the settings that decide what is trained (:data:`RUN_SETTINGS`: the base
+model, the data, the adapter's shape, the schedule); :func:`run_differences` lists the ones a
+resume would change, so it can refuse instead of continuing another run's weights.
 """
 
 from __future__ import annotations
@@ -29,6 +34,44 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 COMPLETE_MARKER = "checkpoint_complete.json"
+RUN_IDENTITY = "run_settings.json"
+RUN_SETTINGS = (
+    "model", "data", "format", "image_folder", "eval_data", "eval_split", "max_length", "max_image_pixels",
+    "skip_invalid", "quantization", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "lora_layers",
+    "train_projector", "shared_prefix", "batch_size", "gradient_accumulation_steps", "learning_rate",
+    "lr_scheduler", "warmup_ratio", "weight_decay", "epochs", "max_steps", "seed",
+)
+"""Training settings a resumed run must share with the run that wrote its checkpoints (the rest --
+logging, saving, device, dtype -- may change between the two)."""
+
+
+def _comparable(name: str, value: object) -> object:
+    if name in ("model", "data", "image_folder", "eval_data") and isinstance(value, str) and value:
+        path = Path(value).expanduser()
+        return str(path.resolve()) if path.exists() else value  # a local path however it is spelt; a hub id as is
+    return value
+
+
+def write_run_identity(checkpoint_dir: Path, settings: dict) -> Path:
+    """Record the settings of the run starting in ``checkpoint_dir`` (atomically)."""
+    payload = json.dumps({name: _comparable(name, settings.get(name)) for name in RUN_SETTINGS}, indent=2)
+    path = Path(checkpoint_dir) / RUN_IDENTITY
+    write_file_atomically(path, lambda handle: handle.write(payload.encode("utf-8")), mode=0o644)
+    return path
+
+
+def run_differences(checkpoint_dir: Path, settings: dict) -> list[tuple[str, object, object]] | None:
+    """``(setting, the checkpoints' value, this run's value)`` for each setting that differs; None when
+    the checkpoints carry no record (written before it existed)."""
+    try:
+        recorded = json.loads((Path(checkpoint_dir) / RUN_IDENTITY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return [
+        (name, recorded[name], _comparable(name, settings.get(name)))
+        for name in RUN_SETTINGS
+        if name in recorded and recorded[name] != _comparable(name, settings.get(name))
+    ]
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -90,4 +133,5 @@ def finish_checkpoint(checkpoint_dir: Path, step: int, keep: int | None) -> None
     rotate(Path(checkpoint_dir), keep)
 
 
-__all__ = ["CHECKPOINT_PREFIX", "COMPLETE_MARKER", "finish_checkpoint", "is_complete", "mark_complete", "rotate"]
+__all__ = ["CHECKPOINT_PREFIX", "COMPLETE_MARKER", "RUN_IDENTITY", "RUN_SETTINGS", "finish_checkpoint", "is_complete",
+           "mark_complete", "rotate", "run_differences", "write_run_identity"]

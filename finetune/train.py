@@ -25,7 +25,14 @@ from typing import Any
 
 from agent.core.errors import ConfigError, StoreError
 from agent.core.runtime import quiet_library_notices, resolve_training_precision
-from finetune.checkpoints import CHECKPOINT_PREFIX, COMPLETE_MARKER, finish_checkpoint
+from finetune.checkpoints import (
+    CHECKPOINT_PREFIX,
+    COMPLETE_MARKER,
+    RUN_IDENTITY,
+    finish_checkpoint,
+    run_differences,
+    write_run_identity,
+)
 from finetune.collator import ConversationEncoder, TrainingCollator
 from finetune.config import TrainConfig
 from finetune.folders import publish_folder, staging_folder
@@ -238,11 +245,19 @@ def train(config: TrainConfig | None = None, **options: Any) -> TrainResult:
         callbacks=[MarkCompleteCheckpoints()],
     )
     resume_from = last_complete_checkpoint(checkpoint_dir) if config.resume else None
+    finished = _finished_state(resume_from) if resume_from is not None else None
     if config.resume and resume_from is None:
         logger.warning("No complete checkpoint in %s; starting from step 0", checkpoint_dir)
-    elif resume_from is not None:
+    elif finished is not None:  # the run had ended: its adapter is saved again, not trained further
+        logger.info("The run in %s ended at step %d; saving its adapter", checkpoint_dir, finished.global_step)
+        _load_checkpoint_adapter(model, resume_from)
+        trainer.state = finished
+    else:
         logger.info("Resuming from %s", resume_from)
-    outcome = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if finished is None:
+        training_loss = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).training_loss
+    else:
+        training_loss = next((h["train_loss"] for h in reversed(finished.log_history) if "train_loss" in h), None)
     eval_loss = trainer.evaluate()["eval_loss"] if eval_samples else None
 
     # ---- 5. save ---------------------------------------------------------------------
@@ -271,7 +286,7 @@ def train(config: TrainConfig | None = None, **options: Any) -> TrainResult:
     result = TrainResult(
         adapter_dir=output_dir,
         global_step=trainer.state.global_step,
-        train_loss=outcome.training_loss,
+        train_loss=training_loss,
         eval_loss=eval_loss,
         samples=len(train_samples),
         seconds=time.monotonic() - started,
@@ -293,9 +308,20 @@ def _check_output_dir(config: TrainConfig, output_dir: Path, checkpoint_dir: Pat
         )
     check_replaceable(output_dir)  # --overwrite (or a resumed run's save) replaces only our own adapter folders
     check_checkpoints_deletable(checkpoint_dir)
-    has_checkpoints = last_complete_checkpoint(checkpoint_dir) is not None or (
-        checkpoint_dir.is_dir() and any(p.name != MARKER_NAME for p in checkpoint_dir.iterdir())
+    resumable = last_complete_checkpoint(checkpoint_dir)
+    has_checkpoints = resumable is not None or (
+        checkpoint_dir.is_dir() and any(p.name not in (MARKER_NAME, RUN_IDENTITY) for p in checkpoint_dir.iterdir())
     )
+    if config.resume and resumable is not None:
+        differences = run_differences(checkpoint_dir, config.to_dict())
+        if differences:
+            listed = "; ".join(f"{name}: {was!r} there, {now!r} now" for name, was, now in differences)
+            raise ConfigError(
+                f"the checkpoints in {checkpoint_dir} belong to a run with other settings ({listed}); resume with "
+                "the same settings, or pass --overwrite (without --resume) to start a new run"
+            )
+        if differences is None:
+            logger.warning("The checkpoints in %s do not record their run's settings; resuming as told", checkpoint_dir)
     if has_checkpoints and not config.resume:
         if not config.overwrite:
             raise ConfigError(
@@ -307,6 +333,27 @@ def _check_output_dir(config: TrainConfig, output_dir: Path, checkpoint_dir: Pat
     if is_main:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         write_marker(checkpoint_dir, "checkpoints")
+        if not (config.resume and resumable is not None):  # a run starts here: what a resume must match
+            write_run_identity(checkpoint_dir, config.to_dict())
+
+
+def _finished_state(checkpoint: Path) -> Any:
+    """The Trainer state saved in ``checkpoint`` when its run had reached its last step, else None."""
+    from transformers import TrainerState
+
+    try:
+        state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    except (OSError, ValueError):
+        return None
+    return state if state.max_steps and state.global_step >= state.max_steps else None
+
+
+def _load_checkpoint_adapter(model: Any, checkpoint: Path) -> None:
+    """Put the adapter weights (and a trained projector) saved in ``checkpoint`` into ``model``."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(checkpoint / "adapter_model.safetensors")))
 
 
 def loss_points(history: list[dict[str, Any]]) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:

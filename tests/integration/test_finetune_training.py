@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -139,7 +140,8 @@ def test_activation_checkpointing_in_full_precision_trains_quietly(tiny_llava_ll
     assert not [str(w.message) for w in caught if "checkpointing" in str(w.message)]
 
 
-def test_resume_after_a_kill_finishes_with_the_same_number_of_steps(tiny_llava_llama, small_data, tmp_path, caplog):
+def test_resume_after_a_kill_finishes_with_the_same_number_of_steps(tiny_llava_llama, tiny_llava_qwen2, small_data, tmp_path,
+                                                                   caplog):
     from finetune import train
 
     output_dir = tmp_path / "resumed"
@@ -166,6 +168,20 @@ def test_resume_after_a_kill_finishes_with_the_same_number_of_steps(tiny_llava_l
     steps = [entry["step"] for entry in history if "loss" in entry]
     assert steps[0] == 1 and steps[-1] == 60  # the first process's losses are kept
     assert (last_complete_checkpoint(checkpoints) / COMPLETE_MARKER).is_file()
+
+    # resumed once more, the finished run saves the same adapter again: no step past the end
+    weights = (output_dir / "adapter_model.safetensors").read_bytes()
+    again = train(**options, resume=True)
+    assert again.global_step == 60 and last_complete_checkpoint(checkpoints).name == "checkpoint-60"
+    assert (output_dir / "adapter_model.safetensors").read_bytes() == weights
+    assert json.loads((output_dir / "data_summary.json").read_text())["global_step"] == 60
+
+    # a resume with settings of another run is refused, naming them; the checkpoints are untouched
+    for change, named in (({"lora_r": 8}, "lora_r: 4 there, 8 now"),
+                          ({"model": str(tiny_llava_qwen2)}, f"model: '{Path(tiny_llava_llama).resolve()}' there")):
+        with pytest.raises(ConfigError, match=r"belong to a run with other settings \(" + re.escape(named)):
+            train(**{**options, **change}, resume=True)
+    assert last_complete_checkpoint(checkpoints).name == "checkpoint-60"
 
 
 def test_a_kill_during_the_final_save_leaves_the_previous_adapter_intact(tiny_llava_qwen2, small_data, tmp_path):
