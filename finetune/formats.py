@@ -11,7 +11,9 @@ Supported formats (auto-detected from the first record, or named with ``--format
   ``{"messages": [{"role", "content"}], "images": [...]}`` where ``content`` is a string holding
   ``<image>`` placeholders or a list of ``{"type": "text"|"image"}`` blocks.
 * ``hf``: a Hugging Face ``datasets`` folder (``save_to_disk``) or a ``.parquet``/``.arrow`` file
-  whose rows are in one of the formats above (images may be stored as pictures in the rows).
+  whose rows are in one of the formats above (images may be stored as pictures in the rows: they
+  are read as :class:`EmbeddedImage`, decoded only when used, so one damaged picture is one bad
+  row, and checked against the pixel limit like any image file).
 
 Every format becomes a :class:`Sample`: ``system``/``user``/``assistant`` turns whose text holds
 one ``<image>`` placeholder per image, in order, plus the list of images. Structural problems in
@@ -20,6 +22,7 @@ a record raise :class:`SampleError`; :mod:`finetune.validate` collects them for 
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -40,6 +43,42 @@ HF_SUFFIXES = (".parquet", ".arrow")
 
 class SampleError(ValueError):
     """One record cannot be used; the message is the reason, without the record's location."""
+
+
+@dataclass(frozen=True, repr=False)
+class EmbeddedImage:
+    """A picture stored in a dataset row as its encoded bytes, decoded only when it is used.
+
+    :attr:`size` reads the header alone (a decompression bomb is measured, not decoded);
+    :meth:`convert` decodes it. Unreadable bytes raise PIL's errors from either.
+    """
+
+    data: bytes
+    name: str = "an embedded image"
+
+    def _open(self) -> Any:
+        from PIL import Image as PILImage
+
+        from agent.core.images import DECODERS
+
+        return PILImage.open(io.BytesIO(self.data), formats=list(DECODERS))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        with self._open() as opened:
+            return opened.size
+
+    def verify(self) -> None:
+        with self._open() as opened:
+            opened.verify()
+
+    def convert(self, mode: str) -> Image:
+        with self._open() as opened:
+            opened.load()
+            return opened.convert(mode)
+
+    def __repr__(self) -> str:
+        return f"{self.name} ({len(self.data)} bytes, stored in the row)"
 
 
 @dataclass(frozen=True)
@@ -144,7 +183,29 @@ def _read_hf(path: Path) -> list[Record]:
         if "train" not in loaded:
             raise DatasetError(f"dataset {path} has splits {sorted(loaded)} but no 'train' split")
         loaded = loaded["train"]
+    for name, feature in loaded.features.items():  # pictures stay encoded: each row's are checked on their own
+        undecoded = _undecoded(feature, datasets)
+        if undecoded != feature:
+            loaded = loaded.cast_column(name, undecoded)
     return [Record(i, f"row {i}", dict(row)) for i, row in enumerate(loaded)]
+
+
+def _undecoded(feature: Any, datasets: Any) -> Any:
+    """``feature`` with every ``Image`` in it set not to decode (lists and dicts of them too)."""
+    if isinstance(feature, datasets.Image):
+        return datasets.Image(decode=False)
+    if isinstance(feature, dict):
+        return {key: _undecoded(value, datasets) for key, value in feature.items()}
+    if isinstance(feature, list):
+        return [_undecoded(value, datasets) for value in feature]
+    inner = getattr(feature, "feature", None)
+    if inner is not None and hasattr(datasets, type(feature).__name__):  # List / Sequence / LargeList
+        changed = _undecoded(inner, datasets)
+        if changed != inner:
+            copy = __import__("copy").copy(feature)
+            copy.feature = changed
+            return copy
+    return feature
 
 
 # --------------------------------------------------------------------------- detection
@@ -192,8 +253,11 @@ def _image_list(value: Any, key: str) -> list[str | Image]:
     for position, item in enumerate(values):
         if isinstance(item, str) and item.strip():
             images.append(item)
+        elif isinstance(item, dict) and isinstance(item.get("bytes"), (bytes, bytearray)) and item["bytes"]:
+            name = item.get("path") if isinstance(item.get("path"), str) and item["path"] else f"'{key}'[{position}]"
+            images.append(EmbeddedImage(bytes(item["bytes"]), name))  # a datasets Image stored in the row
         elif isinstance(item, dict) and isinstance(item.get("path"), str):
-            images.append(item["path"])  # datasets Image feature without decoding
+            images.append(item["path"])  # a datasets Image that refers to a file
         elif hasattr(item, "convert") and hasattr(item, "size"):  # a PIL image from a datasets row
             images.append(item)
         else:

@@ -26,6 +26,7 @@ from finetune.collator import resolve_image_path
 from finetune.formats import (
     FORMATS,
     IMAGE_PLACEHOLDER,
+    EmbeddedImage,
     Sample,
     SampleError,
     detect_format,
@@ -148,6 +149,7 @@ def check_images(
 
     for image in sample.images:
         if not isinstance(image, str):
+            _check_picture(image, max_pixels)
             continue
         path = resolve_image_path(image, image_folder)
         if not path.is_file():
@@ -171,6 +173,35 @@ def check_images(
             if isinstance(exc, SampleError):
                 raise
             raise SampleError(f"image {image!r} cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+def _check_picture(image: Any, max_pixels: int) -> None:
+    """An image held in the row (:class:`~finetune.formats.EmbeddedImage`, or a decoded picture):
+    readable, and within ``max_pixels``, as an image file must be."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise SampleError(
+                    f"image {image!r} is {width}x{height} pixels, over the limit of {max_pixels}; resize it "
+                    "or raise --max-image-pixels"
+                )
+            if isinstance(image, EmbeddedImage):
+                image.verify()
+    except Image.DecompressionBombError as exc:
+        raise SampleError(
+            f"image {image!r} is over the limit of {max_pixels} pixels ({exc}); resize it or raise --max-image-pixels"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        if isinstance(exc, SampleError):
+            raise
+        reason = "not an image in a format the chat accepts" if isinstance(exc, UnidentifiedImageError) else exc
+        raise SampleError(f"image {image!r} cannot be read ({reason})") from None
 
 
 def validate(

@@ -159,6 +159,38 @@ def test_hf_datasets_folder_with_pictures_in_rows(tmp_path):
     assert report.samples[1].location == "row 1"
 
 
+def test_hf_pictures_are_checked_row_by_row_and_against_the_pixel_limit(tmp_path):
+    import io
+
+    import datasets
+
+    from finetune.collator import load_pictures
+
+    def png(size, colour="red") -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", size, colour).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    good = png((8, 8), (0, 0, 255))
+    stored = [{"bytes": good, "path": None}, {"bytes": b"\x89PNG not really", "path": None},
+              {"bytes": good[:60], "path": None}, {"bytes": png((300, 200)), "path": "big.png"}]
+    rows = {"messages": [MESSAGES_STRING["messages"]] * 4, "images": [[picture] for picture in stored]}
+    features = datasets.Features({"messages": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
+                                  "images": datasets.Sequence(datasets.Image())})
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "hf"))
+    with pytest.raises(DatasetError) as info:  # every bad row listed: one damaged picture spoils only its row
+        validate(tmp_path / "hf", max_image_pixels=50_000)
+    text = str(info.value)
+    assert "1 of 4 samples are valid" in text
+    assert "row 1: image 'images'[0] (15 bytes, stored in the row) cannot be read (not an image" in text
+    assert "row 2: image 'images'[0] (60 bytes, stored in the row) cannot be read" in text
+    assert "row 3: image big.png" in text and "is 300x200 pixels, over the limit of 50000" in text
+    report = validate(tmp_path / "hf", max_image_pixels=50_000, skip_invalid=True)
+    assert [s.location for s in report.samples] == ["row 0"]
+    (picture,) = load_pictures(report.samples[0])
+    assert picture.size == (8, 8) and picture.getpixel((3, 3)) == (0, 0, 255)
+
+
 def test_to_chat_turns_puts_pictures_where_the_placeholders_were():
     sample = parse_record(Record(0, "sample 0", SHAREGPT_GOOD), "sharegpt")
     red, blue = Image.new("RGB", (4, 4), "red"), Image.new("RGB", (4, 4), "blue")
