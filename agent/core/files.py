@@ -60,17 +60,32 @@ def check_readable_file(path: str | os.PathLike[str], allowed_dirs: Iterable[str
     """Resolve and check a path: allowed, exists, is a regular file, is not empty."""
     allowed = list(allowed_dirs)
     resolved = resolve_allowed_path(path, allowed)
-    if not resolved.exists():
+    try:
+        status = resolved.stat()
+    except FileNotFoundError:
         raise InputError(
-            f"file {str(path)!r} does not exist; give the path of an existing file under {_describe(allowed)}"
-        )
-    if resolved.is_dir():
-        raise InputError(f"{str(path)!r} is a directory, not a file; give the path of one file inside it")
-    if not resolved.is_file():
-        raise InputError(f"{str(path)!r} is not a regular file; give the path of an image file")
-    if resolved.stat().st_size == 0:
-        raise ImageError(f"file {str(path)!r} is empty (0 bytes); give a file that holds an image")
+            f"file {_shown(path)} does not exist; give the path of an existing file under {_describe(allowed)}"
+        ) from None
+    except OSError as exc:  # a name too long for the file system, a folder that cannot be entered
+        raise InputError(
+            f"file {_shown(path)} cannot be checked ({exc.strerror or exc}); give the path of an existing file under "
+            f"{_describe(allowed)}"
+        ) from None
+    if stat.S_ISDIR(status.st_mode):
+        raise InputError(f"{_shown(path)} is a directory, not a file; give the path of one file inside it")
+    if not stat.S_ISREG(status.st_mode):
+        raise InputError(f"{_shown(path)} is not a regular file; give the path of an image file")
+    if status.st_size == 0:
+        raise ImageError(f"file {_shown(path)} is empty (0 bytes); give a file that holds an image")
     return resolved
+
+
+def _shown(path: str | os.PathLike[str], limit: int = 160) -> str:
+    """``path`` quoted for a message, its middle cut when it is very long."""
+    text = str(path)
+    if len(text) > limit:
+        text = f"{text[: limit // 2]}...{text[-limit // 2 :]} ({len(text)} characters)"
+    return repr(text)
 
 
 def _allowed_root(resolved: Path, allowed_dirs: Iterable[str | os.PathLike[str]]) -> Path | None:

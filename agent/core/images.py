@@ -214,9 +214,15 @@ def _b64decode(payload: str, location: ImageLocation) -> bytes:
 
 
 def _read_file(path: Path, location: ImageLocation, max_pixels: int) -> Image.Image:
-    if not path.exists():
+    try:
+        exists, is_file = path.exists(), path.is_file()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte
+        reason = getattr(exc, "strerror", None) or exc
+        raise _fail(location, f"image path {_preview(str(path))!r} cannot be checked ({reason})",
+                    "pass the path of an existing image file") from None
+    if not exists:
         raise _fail(location, f"image file {str(path)!r} does not exist", "check the path")
-    if not path.is_file():
+    if not is_file:
         raise _fail(location, f"{str(path)!r} is not a file", "pass the path of an image file")
     try:
         raw = path.read_bytes()

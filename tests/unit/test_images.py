@@ -74,6 +74,19 @@ def test_remote_url_refused_unless_allowed():
         load_image("https://example.com/cat.png", location=ImageLocation(3, 1))
 
 
+def test_a_path_no_file_system_takes_is_an_image_error_not_an_os_error(tmp_path):
+    from agent.core.files import check_readable_file
+
+    long = str(tmp_path / ("a" * 300 + ".png"))
+    with pytest.raises(ImageError, match=r"message 1, block 0: image path '.*\.\.\.' cannot be checked \(File name too long\)"):
+        load_image(long, location=ImageLocation(1, 0))
+    with pytest.raises(InputError, match=r"file '.*aaa\.\.\.a+\.png \(\d+ characters\)' cannot be checked \(File name too long\); "
+                                         r"give the path of an existing file under"):
+        check_readable_file(long, [tmp_path])
+    with pytest.raises(InputError, match=r"nope\.png' does not exist"):
+        check_readable_file(tmp_path / "nope.png", [tmp_path])
+
+
 def test_missing_file_names_location(tmp_path):
     with pytest.raises(ImageError, match=r"message 0, block 2: image file .*nope\.png.* does not exist"):
         load_image(str(tmp_path / "nope.png"), location=ImageLocation(0, 2))
