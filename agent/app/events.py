@@ -10,6 +10,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+NOT_RUN = "not_run"
+"""A call's status when it was refused before it ran; also the ``response_metadata`` key of the tool
+message that answers such a call (:mod:`agent.app.tool_limits`)."""
+
 
 @dataclass
 class AgentReply:
@@ -112,9 +116,10 @@ class TurnCollector:
 
     def _tool_result(self, message: Any) -> ToolResultEvent:
         is_error = message.status == "error"
+        refused = bool((getattr(message, "response_metadata", None) or {}).get(NOT_RUN))  # over the per-reply cap
         for call in self.tool_calls:
             if call["id"] == message.tool_call_id:
-                call["status"] = "error" if is_error else "success"
+                call["status"] = NOT_RUN if refused else "error" if is_error else "success"
         name = message.name or ""
         artifact = message.artifact
         if artifact is not None and not is_error:
@@ -126,7 +131,7 @@ class TurnCollector:
     def reply(self, limit_text: str) -> AgentReply:
         for call in self.tool_calls:
             if call["status"] == "pending":
-                call["status"] = "not_run"
+                call["status"] = NOT_RUN
         if self.limit_reached:
             text = limit_text
         elif self.stopped or self.final_text is None:

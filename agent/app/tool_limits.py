@@ -22,6 +22,7 @@ from typing import Any
 
 from langchain.agents.middleware import AgentMiddleware
 
+from agent.app.events import NOT_RUN
 from tools.cancellation import cancellable
 
 DEFAULT_TIMEOUTS = {"generate_image": 600.0}
@@ -72,6 +73,7 @@ class ToolLimitsMiddleware(AgentMiddleware):
                 "reply (tools.max_calls_per_reply). Ask for the remaining ones in your next reply."
             ),
             tool_call_id=call.get("id") or "", name=call.get("name"), status="error",
+            response_metadata={NOT_RUN: "max_calls_per_reply"},  # the turn's report says "not_run", not "error"
         )
 
     def _timeout_message(self, request: Any, seconds: float) -> Any:

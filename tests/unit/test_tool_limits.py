@@ -56,7 +56,7 @@ def test_a_reply_runs_at_most_the_configured_number_of_calls(tmp_path):
     reply = agent.chat("count to forty")
     assert sorted(runs) == list(range(8))
     statuses = [c["status"] for c in reply.tool_calls]
-    assert statuses == ["success"] * 8 + ["error"] * 32
+    assert statuses == ["success"] * 8 + ["not_run"] * 32  # refused before running: not a failure of the tool
     refused = [m for m in tool_messages(agent, reply.thread_id) if m.status == "error"]
     assert len(refused) == 32 and refused[0].content.startswith("Not run: this reply asked for 40 tool calls and at most 8")
 
