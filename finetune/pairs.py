@@ -19,6 +19,7 @@ out instead.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -83,14 +84,21 @@ def _read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"pairs file {path} cannot be read ({exc}); give a UTF-8 CSV or JSONL file") from None
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         header = [h.strip().lower() for h in reader.fieldnames or []]
         if not set(header) & set(IMAGE_KEYS) or not set(header) & set(CAPTION_KEYS):
             raise DatasetError(
                 f"pairs file {path} has the header {reader.fieldnames!r}; it needs an image column (one of "
                 f"{', '.join(IMAGE_KEYS)}) and a caption column (one of {', '.join(CAPTION_KEYS)})"
             )
-        return [(f"line {n}", row) for n, row in enumerate(reader, start=2)]
+        rows, last = [], reader.line_num
+        for row in reader:
+            first, last = last + 1, reader.line_num
+            if last > first:  # a quoted field ran over line ends: an unclosed quote swallows the rows after it
+                row = {"__error__": f"has a quoted field that runs from line {first} to line {last} (an unclosed "
+                                    "quote?); close the quote, or keep each caption on one line"}
+            rows.append((f"line {first}", row))
+        return rows
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)

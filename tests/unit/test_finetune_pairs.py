@@ -70,6 +70,17 @@ def test_every_bad_row_is_reported_with_its_line(photos):
     assert len(read_pairs(photos / "bad.csv", skip_invalid=True).pairs) == 1
 
 
+def test_an_unclosed_quote_in_a_csv_is_a_bad_row_not_a_caption_that_swallows_the_rest(photos):
+    (photos / "quotes.csv").write_text(
+        'image,caption\na.png,"a red, round square"\nb.png,"unclosed\nc.jpg,a green square\n'
+    )
+    with pytest.raises(DatasetError) as error:
+        read_pairs(photos / "quotes.csv")
+    assert "line 3: has a quoted field that runs from line 3 to line 4 (an unclosed quote?)" in str(error.value)
+    kept = read_pairs(photos / "quotes.csv", skip_invalid=True)
+    assert [(p.caption, p.location) for p in kept.pairs] == [("a red, round square", "line 2")]
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [("picture,words\na.png,x\n", "needs an image column"), ("[1, 2", "not valid JSON")],
