@@ -152,6 +152,8 @@ def train(config: TrainConfig | None = None, **options: Any) -> TrainResult:
             raise ConfigError(f"eval_split {config.eval_split} leaves no training samples out of {len(train_samples)}")
         eval_samples, train_samples = train_samples[:held_out], train_samples[held_out:]
 
+    _prepare_checkpoint_dir(config, checkpoint_dir, is_main)
+
     # ---- 3. model --------------------------------------------------------------------
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -322,19 +324,24 @@ def _check_output_dir(config: TrainConfig, output_dir: Path, checkpoint_dir: Pat
             )
         if differences is None:
             logger.warning("The checkpoints in %s do not record their run's settings; resuming as told", checkpoint_dir)
-    if has_checkpoints and not config.resume:
-        if not config.overwrite:
-            raise ConfigError(
-                f"checkpoints of an earlier run are in {checkpoint_dir}; pass --resume to continue that run "
-                "or --overwrite to start over"
-            )
-        if is_main:
-            shutil.rmtree(checkpoint_dir)
-    if is_main:
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        write_marker(checkpoint_dir, "checkpoints")
-        if not (config.resume and resumable is not None):  # a run starts here: what a resume must match
-            write_run_identity(checkpoint_dir, config.to_dict())
+    if has_checkpoints and not config.resume and not config.overwrite:
+        raise ConfigError(
+            f"checkpoints of an earlier run are in {checkpoint_dir}; pass --resume to continue that run "
+            "or --overwrite to start over"
+        )
+
+
+def _prepare_checkpoint_dir(config: TrainConfig, checkpoint_dir: Path, is_main: bool) -> None:
+    """Once the data is known good: an earlier run's checkpoints go (--overwrite), the folder is made and marked."""
+    if not is_main:
+        return
+    resumable = last_complete_checkpoint(checkpoint_dir)
+    if not config.resume and checkpoint_dir.exists():  # checked by _check_output_dir: ours, and --overwrite given
+        shutil.rmtree(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(checkpoint_dir, "checkpoints")
+    if not (config.resume and resumable is not None):  # a run starts here: what a resume must match
+        write_run_identity(checkpoint_dir, config.to_dict())
 
 
 def _finished_state(checkpoint: Path) -> Any:

@@ -245,9 +245,14 @@ def test_training_stops_on_invalid_data_before_loading_the_model(tiny_llava_qwen
     assert "14 of 16 samples are valid, 2 invalid" in message
     assert "\n  sample 2: image 'images/missing.png' not found" in message
     assert "\n  sample 5: ends with a user turn that has no assistant reply" in message
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out-checkpoints").exists()  # nothing left behind
     result = train(**options, skip_invalid=True)
     assert result.data_summary["samples_skipped"] == 2 and result.samples == 14
+    # bad data with --overwrite: the earlier run's checkpoints are not deleted for a run that cannot start
+    kept = sorted(p.name for p in (tmp_path / "out-checkpoints").iterdir())
+    with pytest.raises(DatasetError):
+        train(**options, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "out-checkpoints").iterdir()) == kept and "checkpoint-1" in kept
 
 
 def test_eval_split_reports_evaluation_loss_and_draws_it(tiny_llava_qwen2, small_data, tmp_path):
