@@ -316,8 +316,13 @@ def _parse_messages(data: dict[str, Any]) -> tuple[list[dict[str, str]], list[st
             text = content
         elif isinstance(content, list):
             text = _blocks_to_text(content, position, inline_images)
-        else:
+        elif content is None:
             raise SampleError(f"message {position} has no 'content' (a string or a list of blocks)")
+        else:
+            raise SampleError(
+                f"message {position} has a 'content' that is a JSON {type(content).__name__} ({content!r:.40}); "
+                "give a string or a list of blocks"
+            )
         turns.append({"role": role, "content": text})
     if inline_images and images:
         raise SampleError("names images both in content blocks and in 'images'; use one of the two")

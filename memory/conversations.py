@@ -192,7 +192,7 @@ class ConversationStore:
                 rows = self._conn.execute(sql, params).fetchall()
                 self._conn.commit()
             except sqlite3.Error as exc:
-                raise StoreError(f"conversation database {self.db_path} failed ({exc}); check disk space") from None
+                raise StoreError(f"conversation database {self.db_path} failed ({exc}); {_advice(exc)}") from None
         return rows
 
     def new_thread(self, title: str = "") -> ThreadInfo:
@@ -297,3 +297,15 @@ class ConversationStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _advice(exc: Exception) -> str:
+    """What to do about a failed statement, by what failed."""
+    text = str(exc).lower()
+    if isinstance(exc, sqlite3.ProgrammingError) and "closed" in text:
+        return "the store was closed (the agent's close() was called); open a new agent to keep chatting"
+    if "locked" in text or "busy" in text:
+        return "another process is writing to it; try again in a moment"
+    if "readonly" in text or "read-only" in text:
+        return "the file or its folder is read-only; make it writable or set data_dir in the config"
+    return "check disk space and that the file is a SQLite database"

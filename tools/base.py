@@ -25,6 +25,7 @@ from agent.core.config import AppConfig
 from agent.core.errors import InputError, LlavaAgentError, ToolError
 from agent.core.model_manager import get_model_manager
 from agent.core.runtime import resolve_device
+from agent.core.untrusted import shortened
 
 PIPELINE_LOAD_LOCK = threading.RLock()
 """Held while a tool imports and builds a diffusers pipeline. diffusers' and transformers' lazy
@@ -67,8 +68,8 @@ class LlavaTool(BaseTool):
             raise ToolException(self.error_message(kwargs, exc)) from exc
 
     def error_message(self, arguments: dict[str, Any], error: Exception) -> str:
-        """The text the model reads when a call fails."""
-        shown = ", ".join(f"{key}={value!r}" for key, value in arguments.items() if value is not None)
+        """The text the model reads when a call fails (long argument values shortened: the model wrote them)."""
+        shown = ", ".join(f"{key}={shortened(repr(value))}" for key, value in arguments.items() if value is not None)
         advice = (
             "Please fix the arguments and try again."
             if isinstance(error, InputError)
@@ -85,7 +86,7 @@ class LlavaTool(BaseTool):
             if kind == "missing":
                 problems.append(f"{field} is missing")
                 continue
-            shown.append(f"{field}={item.get('input')!r}")
+            shown.append(f"{field}={shortened(repr(item.get('input')))}")
             if kind == "extra_forbidden":
                 known = ", ".join(self.args_schema.model_fields) if isinstance(self.args_schema, type) else ""
                 problems.append(f"{field} is not an argument of {self.name} (its arguments: {known})")

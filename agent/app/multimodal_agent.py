@@ -50,6 +50,7 @@ from agent.app.tool_limits import ToolLimitsMiddleware
 from agent.app.vision_chat import ChatModelVision, attach_vision_chat
 from agent.core.config import AppConfig, load_config
 from agent.core.errors import InputError
+from agent.core.untrusted import shortened
 from agent.decoding.tool_protocol import normalise_tool_choice
 from agent.llava.chat_model import ChatLlava
 from memory.conversations import ConversationStore, title_from_message
@@ -119,7 +120,7 @@ class _StopOnFlag(BaseCallbackHandler):
 def tool_error_message(exc: BaseException, request: ToolCallRequest) -> str:
     """How a tool failure is worded for the model, so it can fix the call or choose another tool."""
     name = request.tool_call["name"]
-    args = json.dumps(request.tool_call.get("args", {}), ensure_ascii=False, default=str)
+    args = shortened(json.dumps(request.tool_call.get("args", {}), ensure_ascii=False, default=str))
     logger.warning("tool %s failed: %s", name, exc, exc_info=logger.isEnabledFor(logging.DEBUG))
     return f"Error running {name} with arguments {args}: {exc} Please try again or use another tool."
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from agent.core.errors import ImageError, InputError, PathNotAllowedError, ToolError
 from agent.core.images import open_image_file
 from agent.core.private_files import exclusive_temp, private_dir, write_file_atomically
+from agent.core.untrusted import shortened
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -82,10 +83,7 @@ def check_readable_file(path: str | os.PathLike[str], allowed_dirs: Iterable[str
 
 def _shown(path: str | os.PathLike[str], limit: int = 160) -> str:
     """``path`` quoted for a message, its middle cut when it is very long."""
-    text = str(path)
-    if len(text) > limit:
-        text = f"{text[: limit // 2]}...{text[-limit // 2 :]} ({len(text)} characters)"
-    return repr(text)
+    return repr(shortened(str(path), limit))
 
 
 def _allowed_root(resolved: Path, allowed_dirs: Iterable[str | os.PathLike[str]]) -> Path | None:

@@ -389,7 +389,8 @@ def open_image_file(
             "tools.max_image_pixels"
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        # PIL's "cannot identify image file <_io.BytesIO object at 0x...>" says nothing the user can act on
+        reason = "" if isinstance(exc, UnidentifiedImageError) else f" ({type(exc).__name__}: {exc})"
         raise ImageError(
-            f"file {label!r} is not a readable image in a supported format ({type(exc).__name__}: {exc}); give a "
-            f"{FORMATS_HINT} file"
+            f"file {label!r} is not a readable image in a supported format{reason}; give a {FORMATS_HINT} file"
         ) from None

@@ -154,8 +154,20 @@ def one_line(text: Any, limit: int | None = None) -> str:
     return line if limit is None or len(line) <= limit else line[: limit - 1] + "\u2026"
 
 
+SHOWN_CHARS = 200
+
+
+def shortened(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` with its middle cut when it is longer than ``limit`` (its length said), for error messages
+    that quote what the model wrote: a 6,000-character text to speak is not repeated back whole."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit // 2]}...{text[-limit // 4 :]} ({len(text)} characters)"
+
+
 __all__ = [
     "COMMON_CONTROL_TOKENS",
+    "SHOWN_CHARS",
     "PROTOCOL_TAGS",
     "ROLE_MARKERS",
     "Neutraliser",
@@ -163,4 +175,5 @@ __all__ = [
     "neutraliser_for",
     "one_line",
     "render_untrusted",
+    "shortened",
 ]

@@ -61,3 +61,15 @@ def test_a_thread_resumes_after_the_process_restarts(tmp_path, monkeypatch, caps
     assert main(["threads", "show", first["thread_id"][:4]]) == 0
     shown = capsys.readouterr().out
     assert shown.index("human: My name is Ada.") < shown.index("ai: Ada.")
+
+
+def test_a_closed_store_says_it_is_closed_not_that_the_disk_is_full(tmp_path):
+    from agent.core.errors import StoreError
+    from memory.conversations import ConversationStore
+
+    store = ConversationStore(tmp_path / "conversations.sqlite")
+    store.new_thread("before")
+    store.close()
+    with pytest.raises(StoreError, match=r"the store was closed \(the agent's close\(\) was called\)") as info:
+        store.new_thread("after")
+    assert "disk space" not in str(info.value)

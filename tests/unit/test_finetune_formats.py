@@ -277,6 +277,8 @@ BAD_MESSAGES = [
     ('{"messages": [', "is not valid JSON (Expecting value at column 15)"),
     ({"messages": [{"role": "robot", "content": "x"}]}, "message 0 has unknown role 'robot'; use one of system, user, assistant"),
     ({"messages": [{"role": "user"}]}, "message 0 has no 'content' (a string or a list of blocks)"),
+    ({"messages": [{"role": "user", "content": 5}]},
+     "message 0 has a 'content' that is a JSON int (5); give a string or a list of blocks"),
     (
         {"messages": [{"role": "user", "content": [{"type": "audio"}]}]},
         "message 0 block 0 is {'type': 'audio'}; expected {'type': 'text', 'text': ...} or {'type': 'image'}",

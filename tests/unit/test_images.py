@@ -87,6 +87,17 @@ def test_a_path_no_file_system_takes_is_an_image_error_not_an_os_error(tmp_path)
         check_readable_file(tmp_path / "nope.png", [tmp_path])
 
 
+def test_a_file_that_is_no_image_is_named_without_pil_internals(tmp_path):
+    import io
+
+    from agent.core.images import open_image_file
+
+    with pytest.raises(ImageError) as info:
+        open_image_file(io.BytesIO(b"print('not a picture')\n"), label="notes.py")
+    assert str(info.value).startswith("file 'notes.py' is not a readable image in a supported format; give a")
+    assert "BytesIO" not in str(info.value) and "0x" not in str(info.value)
+
+
 def test_missing_file_names_location(tmp_path):
     with pytest.raises(ImageError, match=r"message 0, block 2: image file .*nope\.png.* does not exist"):
         load_image(str(tmp_path / "nope.png"), location=ImageLocation(0, 2))

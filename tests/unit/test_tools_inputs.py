@@ -56,6 +56,16 @@ def test_generate_bad_prompt_becomes_a_message_for_the_model(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_long_argument_is_not_repeated_whole_in_the_error_the_model_reads(tmp_path):
+    tool = SpeakTool(artifacts_dir=tmp_path, max_chars=100)
+    text = "Once upon a time " * 400
+    message = tool.invoke({"type": "tool_call", "id": "1", "name": "speak", "args": {"text": text}})
+    assert message.status == "error" and "over the limit of 100" in message.content
+    assert len(message.content) < 600 and f"({len(repr(text))} characters)" in message.content
+    schema = tool.invoke({"type": "tool_call", "id": "2", "name": "speak", "args": {"text": text, "speed": "fast"}})
+    assert schema.status == "error" and len(schema.content) < 600  # the schema's message shortens it too
+
+
 def test_tool_raises_when_errors_are_not_handled(tmp_path):
     from langchain_core.tools import ToolException
 
