@@ -12,7 +12,8 @@ with ``save_pretrained`` so that tests load it through the same ``from_pretraine
 take. Sizes respect bitsandbytes' CPU limits (in_features % 64 == 0, out_features % 32 == 0) so
 the 4-bit path runs too.
 
-Run as a script to write both checkpoints to a folder::
+Run as a script to write both checkpoints to a folder (with a 16k-token context there, room for
+the agent's system prompt and tool schemas; the tests' own copies keep 2,048 positions)::
 
     python tests/tiny_models.py ./tiny-models
     llava-agent chat --model ./tiny-models/llava-tiny-qwen2
@@ -127,10 +128,12 @@ def build_tiny_llava(
     initializer_range: float = 0.2,
     seed: int = 0,
     text_overrides: dict | None = None,
+    context: int = 2048,
 ) -> Path:
     """Build, save and return the folder of a tiny random LLaVA checkpoint of one template family.
 
     ``text_overrides``: text-config settings replacing the tiny defaults (e.g. another head layout).
+    ``context``: positions the model and its tokenizer take.
     """
     import torch
     from transformers import (
@@ -163,7 +166,7 @@ def build_tiny_llava(
         pad_token=pad,
         unk_token=unk,
         extra_special_tokens={"image_token": "<image>"},
-        model_max_length=2048,
+        model_max_length=context,
     )
     tokenizer.chat_template = template
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
@@ -175,7 +178,7 @@ def build_tiny_llava(
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=2048,
+        max_position_embeddings=context,
         initializer_range=initializer_range,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -211,16 +214,18 @@ def endless_copy(model: str | Path, output_dir: str | Path) -> Path:
     return output_dir
 
 
-def build_all(output_dir: str | Path) -> dict[str, Path]:
+def build_all(output_dir: str | Path, context: int = 2048) -> dict[str, Path]:
     output_dir = Path(output_dir)
-    return {family: build_tiny_llava(output_dir / f"llava-tiny-{family}", family) for family in FAMILIES}
+    return {family: build_tiny_llava(output_dir / f"llava-tiny-{family}", family, context=context) for family in FAMILIES}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Write tiny random LLaVA checkpoints for offline tries.")
     parser.add_argument("output_dir", type=Path)
+    parser.add_argument("--context", type=int, default=16384,
+                        help="positions the models take (default 16384: the agent's prompt fits)")
     args = parser.parse_args()
-    for family, path in build_all(args.output_dir).items():
+    for family, path in build_all(args.output_dir, context=args.context).items():
         print(f"{family}: {path}")
 
 
