@@ -79,7 +79,7 @@ def step_inventory(llm, context: int) -> dict:
     for name, module in parts.language_model.named_modules():
         if any(part in name for part in SKIPPED_PARTS) or not name:
             continue
-        tensors = [t for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))]
+        tensors = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
         if not tensors:
             continue
         size = sum(t.numel() * t.element_size() for t in tensors)
@@ -90,7 +90,7 @@ def step_inventory(llm, context: int) -> dict:
             layers.append(module)
     config = parts.text_config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    cache_dtype = torch.float32 if loaded.model.dtype == torch.float32 else loaded.model.dtype
+    cache_dtype = loaded.model.dtype
     kv = (config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim * context
           * torch.empty((), dtype=cache_dtype).element_size())
     head_bytes = head.extra_bytes if head.quantized else parts.head.weight.numel() * parts.head.weight.element_size()

@@ -22,6 +22,7 @@ a record raise :class:`SampleError`; :mod:`finetune.validate` collects them for 
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 from collections.abc import Iterable, Iterator
@@ -202,9 +203,9 @@ def _undecoded(feature: Any, datasets: Any) -> Any:
     if inner is not None and hasattr(datasets, type(feature).__name__):  # List / Sequence / LargeList
         changed = _undecoded(inner, datasets)
         if changed != inner:
-            copy = __import__("copy").copy(feature)
-            copy.feature = changed
-            return copy
+            rebuilt = copy.copy(feature)
+            rebuilt.feature = changed
+            return rebuilt
     return feature
 
 
