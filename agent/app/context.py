@@ -10,10 +10,17 @@ Two rules, applied before every model call of the agent (the stored thread is ne
   whole (a turn starts at a user message, so a tool call is never separated from its result)
   and a short note listing what the user asked in them is added, as a delimited block of inert
   lines, to the latest user message (never to the system message: quoted text is data).
+  Text is counted with the model's tokenizer when it has one (``get_token_ids``), the tool
+  schemas and the system prompt included. The model's own count of the rendered prompt has the
+  last word: when it says the prompt is still too long (:class:`ContextLengthError` with
+  ``over_by``), that many more tokens of old turns are left out and the call is made again. Only
+  a latest turn that alone does not fit is an error.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -21,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from langchain.agents.middleware import AgentMiddleware
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
+from agent.core.errors import ContextLengthError
 from agent.core.images import earlier_image_reference
 from memory.context_notes import TRIMMED_TURNS_FOOTER, TRIMMED_TURNS_HEADER, context_block, with_context_block
 
@@ -31,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 IMAGE_TOKENS = 600
 """Tokens one image is assumed to take when estimating (LLaVA-1.5: 576 patch tokens)."""
+MESSAGE_OVERHEAD_TOKENS = 8
+"""Tokens a chat template adds around one message or tool call (role markers, separators, tags)."""
+MAX_REFITS = 8
+"""How many times a call the model's own count may make the policy leave out more turns."""
 
 CAPTION_TOOL = "caption_image"
 _IMAGE_ARG_NAMES = ("image", "image_path", "path")
@@ -109,20 +121,50 @@ def apply_image_policy(
     return out
 
 
-def estimate_tokens(message: BaseMessage, image_tokens: int = IMAGE_TOKENS) -> int:
-    """A cheap token estimate: about three characters per token, ``image_tokens`` per image."""
-    total = 4
+def rough_text_tokens(text: str) -> int:
+    """Tokens ``text`` may take when no tokenizer is at hand: generous, so a prompt is not cut short.
+
+    About three ASCII characters per token; two tokens per other character (CJK text takes about
+    two tokens a character in English-centred vocabularies).
+    """
+    ascii_chars = sum(1 for ch in text if ch < "\x80")
+    return ascii_chars // 3 + 2 * (len(text) - ascii_chars) + 1
+
+
+def estimate_tokens(
+    message: BaseMessage, image_tokens: int = IMAGE_TOKENS, count_text: Callable[[str], int] = rough_text_tokens
+) -> int:
+    """Tokens ``message`` takes in a prompt: its text counted by ``count_text``, ``image_tokens`` per
+    image, plus what the chat template adds around a message and a tool call."""
+    total = MESSAGE_OVERHEAD_TOKENS
     content = message.content
     parts = [content] if isinstance(content, str) else content
     for part in parts:
         if isinstance(part, str):
-            total += len(part) // 3 + 1
+            total += count_text(part)
         elif is_image_block(part):
             total += image_tokens
         elif isinstance(part, dict):
-            total += len(str(part.get("text", ""))) // 3 + 1
+            total += count_text(str(part.get("text", "")))
     if isinstance(message, AIMessage):
-        total += sum(len(str(call.get("args", ""))) // 3 + 8 for call in message.tool_calls)
+        total += sum(
+            count_text(json.dumps({"name": call.get("name"), "arguments": call.get("args")}, ensure_ascii=False))
+            + MESSAGE_OVERHEAD_TOKENS
+            for call in message.tool_calls
+        )
+    return total
+
+
+def tools_tokens(tools: Sequence[Any], count_text: Callable[[str], int] = rough_text_tokens) -> int:
+    """Tokens the tool schemas take in the system prompt."""
+    if not tools:
+        return 0
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    total = MESSAGE_OVERHEAD_TOKENS
+    for tool in tools:
+        schema = tool if isinstance(tool, dict) else convert_to_openai_tool(tool)
+        total += count_text(json.dumps(schema, ensure_ascii=False)) + MESSAGE_OVERHEAD_TOKENS
     return total
 
 
@@ -151,14 +193,18 @@ def fit_to_context(
     sizes = [count(m) for m in messages]
     if sum(sizes) <= budget:
         return list(messages), None
+    note_budget = max(budget // 10, 128)  # the note takes a tenth (at least a few lines); the kept turns the rest
     starts = _turn_starts(messages)
     keep_from = starts[-1]
     for start in reversed(starts):
-        if sum(sizes[start:]) > budget:
+        if sum(sizes[start:]) > budget - note_budget:
             break
         keep_from = start
-    dropped = [m for m in messages[:keep_from] if isinstance(m, HumanMessage)]
-    note = context_block(NOTE_HEADER, [_first_words(m) for m in dropped[-10:]], TRIMMED_TURNS_FOOTER)
+    asked = [_first_words(m) for m in messages[:keep_from] if isinstance(m, HumanMessage)][-10:]
+    note = context_block(NOTE_HEADER, asked, TRIMMED_TURNS_FOOTER)
+    while asked and count(HumanMessage(note)) > note_budget:  # the newest questions are the ones worth naming
+        asked = asked[1:]
+        note = context_block(NOTE_HEADER, asked, TRIMMED_TURNS_FOOTER)
     logger.info("context: left out %d of %d messages to fit %d tokens", keep_from, len(messages), budget)
     return list(messages[keep_from:]), note
 
@@ -173,9 +219,15 @@ class ContextPolicyMiddleware(AgentMiddleware):
         max_tokens: int | Callable[[], int],
         reserved_tokens: int = 0,
         image_tokens: int | Callable[[], int] = IMAGE_TOKENS,
+        count_text: Callable[[str], int] = rough_text_tokens,
     ) -> None:
-        """Limits may be callables, read on the first model call (so a model loads only when used)."""
+        """Limits may be callables, read on the first model call (so a model loads only when used).
+
+        ``count_text`` counts the tokens of a text, best with the model's own tokenizer; counts are
+        cached, so a long thread is not tokenized again on every call.
+        """
         super().__init__()
+        self._count_text = functools.lru_cache(maxsize=8192)(count_text)
         self._max_images = max_images
         self._max_tokens = max_tokens
         self._image_tokens = image_tokens
@@ -200,24 +252,59 @@ class ContextPolicyMiddleware(AgentMiddleware):
         return self._max_tokens
 
     def prepare(self, request: ModelRequest) -> ModelRequest:
+        """The request as the model gets it."""
+        return self._fit(request)[0]
+
+    def _fit(self, request: ModelRequest, max_tokens: int | None = None) -> tuple[ModelRequest, bool, int]:
+        """The request as the model gets it, whether earlier turns are left that could still go, and
+        its estimated size with the reply's budget (``max_tokens`` caps the context below the model's)."""
         messages = apply_image_policy(request.messages, self.max_images)
         image_tokens = self.image_tokens
-        system_tokens = estimate_tokens(request.system_message) if request.system_message else 0
-        messages, note = fit_to_context(
-            messages,
-            self.max_tokens,
-            reserved_tokens=self.reserved_tokens + system_tokens,
-            count=lambda message: estimate_tokens(message, image_tokens),
-        )
-        if note:  # quoted user text is data: a delimited block in the latest user message, not the system prompt
+        count_text = self._count_text
 
+        def count(message: BaseMessage) -> int:
+            return estimate_tokens(message, image_tokens, count_text)
+
+        reserved = self.reserved_tokens + tools_tokens(request.tools, count_text)
+        if request.system_message:
+            reserved += count(request.system_message)
+        limit = self.max_tokens if max_tokens is None else min(max_tokens, self.max_tokens)
+        messages, note = fit_to_context(messages, limit, reserved_tokens=reserved, count=count)
+        more_to_drop = len(_turn_starts(messages)) > 1
+        if note:  # quoted user text is data: a delimited block in the latest user message, not the system prompt
             messages = with_context_block(messages, note)
-        return request.override(messages=messages)
+        return request.override(messages=messages), more_to_drop, reserved + sum(count(m) for m in messages)
+
+    @staticmethod
+    def _refit(exc: ContextLengthError, more_to_drop: bool, estimated: int, attempt: int) -> int:
+        """After the model's own count said the prompt is too long: the smaller context to fit it in."""
+        if exc.over_by is None or attempt >= MAX_REFITS:
+            raise exc
+        if not more_to_drop:
+            raise ContextLengthError(
+                f"the latest message does not fit even with every earlier turn left out: {exc}", over_by=exc.over_by
+            ) from None
+        logger.info("context: the model counted %d tokens too many; leaving out more turns", exc.over_by)
+        return estimated - exc.over_by
 
     def wrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
     ) -> ModelResponse:
-        return handler(self.prepare(request))
+        cap, attempt = None, 0
+        while True:
+            prepared, more_to_drop, estimated = self._fit(request, cap)
+            try:
+                return handler(prepared)
+            except ContextLengthError as exc:  # raised before any token: trying again repeats nothing
+                cap = self._refit(exc, more_to_drop, estimated, attempt)
+                attempt += 1
 
     async def awrap_model_call(self, request: ModelRequest, handler: Any) -> ModelResponse:
-        return await handler(self.prepare(request))
+        cap, attempt = None, 0
+        while True:
+            prepared, more_to_drop, estimated = self._fit(request, cap)
+            try:
+                return await handler(prepared)
+            except ContextLengthError as exc:
+                cap = self._refit(exc, more_to_drop, estimated, attempt)
+                attempt += 1

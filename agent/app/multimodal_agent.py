@@ -33,7 +33,7 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.errors import GraphRecursionError
 
 from agent.app.attachments import attachments_folder, build_user_message, save_attachment
-from agent.app.context import IMAGE_TOKENS, ContextPolicyMiddleware
+from agent.app.context import IMAGE_TOKENS, ContextPolicyMiddleware, rough_text_tokens
 from agent.app.events import (
     AgentEvent,
     AgentReply,
@@ -162,6 +162,19 @@ def _model_context_tokens(model: Any, config: AppConfig) -> int:
     return value if isinstance(value, int) and value > 0 else DEFAULT_CONTEXT_TOKENS
 
 
+def _text_token_counter(model: Any) -> Callable[[str], int]:
+    """Counts a text's tokens with the model's own tokenizer, when the model says it has one.
+
+    LangChain's base ``get_token_ids`` would fetch a GPT-2 tokenizer from the hub; a model that does
+    not override it is counted with the generous offline estimate instead.
+    """
+    from langchain_core.language_models import BaseLanguageModel
+
+    if getattr(type(model), "get_token_ids", BaseLanguageModel.get_token_ids) is BaseLanguageModel.get_token_ids:
+        return rough_text_tokens
+    return lambda text: len(model.get_token_ids(text))
+
+
 def _model_image_tokens(model: Any) -> int:
     """Tokens one image takes in the model's prompt (``image_seq_length`` of a LLaVA config)."""
 
@@ -241,6 +254,7 @@ class MultimodalAgent:
                 max_images=lambda: _model_max_images(model, self.config),
                 max_tokens=lambda: _model_context_tokens(model, self.config),
                 image_tokens=lambda: _model_image_tokens(model),
+                count_text=_text_token_counter(model),
                 reserved_tokens=reserved if isinstance(reserved, int) else 512,
             )
         )
@@ -394,6 +408,7 @@ class MultimodalAgent:
             "callbacks": [_StopOnFlag(stop), *callbacks],
         }
         collector = TurnCollector(thread_id)
+        before = set() if created else self._message_ids(run_config)
         with self._stop_lock:
             self._active_stops.add(stop)
         # durability="exit": the turn is written once, when it ends (also when stopped or limited).
@@ -427,6 +442,8 @@ class MultimodalAgent:
         except Exception:
             if created:  # the caller never learns this thread's id: a failed first turn leaves no thread behind
                 self.conversations.delete(thread_id)
+            else:  # a failed turn leaves the thread as it was: no unanswered message to grow every later prompt
+                self._drop_turn(run_config, before)
             raise
         finally:
             parts.close()
@@ -436,6 +453,21 @@ class MultimodalAgent:
         if collector.limit_reached or collector.stopped:
             self._close_turn(run_config, text if collector.limit_reached else "".join(collector.tokens))
         yield ReplyEvent(collector.reply(text))
+
+    def _message_ids(self, run_config: dict[str, Any]) -> set[str]:
+        return {m.id for m in self.graph.get_state(run_config).values.get("messages", []) if m.id}
+
+    def _drop_turn(self, run_config: dict[str, Any], before: set[str]) -> None:
+        """Remove what a failed turn added to its thread (its user message, calls and results)."""
+        from langchain_core.messages import RemoveMessage
+
+        try:
+            messages = self.graph.get_state(run_config).values.get("messages", [])
+            added = [RemoveMessage(id=m.id) for m in messages if m.id and m.id not in before]
+            if added:
+                self.graph.update_state(run_config, {"messages": added}, as_node="model")
+        except Exception as exc:  # noqa: BLE001 - the turn's own error is the one to report
+            logger.warning("could not remove the failed turn from thread %s: %s", run_config["configurable"], exc)
 
     def _close_turn(self, run_config: dict[str, Any], text: str) -> None:
         """Leave the thread well formed after an interrupted turn: no unanswered tool calls."""

@@ -45,7 +45,24 @@ class PathNotAllowedError(InputError, PermissionError):
 
 
 class ContextLengthError(InputError):
-    """A prompt does not fit in the model's context window."""
+    """A prompt does not fit in the model's context window.
+
+    ``over_by`` is how many tokens too many the prompt and the reply budget are together, when
+    the model counted them (a caller can then leave out that much and try again).
+    """
+
+    def __init__(self, message: str, *, over_by: int | None = None) -> None:
+        super().__init__(message)
+        self.over_by = over_by
+
+    @classmethod
+    def counted(cls, prompt_tokens: int, max_new_tokens: int, limit: int) -> ContextLengthError:
+        """The error for a prompt of ``prompt_tokens`` that, with ``max_new_tokens``, is over ``limit``."""
+        return cls(
+            f"the prompt is {prompt_tokens} tokens and max_new_tokens is {max_new_tokens}, together over the "
+            f"model's context of {limit} tokens; shorten the messages (or send fewer images) or lower max_new_tokens",
+            over_by=prompt_tokens + max_new_tokens - limit,
+        )
 
 
 class ToolError(LlavaAgentError, RuntimeError):

@@ -257,10 +257,7 @@ def stream_batch(
             prompt_tokens = int(rendered.encode(loaded.processor)["input_ids"].shape[1])  # as a single request counts
             limit = loaded.context_length
             if limit is not None and prompt_tokens + max_new > limit:
-                yield index, ContextLengthError(
-                    f"the prompt is {prompt_tokens} tokens and max_new_tokens is {max_new}, together over the "
-                    f"model's context of {limit} tokens; shorten the conversation or lower max_new_tokens"
-                )
+                yield index, ContextLengthError.counted(prompt_tokens, max_new, limit)
                 continue
             deadline = time.monotonic() + request.timeout if request.timeout else None
             stops = [s for s in (request.stop if request.stop is not None else llm.stop) or [] if s]

@@ -265,6 +265,10 @@ class ChatLlava(BaseChatModel):
         """How many images one prompt keeps as pixels (``max_images`` or the model's capability)."""
         return self.max_images if self.max_images is not None else image_capacity(self.loaded.config)
 
+    def get_token_ids(self, text: str) -> list[int]:
+        """The model's own token ids for ``text`` (LangChain's ``get_num_tokens`` counts with these)."""
+        return list(self.loaded.tokenizer.encode(text, add_special_tokens=False))
+
     # ----- tools ------------------------------------------------------------------------------
 
     def bind_tools(
@@ -392,11 +396,7 @@ class ChatLlava(BaseChatModel):
             prompt_tokens = int(inputs["input_ids"].shape[1])
             limit = loaded.context_length
             if limit is not None and prompt_tokens + options["max_new_tokens"] > limit:
-                raise ContextLengthError(
-                    f"the prompt is {prompt_tokens} tokens and max_new_tokens is {options['max_new_tokens']}, "
-                    f"together over the model's context of {limit} tokens; shorten the conversation (or send "
-                    "fewer images) or lower max_new_tokens"
-                )
+                raise ContextLengthError.counted(prompt_tokens, options["max_new_tokens"], limit)
             constraint_processor = None
             hold_back: list[str] = []
             if response_format is not None:  # the whole reply is JSON valid for the schema

@@ -170,3 +170,20 @@ def test_cli_ask_end_to_end(tmp_path, fixed_workdir, tiny_llava_qwen2, tool_mode
 
     assert main(["--config", str(config_path), "threads", "show", payload["thread_id"]]) == 0
     assert "human: Say hello." in capsys.readouterr().out
+
+
+def test_a_thread_in_chinese_keeps_fitting_the_context(tmp_path, tiny_llava_qwen2, tool_model_paths):
+    """Text the tiny tokenizer spends about three tokens a character on: counted with the model's tokenizer."""
+    settings = agent_settings(tmp_path / "data", tiny_llava_qwen2, tool_model_paths)
+    settings["tools"]["enabled"] = []
+    settings["agent"]["routing"] = "model"
+    settings["model"]["max_new_tokens"] = 16
+    agent = MultimodalAgent.from_config(load_config(settings, environ={}))
+    message = "请描述一下这张图片里的颜色和形状，" * 8  # 136 characters
+    tokens = agent.model.get_num_tokens(message)
+    assert tokens == len(agent.model.loaded.tokenizer.encode(message, add_special_tokens=False)) > 300
+    thread = None
+    for index in range(4):  # together far over the 2,048-token context
+        thread = agent.chat(f"{index}: {message}", thread_id=thread).thread_id
+    history = agent.history(thread)
+    assert len(history) == 8 and [m.text[:2] for m in history[::2]] == ["0:", "1:", "2:", "3:"]

@@ -12,6 +12,7 @@ from agent.app.context import (
     collect_captions,
     estimate_tokens,
     fit_to_context,
+    rough_text_tokens,
 )
 
 
@@ -94,10 +95,25 @@ def test_fitting_drops_whole_old_turns_and_notes_them():
         ]
     messages, note = fit_to_context(long_thread, 800)
     assert isinstance(messages[0], HumanMessage), "a kept part starts at a user turn"
-    assert sum(estimate_tokens(m) for m in messages) <= 800
+    assert sum(estimate_tokens(m) for m in messages) + estimate_tokens(HumanMessage(note)) <= 800, "the note fits too"
     assert len(messages) % 4 == 0 and messages == long_thread[-len(messages):]
-    assert note is not None and note.startswith(NOTE_HEADER) and "question 0" in note
-    assert f"question {9 - len(messages) // 4}" in note
+    assert note is not None and note.startswith(NOTE_HEADER)
+    assert f"question {9 - len(messages) // 4}" in note, "the newest left-out question is named"
+    messages, note = fit_to_context([HumanMessage(f"question {i} " + "x" * 3000) for i in range(10)], 6000)
+    assert 1 < len(messages) < 10 and "question 0" in note, "with room, every left-out question is named"
+
+
+def test_the_note_stays_small_when_the_left_out_questions_are_long_in_tokens():
+    thread = [m for i in range(12) for m in (HumanMessage(f"{i} " + "请描述这张图片" * 40), AIMessage("好"))]
+    thread.append(HumanMessage("最后"))
+    messages, note = fit_to_context(thread, 1000)
+    assert estimate_tokens(HumanMessage(note)) <= 128 and note.startswith(NOTE_HEADER)
+    assert sum(estimate_tokens(m) for m in messages) + estimate_tokens(HumanMessage(note)) <= 1000
+
+
+def test_text_without_a_tokenizer_is_counted_generously():
+    assert rough_text_tokens("draw a lighthouse at dusk") == 9
+    assert rough_text_tokens("请描述这张图片") == 15, "two tokens a character outside ASCII"
 
 
 def test_the_latest_turn_is_kept_even_when_too_long():

@@ -19,7 +19,7 @@ from agent.app.multimodal_agent import (
     ToolResultEvent,
 )
 from agent.core.config import load_config
-from agent.core.errors import ImageError, InputError
+from agent.core.errors import ContextLengthError, ImageError, InputError
 from tests.scripted_chat_model import ScriptedChatModel, tool_call
 
 
@@ -303,7 +303,7 @@ def test_tool_choice_must_name_a_tool(config):
 
 
 def test_long_threads_are_trimmed_to_the_context(config):
-    config["memory"] = {"max_context_tokens": 1300}
+    config["memory"] = {"max_context_tokens": 1700}
     agent, model = make_agent(config, [f"answer {i} " + "y" * 200 for i in range(8)], tools=[add])
     thread = None
     for index in range(8):
@@ -313,8 +313,65 @@ def test_long_threads_are_trimmed_to_the_context(config):
     assert 4 < len(last_call) < 16 and last_call[1].text.startswith("question"), "whole old turns dropped"
     note, question = last_call[-1].content[0]["text"], last_call[-1].content[-1]["text"]
     assert question.startswith("question 7")
-    assert "Earlier turns were left out" in note and "- question 0" in note
+    newest_left_out = asked_numbers(last_call)[0] - 1
+    assert "Earlier turns were left out" in note and f"- question {newest_left_out}" in note
     assert "Earlier turns were left out" not in last_call[0].text, "quoted user text never enters the system prompt"
+
+
+def asked_numbers(call) -> list[int]:
+    """The numbers of the ``question N`` user messages a model call was given."""
+    texts = [m.content if isinstance(m.content, str) else m.content[-1]["text"] for m in call if isinstance(m, HumanMessage)]
+    return [int(text.split()[1]) for text in texts]
+
+
+def counting_model_reply(limit: int):
+    """A reply that, like ChatLlava, counts the prompt itself (here: one token a character) and refuses one over ``limit``."""
+
+    def reply(messages) -> str:
+        prompt_tokens = sum(len(m.text) for m in messages)
+        if prompt_tokens > limit:
+            raise ContextLengthError.counted(prompt_tokens, 0, limit)
+        return f"answer to a prompt of {prompt_tokens} characters"
+
+    return reply
+
+
+def test_when_the_model_counts_more_tokens_older_turns_go_until_the_call_fits(config):
+    # the policy's own estimate says everything fits (a huge max_context_tokens): only the model's count trims
+    config["memory"] = {"max_context_tokens": 1_000_000}
+    agent, model = make_agent(config, [counting_model_reply(2500)], tools=[add])
+    thread = None
+    for index in range(6):
+        thread = agent.chat(f"question {index} " + "x" * 400, thread_id=thread).thread_id
+    assert len(agent.history(thread)) == 12, "every turn was answered and stored"
+    last_call = model.calls[-1]
+    assert sum(len(m.text) for m in last_call) <= 2500
+    assert last_call[-1].content[-1]["text"].startswith("question 5")
+    newest_left_out = asked_numbers(last_call)[0] - 1
+    assert f"- question {newest_left_out}" in last_call[-1].content[0]["text"], "the left-out turns are noted"
+
+
+def test_a_latest_message_too_long_alone_fails_and_leaves_the_thread_as_it_was(config):
+    config["memory"] = {"max_context_tokens": 1_000_000}
+    agent, model = make_agent(config, [counting_model_reply(2500)], tools=[add])
+    thread = agent.chat("hello").thread_id
+    before = [(type(m), m.text) for m in agent.history(thread)]
+    with pytest.raises(ContextLengthError, match="latest message does not fit even with every earlier turn left out"):
+        agent.chat("z" * 5000, thread_id=thread)
+    assert [(type(m), m.text) for m in agent.history(thread)] == before, "no unanswered message is kept"
+    assert agent.chat("and now a short one", thread_id=thread).text.startswith("answer")
+    assert len(agent.history(thread)) == 4
+
+
+def test_a_failed_turn_after_a_tool_ran_leaves_the_thread_as_it_was(config):
+    def fail(messages):
+        raise RuntimeError("the model's device went away")
+
+    agent, model = make_agent(config, ["hi", AIMessage("", tool_calls=[tool_call("add", {"a": 1, "b": 2})]), fail])
+    thread = agent.chat("hello").thread_id
+    with pytest.raises(RuntimeError, match="device went away"):
+        agent.chat("what is 1 + 2?", thread_id=thread)
+    assert [m.text for m in agent.history(thread)] == ["hello", "hi"]
 
 
 def test_abandoning_a_stream_stops_the_turn_and_keeps_the_thread(config):

@@ -123,6 +123,7 @@ class _Request:
     def __init__(self, messages, system_message=None):
         self.messages = messages
         self.system_message = system_message
+        self.tools = []
 
     def override(self, **changes):
         return _Request(changes.get("messages", self.messages), changes.get("system_message", self.system_message))
