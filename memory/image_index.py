@@ -4,13 +4,17 @@
 stored, so new files are added, changed files re-embedded, deleted files removed, and unchanged
 files (same size and modification time, or same hash) cost nothing. Images are embedded in
 batches with a progress bar while the next batch is read from disk; unreadable files are
-skipped and listed in the returned :class:`IndexReport`.
+skipped and listed in the returned :class:`IndexReport`. With a captioner, indexed images that
+have no caption yet are captioned too, keeping their embeddings.
 
 The CLIP model that built a collection is stored in its metadata: its id and its fingerprint
 (:func:`agent.core.model_manager.model_fingerprint`, which changes when a folder's weights
-change, e.g. after ``llava-agent finetune clip`` wrote into it again). Indexing into or querying
-a collection with another model is refused with a message saying which model built it and how
-to rebuild it: :meth:`ImageIndex.reindex` (``llava-agent index --reindex``) re-embeds every
+change, e.g. after ``llava-agent finetune clip`` wrote into it again). The fingerprint decides
+whether a model is the one that built the collection, so ``./clip``, ``clip/`` and the folder's
+absolute path are one model; a collection from before fingerprints were kept is trusted by the
+model it names. Indexing into or querying a collection with another model is refused with a
+message saying which model built it and how to rebuild it: :meth:`ImageIndex.reindex`
+(``llava-agent index --reindex``) re-embeds every
 indexed image with the current model into a side collection, batch by batch (an interrupted
 rebuild resumes where it stopped; captions are kept), then swaps it in.
 """
@@ -36,6 +40,7 @@ from agent.core.images import is_image_path, open_image_file
 from agent.core.model_manager import ModelManager, model_fingerprint
 from memory.chroma import acquire_writer_lock, open_chroma_client, release_writer_lock
 from memory.embedders import ClipEmbedder, clip_embedding_function
+from memory.index_captions import caption_each, store_captions
 
 if TYPE_CHECKING:
     import numpy as np
@@ -56,6 +61,12 @@ class SkippedFile:
     reason: str
 
 
+def _not_captioned(path: str, reason: str, folder: str) -> SkippedFile:
+    """The report's entry for an image that stays indexed without a caption, saying how to retry."""
+    return SkippedFile(path, f"{reason}; it stays indexed without a caption: run `llava-agent index {folder} "
+                             "--captions` again to caption it")
+
+
 @dataclass
 class IndexReport:
     """What one :func:`index_images` run did; counts are numbers of files."""
@@ -67,6 +78,9 @@ class IndexReport:
     unchanged: int = 0
     skipped: list[SkippedFile] = field(default_factory=list)
     seconds: float = 0.0
+    captioning: bool = False  # whether a captioner was given
+    captioned: int = 0  # images given a caption, new or indexed earlier without one
+    uncaptioned: list[SkippedFile] = field(default_factory=list)  # indexed, but their caption failed
 
     @property
     def embedded(self) -> int:
@@ -75,9 +89,12 @@ class IndexReport:
     def summary(self) -> str:
         text = (
             f"{self.folder}: {self.added} added, {self.updated} updated, {self.removed} removed, "
-            f"{self.unchanged} unchanged, {len(self.skipped)} skipped in {self.seconds:.1f} s"
+            f"{self.unchanged} unchanged, {len(self.skipped)} skipped"
+            + (f", {self.captioned} captioned" if self.captioning else "")
+            + f" in {self.seconds:.1f} s"
         )
-        return text + "".join(f"\n  skipped {s.path}: {s.reason}" for s in self.skipped)
+        return (text + "".join(f"\n  skipped {s.path}: {s.reason}" for s in self.skipped)
+                + "".join(f"\n  not captioned {s.path}: {s.reason}" for s in self.uncaptioned))
 
 
 @dataclass(frozen=True)
@@ -87,6 +104,16 @@ class ImageHit:
     path: str
     score: float
     caption: str | None = None
+
+
+def same_model_name(first: str, second: str) -> bool:
+    """Whether two ``clip_model`` settings name one model: the same id, or paths to the same folder."""
+    if first == second:
+        return True
+    one, two = Path(first).expanduser(), Path(second).expanduser()
+    if one.is_dir() and two.is_dir():
+        return os.path.samefile(one, two)
+    return os.path.normpath(one) == os.path.normpath(two)
 
 
 def file_sha256(path: Path) -> str:
@@ -198,12 +225,20 @@ class ImageIndex:
             self._collection = collection
         return self._collection
 
+    def _built_with_this_model(self, metadata: dict[str, Any]) -> bool:
+        """Whether a collection's metadata names this index's CLIP weights (by fingerprint, not by name)."""
+        stored, stored_print = metadata.get("clip_model"), metadata.get("clip_fingerprint")
+        if stored_print is not None:
+            return stored_print == self.clip_fingerprint
+        # a collection from before fingerprints were kept is trusted by the model it names
+        return isinstance(stored, str) and same_model_name(stored, self.clip_model)
+
     def _check_model(self, collection: Collection) -> None:
         metadata = collection.metadata or {}
-        stored, stored_print = metadata.get("clip_model"), metadata.get("clip_fingerprint")
-        if stored == self.clip_model and stored_print in (None, self.clip_fingerprint):
-            return  # an index from before fingerprints were kept is trusted by its model id
-        if stored == self.clip_model:
+        if self._built_with_this_model(metadata):
+            return
+        stored = metadata.get("clip_model")
+        if isinstance(stored, str) and same_model_name(stored, self.clip_model):
             what = f"an earlier version of CLIP model {stored!r} (its weights have changed since)"
         else:
             what = f"CLIP model {stored!r}, not {self.clip_model!r}"
@@ -223,10 +258,13 @@ class ImageIndex:
     ) -> IndexReport:
         """Bring the collection up to date with the images under ``folder`` (recursively).
 
-        ``captioner`` (e.g. a :class:`tools.caption.CaptionImageTool`) stores a caption per image.
-        An entry that cannot be read (a broken or looping symlink, an unreadable or undecodable file)
-        is skipped and listed in the report; it never ends the run. The store's writer lock is held
-        for this run only.
+        ``captioner`` (e.g. a :class:`tools.caption.CaptionImageTool`) stores a caption per image,
+        also for images indexed earlier without one (their embeddings are kept, not recomputed).
+        An image the captioner fails on stays indexed without a caption and is listed in the
+        report's ``uncaptioned``; a caption model that cannot load ends the run, after the
+        embeddings of the batch at hand are written. An entry that cannot be read (a broken or
+        looping symlink, an unreadable or undecodable file) is skipped and listed in the report;
+        it never ends the run. The store's writer lock is held for this run only.
         """
         held = self._writer
         try:
@@ -249,16 +287,21 @@ class ImageIndex:
         if not root.is_dir():
             raise InputError(f"{str(folder)!r} is not a folder; give the folder of images to index")
         collection = self._open_collection(write=True)
-        report = IndexReport(folder=str(root))
+        report = IndexReport(folder=str(root), captioning=captioner is not None)
 
         existing: dict[str, dict[str, Any]] = {}
-        stored = collection.get(include=["metadatas"])
+        with_caption: set[str] = set()
+        stored = collection.get(include=["metadatas", "documents"] if captioner is not None else ["metadatas"])
         prefix = str(root) + os.sep
-        for item_id, metadata in zip(stored["ids"], stored["metadatas"] or [], strict=False):
+        documents = stored.get("documents") or [None] * len(stored["ids"])
+        for item_id, metadata, document in zip(stored["ids"], stored["metadatas"] or [], documents, strict=False):
             if item_id.startswith(prefix):
                 existing[item_id] = dict(metadata or {})
+                if document and document.strip():
+                    with_caption.add(item_id)
 
         to_embed: list[tuple[Path, dict[str, Any]]] = []
+        to_caption: list[tuple[Path, dict[str, Any]]] = []  # indexed and unchanged, without a caption yet
         seen: set[str] = set()
         for path in sorted(p for p in root.rglob("*") if is_image_path(p)):
             try:
@@ -272,8 +315,11 @@ class ImageIndex:
             item_id = str(path)  # the path inside the folder; a symlink keeps its own name
             seen.add(item_id)
             old = existing.get(item_id)
+            wants_caption = captioner is not None and item_id not in with_caption
             if old and old.get("size") == stat.st_size and old.get("mtime_ns") == stat.st_mtime_ns:
                 report.unchanged += 1
+                if wants_caption:
+                    to_caption.append((resolved, {"path": item_id}))
                 continue
             if stat.st_size == 0:
                 report.skipped.append(SkippedFile(item_id, "empty file (0 bytes)"))
@@ -283,6 +329,8 @@ class ImageIndex:
             if old and old.get("sha256") == metadata["sha256"]:
                 collection.update(ids=[item_id], metadatas=[{**old, **metadata}])
                 report.unchanged += 1
+                if wants_caption:
+                    to_caption.append((resolved, {"path": item_id}))
                 continue
             to_embed.append((resolved, {**metadata, "_new": old is None}))
 
@@ -291,25 +339,13 @@ class ImageIndex:
             collection.delete(ids=removed[start : start + 1000])
         report.removed = len(removed)
 
-        def read_batch(batch: Sequence[tuple[Path, dict[str, Any]]]) -> list[tuple[Any, dict[str, Any] | str]]:
-            out: list[tuple[Any, dict[str, Any] | str]] = []
-            for resolved, metadata in batch:
-                try:
-                    picture = open_allowed_image(
-                        resolved, self.allowed_dirs, self.max_image_pixels, label=metadata["path"]
-                    )
-                    out.append((picture, metadata))
-                except (LlavaAgentError, OSError, ValueError) as exc:
-                    out.append((None, str(exc)))
-            return out
-
         batches = [to_embed[i : i + batch_size] for i in range(0, len(to_embed), batch_size)]
         bar = tqdm(total=len(to_embed), desc="Indexing images", unit="img", disable=not progress or not to_embed)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-reader") as reader:
-            pending = reader.submit(read_batch, batches[0]) if batches else None
+            pending = reader.submit(self._read_batch, batches[0]) if batches else None
             for number in range(len(batches)):
                 loaded = pending.result()
-                pending = reader.submit(read_batch, batches[number + 1]) if number + 1 < len(batches) else None
+                pending = reader.submit(self._read_batch, batches[number + 1]) if number + 1 < len(batches) else None
                 images, metadatas = [], []
                 for (_resolved, original), (image, metadata) in zip(batches[number], loaded, strict=True):
                     if image is None:
@@ -324,22 +360,67 @@ class ImageIndex:
                     self._store_batch(collection, images, metadatas, captioner, report)
                 bar.update(len(batches[number]))
         bar.close()
+        if to_caption:
+            self._caption_indexed(collection, to_caption, captioner, report, batch_size=batch_size, progress=progress)
         report.seconds = time.perf_counter() - started
         logger.info("Indexed %s", report.summary())
         return report
 
+    def _read_batch(self, batch: Sequence[tuple[Path, dict[str, Any]]]) -> list[tuple[Any, dict[str, Any] | str]]:
+        """Each file's image and metadata, or ``None`` and why it could not be read."""
+        out: list[tuple[Any, dict[str, Any] | str]] = []
+        for resolved, metadata in batch:
+            try:
+                picture = open_allowed_image(resolved, self.allowed_dirs, self.max_image_pixels, label=metadata["path"])
+                out.append((picture, metadata))
+            except (LlavaAgentError, OSError, ValueError) as exc:
+                out.append((None, str(exc)))
+        return out
+
     def _store_batch(self, collection: Collection, images: list[Any], metadatas: list[dict[str, Any]],
                      captioner: Any, report: IndexReport) -> None:
         vectors = self.embedder.embed_images(images, batch_size=len(images))
-        captions = captioner.caption_images(images) if captioner is not None else [""] * len(images)
-        for metadata in metadatas:
-            if metadata.pop("_new"):
-                report.added += 1
-            else:
-                report.updated += 1
-        collection.upsert(
-            ids=[m["path"] for m in metadatas], embeddings=vectors, metadatas=metadatas, documents=captions
-        )
+        captions = [""] * len(images)
+        try:
+            if captioner is not None:
+                captions = self._caption(captioner, images, [m["path"] for m in metadatas], report)
+        finally:  # the embeddings are written even when the caption model cannot run
+            for metadata in metadatas:
+                if metadata.pop("_new"):
+                    report.added += 1
+                else:
+                    report.updated += 1
+            collection.upsert(
+                ids=[m["path"] for m in metadatas], embeddings=vectors, metadatas=metadatas, documents=captions
+            )
+
+    def _caption_indexed(self, collection: Collection, items: Sequence[tuple[Path, dict[str, Any]]], captioner: Any,
+                         report: IndexReport, *, batch_size: int, progress: bool) -> None:
+        """Caption indexed images that have none yet, batch by batch, keeping their stored embeddings."""
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(items), desc="Captioning indexed images", unit="img", disable=not progress)
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            images, ids = [], []
+            for (_resolved, metadata), (image, loaded) in zip(batch, self._read_batch(batch), strict=True):
+                if image is None:
+                    report.uncaptioned.append(_not_captioned(metadata["path"], str(loaded), report.folder))
+                    continue
+                images.append(image)
+                ids.append(metadata["path"])
+            captions = self._caption(captioner, images, ids, report) if images else []
+            store_captions(collection, {i: text for i, text in zip(ids, captions, strict=True) if text.strip()})
+            bar.update(len(batch))
+        bar.close()
+
+    @staticmethod
+    def _caption(captioner: Any, images: list[Any], paths: list[str], report: IndexReport) -> list[str]:
+        """Captions for ``images`` ("" for one the captioner failed on, listed in the report)."""
+        captions, failures = caption_each(captioner, images, paths)
+        report.captioned += sum(bool(text.strip()) for text in captions)
+        report.uncaptioned += [_not_captioned(path, reason, report.folder) for path, reason in failures]
+        return captions
 
     # -- rebuilding with another CLIP ------------------------------------------------------------
     def reindex(self, *, batch_size: int = 32, progress: bool = True) -> IndexReport:
@@ -368,10 +449,7 @@ class ImageIndex:
         if name not in names:
             raise StoreError(f"there is no image collection {name!r} to rebuild; index a folder first")
         old = client.get_collection(name, embedding_function=function)
-        old_metadata = old.metadata or {}
-        if old_metadata.get("clip_model") == self.clip_model and old_metadata.get("clip_fingerprint") in (
-            None, self.clip_fingerprint
-        ):
+        if self._built_with_this_model(old.metadata or {}):
             report.unchanged = old.count()
             report.seconds = time.perf_counter() - started
             logger.info("The image collection %r is already built with %s", name, self.clip_model)

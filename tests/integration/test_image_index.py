@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from agent.core.errors import InputError, PathNotAllowedError, StoreError
+from agent.core.errors import InputError, ModelLoadError, PathNotAllowedError, StoreError
 from memory.chroma import LOCK_FILE_NAME, release_writer_lock
 from memory.image_index import ImageIndex
 from tests.unit.test_paths import png_claiming_size
@@ -137,11 +137,23 @@ def test_empty_store_returns_no_hits(workspace):
     assert index.search("a cat") == [] and index.count() == 0
 
 
+def change_weights(clip: Path) -> None:
+    """Change one weight matrix of the CLIP checkpoint in ``clip`` in place, as retraining into it would."""
+    from safetensors.torch import load_file, save_file
+
+    weights = next(clip.glob("*.safetensors"))
+    tensors = load_file(weights)
+    name = next(n for n, t in tensors.items() if t.is_floating_point() and t.ndim == 2)
+    tensors[name] = tensors[name] + 0.5
+    save_file(tensors, weights, metadata={"format": "pt"})
+
+
 def test_another_clip_model_is_refused(workspace):
     make_album(workspace["album"], 2)
     open_index(workspace).index_folder(workspace["album"], progress=False)
     other = workspace["root"] / "other-clip"
     shutil.copytree(workspace["clip"], other)
+    change_weights(other)  # a copy of the same weights would be the same model
     mismatched = open_index(workspace, clip_model=str(other))
     for action in (lambda: mismatched.search("a cat"), lambda: mismatched.index_folder(workspace["album"])):
         with pytest.raises(StoreError, match="was built with CLIP model .*llava-agent index --reindex") as info:
@@ -151,17 +163,11 @@ def test_another_clip_model_is_refused(workspace):
 
 def test_clip_weights_changed_in_place_are_refused_until_reindexed(workspace):
     """Retraining CLIP into the same folder keeps its id but not its fingerprint: the index says so."""
-    from safetensors.torch import load_file, save_file
-
     make_album(workspace["album"], 2)
     clip = workspace["root"] / "clip-retrained"
     shutil.copytree(workspace["clip"], clip)
     open_index(workspace, clip_model=str(clip)).index_folder(workspace["album"], progress=False)
-    weights = next(clip.glob("*.safetensors"))
-    tensors = load_file(weights)
-    name = next(n for n, t in tensors.items() if t.is_floating_point() and t.ndim == 2)
-    tensors[name] = tensors[name] + 0.5
-    save_file(tensors, weights, metadata={"format": "pt"})
+    change_weights(clip)
 
     retrained = open_index(workspace, clip_model=str(clip))
     with pytest.raises(StoreError, match="earlier version of CLIP model .*llava-agent index --reindex"):
@@ -257,6 +263,96 @@ def test_captions_are_stored_when_a_captioner_is_given(workspace, tool_model_pat
     assert all(expected.values()), f"the tiny captioner wrote an empty caption: {expected}"
     hits = index.search("a photo", k=2)
     assert {h.path: h.caption for h in hits} == expected
+
+
+class CountingEmbedder:
+    """Wraps an index's CLIP embedder to count the images it embeds."""
+
+    def __init__(self, index: ImageIndex) -> None:
+        self.images = 0
+        self._embed = index.embedder.embed_images
+        index.embedder.embed_images = self
+
+    def __call__(self, images, **kwargs):
+        self.images += len(images)
+        return self._embed(images, **kwargs)
+
+
+def stored_embeddings(index: ImageIndex) -> dict[str, list[float]]:
+    stored = index._open_collection(write=False).get(include=["embeddings"])
+    return {item_id: [float(x) for x in vector] for item_id, vector in zip(stored["ids"], stored["embeddings"], strict=True)}
+
+
+def test_captions_are_added_to_images_indexed_without_them(workspace):
+    paths = make_album(workspace["album"], 3)
+    index = open_index(workspace)
+    index.index_folder(workspace["album"], progress=False)
+    before = stored_embeddings(index)
+    new = workspace["album"] / "nested" / "new.png"
+    Image.new("RGB", (60, 30), (9, 9, 9)).save(new)
+    embedded = CountingEmbedder(index)
+
+    report = index.index_folder(workspace["album"], captioner=SizeCaptioner(), batch_size=2, progress=False)
+    expected = {str(p): f"a picture {40 + i} by 30 pixels" for i, p in enumerate(paths)}
+    expected[str(new)] = "a picture 60 by 30 pixels"
+    assert {h.path: h.caption for h in index.search("a photo", k=10)} == expected
+    assert (report.added, report.unchanged, report.captioned, report.uncaptioned) == (1, 3, 4, [])
+    assert embedded.images == 1, "only the new image is embedded; the others keep their embeddings"
+    after = stored_embeddings(index)
+    for item_id, vector in before.items():
+        assert after[item_id] == pytest.approx(vector, abs=1e-6)
+    assert ", 4 captioned in " in report.summary()
+
+    again = index.index_folder(workspace["album"], captioner=SizeCaptioner(), progress=False)
+    assert (again.unchanged, again.captioned, embedded.images) == (4, 0, 1)
+    assert ", 0 captioned in " in again.summary()
+
+
+class FailingCaptioner(SizeCaptioner):
+    """Fails on any batch holding an image ``width`` pixels wide, as a model running out of memory would."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+
+    def caption_images(self, images):
+        if any(image.width == self.width for image in images):
+            raise RuntimeError("out of memory while decoding")
+        return super().caption_images(images)
+
+
+@pytest.mark.parametrize("indexed_before", [False, True], ids=["new-images", "indexed-images"])
+def test_an_image_that_cannot_be_captioned_is_named_and_the_others_keep_theirs(workspace, indexed_before):
+    paths = make_album(workspace["album"], 5)
+    index = open_index(workspace)
+    if indexed_before:
+        index.index_folder(workspace["album"], progress=False)
+    report = index.index_folder(workspace["album"], captioner=FailingCaptioner(width=41), batch_size=2, progress=False)
+    assert index.count() == 5, "an image that cannot be captioned is still indexed"
+    assert report.captioned == 4 and [s.path for s in report.uncaptioned] == [str(paths[1])]
+    reason = report.uncaptioned[0].reason
+    assert "RuntimeError: out of memory while decoding" in reason and "--captions` again" in reason
+    assert f"not captioned {paths[1]}: captioning failed" in report.summary()
+    captions = {h.path: h.caption for h in index.search("a photo", k=5)}
+    assert captions == {str(p): None if i == 1 else f"a picture {40 + i} by 30 pixels" for i, p in enumerate(paths)}
+
+    retry = index.index_folder(workspace["album"], captioner=SizeCaptioner(), progress=False)
+    assert (retry.captioned, retry.unchanged, retry.embedded) == (1, 5, 0)
+    assert index.search(str(paths[1]), k=1)[0].caption == "a picture 41 by 30 pixels"
+
+
+class UnloadableCaptioner:
+    def caption_images(self, images):
+        raise ModelLoadError("the caption model 'missing-blip' could not be loaded; check tools.caption_model")
+
+
+def test_a_caption_model_that_cannot_load_ends_the_run_keeping_the_embeddings(workspace):
+    make_album(workspace["album"], 3)
+    index = open_index(workspace)
+    with pytest.raises(ModelLoadError, match="missing-blip"):
+        index.index_folder(workspace["album"], captioner=UnloadableCaptioner(), batch_size=2, progress=False)
+    assert index.count() == 2, "the batch embedded before the caption model failed is written"
+    report = index.index_folder(workspace["album"], captioner=SizeCaptioner(), progress=False)
+    assert (report.added, report.unchanged, report.captioned) == (1, 2, 3)
 
 
 def test_symlink_loops_are_skipped_and_reported_never_ending_the_run(workspace):
