@@ -330,7 +330,10 @@ class MultimodalAgent:
     ) -> AgentReply:
         """Run one turn and return the final reply (a new thread when ``thread_id`` is None).
 
-        ``videos`` are attached by path (``[attached video: PATH]``) for ``describe_video``.
+        A ``thread_id`` the store has not seen starts a thread under that id, so an application
+        can key threads by its own ids (``conversations.exists(id)`` tells the two apart).
+        ``videos`` are attached by path (``[attached video: PATH]``) for ``describe_video``. A turn
+        that raises leaves its thread as it was before the turn.
         """
         reply: AgentReply | None = None
         # no token events wanted: the graph runs its steps inline instead of streaming concurrently
@@ -396,7 +399,7 @@ class MultimodalAgent:
         title = message.strip() or (
             f"image {Path(images[0]).name}" if images else f"video {Path(videos[0]).name}" if videos else ""
         )
-        created = thread_id is None
+        created = thread_id is None or not self.conversations.exists(thread_id)
         if thread_id is None:
             thread_id = self.conversations.new_thread(title_from_message(title)).thread_id
         else:
@@ -440,7 +443,7 @@ class MultimodalAgent:
                 logger.warning("could not close the interrupted turn of thread %s: %s", thread_id, exc)
             raise
         except Exception:
-            if created:  # the caller never learns this thread's id: a failed first turn leaves no thread behind
+            if created:  # a failed first turn leaves no thread behind
                 self.conversations.delete(thread_id)
             else:  # a failed turn leaves the thread as it was: no unanswered message to grow every later prompt
                 self._drop_turn(run_config, before)

@@ -374,6 +374,18 @@ def test_a_failed_turn_after_a_tool_ran_leaves_the_thread_as_it_was(config):
     assert [m.text for m in agent.history(thread)] == ["hello", "hi"]
 
 
+def test_an_application_s_own_thread_id_starts_a_thread_and_a_failed_first_turn_leaves_none(config):
+    def fail(messages):
+        raise RuntimeError("the model's device went away")
+
+    agent, model = make_agent(config, [fail, "hi"], tools=[add])
+    with pytest.raises(RuntimeError):
+        agent.chat("hello", thread_id="user-42")
+    assert not agent.conversations.exists("user-42")
+    assert agent.chat("hello", thread_id="user-42").thread_id == "user-42"
+    assert [m.text for m in agent.history("user-42")] == ["hello", "hi"]
+
+
 def test_abandoning_a_stream_stops_the_turn_and_keeps_the_thread(config):
     agent, model = make_agent(config, [" ".join(["word"] * 300), "after"], tools=[add])
     model.token_delay_s = 0.002
