@@ -17,11 +17,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.core.errors import ModelLoadError, ModelNotFoundError
 from agent.core.runtime import quiet_library_notices, resolve_device
-from finetune.clip import PairTrainResult, check_output, save_model_folder
+from finetune.clip import PairTrainResult, check_output, configured_model, save_model_folder
 from finetune.metrics import bleu, exact_match
 from finetune.pair_config import PairTrainConfig
 from finetune.pairs import (
@@ -34,6 +34,9 @@ from finetune.pairs import (
     split_pairs,
     step_plan,
 )
+
+if TYPE_CHECKING:
+    from agent.core.config import AppConfig
 
 logger = logging.getLogger(__name__)
 
@@ -102,14 +105,17 @@ def caption_scores(model: Any, processor: Any, pairs: Sequence[Pair], images: Se
     return {"exact_match": exact_match(predictions, references), "bleu": bleu(predictions, references)}, predictions
 
 
-def train_caption(config: PairTrainConfig | None = None, *, captioner: Captioner | None = None, **options: Any) -> PairTrainResult:
-    """LoRA fine-tuning of a captioning model on image-caption pairs; ``options`` are :class:`PairTrainConfig` fields."""
+def train_caption(config: PairTrainConfig | None = None, *, captioner: Captioner | None = None,
+                  app_config: AppConfig | str | Path | None = None, **options: Any) -> PairTrainResult:
+    """LoRA fine-tuning of a captioning model on image-caption pairs; ``options`` are :class:`PairTrainConfig` fields.
+
+    Without a ``model`` the base is the configured ``tools.caption_model`` (of ``app_config``, see
+    :func:`finetune.clip.configured_model`): the model ``caption_image`` uses.
+    """
     # ---- 1. settings -----------------------------------------------------------------
     config = replace(config, **options) if config is not None else PairTrainConfig(**options)
     if not config.model:
-        from agent.core.defaults import CAPTION_MODEL
-
-        config = replace(config, model=CAPTION_MODEL)
+        config = replace(config, model=configured_model("caption_model", app_config))
     started = time.monotonic()
     output = check_output(config)
 

@@ -2,7 +2,10 @@
 
 ``register(subparsers)`` adds the command to a parent CLI (``llava-agent finetune ...``);
 ``main()`` runs it alone (``python -m finetune ...``). This layer only parses and prints:
-library errors become one line on stderr (a traceback with ``--verbose``).
+library errors become one line on stderr (a traceback with ``--verbose``). ``--config`` (the
+llava-agent config file: ``tools.clip_model`` and ``tools.caption_model`` are the default bases of
+``clip`` and ``caption``) and ``--verbose`` are accepted after every command name, as elsewhere
+in ``llava-agent``.
 
 ``clip`` and ``caption`` can have a captioning model write missing captions
 (``--caption-missing``): fine-tuning does not use the tools, so the parent CLI passes
@@ -18,9 +21,10 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from agent.core.errors import ConfigError, LlavaAgentError
+from agent.core.errors import ConfigError, DatasetError, LlavaAgentError, ModelNotFoundError
 from finetune.config import FORMAT_CHOICES, TrainConfig
 from finetune.pair_config import CLIP_METHODS, PairTrainConfig
 
@@ -80,28 +84,44 @@ def _add_pair_options(parser: argparse.ArgumentParser, skip: Sequence[str] = ())
     parser.add_argument("--json", action="store_true", help="Print the result as JSON")
 
 
+def common_options(shown: bool = False) -> argparse.ArgumentParser:
+    """The parent parser of every command: ``--config`` and ``--verbose`` after the command's name too.
+
+    They default to nothing here, so that a value given before the command name is kept; the
+    top-level parser sets their defaults. ``shown``: listed in the command's ``--help``.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    config_help = "llava-agent TOML config file (default: the user config folder)" if shown else argparse.SUPPRESS
+    verbose_help = "debug logging and full tracebacks" if shown else argparse.SUPPRESS
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=config_help)
+    common.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
+    return common
+
+
 def register(
     subparsers: Any, captioner_factory: Any = None, extra_commands: Sequence[Any] = ()
 ) -> argparse.ArgumentParser:
     """Add the ``finetune`` command (with its sub-commands) to a parent CLI's sub-parsers.
 
+    The parent parser defines ``--config`` and ``--verbose``; ``finetune`` and each sub-command
+    accept them too (:func:`common_options`).
     ``captioner_factory(args)`` returns a function from images to captions for ``--caption-missing``.
-    ``extra_commands`` are functions that add sub-commands of their own to ``finetune``'s; the parent
-    CLI adds those that need more than fine-tuning may import (``tools``: the agent's tools and its
-    routing benchmark).
+    ``extra_commands`` are functions ``add(commands, common)`` that add sub-commands of their own to
+    ``finetune``'s (``common``: the parent parser of :func:`common_options`); the parent CLI adds
+    those that need more than fine-tuning may import (``tools``: the agent's tools and its routing
+    benchmark).
     """
+    common = common_options()
     parser = subparsers.add_parser(
         "finetune",
+        parents=[common_options(shown=True)],
         help="Fine-tune LoRA/QLoRA adapters on your own data",
         description="Validate data, train an adapter, merge it into its base, evaluate it.",
-    )
-    parser.add_argument(
-        "--verbose", dest="finetune_verbose", action="store_true", help="Debug logging and full tracebacks"
     )
     commands = parser.add_subparsers(dest="finetune_command", metavar="{validate,train,merge,eval,clip,caption}")
     commands.required = True
 
-    check = commands.add_parser("validate", help="Report every bad sample of a dataset")
+    check = commands.add_parser("validate", parents=[common], help="Report every bad sample of a dataset")
     check.add_argument("data", help="A .json/.jsonl file or a datasets folder")
     check.add_argument("--image-folder", help="Folder image paths are relative to")
     check.add_argument("--format", default="auto", choices=FORMAT_CHOICES)
@@ -111,11 +131,11 @@ def register(
     check.add_argument("--json", action="store_true", help="Print the data summary as JSON")
     check.set_defaults(func=run_validate)
 
-    fit = commands.add_parser("train", help="Train a LoRA/QLoRA adapter")
+    fit = commands.add_parser("train", parents=[common], help="Train a LoRA/QLoRA adapter")
     _add_train_options(fit)
     fit.set_defaults(func=run_train)
 
-    fold = commands.add_parser("merge", help="Merge an adapter into a full-precision copy of its base")
+    fold = commands.add_parser("merge", parents=[common], help="Merge an adapter into a full-precision copy of its base")
     fold.add_argument("--adapter", required=True, help="Adapter folder written by train")
     fold.add_argument("--output-dir", required=True, help="Folder of the standalone merged model")
     fold.add_argument("--base", help="Full-precision base model (default: the one the adapter names)")
@@ -123,7 +143,7 @@ def register(
     fold.add_argument("--overwrite", action="store_true", help="Replace an existing output folder")
     fold.set_defaults(func=run_merge)
 
-    score = commands.add_parser("eval", help="Loss and exact-match accuracy on a held-out file")
+    score = commands.add_parser("eval", parents=[common], help="Loss and exact-match accuracy on a held-out file")
     score.add_argument("data", help="Held-out .json/.jsonl file or datasets folder")
     score.add_argument("--model", required=True, help="Base model (or a merged model folder)")
     score.add_argument("--adapter", help="Adapter folder applied to the model")
@@ -137,17 +157,39 @@ def register(
     score.add_argument("--json", action="store_true", help="Print the result (and every prediction) as JSON")
     score.set_defaults(func=run_eval)
 
-    clip = commands.add_parser("clip", help="Fine-tune the CLIP model of the image search on image-caption pairs")
+    clip = commands.add_parser("clip", parents=[common], help="Fine-tune the CLIP model of the image search on image-caption pairs")
     _add_pair_options(clip, skip=("max_new_tokens", "merge"))
     clip.set_defaults(func=run_pairs, pair_task="clip", captioner_factory=captioner_factory)
 
-    caption = commands.add_parser("caption", help="Fine-tune the captioning model (LoRA) on image-caption pairs")
+    caption = commands.add_parser("caption", parents=[common], help="Fine-tune the captioning model (LoRA) on image-caption pairs")
     _add_pair_options(caption, skip=("method", "last_layers", "recall_k"))
     caption.set_defaults(func=run_pairs, pair_task="caption", captioner_factory=captioner_factory)
     for add_command in extra_commands:
-        add_command(commands)
+        add_command(commands, common)
     commands.metavar = "{" + ",".join(commands.choices) + "}"
     return parser
+
+
+def _model_config(model: str) -> Any:
+    """The base model's config, or one line saying the model cannot be found and what to do."""
+    from agent.core.hub_access import download_hint, hub_load_kwargs
+
+    hub = hub_load_kwargs(model, what="base model")  # fails at once, in one line, offline or with no hub
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model, **hub)
+    except (OSError, ValueError) as exc:  # the library's own words go to the debug log (--verbose)
+        logger.debug("loading the config of %r failed: %s", model, exc)
+        if Path(model).expanduser().exists():
+            raise ModelNotFoundError(
+                f"base model folder {model!r} holds no model config (a config.json naming its model_type); pass "
+                "--model the folder save_pretrained() wrote, or a hub id"
+            ) from None
+        raise ModelNotFoundError(
+            f"base model {model!r} is neither a local folder nor a model on the hub; pass --model an existing "
+            f"folder or hub id (download one for offline use with `{download_hint(model)}`)"
+        ) from None
 
 
 def run_validate(args: argparse.Namespace) -> int:
@@ -155,20 +197,33 @@ def run_validate(args: argparse.Namespace) -> int:
 
     encoder = None
     if args.model:
-        from transformers import AutoConfig
-
+        model_config = _model_config(args.model)
         from finetune.collator import ConversationEncoder
         from finetune.modeling import load_processor
 
         encoder = ConversationEncoder(
             load_processor(args.model),
-            model_config=AutoConfig.from_pretrained(args.model),
+            model_config=model_config,
             max_length=args.max_length,
             image_folder=args.image_folder,
         )
-    report = validate(
-        args.data, image_folder=args.image_folder, format=args.format, encoder=encoder, skip_invalid=args.skip_invalid
-    )
+    try:
+        report = validate(
+            args.data, image_folder=args.image_folder, format=args.format, encoder=encoder,
+            skip_invalid=args.skip_invalid,
+        )
+    except DatasetError as exc:
+        report_text = str(exc)
+        if "\n" not in report_text:
+            raise
+        # the report as written (its count line, then one bad sample a line): an error is shown as one line
+        sys.stderr.write(report_text + "\n")
+        if args.skip_invalid:
+            raise DatasetError(f"dataset {args.data} has no valid sample (each one is listed above); fix them") from None
+        raise DatasetError(
+            f"dataset {args.data} has invalid samples (each one is listed above); fix them, or pass --skip-invalid "
+            "to leave them out"
+        ) from None
     _write(json.dumps(report.summary(), indent=2, default=str) if args.json else report.render())
     return 0
 
@@ -230,7 +285,7 @@ def run_pairs(args: argparse.Namespace) -> int:
     if args.pair_task == "clip":
         from finetune.clip import train_clip
 
-        result = train_clip(config, captioner=captioner)
+        result = train_clip(config, captioner=captioner, app_config=args.config)
         scores = ", ".join(f"{k} {result.before[k]:.3f} -> {result.after[k]:.3f}" for k in result.after if k in result.before
                            and not k.startswith("chance"))
         line = f"CLIP saved to {result.output} ({result.method}, {result.steps} steps); held-out {scores}"
@@ -238,7 +293,7 @@ def run_pairs(args: argparse.Namespace) -> int:
     else:
         from finetune.caption import MERGED_FOLDER, train_caption
 
-        result = train_caption(config, captioner=captioner)
+        result = train_caption(config, captioner=captioner, app_config=args.config)
         scores = ", ".join(f"{k} {result.before[k]:.3f} -> {result.after[k]:.3f}" for k in ("exact_match", "bleu"))
         line = f"caption adapter saved to {result.output} ({result.steps} steps); held-out {scores}"
         hint = f"; set tools.caption_adapter = \"{result.output}\""
@@ -251,9 +306,10 @@ def run_pairs(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m finetune``: the ``finetune`` command on its own."""
     parser = argparse.ArgumentParser(prog="python -m", description="LoRA/QLoRA fine-tuning")
+    parser.set_defaults(config=None, verbose=False)  # given after `finetune` or a sub-command (common_options)
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["finetune", *(sys.argv[1:] if argv is None else argv)])
-    verbose = args.finetune_verbose
+    verbose = args.verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from agent.core.terminal_safe import terminal_safe_streams
 

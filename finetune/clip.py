@@ -53,6 +53,8 @@ from finetune.pairs import (
 if TYPE_CHECKING:
     import torch
 
+    from agent.core.config import AppConfig
+
 logger = logging.getLogger(__name__)
 
 METRICS_NAME = "finetune_metrics.json"
@@ -221,14 +223,25 @@ def check_output(config: PairTrainConfig) -> Path:
     return output
 
 
-def train_clip(config: PairTrainConfig | None = None, *, captioner: Captioner | None = None, **options: Any) -> PairTrainResult:
-    """Fine-tune CLIP on image-caption pairs; ``options`` are :class:`PairTrainConfig` fields."""
+def configured_model(name: str, app_config: AppConfig | str | Path | None = None) -> str:
+    """``tools.<name>`` of the llava-agent config: the file ``app_config`` names (default: ``LLAVA_AGENT_CONFIG``,
+    else the user's config file), with the environment's settings over it."""
+    from agent.core.config import load_config
+
+    return str(getattr(load_config(app_config).tools, name))
+
+
+def train_clip(config: PairTrainConfig | None = None, *, captioner: Captioner | None = None,
+               app_config: AppConfig | str | Path | None = None, **options: Any) -> PairTrainResult:
+    """Fine-tune CLIP on image-caption pairs; ``options`` are :class:`PairTrainConfig` fields.
+
+    Without a ``model`` the base is the configured ``tools.clip_model`` (of ``app_config``, see
+    :func:`configured_model`): the CLIP the image search uses.
+    """
     # ---- 1. settings -----------------------------------------------------------------
     config = replace(config, **options) if config is not None else PairTrainConfig(**options)
     if not config.model:
-        from agent.core.defaults import CLIP_MODEL
-
-        config = replace(config, model=CLIP_MODEL)
+        config = replace(config, model=configured_model("clip_model", app_config))
     started = time.monotonic()
     output = check_output(config)
 

@@ -3,7 +3,8 @@
 ``llava-agent finetune tools --model M --output DIR`` (:mod:`agent.cli.routing`) or :func:`train_tool_adapter`:
 
 1. **data**: :func:`agent.app.tool_data.synthesize_tool_data` writes ``DIR-data/train.jsonl`` (and
-   the pictures its image rows attach) from the configured agent's tools and system prompt;
+   the pictures its image rows attach) from the configured agent's tools and system prompt; an
+   existing ``train.jsonl`` is replaced only with ``overwrite`` (``--data-only`` stops here);
 2. **before**: the routing benchmark (:mod:`agent.app.routing_eval`) on the held-out set, without
    the adapter;
 3. **train**: :func:`finetune.train` on that data with shared-prefix batches
@@ -66,12 +67,14 @@ def train_tool_adapter(
     eval_limit: int | None = None,
     evaluate: bool = True,
     train: bool = True,
+    overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
     **train_options: Any,
 ) -> ToolAdapterResult:
     """Run the recipe; ``train_options`` are :class:`finetune.TrainConfig` fields (they override :data:`TRAIN_DEFAULTS`).
 
-    With ``train=False`` only the data is written (and evaluated before, when ``evaluate``).
+    With ``train=False`` only the data is written: no model is loaded, nothing is benchmarked.
+    ``overwrite`` replaces an existing ``DIR-data/train.jsonl`` and adapter folder.
     """
     from agent.app.routing_eval import agent_tools, evaluate_routing
     from agent.app.system_prompt import build_system_prompt
@@ -85,22 +88,22 @@ def train_tool_adapter(
     tools = agent_tools(app_config)
     data = synthesize_tool_data(
         tools, data_dir_for(output_dir), system_prompt=build_system_prompt(tools, app_config.agent.system_prompt),
-        count=count, seed=seed,
+        count=count, seed=seed, overwrite=overwrite,
     )
     say(f"wrote {len(data.rows)} training rows to {data.path} ({json.dumps(data.summary['kinds'])})")
+    if not train:
+        return ToolAdapterResult(data, None, None, None, None)
     benchmark = {"cases": eval_set, "config": app_config, "limit": eval_limit, "routing": "model"}
     before = evaluate_routing(model, **benchmark) if evaluate else None
     if before is not None:
         say("before: " + _headline(before))
-    if not train:
-        return ToolAdapterResult(data, None, None, before, None)
 
     from finetune.train import train as run_training
 
     options = {**TRAIN_DEFAULTS, **train_options}
     result = run_training(
         model=model, data=str(data.path), image_folder=str(data.image_folder), output_dir=str(output_dir),
-        format="messages", shared_prefix=True, seed=seed, **options,
+        format="messages", shared_prefix=True, seed=seed, overwrite=overwrite, **options,
     )
     say(f"adapter saved to {result.adapter_dir} ({result.global_step} steps, {result.seconds:.0f} s)")
     after = evaluate_routing(model, adapter=str(output_dir), **benchmark) if evaluate else None

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.core.errors import InputError
+from agent.core.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from langchain_core.tools import BaseTool
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LEXICONS_FILE = "tool_lexicons.json"
+TRAIN_FILE = "train.jsonl"
 IMAGE_PLACEHOLDER = "<image>"
 ATTACHMENT_ROOTS = (
     "/home/{user}/.local/share/llava-agent/attachments",
@@ -361,6 +362,7 @@ def synthesize_tool_data(
     seed: int = 0,
     lexicons: Mapping[str, Any] | None = None,
     shares: Mapping[str, float] | None = None,
+    overwrite: bool = False,
 ) -> ToolDataset:
     """Write ``count`` training rows for ``tools`` into ``output_dir`` (``train.jsonl`` and ``images/``).
 
@@ -370,6 +372,7 @@ def synthesize_tool_data(
         count: rows to write.
         lexicons: slot values and conversation material; default the shipped lexicons.
         shares: share of each row kind (see :data:`KIND_SHARES`).
+        overwrite: replace an existing ``train.jsonl`` (which may hold edits); without it one is refused.
     """
     from agent.app.system_prompt import build_system_prompt
     from agent.core.files import atomic_write_text
@@ -377,6 +380,11 @@ def synthesize_tool_data(
     if count < 1:
         raise InputError(f"count must be at least 1, got {count}")
     output_dir = Path(output_dir).expanduser()
+    path = output_dir / TRAIN_FILE
+    if path.exists() and not overwrite:  # checked before anything is written
+        raise ConfigError(
+            f"training data {path} already exists; pass --overwrite to replace it or choose another --output"
+        )
     lexicons = lexicons or default_lexicons()
     shares = dict(shares or KIND_SHARES)
     unknown = sorted(set(shares) - set(KIND_SHARES))
@@ -390,7 +398,6 @@ def synthesize_tool_data(
     kinds = (kinds + ["call"] * count)[:count]
     rng.shuffle(kinds)
     rows = [synth.render(synth.row(kind), index, "images/") for index, kind in enumerate(kinds)]
-    path = output_dir / "train.jsonl"
     atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     summary = {
         "rows": len(rows),

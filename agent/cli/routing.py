@@ -71,17 +71,16 @@ def run_routing(args: argparse.Namespace) -> int:
 # ----- finetune tools ------------------------------------------------------------------------------
 
 
-def register_finetune_tools(commands: Any) -> argparse.ArgumentParser:
-    """Add ``tools`` to the ``finetune`` sub-commands."""
+def register_finetune_tools(commands: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``tools`` to the ``finetune`` sub-commands (``common``: the ``--config`` and ``--verbose`` parent parser)."""
     defaults = TOOL_ADAPTER_TRAINING
     parser = commands.add_parser(
-        "tools", help="Train a tool-use adapter from data synthesised from the enabled tools",
-        description="Synthesise tool-use training data from the configured agent's tools, train a LoRA adapter "
-        "on it, and print the routing benchmark before and after.",
+        "tools", parents=[common], help="Train a tool-use adapter from data synthesised from the enabled tools",
+        description="Synthesise tool-use training data from the tools of the configured agent (--config), train a "
+        "LoRA adapter on it, and print the routing benchmark before and after.",
     )
     parser.add_argument("--model", required=True, help="Base model: hub id or local folder")
     parser.add_argument("--output", required=True, dest="output_dir", help="Adapter folder (data goes to OUTPUT-data)")
-    parser.add_argument("--config", dest="app_config", help="llava-agent config file (tools enabled, memory, prompt)")
     parser.add_argument("--count", type=int, default=TOOL_ADAPTER_ROWS,
                         help=f"Training rows to synthesise (default {TOOL_ADAPTER_ROWS})")
     parser.add_argument("--seed", type=int, default=0)
@@ -96,8 +95,9 @@ def register_finetune_tools(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("--eval-set", help="Labelled routing requests, JSONL (default: the shipped held-out set)")
     parser.add_argument("--eval-limit", type=int, help="Benchmark only the first N requests")
     parser.add_argument("--no-eval", action="store_true", help="Skip the benchmark before and after")
-    parser.add_argument("--data-only", action="store_true", help="Only write the training data")
-    parser.add_argument("--overwrite", action="store_true", help="Replace an existing adapter folder")
+    parser.add_argument("--data-only", action="store_true", help="Only write the training data (no model is loaded)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace an existing adapter folder and its training data (OUTPUT-data)")
     parser.set_defaults(func=run_finetune_tools)
     return parser
 
@@ -108,13 +108,13 @@ def run_finetune_tools(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {
         "epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
         "lora_r": args.lora_r, "lora_alpha": args.lora_alpha, "lora_layers": args.lora_layers, "device": args.device,
-        "overwrite": args.overwrite,
     }
     if args.max_steps:
         options["max_steps"] = args.max_steps
     result = train_tool_adapter(
-        args.model, args.output_dir, config=args.app_config, count=args.count, seed=args.seed,
+        args.model, args.output_dir, config=args.config, count=args.count, seed=args.seed,
         eval_set=args.eval_set, eval_limit=args.eval_limit, evaluate=not args.no_eval, train=not args.data_only,
+        overwrite=args.overwrite,
         progress=lambda line: sys.stderr.write(line + "\n"), **options,
     )
     sys.stdout.write(f"training data: {result.data.path}\n")
