@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from agent.core.errors import LlavaAgentError, ModelNotFoundError
+from agent.core.errors import LlavaAgentError
 from agent.core.runtime import default_chat_model, resolve_device
-from agent.llava.loading import check_model_available, resolve_spec
+from agent.llava.loading import resolve_spec
 from memory.chroma import get_chroma_client
 from memory.embedders import resolve_text_embedder
 from tools.speak import ESPEAK_EXECUTABLE, INSTALL_HINT
@@ -122,46 +122,47 @@ def check_chroma(config: AppConfig) -> Check:
     return Check("chroma", "ok", f"{where} (collections: {', '.join(names) or 'none yet'})")
 
 
-def _model_status(name: str, model: str) -> Check:
-    from agent.core.hub_access import download_hint
+def _model_status(name: str, model: str, key: str, config_file: str = "config.json") -> Check:
+    """Whether the model that config key ``key`` names is a local folder, cached or downloadable; what to do if missing."""
+    from agent.core.hub_access import download_hint, is_cached, looks_like_folder, offline_mode
+
     folder = Path(model).expanduser()
     if folder.is_dir():
         return Check(name, "ok", f"local folder {folder}")
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = isinstance(try_to_load_from_cache(model, "config.json"), str)
-    except Exception:  # a malformed id: the availability check below explains
-        cached = False
-    if cached:
+    if folder.exists() or looks_like_folder(model):
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        return Check(name, "missing", f"{name} folder {model!r} {problem}",
+                     f"set {key} in the config to the folder holding the {name}, or to its hub id")
+    if is_cached(model, config_file):
         return Check(name, "ok", f"{model} (in the Hugging Face cache)")
-    try:
-        check_model_available(model)
-    except ModelNotFoundError as exc:
-        return Check(name, "missing", str(exc).split(". ")[0],
-                     f"download once while online (`{download_hint(model)}`) or set a local folder in the config")
+    if offline_mode():
+        return Check(name, "missing", f"{name} {model!r} is not in the local cache and HF_HUB_OFFLINE is set",
+                     f"download it once while online (`{download_hint(model)}`), or set {key} in the config to a "
+                     "local folder")
     return Check(name, "warn", f"{model} is not cached yet: it downloads on first use",
-                 f"download now with `{download_hint(model)}` to work offline later")
+                 f"download now with `{download_hint(model)}` to work offline later, or set {key} to a local folder")
 
 
 def check_chat_model(config: AppConfig) -> Check:
     model = config.model.model or default_chat_model(resolve_device(config.model.device))
-    return _model_status("chat model", model)
+    return _model_status("chat model", model, "model.model")
 
 
 def check_tool_models(config: AppConfig) -> Iterator[Check]:
     tools = config.tools
+    pipeline = "model_index.json"  # what a diffusers checkpoint has instead of config.json
     wanted = {
-        "caption_image": [("caption model", tools.caption_model)],
-        "generate_image": [("image model", tools.image_model)],
-        "search_images": [("CLIP model", tools.clip_model)],
-        "generate_video": [("video model", tools.video_model)],
-        "generate_3d": [("3-D model", tools.shape_model), ("3-D image model", tools.shape_image_model)],
-        "speak": [("Bark model", tools.bark_model)] if tools.tts_engine == "bark" else [],
+        "caption_image": [("caption model", tools.caption_model, "tools.caption_model", "config.json")],
+        "generate_image": [("image model", tools.image_model, "tools.image_model", pipeline)],
+        "search_images": [("CLIP model", tools.clip_model, "tools.clip_model", "config.json")],
+        "generate_video": [("video model", tools.video_model, "tools.video_model", pipeline)],
+        "generate_3d": [("3-D model", tools.shape_model, "tools.shape_model", pipeline),
+                        ("3-D image model", tools.shape_image_model, "tools.shape_image_model", pipeline)],
+        "speak": [("Bark model", tools.bark_model, "tools.bark_model", "config.json")] if tools.tts_engine == "bark" else [],
     }
     for tool, models in wanted.items():
         if tool in tools.enabled:
-            yield from (_model_status(name, model) for name, model in models)
+            yield from (_model_status(*model) for model in models)
 
 
 def check_video_generation(config: AppConfig) -> Check:
@@ -218,7 +219,7 @@ def check_text_embedder(config: AppConfig) -> Check:
     source = resolve_text_embedder(config.memory.text_embedder)
     if Path(source).is_dir():
         return Check("text embedder", "ok", f"{config.memory.text_embedder} -> {source} (runs in {engine})")
-    return _model_status("text embedder", source)
+    return _model_status("text embedder", source, "memory.text_embedder")
 
 
 def check_data_folder(config: AppConfig) -> Check:

@@ -3,7 +3,9 @@
 This module parses arguments and dispatches to the commands (:mod:`agent.cli.commands`); the
 work happens in the library. Library errors
 become one line on stderr and exit code 1 (``--verbose`` adds the traceback). Nothing heavy is
-imported at module level, so ``llava-agent --help`` answers at once.
+imported at module level, so ``llava-agent --help`` answers at once. When the reader of the
+output goes away (``llava-agent threads list | head -1``), the command stops quietly with exit
+code 141, as a command killed by ``SIGPIPE`` does.
 """
 
 from __future__ import annotations
@@ -36,11 +38,24 @@ from agent.core.errors import LlavaAgentError
 
 logger = logging.getLogger(__name__)
 
+OUTPUT_CLOSED_EXIT = 128 + 13  # 128 + SIGPIPE: what a shell reports for a command whose reader left
+
+
+def port_number(text: str) -> int:
+    """An ``--port`` value: a TCP port, 0 to 65535 (0 picks a free one)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port; give a number from 1 to 65535, or 0 for a free one")
+    return port
+
 
 def _serve_options(parser: argparse.ArgumentParser) -> None:
     """The options `serve` and `web` share."""
     parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port (default 8000)")
+    parser.add_argument("--port", type=port_number, help="port (default 8000)")
     parser.add_argument("--model", help="hub id or local folder of the chat model (overrides the config)")
     parser.add_argument("--adapter", metavar="PATH", help="folder of a LoRA adapter to apply (overrides the config)")
     parser.add_argument("--api-key", action="append", metavar="KEY", help="accept this bearer key (repeatable)")
@@ -61,10 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", metavar="PATH", help="TOML config file (default: the user config folder)")
     parser.add_argument("--verbose", "-v", action="store_true", help="log details and show tracebacks")
-    # the same two options after the command name too (llava-agent chat --verbose)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    common.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    from agent.cli.routing import register_eval, register_finetune_tools
+    from finetune.cli import common_options, register
+
+    common = common_options()  # the same two options after the command name too (llava-agent chat --verbose)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     chat = sub.add_parser("chat", parents=[common], help="the terminal chat")
@@ -174,9 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub.add_parser("path", parents=[common], help="print the default config file path").set_defaults(func=cmd_config_path)
     config.set_defaults(func=cmd_config_show)
 
-    from agent.cli.routing import register_eval, register_finetune_tools
-    from finetune.cli import register
-
     register_eval(sub, common)
     register(sub, captioner_factory=_finetune_captioner, extra_commands=[register_finetune_tools])
     return parser
@@ -211,16 +223,52 @@ def _configure_logging(verbose: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``llava-agent``; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    from agent.core.terminal_safe import terminal_safe_streams
+    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit:  # --help or a usage error, printed by argparse
+            sys.stdout.flush()  # a reader that left shows here, not as a traceback at exit
+            raise
+        if not getattr(args, "func", None):
+            parser.print_help()
+            sys.stdout.flush()
+            return 0
+        from agent.core.terminal_safe import terminal_safe_streams
 
-    # Everything a command prints (model output, file names, titles, facts, errors, log lines) is
-    # shown, never obeyed by the terminal. The chat escapes its own output; its prompt needs raw stdout.
-    with terminal_safe_streams(stdout=args.func is not cmd_chat):
-        return _run(args)
+        # Everything a command prints (model output, file names, titles, facts, errors, log lines) is
+        # shown, never obeyed by the terminal. The chat escapes its own output; its prompt needs raw stdout.
+        with terminal_safe_streams(stdout=args.func is not cmd_chat):
+            code = _run(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return _output_closed()
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether nothing reads stdout any more (the other end of its pipe is closed, as after ``| head -1``)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() or no descriptor: assume so, as Python's docs do
+        return True
+
+
+def _output_closed() -> int:
+    """Stop quietly once the reader of stdout has gone: later writes, and the flush at exit, go to /dev/null.
+
+    https://docs.python.org/3/library/signal.html#note-on-sigpipe
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):  # stdout has no descriptor (replaced by a host): nothing to flush
+        pass
+    return OUTPUT_CLOSED_EXIT
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -236,6 +284,8 @@ def _run(args: argparse.Namespace) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug, not a user error: one line unless --verbose
+        if isinstance(exc, BrokenPipeError) and _stdout_reader_gone():
+            raise  # the reader of the output left: not a failure (see main)
         if args.verbose:
             logger.exception("unexpected failure")
         print(

@@ -18,14 +18,14 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from agent.app.events import ReplyEvent, TokenEvent, ToolCallEvent, ToolResultEvent
 from agent.cli.commands import one_line
 from agent.core.errors import ImageError, InputError, LlavaAgentError, VideoError
-from agent.core.images import is_image_path
+from agent.core.images import ImageLocation, is_image_path, load_image
 from agent.core.terminal_safe import TerminalSafeWriter, terminal_safe
 from agent.core.videos import VIDEO_FORMATS_HINT, is_video_path
 
@@ -47,6 +47,13 @@ Commands:
   /help            this help
   /quit            leave (Ctrl-D works too)
 Ctrl-C stops the reply being generated."""
+COMMANDS = {
+    "/image": "_command_image", "/video": "_command_video", "/new": "_command_new", "/threads": "_command_threads",
+    "/resume": "_command_resume", "/tools": "_command_tools", "/memories": "_command_memories",
+    "/forget": "_command_forget", "/speak": "_command_speak", "/help": "_command_help", "/quit": "_command_quit",
+    "/exit": "_command_quit", "/q": "_command_quit",
+}  # fmt: skip
+"""Each /command and the :class:`TerminalChat` method that runs it (with the rest of the line)."""
 _DONE = object()
 
 
@@ -108,6 +115,35 @@ def split_image_paths(text: str) -> tuple[list[Path], list[str]]:
     return paths, others
 
 
+def is_command(line: str, commands: Sequence[str]) -> bool:
+    """Whether a typed line is a ``/command`` rather than a message that starts with a path.
+
+    A known command name is a command; a first word that looks like a path (another ``/``, a
+    ``.`` or a ``\\``: ``/home/me/My\\ Photos/cat.png what is this?``, ``/tmp/nothere.png``) or
+    names an existing file is a message; any other ``/word`` is an unknown command.
+    """
+    if not line.startswith("/"):
+        return False
+    name = line.split(maxsplit=1)[0]
+    if name in commands:
+        return True
+    if "/" in name[1:] or "." in name or "\\" in name:
+        return False
+    try:
+        return not Path(name).exists()
+    except (OSError, ValueError):
+        return True
+
+
+def check_image(path: Path, shown: str) -> None:
+    """Refuse, before it is attached, a file the chat model could not take as an image (:mod:`agent.core.images`)."""
+    try:
+        load_image(path)
+    except ImageError as exc:
+        reason = str(exc).removeprefix(f"{ImageLocation().describe()}: ")
+        raise ImageError(f"{shown!r} is not attached: {reason}") from None
+
+
 class TerminalChat:
     """The interactive chat loop. ``run()`` returns the exit code."""
 
@@ -128,6 +164,7 @@ class TerminalChat:
         self.resume_id = thread_id
         self.pending_images: list[Path] = []
         self.pending_videos: list[Path] = []
+        self.draft = ""  # a message kept after its attachments failed: the next prompt starts with it
         self.speak_replies = False
         self._agent_factory = agent_factory
         self._agent: MultimodalAgent | None = None
@@ -217,35 +254,48 @@ class TerminalChat:
         while True:
             try:
                 with patch_stdout(raw=True):
-                    line = session.prompt(self.prompt_text())
+                    line = session.prompt(self.prompt_text(), default=self.draft)
             except KeyboardInterrupt:
                 continue
             except EOFError:
                 break
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                first_word = line.split()[0].strip("'\"")
-                if line.startswith("/") and not Path(first_word).exists():  # a command, not a pasted path
-                    if not self._run_command(line):
-                        break
-                    continue
-                pasted, words = split_image_paths(line)
-                if pasted and not words:  # only pasted paths: attach them and wait for the message
-                    self._attach(pasted)
-                    continue
-                self._attach(pasted, quiet=True)
-                self.turn(line)
-            except LlavaAgentError as exc:
-                self.error(exc)
-            except KeyboardInterrupt:
-                self.say("\n[stopped]")
-            except Exception as exc:  # an unexpected failure ends the command, not the chat
-                self.error(RuntimeError(f"{type(exc).__name__}: {exc}"))
+            self.draft = ""
+            if not self.handle_line(line):
+                break
         self._open_thread(None)
         self.say("bye")
         return 0
+
+    def handle_line(self, line: str) -> bool:
+        """Act on one typed line: a /command, pasted image paths, or a message. False means quit."""
+        line = line.strip()
+        if not line:
+            return True
+        try:
+            if is_command(line, tuple(COMMANDS)):
+                return self._run_command(line)
+            pasted, words = split_image_paths(line)
+            if pasted and not words:  # only pasted paths: attach them and wait for the message
+                self._attach(pasted)
+                return True
+            try:
+                self._attach(pasted, quiet=True)
+            except ImageError:
+                self._keep_message(line)
+                raise
+            self.turn(line)
+        except LlavaAgentError as exc:
+            self.error(exc)
+        except KeyboardInterrupt:
+            self.say("\n[stopped]")
+        except Exception as exc:  # an unexpected failure ends the command, not the chat
+            self.error(RuntimeError(f"{type(exc).__name__}: {exc}"))
+        return True
+
+    def _keep_message(self, text: str) -> None:
+        """Offer ``text`` again at the next prompt, after what it carried was refused."""
+        self.draft = text
+        self.say("(your message is kept: press Enter to send it, or edit it first)")
 
     def _open_thread(self, thread_id: str | None) -> None:
         """Make ``thread_id`` the open conversation, holding it against writers in other processes."""
@@ -266,6 +316,9 @@ class TerminalChat:
             self.say(f"(read-only) {exc}")
 
     def _attach(self, paths: list[Path], quiet: bool = False) -> None:
+        """Attach the images at ``paths`` to the next message, each checked first; a bad one is refused."""
+        for path in paths:
+            check_image(path, str(path))
         for path in paths:
             if path not in self.pending_images:
                 self.pending_images.append(path)
@@ -277,69 +330,85 @@ class TerminalChat:
     def _run_command(self, line: str) -> bool:
         """Run a /command; False means quit."""
         name, _, rest = line.partition(" ")
-        rest = rest.strip()
-        if name in ("/quit", "/exit", "/q"):
-            return False
-        if name == "/help":
-            self.say(HELP)
-        elif name == "/image":
-            if not rest:
-                raise InputError("/image needs a path: /image PATH")
-            path = Path(rest.strip("'\"")).expanduser()
-            if not path.is_file():
-                raise ImageError(f"image {rest!r} does not exist or is not a file; check the path")
-            self._attach([path])
-        elif name == "/video":
-            if not rest:
-                raise InputError("/video needs a path: /video PATH")
-            path = Path(rest.strip("'\"")).expanduser()
-            if not path.is_file():
-                raise VideoError(f"video {rest!r} does not exist or is not a file; check the path")
-            if not is_video_path(path):
-                raise VideoError(f"{rest!r} is not a video file by its name; give a {VIDEO_FORMATS_HINT} file")
-            if path not in self.pending_videos:
-                self.pending_videos.append(path)
-            self.say(f"attached {path}; type your message")
-        elif name == "/new":
-            self._open_thread(None)
-            self.thread_id = None
-            self.pending_images.clear()
-            self.pending_videos.clear()
-            self.say("new conversation")
-        elif name == "/threads":
-            self._list_threads()
-        elif name == "/resume":
-            if not rest:
-                raise InputError("/resume needs a thread id: /resume ID (see /threads)")
-            self._resume(rest)
-        elif name == "/tools":
-            for tool in self.agent.tools:
-                description = " ".join((tool.description or "").split())
-                self.say(f"  {tool.name}: {description[:100]}")
-        elif name in ("/memories", "/forget"):
-            memory = self.agent.memory
-            if memory is None:
-                raise InputError("long-term memory is off; set agent.long_term_memory = true in the config")
-            if name == "/forget":
-                if not rest:
-                    raise InputError("/forget needs a memory id: /forget ID (see /memories)")
-                self.say(f"forgot {memory.forget(rest).text}")
-            else:
-                facts = memory.list()
-                self.say("\n".join(f"  {m.memory_id}  {m.text}" for m in facts) or "no memories yet")
-        elif name == "/speak":
-            if rest not in ("on", "off"):
-                raise InputError(f"/speak takes on or off, got {rest!r}")
-            self.speak_replies = rest == "on"
-            if self.speak_replies and not any(t.name == "speak" for t in self.agent.tools):
-                self.speak_replies = False
-                raise InputError("the speak tool is not enabled; add \"speak\" to tools.enabled in the config")
-            player = find_audio_player()
-            note = "" if player or not self.speak_replies else " (no audio player found; audio files are saved only)"
-            self.say(f"speak {rest}{note}")
-        else:
-            raise InputError(f"unknown command {name!r}; /help lists the commands")
-        return True
+        method = COMMANDS.get(name)
+        if method is None:
+            raise InputError(f"unknown command {name!r}; the commands are {', '.join(COMMANDS)} (/help says what "
+                             "each does; to send a message that starts with a path, type the path in full)")
+        return getattr(self, method)(rest.strip()) is not False
+
+    def _command_quit(self, rest: str) -> bool:
+        return False
+
+    def _command_help(self, rest: str) -> None:
+        self.say(HELP)
+
+    def _command_image(self, rest: str) -> None:
+        self._attach([self._named_file(rest, "image", ImageError)])
+
+    def _command_video(self, rest: str) -> None:
+        path = self._named_file(rest, "video", VideoError)
+        if not is_video_path(path):
+            raise VideoError(f"{rest!r} is not a video file by its name; give a {VIDEO_FORMATS_HINT} file")
+        if path not in self.pending_videos:
+            self.pending_videos.append(path)
+        self.say(f"attached {path}; type your message")
+
+    @staticmethod
+    def _named_file(rest: str, kind: str, error: type[InputError]) -> Path:
+        """The file that ``/image PATH`` or ``/video PATH`` names; refused when there is none."""
+        if not rest:
+            raise InputError(f"/{kind} needs a path: /{kind} PATH")
+        path = Path(rest.strip("'\"")).expanduser()
+        if not path.is_file():
+            raise error(f"{kind} {rest!r} does not exist or is not a file; check the path")
+        return path
+
+    def _command_new(self, rest: str) -> None:
+        self._open_thread(None)
+        self.thread_id = None
+        self.pending_images.clear()
+        self.pending_videos.clear()
+        self.say("new conversation")
+
+    def _command_threads(self, rest: str) -> None:
+        self._list_threads()
+
+    def _command_resume(self, rest: str) -> None:
+        if not rest:
+            raise InputError("/resume needs a thread id: /resume ID (see /threads)")
+        self._resume(rest)
+
+    def _command_tools(self, rest: str) -> None:
+        for tool in self.agent.tools:
+            description = " ".join((tool.description or "").split())
+            self.say(f"  {tool.name}: {description[:100]}")
+
+    def _command_memories(self, rest: str) -> None:
+        facts = self._memory().list()
+        self.say("\n".join(f"  {m.memory_id}  {m.text}" for m in facts) or "no memories yet")
+
+    def _command_forget(self, rest: str) -> None:
+        memory = self._memory()
+        if not rest:
+            raise InputError("/forget needs a memory id: /forget ID (see /memories)")
+        self.say(f"forgot {memory.forget(rest).text}")
+
+    def _memory(self) -> Any:
+        memory = self.agent.memory
+        if memory is None:
+            raise InputError("long-term memory is off; set agent.long_term_memory = true in the config")
+        return memory
+
+    def _command_speak(self, rest: str) -> None:
+        if rest not in ("on", "off"):
+            raise InputError(f"/speak takes on or off, got {rest!r}")
+        self.speak_replies = rest == "on"
+        if self.speak_replies and not any(t.name == "speak" for t in self.agent.tools):
+            self.speak_replies = False
+            raise InputError("the speak tool is not enabled; add \"speak\" to tools.enabled in the config")
+        player = find_audio_player()
+        note = "" if player or not self.speak_replies else " (no audio player found; audio files are saved only)"
+        self.say(f"speak {rest}{note}")
 
     def _list_threads(self) -> None:
         import datetime
@@ -390,7 +459,8 @@ class TerminalChat:
         worker = threading.Thread(target=produce, name="agent-turn", daemon=True)
         worker.start()
         reply: AgentReply | None = None
-        streamed = False
+        refused: ImageError | VideoError | None = None
+        streamed = shown_tools = False
         at_line_start = True
         stopping = False
         while True:
@@ -404,6 +474,8 @@ class TerminalChat:
                 if isinstance(item, BaseException):
                     if not at_line_start:
                         self.say()
+                    if isinstance(item, (ImageError, VideoError)) and not streamed and not shown_tools:
+                        refused = item  # an attachment the agent would not take: nothing was sent
                     if isinstance(item, LlavaAgentError):
                         self.error(item)
                     else:
@@ -415,6 +487,7 @@ class TerminalChat:
                     self.say(item.text, end="")
                     streamed, at_line_start = True, False
                 elif isinstance(item, ToolCallEvent):
+                    shown_tools = True
                     if not at_line_start:
                         self.say()
                     self.say(f"[tool] {item.name} {json.dumps(item.args, ensure_ascii=False)}")
@@ -433,6 +506,8 @@ class TerminalChat:
                     at_line_start = True
         worker.join()
         if reply is None:
+            if refused is not None:
+                self._keep_turn(text, images, videos, str(refused))
             return None
         if reply.thread_id:
             self.thread_id = reply.thread_id
@@ -447,6 +522,18 @@ class TerminalChat:
         if self.speak_replies and reply.text and not reply.stopped:
             self._speak(reply.text)
         return reply
+
+    def _keep_turn(self, text: str, images: list[Path], videos: list[Path], error: str) -> None:
+        """After an attachment was refused at sending: keep the message and every attachment the error does not name."""
+        named = [path for path in [*images, *videos] if str(path) in error or repr(str(path)) in error]
+        for path in images:
+            if path not in named and path not in self.pending_images:
+                self.pending_images.append(path)
+        for path in videos:
+            if path not in named and path not in self.pending_videos:
+                self.pending_videos.append(path)
+        if text.strip():
+            self._keep_message(text)
 
     def _show_tool_result(self, event: Any) -> None:
         if event.is_error:

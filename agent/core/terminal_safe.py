@@ -10,12 +10,21 @@ and keeps newlines and tabs. :func:`json_text` dumps JSON whose parsed value is 
 data, with those characters as JSON ``\\uXXXX`` escapes, so ``--json`` output is both exact and
 safe. :func:`terminal_safe_streams` wraps ``sys.stdout``/``sys.stderr`` so that every line a
 command prints (and every log line) goes through :func:`terminal_safe`.
+
+Progress bars (tqdm: loading weights, downloads, training) redraw their line on stderr with a
+carriage return, cursor up (``ESC [ n A``) and erase in line (``ESC [ n K``). On stderr, a write
+that *starts* with one of these (after any newlines) is a progress redraw: :func:`progress_safe`
+keeps exactly those three and escapes everything else in it. They only move within lines already
+written and blank the current one: no title, clipboard, screen clear, colour, link or bidi. A log
+or error line starts with its text, so every control in it is escaped as before; stdout (model
+output, tool results, data) never keeps any.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 import unicodedata
 from collections.abc import Iterator
@@ -51,6 +60,24 @@ def terminal_safe(text: Any) -> str:
     return "".join(escape_char(ch) if is_unsafe(ch) else ch for ch in text)
 
 
+# The line-redraw controls of a progress bar: carriage return, cursor up, erase in line.
+_PROGRESS_CONTROL = re.compile(r"\r|\x1b\[[0-9]{0,3}[AK]")
+
+
+def is_progress_redraw(text: str) -> bool:
+    """Whether a write to stderr is a progress bar redrawing its line (it starts, after newlines, with a redraw control)."""
+    return _PROGRESS_CONTROL.match(text.lstrip("\n")) is not None
+
+
+def progress_safe(text: str) -> str:
+    """``text`` through :func:`terminal_safe`, keeping its carriage returns, cursor-up and erase-line sequences."""
+    kept, start = [], 0
+    for control in _PROGRESS_CONTROL.finditer(text):
+        kept += [terminal_safe(text[start : control.start()]), control.group()]
+        start = control.end()
+    return "".join(kept) + terminal_safe(text[start:])
+
+
 def _json_escape(char: str) -> str:
     code = ord(char)
     if code < 0x10000:
@@ -72,13 +99,18 @@ def json_text(value: Any, **kwargs: Any) -> str:
 
 
 class TerminalSafeWriter:
-    """A text stream that writes everything through :func:`terminal_safe` to the stream it wraps."""
+    """A text stream that writes everything through :func:`terminal_safe` to the stream it wraps.
 
-    def __init__(self, stream: TextIO) -> None:
+    ``progress=True`` (stderr) lets a progress bar's redraw through :func:`progress_safe` instead.
+    """
+
+    def __init__(self, stream: TextIO, *, progress: bool = False) -> None:
         self._stream = stream
+        self._progress = progress
 
     def write(self, text: str) -> int:
-        self._stream.write(terminal_safe(text))
+        shown = progress_safe(text) if self._progress and is_progress_redraw(text) else terminal_safe(text)
+        self._stream.write(shown)
         return len(text)
 
     def writelines(self, lines: Any) -> None:
@@ -91,16 +123,19 @@ class TerminalSafeWriter:
 
 @contextlib.contextmanager
 def terminal_safe_streams(*, stdout: bool = True, stderr: bool = True) -> Iterator[None]:
-    """Route ``sys.stdout`` and/or ``sys.stderr`` through :class:`TerminalSafeWriter` for the block."""
+    """Route ``sys.stdout`` and/or ``sys.stderr`` through :class:`TerminalSafeWriter` for the block.
+
+    Progress bars keep drawing on stderr (see the module doc)."""
     saved = sys.stdout, sys.stderr
     if stdout:
         sys.stdout = TerminalSafeWriter(saved[0])  # type: ignore[assignment]
     if stderr:
-        sys.stderr = TerminalSafeWriter(saved[1])  # type: ignore[assignment]
+        sys.stderr = TerminalSafeWriter(saved[1], progress=True)  # type: ignore[assignment]
     try:
         yield
     finally:
         sys.stdout, sys.stderr = saved
 
 
-__all__ = ["TerminalSafeWriter", "escape_char", "is_unsafe", "json_text", "terminal_safe", "terminal_safe_streams"]
+__all__ = ["TerminalSafeWriter", "escape_char", "is_progress_redraw", "is_unsafe", "json_text", "progress_safe",
+           "terminal_safe", "terminal_safe_streams"]

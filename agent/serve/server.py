@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from agent.core.errors import ConfigError, InputError
+from agent.core.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from agent.core.config import AppConfig
@@ -47,16 +47,55 @@ def configure_logging(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-def build_app(config: AppConfig, api_keys: Sequence[str] = ()) -> Any:
-    """The ASGI app for ``config`` plus keys given on the command line; refuses an open non-loopback server."""
-    check_dependencies()
-    from agent.serve.app import create_app
+def _checked_keys(config: AppConfig, api_keys: Sequence[str]) -> Any:
+    """The keys from the command line and the config; refuses an open non-loopback server."""
     from agent.serve.security import ApiKeys, check_exposure
 
     settings = config.serve
     keys = ApiKeys.gather(api_keys, settings.api_keys, settings.api_keys_file)
     check_exposure(settings.host, keys)
-    return create_app(config, keys=keys)
+    return keys
+
+
+def build_app(config: AppConfig, api_keys: Sequence[str] = ()) -> Any:
+    """The ASGI app for ``config`` plus keys given on the command line; refuses an open non-loopback server."""
+    check_dependencies()
+    from agent.serve.app import create_app
+
+    return create_app(config, keys=_checked_keys(config, api_keys))
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse, in one line, an address the server could not listen on (a port in use, a host not of this machine).
+
+    Checked before anything loads, by binding the address as the server will (``SO_REUSEADDR``);
+    port 0 (a free port) always works.
+    """
+    import errno
+    import socket
+
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise InputError(f"cannot listen on host {host!r} ({exc.strerror}); give a name or address of this machine "
+                         "with --host") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise InputError(f"port {port} on {host} is already in use by another process; stop that process "
+                                     "or pick another port with --port (0 picks a free one)") from None
+                if exc.errno == errno.EACCES:
+                    raise InputError(f"port {port} on {host} needs administrator rights; pick a port above 1023 with "
+                                     "--port") from None
+                raise InputError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); check --host and --port") from None
 
 
 def page_address(host: str, port: int) -> str:
@@ -91,10 +130,15 @@ def run_server(
     config: AppConfig, api_keys: Sequence[str] = (), *, verbose: bool = False, open_page: bool = False
 ) -> int:
     """Serve until interrupted; returns the exit code. ``open_page``: open the chat page in the browser once up."""
-    app = build_app(config, api_keys)
+    check_dependencies()
+    settings = config.serve
+    keys = _checked_keys(config, api_keys)
+    check_port(settings.host, settings.port)  # one clear line, before the model stack is even imported
+    from agent.serve.app import create_app
+
+    app = create_app(config, keys=keys)
     import uvicorn
 
-    settings = config.serve
     configure_logging(verbose)
     logger.info(
         "serving %s%s on http://%s:%d (%s)", app.state.server.model_name,
@@ -120,6 +164,6 @@ def run_server(
         threading.Thread(target=_open_when_started, args=(server, settings.host), name="open-page", daemon=True).start()
     try:
         server.run()
-    except OSError as exc:  # the port is taken, the address cannot be bound
-        raise ConfigError(f"cannot listen on {settings.host}:{settings.port} ({exc}); pick another --port") from None
+    except OSError as exc:  # the address cannot be bound after all
+        raise InputError(f"cannot listen on {settings.host}:{settings.port} ({exc}); pick another port with --port") from None
     return 0

@@ -123,8 +123,8 @@ def test_every_message_gives_the_same_download_hint(tmp_path):
     from agent.llava.loading import _not_found
 
     assert "`hf download org/m`" in str(_not_found("org/m", "is not cached"))
-    check = _model_status("chat model", "org/uncached-model-for-hint")
-    assert "hf download org/uncached-model-for-hint" in check.advice
+    check = _model_status("chat model", "org/uncached-model-for-hint", "model.model")
+    assert "hf download org/uncached-model-for-hint" in check.advice and "model.model" in check.advice
     assert load_config({}, environ={}) is not None
 
 
