@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.core.errors import ImageError, InputError, StoreError, VideoError
-from agent.core.images import DECODERS, FORMATS_HINT, mime_type
+from agent.core.images import FORMATS_HINT, mime_type, verified_format
 from agent.core.private_files import private_dir, write_file_atomically
 from agent.core.videos import VIDEO_FORMATS_HINT, is_video_path, probe_video
 
@@ -61,18 +61,7 @@ def save_attachment(path: str | os.PathLike[str], folder: Path) -> tuple[Path, s
         raise ImageError(f"image {str(path)!r} cannot be read ({exc.strerror}); check its permissions") from None
     if not data:
         raise ImageError(f"image {str(path)!r} is empty; give a {FORMATS_HINT} file")
-    from io import BytesIO
-
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(BytesIO(data), formats=DECODERS) as image:
-            image_format = image.format or ""
-            image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(
-            f"file {str(path)!r} is not a readable image ({exc}); give a {FORMATS_HINT} file"
-        ) from None
+    image_format = verified_format(data, str(path))
     mime = mime_type(image_format)
     if mime is None:
         raise ImageError(f"image {str(path)!r} is a {image_format} file; give a {FORMATS_HINT} file")

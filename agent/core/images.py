@@ -357,6 +357,27 @@ def image_name(source: Any) -> str | None:
     return Path(filename).name if filename else None
 
 
+def _unreadable(label: str, exc: Exception) -> ImageError:
+    # PIL's "cannot identify image file <_io.BytesIO object at 0x...>" says nothing the user can act on
+    from PIL import UnidentifiedImageError
+
+    reason = "" if isinstance(exc, UnidentifiedImageError) else f" ({type(exc).__name__}: {exc})"
+    return ImageError(f"file {label!r} is not a readable image in a supported format{reason}; give a {FORMATS_HINT} file")
+
+
+def verified_format(data: bytes, label: str) -> str:
+    """The format of the image file ``data`` (checked whole, not decoded), or a clear :class:`ImageError`."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data), formats=DECODERS) as image:
+            image_format = image.format or ""
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise _unreadable(label, exc) from None
+    return image_format
+
+
 def open_image_file(
     path: Path | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS, *, label: str | None = None
 ) -> Image.Image:
@@ -389,8 +410,4 @@ def open_image_file(
             "tools.max_image_pixels"
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        # PIL's "cannot identify image file <_io.BytesIO object at 0x...>" says nothing the user can act on
-        reason = "" if isinstance(exc, UnidentifiedImageError) else f" ({type(exc).__name__}: {exc})"
-        raise ImageError(
-            f"file {label!r} is not a readable image in a supported format{reason}; give a {FORMATS_HINT} file"
-        ) from None
+        raise _unreadable(label, exc) from None

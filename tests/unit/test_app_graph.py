@@ -235,8 +235,9 @@ def test_bad_inputs_raise_clear_errors(config, tmp_path):
     )
     not_image = tmp_path / "notes.png"
     not_image.write_text("hello")
-    with pytest.raises(ImageError, match="is not a readable image"):
+    with pytest.raises(ImageError, match="is not a readable image") as excinfo:
         agent.chat("look", images=[not_image])
+    assert "BytesIO" not in str(excinfo.value) and str(not_image) in str(excinfo.value)
     with pytest.raises(InputError, match="the message is empty"):
         agent.chat("   ")
     with pytest.raises(InputError, match="unknown thread 'zzzz'"):
