@@ -247,8 +247,7 @@ CI_ADAPTER_SETTINGS = {
 }
 """A CI-sized recipe: the same data and training as ``llava-agent finetune tools``, fewer steps."""
 
-_ADAPTER_SOURCES = ("agent/app/tool_data.py", "agent/data/tool_lexicons.json", "tools/examples.py",
-                    "agent/app/system_prompt.py", "agent/decoding/tool_protocol.py", "finetune/shared_prefix.py")
+_TRAINING_SOURCES = ("agent/decoding/tool_protocol.py", "finetune/shared_prefix.py")
 
 
 def _source_digest(path: Path) -> bytes:
@@ -270,20 +269,17 @@ def _source_digest(path: Path) -> bytes:
     return ast.dump(tree, include_attributes=False).encode()
 
 
-def _adapter_fingerprint(model_path: Path, settings: dict) -> str:
+def _adapter_fingerprint(model_path: Path, settings: dict, data_folder: Path) -> str:
+    """The cache key: the settings, the base model, the training data itself (rows and pictures, as
+    the tools, examples, lexicons and prompts made them) and the code that renders it for training."""
     import hashlib
-
-    from agent.app.routing_eval import agent_tools
-    from agent.core.config import load_config
-    from agent.llava.messages import tool_schemas
 
     root = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256(json.dumps([settings, model_path.name], sort_keys=True).encode())
-    for name in _ADAPTER_SOURCES:
+    for name in _TRAINING_SOURCES:
         digest.update(_source_digest(root / name))
-    with tempfile.TemporaryDirectory() as scratch:
-        schemas = tool_schemas(agent_tools(load_config({"data_dir": scratch}, environ={})))
-    digest.update(json.dumps(schemas, sort_keys=True).encode())
+    for file in sorted(p for p in data_folder.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(data_folder).as_posix().encode() + b"\0" + file.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -291,8 +287,9 @@ def smollm2_tool_adapter_path(model_path: Path | None = None, settings: dict | N
                               root: Path | None = None) -> Path:
     """A tool-use adapter for the SmolLM2 LLaVA, trained with :data:`CI_ADAPTER_SETTINGS` once and cached.
 
-    The cache key covers the settings and the code that makes the data (tools, examples,
-    lexicons, prompts), so a change there trains a fresh adapter.
+    The data is made first (a second or two); the cache key covers it, the settings and the
+    training-side code, so a change in what the data says trains a fresh adapter and a change
+    that leaves the data as it was does not.
     """
     import fcntl
 
@@ -304,21 +301,22 @@ def smollm2_tool_adapter_path(model_path: Path | None = None, settings: dict | N
     model_path = Path(model_path) if model_path is not None else smollm2_llava_path()
     settings = dict(settings or CI_ADAPTER_SETTINGS)
     root = Path(root) if root is not None else cache_dir() / "adapters"
-    folder = root / f"tools-{_adapter_fingerprint(model_path, settings)}"
-    if (folder / "adapter_config.json").is_file():
-        return folder
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".train.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".train-") as scratch:
+        config = load_config({"data_dir": str(Path(scratch) / "data")}, environ={})
+        tools = agent_tools(config)
+        count = settings.pop("count")
+        data = synthesize_tool_data(tools, Path(scratch) / "tool-data", system_prompt=build_system_prompt(tools),
+                                    count=count, seed=settings["seed"])
+        folder = root / f"tools-{_adapter_fingerprint(model_path, {**settings, 'count': count}, data.path.parent)}"
         if (folder / "adapter_config.json").is_file():
             return folder
-        import finetune
+        with open(root / ".train.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if (folder / "adapter_config.json").is_file():
+                return folder
+            import finetune
 
-        with tempfile.TemporaryDirectory(dir=root, prefix=".train-") as scratch:
-            config = load_config({"data_dir": str(Path(scratch) / "data")}, environ={})
-            tools = agent_tools(config)
-            data = synthesize_tool_data(tools, Path(scratch) / "tool-data", system_prompt=build_system_prompt(tools),
-                                        count=settings.pop("count"), seed=settings["seed"])
             finetune.train(model=str(model_path), data=str(data.path), image_folder=str(data.image_folder),
                            output_dir=str(Path(scratch) / "adapter"), format="messages", shared_prefix=True,
                            max_length=4096, logging_steps=5, save_steps=1000, device="cpu", **settings)

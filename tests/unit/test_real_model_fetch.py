@@ -45,3 +45,21 @@ def test_the_adapter_cache_key_ignores_docstrings_comments_and_layout_but_not_co
     assert _source_digest(lexicon) == same
     lexicon.write_text('{"a": "x", "b": [2, 1]}')
     assert _source_digest(lexicon) != same
+
+
+def test_the_adapter_cache_key_follows_the_training_data_not_where_it_was_written(tmp_path):
+    from tests.real_model import _adapter_fingerprint
+
+    def data(folder, row: str):
+        (folder / "images").mkdir(parents=True)
+        (folder / "train.jsonl").write_text(row)
+        (folder / "images" / "0.png").write_bytes(b"\x89PNG picture")
+        return folder
+
+    settings, model = {"seed": 0, "max_steps": 30}, tmp_path / "smollm2-llava"
+    key = _adapter_fingerprint(model, settings, data(tmp_path / "a", '{"messages": []}\n'))
+    assert _adapter_fingerprint(model, settings, data(tmp_path / "b", '{"messages": []}\n')) == key
+    assert _adapter_fingerprint(model, settings, data(tmp_path / "c", '{"messages": [1]}\n')) != key
+    assert _adapter_fingerprint(model, {**settings, "max_steps": 31}, tmp_path / "a") != key
+    (tmp_path / "a" / "images" / "0.png").write_bytes(b"\x89PNG another picture")
+    assert _adapter_fingerprint(model, settings, tmp_path / "a") != key
