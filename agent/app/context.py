@@ -35,12 +35,16 @@ from memory.context_notes import TRIMMED_TURNS_FOOTER, TRIMMED_TURNS_HEADER, con
 if TYPE_CHECKING:
     from langchain.agents.middleware import ModelRequest, ModelResponse
 
+    from agent.core.config import AppConfig
+
 logger = logging.getLogger(__name__)
 
 IMAGE_TOKENS = 600
 """Tokens one image is assumed to take when estimating (LLaVA-1.5: 576 patch tokens)."""
 MESSAGE_OVERHEAD_TOKENS = 8
 """Tokens a chat template adds around one message or tool call (role markers, separators, tags)."""
+DEFAULT_CONTEXT_TOKENS = 4096
+"""The context assumed for a model that does not say its own (and no ``memory.max_context_tokens``)."""
 MAX_REFITS = 8
 """How many times a call the model's own count may make the policy leave out more turns."""
 
@@ -209,6 +213,45 @@ def fit_to_context(
     return list(messages[keep_from:]), note
 
 
+def model_max_images(model: Any, config: AppConfig) -> int | None:
+    """Images kept as pixels per prompt: the config, else what the model says (``image_capacity()``)."""
+    if config.model.max_images is not None:
+        return config.model.max_images
+    probe = getattr(model, "image_capacity", None)
+    value = probe() if callable(probe) else probe
+    return value if isinstance(value, int) and value >= 0 else None
+
+
+def model_context_tokens(model: Any, config: AppConfig) -> int:
+    """The model's context window: the config, else the loaded model's, else a safe default."""
+    if config.memory.max_context_tokens is not None:
+        return config.memory.max_context_tokens
+    loaded = getattr(model, "loaded", None) if hasattr(type(model), "loaded") else None
+    value = getattr(loaded, "context_length", None)
+    return value if isinstance(value, int) and value > 0 else DEFAULT_CONTEXT_TOKENS
+
+
+def text_token_counter(model: Any) -> Callable[[str], int]:
+    """Counts a text's tokens with the model's own tokenizer, when the model says it has one.
+
+    LangChain's base ``get_token_ids`` would fetch a GPT-2 tokenizer from the hub; a model that does
+    not override it is counted with the generous offline estimate instead.
+    """
+    from langchain_core.language_models import BaseLanguageModel
+
+    if getattr(type(model), "get_token_ids", BaseLanguageModel.get_token_ids) is BaseLanguageModel.get_token_ids:
+        return rough_text_tokens
+    return lambda text: len(model.get_token_ids(text))
+
+
+def model_image_tokens(model: Any) -> int:
+    """Tokens one image takes in the model's prompt (``image_seq_length`` of a LLaVA config)."""
+
+    loaded = getattr(model, "loaded", None) if hasattr(type(model), "loaded") else None
+    value = getattr(getattr(loaded, "config", None), "image_seq_length", None)
+    return value if isinstance(value, int) and value > 0 else IMAGE_TOKENS
+
+
 class ContextPolicyMiddleware(AgentMiddleware):
     """Applies the image policy and the length policy to every model call of an agent."""
 
@@ -232,6 +275,17 @@ class ContextPolicyMiddleware(AgentMiddleware):
         self._max_tokens = max_tokens
         self._image_tokens = image_tokens
         self.reserved_tokens = reserved_tokens
+
+    @classmethod
+    def for_model(cls, model: Any, config: AppConfig, reserved_tokens: int) -> ContextPolicyMiddleware:
+        """The policy for ``model``: its limits read on the first call, its text counted with its tokenizer."""
+        return cls(
+            max_images=lambda: model_max_images(model, config),
+            max_tokens=lambda: model_context_tokens(model, config),
+            image_tokens=lambda: model_image_tokens(model),
+            count_text=text_token_counter(model),
+            reserved_tokens=reserved_tokens,
+        )
 
     @property
     def image_tokens(self) -> int:

@@ -22,18 +22,18 @@ import json
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from langchain.agents import create_agent
 from langchain.agents.middleware import AgentMiddleware, ToolErrorMiddleware
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, ToolMessage
 from langgraph.errors import GraphRecursionError
 
 from agent.app.attachments import attachments_folder, build_user_message, save_attachment
-from agent.app.context import IMAGE_TOKENS, ContextPolicyMiddleware, rough_text_tokens
+from agent.app.context import ContextPolicyMiddleware, model_max_images
 from agent.app.events import (
     AgentEvent,
     AgentReply,
@@ -46,12 +46,12 @@ from agent.app.events import (
 from agent.app.grounding import ArgumentGroundingMiddleware
 from agent.app.routing import routing_middleware
 from agent.app.system_prompt import build_system_prompt
+from agent.app.tool_choice import tool_choice_middleware
 from agent.app.tool_limits import ToolLimitsMiddleware
 from agent.app.vision_chat import ChatModelVision, attach_vision_chat
 from agent.core.config import AppConfig, load_config
 from agent.core.errors import InputError
 from agent.core.untrusted import shortened
-from agent.decoding.tool_protocol import normalise_tool_choice
 from agent.llava.chat_model import ChatLlava
 from memory.conversations import ConversationStore, title_from_message
 from memory.long_term import LongTermMemory
@@ -59,7 +59,7 @@ from memory.thread_lease import lease_folder, writing_turn
 from tools import build_tools
 
 if TYPE_CHECKING:
-    from langchain.agents.middleware import ModelRequest, ModelResponse, ToolCallRequest
+    from langchain.agents.middleware import ToolCallRequest
     from langchain_core.language_models import BaseChatModel
     from langchain_core.messages import BaseMessage
     from langchain_core.tools import BaseTool
@@ -80,7 +80,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CONTEXT_TOKENS = 4096
 LIMIT_MESSAGE = (
     "I stopped after {limit} agent steps without reaching an answer (the step limit). "
     "Ask again with a narrower request, or raise agent.recursion_limit in the config."
@@ -123,64 +122,6 @@ def tool_error_message(exc: BaseException, request: ToolCallRequest) -> str:
     args = shortened(json.dumps(request.tool_call.get("args", {}), ensure_ascii=False, default=str))
     logger.warning("tool %s failed: %s", name, exc, exc_info=logger.isEnabledFor(logging.DEBUG))
     return f"Error running {name} with arguments {args}: {exc} Please try again or use another tool."
-
-
-class _FirstCallToolChoice(AgentMiddleware):
-    """Forces ``tool_choice`` on the first model call of each turn only (the one after the user's message)."""
-
-    def __init__(self, tool_choice: str) -> None:
-        super().__init__()
-        self.tool_choice = tool_choice
-
-    def _prepare(self, request: ModelRequest) -> ModelRequest:
-        if request.tools and request.messages and isinstance(request.messages[-1], HumanMessage):
-            return request.override(tool_choice=self.tool_choice)
-        return request
-
-    def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> ModelResponse:
-        return handler(self._prepare(request))
-
-    async def awrap_model_call(self, request: ModelRequest, handler: Any) -> ModelResponse:
-        return await handler(self._prepare(request))
-
-
-def _model_max_images(model: Any, config: AppConfig) -> int | None:
-    """Images kept as pixels per prompt: the config, else what the model says (``image_capacity()``)."""
-    if config.model.max_images is not None:
-        return config.model.max_images
-    probe = getattr(model, "image_capacity", None)
-    value = probe() if callable(probe) else probe
-    return value if isinstance(value, int) and value >= 0 else None
-
-
-def _model_context_tokens(model: Any, config: AppConfig) -> int:
-    """The model's context window: the config, else the loaded model's, else a safe default."""
-    if config.memory.max_context_tokens is not None:
-        return config.memory.max_context_tokens
-    loaded = getattr(model, "loaded", None) if hasattr(type(model), "loaded") else None
-    value = getattr(loaded, "context_length", None)
-    return value if isinstance(value, int) and value > 0 else DEFAULT_CONTEXT_TOKENS
-
-
-def _text_token_counter(model: Any) -> Callable[[str], int]:
-    """Counts a text's tokens with the model's own tokenizer, when the model says it has one.
-
-    LangChain's base ``get_token_ids`` would fetch a GPT-2 tokenizer from the hub; a model that does
-    not override it is counted with the generous offline estimate instead.
-    """
-    from langchain_core.language_models import BaseLanguageModel
-
-    if getattr(type(model), "get_token_ids", BaseLanguageModel.get_token_ids) is BaseLanguageModel.get_token_ids:
-        return rough_text_tokens
-    return lambda text: len(model.get_token_ids(text))
-
-
-def _model_image_tokens(model: Any) -> int:
-    """Tokens one image takes in the model's prompt (``image_seq_length`` of a LLaVA config)."""
-
-    loaded = getattr(model, "loaded", None) if hasattr(type(model), "loaded") else None
-    value = getattr(getattr(loaded, "config", None), "image_seq_length", None)
-    return value if isinstance(value, int) and value > 0 else IMAGE_TOKENS
 
 
 class _DropStopNoise(logging.Filter):
@@ -233,7 +174,7 @@ class MultimodalAgent:
         self.memory = memory
         self.tools: list[BaseTool] = list(tools) + (memory.tools() if memory is not None else [])
         # tools that show several images to a chat model (describe_video) get this agent's own
-        attach_vision_chat(self.tools, ChatModelVision(model, lambda: _model_max_images(model, self.config)))
+        attach_vision_chat(self.tools, ChatModelVision(model, lambda: model_max_images(model, self.config)))
         names = [t.name for t in self.tools]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -250,20 +191,11 @@ class MultimodalAgent:
         if memory is not None:
             stack.append(memory.middleware(self.config.memory.recall_k))
         stack.append(
-            ContextPolicyMiddleware(
-                max_images=lambda: _model_max_images(model, self.config),
-                max_tokens=lambda: _model_context_tokens(model, self.config),
-                image_tokens=lambda: _model_image_tokens(model),
-                count_text=_text_token_counter(model),
-                reserved_tokens=reserved if isinstance(reserved, int) else 512,
-            )
+            ContextPolicyMiddleware.for_model(model, self.config, reserved if isinstance(reserved, int) else 512)
         )
-        if self.config.agent.tool_choice:
-            try:
-                choice = normalise_tool_choice(self.config.agent.tool_choice, names)
-            except InputError as exc:
-                raise InputError(f"agent.tool_choice: {exc}") from None
-            stack.append(_FirstCallToolChoice(choice))
+        forced = tool_choice_middleware(self.config.agent.tool_choice, names)
+        if forced is not None:
+            stack.append(forced)
         self.routing = routing_middleware(self.config, self.tools, memory.embedder if memory is not None else None)
         if self.routing is not None:  # inside a forced tool_choice, which it leaves alone
             stack.append(self.routing)
