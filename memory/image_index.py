@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +40,8 @@ from agent.core.images import is_image_path, open_image_file
 from agent.core.model_manager import ModelManager, model_fingerprint
 from memory.chroma import acquire_writer_lock, open_chroma_client, release_writer_lock
 from memory.embedders import ClipEmbedder, clip_embedding_function
-from memory.index_captions import caption_each, store_captions
+from memory.index_captions import caption_into_report, store_captions
+from memory.index_report import IndexReport, SkippedFile, not_captioned
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,48 +54,6 @@ logger = logging.getLogger(__name__)
 MAX_K = 100
 REINDEX_SUFFIX = ".reindex"
 RETIRED_SUFFIX = ".retired"
-
-
-@dataclass(frozen=True)
-class SkippedFile:
-    path: str
-    reason: str
-
-
-def _not_captioned(path: str, reason: str, folder: str) -> SkippedFile:
-    """The report's entry for an image that stays indexed without a caption, saying how to retry."""
-    return SkippedFile(path, f"{reason}; it stays indexed without a caption: run `llava-agent index {folder} "
-                             "--captions` again to caption it")
-
-
-@dataclass
-class IndexReport:
-    """What one :func:`index_images` run did; counts are numbers of files."""
-
-    folder: str
-    added: int = 0
-    updated: int = 0
-    removed: int = 0
-    unchanged: int = 0
-    skipped: list[SkippedFile] = field(default_factory=list)
-    seconds: float = 0.0
-    captioning: bool = False  # whether a captioner was given
-    captioned: int = 0  # images given a caption, new or indexed earlier without one
-    uncaptioned: list[SkippedFile] = field(default_factory=list)  # indexed, but their caption failed
-
-    @property
-    def embedded(self) -> int:
-        return self.added + self.updated
-
-    def summary(self) -> str:
-        text = (
-            f"{self.folder}: {self.added} added, {self.updated} updated, {self.removed} removed, "
-            f"{self.unchanged} unchanged, {len(self.skipped)} skipped"
-            + (f", {self.captioned} captioned" if self.captioning else "")
-            + f" in {self.seconds:.1f} s"
-        )
-        return (text + "".join(f"\n  skipped {s.path}: {s.reason}" for s in self.skipped)
-                + "".join(f"\n  not captioned {s.path}: {s.reason}" for s in self.uncaptioned))
 
 
 @dataclass(frozen=True)
@@ -383,7 +342,7 @@ class ImageIndex:
         captions = [""] * len(images)
         try:
             if captioner is not None:
-                captions = self._caption(captioner, images, [m["path"] for m in metadatas], report)
+                captions = caption_into_report(captioner, images, [m["path"] for m in metadatas], report)
         finally:  # the embeddings are written even when the caption model cannot run
             for metadata in metadatas:
                 if metadata.pop("_new"):
@@ -405,22 +364,14 @@ class ImageIndex:
             images, ids = [], []
             for (_resolved, metadata), (image, loaded) in zip(batch, self._read_batch(batch), strict=True):
                 if image is None:
-                    report.uncaptioned.append(_not_captioned(metadata["path"], str(loaded), report.folder))
+                    report.uncaptioned.append(not_captioned(metadata["path"], str(loaded), report.folder))
                     continue
                 images.append(image)
                 ids.append(metadata["path"])
-            captions = self._caption(captioner, images, ids, report) if images else []
+            captions = caption_into_report(captioner, images, ids, report) if images else []
             store_captions(collection, {i: text for i, text in zip(ids, captions, strict=True) if text.strip()})
             bar.update(len(batch))
         bar.close()
-
-    @staticmethod
-    def _caption(captioner: Any, images: list[Any], paths: list[str], report: IndexReport) -> list[str]:
-        """Captions for ``images`` ("" for one the captioner failed on, listed in the report)."""
-        captions, failures = caption_each(captioner, images, paths)
-        report.captioned += sum(bool(text.strip()) for text in captions)
-        report.uncaptioned += [_not_captioned(path, reason, report.folder) for path, reason in failures]
-        return captions
 
     # -- rebuilding with another CLIP ------------------------------------------------------------
     def reindex(self, *, batch_size: int = 32, progress: bool = True) -> IndexReport:

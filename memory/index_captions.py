@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from agent.core.errors import ModelLoadError, ModelNotFoundError
+from memory.index_report import IndexReport, not_captioned
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
@@ -46,3 +47,11 @@ def store_captions(collection: Collection, captions: Mapping[str, str]) -> None:
     collection.update(
         ids=stored["ids"], embeddings=stored["embeddings"], documents=[captions[item_id] for item_id in stored["ids"]]
     )
+
+
+def caption_into_report(captioner: Any, images: list[Any], paths: list[str], report: IndexReport) -> list[str]:
+    """Captions for ``images`` ("" for one the captioner failed on, listed in the report)."""
+    captions, failures = caption_each(captioner, images, paths)
+    report.captioned += sum(bool(text.strip()) for text in captions)
+    report.uncaptioned += [not_captioned(path, reason, report.folder) for path, reason in failures]
+    return captions
