@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from agent.cli.terminal_media import find_audio_player
 from agent.core.errors import LlavaAgentError
 from agent.core.runtime import default_chat_model, resolve_device
 from agent.llava.loading import resolve_spec
@@ -25,7 +26,6 @@ from tools.video_cost import describe_duration, estimate_cpu_seconds
 if TYPE_CHECKING:
     from agent.core.config import AppConfig
 
-AUDIO_PLAYERS = ("paplay", "aplay", "ffplay", "afplay")
 QUANTIZATION_WORDS = {"4bit": "4-bit NF4", "8bit": "8-bit (bitsandbytes)", "int8-weights": "int8 weights",
                       "none": "full precision"}
 
@@ -100,9 +100,9 @@ def check_espeak(config: AppConfig) -> Check:
 
 
 def check_audio_player(config: AppConfig) -> Check:
-    for player in AUDIO_PLAYERS:
-        if shutil.which(player):
-            return Check("audio player", "ok", player)
+    player = find_audio_player()
+    if player is not None:
+        return Check("audio player", "ok", player[0])
     return Check("audio player", "warn", "none found: /speak writes audio files but cannot play them",
                  "install pulseaudio-utils (paplay), alsa-utils (aplay) or ffmpeg (ffplay)")
 

@@ -9,12 +9,9 @@ generation is cancelled) and returns to the prompt; Ctrl-D or ``/quit`` leaves.
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import queue
 import shlex
-import shutil
 import subprocess
 import sys
 import threading
@@ -24,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from agent.app.events import ReplyEvent, TokenEvent, ToolCallEvent, ToolResultEvent
 from agent.cli.commands import one_line
+from agent.cli.terminal_media import find_audio_player, inline_image_escape, inline_image_protocol
 from agent.core.errors import ImageError, InputError, LlavaAgentError, VideoError
 from agent.core.images import ImageLocation, is_image_path, load_image
 from agent.core.terminal_safe import TerminalSafeWriter, terminal_safe
@@ -33,7 +31,6 @@ if TYPE_CHECKING:
     from agent.app.multimodal_agent import AgentReply, MultimodalAgent
     from agent.core.config import AppConfig
 
-AUDIO_PLAYERS = (("paplay",), ("aplay", "-q"), ("ffplay", "-nodisp", "-autoexit", "-loglevel", "quiet"), ("afplay",))
 HELP = """\
 Commands:
   /image PATH      attach an image to your next message (or paste an image path)
@@ -55,48 +52,6 @@ COMMANDS = {
 }  # fmt: skip
 """Each /command and the :class:`TerminalChat` method that runs it (with the rest of the line)."""
 _DONE = object()
-
-
-def inline_image_protocol(environ: dict[str, str] | os._Environ[str] | None = None) -> str | None:
-    """Which inline-image protocol the terminal speaks: ``kitty``, ``iterm2`` or None."""
-    env = os.environ if environ is None else environ
-    if env.get("KITTY_WINDOW_ID") or "kitty" in env.get("TERM", ""):
-        return "kitty"
-    if env.get("TERM_PROGRAM") in ("iTerm.app", "WezTerm") or env.get("LC_TERMINAL") == "iTerm2":
-        return "iterm2"
-    return None
-
-
-def inline_image_escape(path: Path, protocol: str) -> str:
-    """The escape sequence that shows the image at ``path`` inline with ``protocol``."""
-    data = path.read_bytes()
-    if protocol == "iterm2":
-        payload = base64.b64encode(data).decode("ascii")
-        return f"\x1b]1337;File=name={base64.b64encode(path.name.encode()).decode()};size={len(data)};inline=1:{payload}\x07\n"
-    if not data.startswith(b"\x89PNG"):
-        from io import BytesIO
-
-        from PIL import Image
-
-        buffer = BytesIO()
-        with Image.open(path) as image:
-            image.save(buffer, format="PNG")
-        data = buffer.getvalue()
-    payload = base64.b64encode(data).decode("ascii")
-    chunks = [payload[i : i + 4096] for i in range(0, len(payload), 4096)]
-    parts = []
-    for index, chunk in enumerate(chunks):
-        more = 1 if index < len(chunks) - 1 else 0
-        head = f"a=T,f=100,m={more}" if index == 0 else f"m={more}"
-        parts.append(f"\x1b_G{head};{chunk}\x1b\\")
-    return "".join(parts) + "\n"
-
-
-def find_audio_player() -> list[str] | None:
-    for command in AUDIO_PLAYERS:
-        if shutil.which(command[0]):
-            return list(command)
-    return None
 
 
 def split_image_paths(text: str) -> tuple[list[Path], list[str]]:

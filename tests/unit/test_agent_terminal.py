@@ -10,7 +10,8 @@ from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
 
 from agent.app.multimodal_agent import MultimodalAgent
-from agent.cli.terminal import TerminalChat, inline_image_escape, inline_image_protocol, split_image_paths
+from agent.cli.terminal import TerminalChat, split_image_paths
+from agent.cli.terminal_media import inline_image_escape, inline_image_protocol
 from agent.core.config import load_config
 from agent.core.errors import ImageError, InputError
 from tests.scripted_chat_model import ScriptedChatModel, tool_call
