@@ -288,7 +288,10 @@ class MultimodalAgent:
         """Run one turn, yielding events as they happen; the last one is a :class:`ReplyEvent`.
 
         ``callbacks`` are LangChain callback handlers for this turn (tracing, logging, metrics).
-        Setting ``stop`` (or calling :meth:`stop`) ends this turn early.
+        Setting ``stop`` (or calling :meth:`stop`) ends this turn early. A model call holds its
+        model until the stream is read past it: a consumer that pauses mid-reply keeps other
+        threads using the same model waiting, so read the stream steadily, and close one you leave
+        (``with contextlib.closing(agent.stream(...)) as events:``) rather than dropping it.
         """
         return self._turn(message, images, thread_id, callbacks, stop, stream_tokens=True, videos=videos)
 
