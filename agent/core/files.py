@@ -3,8 +3,12 @@
 Every path a tool reads is resolved fully (``..`` segments and symlinks included) before it is
 compared with the allowed folders, so ``../secret.png``, ``/etc/passwd`` and a symlink pointing
 out of an allowed folder are all refused the same way. Files a tool writes go into the artifacts
-folder under a fresh name, written to an exclusively created temporary file first and then linked
-into place, so an existing file is never overwritten and a reader never sees half a file.
+folder under a fresh name with a random part, written to an exclusively created temporary file
+first and then linked into place, so an existing file is never overwritten, a reader never sees
+half a file, and nobody can guess a file's name from when it was made and what it shows.
+
+Refusals name the folders and where a path resolves, for the person at this machine; a message
+shown to someone else goes through :func:`without_server_paths` first.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import secrets
 import stat
 import time
 from collections.abc import Callable, Iterable
@@ -26,8 +31,29 @@ from agent.core.untrusted import shortened
 if TYPE_CHECKING:
     from PIL import Image
 
-def _describe(folders: Iterable[Path]) -> str:
-    return ", ".join(str(f) for f in folders) or "(none configured)"
+ADD_FOLDER_ADVICE = " or add its folder to tools.allowed_dirs"
+_QUOTED = r"""(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")"""
+_FOLDER_LIST = re.compile(rf" \({_QUOTED}(?:, {_QUOTED})*\)")
+_RESOLVES_HINT = re.compile(rf" \(it resolves to {_QUOTED}\)")
+
+
+def _describe(folders: Iterable[str | os.PathLike[str]]) -> str:
+    """The allowed folders for a message: ``one of the allowed folders ('/a', '/b')`` (each quoted, so
+    :func:`without_server_paths` can take the list out exactly)."""
+    listed = ", ".join(repr(str(f)) for f in folders)
+    return f"one of the allowed folders ({listed})" if listed else "an allowed folder (none is configured)"
+
+
+def without_server_paths(text: str) -> str:
+    """``text`` without the folder lists, resolved paths and config advice that this module's refusals hold.
+
+    For a message shown to someone other than the person at this machine: what the path sent
+    resolves to and which folders the machine reads are not theirs to know, and tools.allowed_dirs
+    is not theirs to change. The paths quoted in such a message are the ones given.
+    """
+    text = _RESOLVES_HINT.sub("", text)
+    text = _FOLDER_LIST.sub("", text)
+    return text.replace(ADD_FOLDER_ADVICE, "")
 
 
 def resolve_allowed_path(path: str | os.PathLike[str], allowed_dirs: Iterable[str | os.PathLike[str]]) -> Path:
@@ -50,10 +76,10 @@ def resolve_allowed_path(path: str | os.PathLike[str], allowed_dirs: Iterable[st
     for folder in allowed:
         if resolved == folder or resolved.is_relative_to(folder):
             return resolved
-    hint = f" (it resolves to {resolved})" if str(resolved) != str(raw) else ""
+    hint = f" (it resolves to {str(resolved)!r})" if str(resolved) != str(raw) else ""
     raise PathNotAllowedError(
-        f"path {str(path)!r} is outside the allowed folders{hint}; use a path under {_describe(allowed)} "
-        "or add its folder to tools.allowed_dirs"
+        f"path {str(path)!r} is outside the allowed folders{hint}; use a path under {_describe(allowed)}"
+        f"{ADD_FOLDER_ADVICE}"
     )
 
 
@@ -170,13 +196,16 @@ def write_new_artifact(
     ``write(handle)`` writes the whole content into a binary file handle. Behind it is a hidden
     temporary file created in the folder under an unpredictable name with ``O_EXCL | O_NOFOLLOW``
     (mode 0600; a planted file or symlink is never written through); the file then gets a name
-    ``<time>-<stem><suffix>`` (``-2``, ``-3``... appended if taken) with a hard link, which fails
-    instead of replacing an existing file. A missing folder is created private (0700). If ``write``
-    or the disk fails (a full disk), nothing is left behind and a :class:`ToolError` says so in one line.
+    ``<time>-<stem>-<16 random hex digits><suffix>`` (``-2``, ``-3``... appended if taken) with a hard
+    link, which fails instead of replacing an existing file; the random part keeps the name from
+    being guessed by someone who knows when the file was made and from what. A missing folder is
+    created private (0700). If ``write`` or the disk fails (a full disk), nothing is left behind
+    and a :class:`ToolError` says so in one line.
     """
 
     folder = Path(artifacts_dir).expanduser()
-    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{slugify(stem)}"
+    readable = f"{time.strftime('%Y%m%d-%H%M%S')}-{slugify(stem)}"
+    base = f"{readable}-{secrets.token_hex(8)}"
     tmp: Path | None = None
     try:
         private_dir(folder)
@@ -205,7 +234,7 @@ def write_new_artifact(
         raise InputError(f"could not find a free file name for {base}{suffix} in {folder}; clean the folder up")
     except OSError as exc:
         raise ToolError(
-            f"could not write {base}{suffix} into {folder} ({exc.strerror or exc}); free some disk space or "
+            f"could not write {readable}{suffix} into {folder} ({exc.strerror or exc}); free some disk space or "
             "choose another tools.artifacts_dir"
         ) from exc
     finally:

@@ -120,7 +120,10 @@ class ChatLlava(BaseChatModel):
     temperature: Temperature = defaults.TEMPERATURE
     top_p: TopP = defaults.TOP_P
     seed: int | None = Field(
-        default=None, description="Seed set before each generation for reproducible sampling."
+        default=None,
+        ge=-(2**63),
+        le=2**64 - 1,
+        description="Seed set before each generation for reproducible sampling (a signed or unsigned 64-bit number).",
     )
     repetition_penalty: RepetitionPenalty = defaults.REPETITION_PENALTY
     no_repeat_ngram_size: NoRepeatNgramSize = defaults.NO_REPEAT_NGRAM_SIZE

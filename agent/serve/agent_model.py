@@ -5,9 +5,13 @@ the server in a thread. A caller names its thread with the ``X-Thread-Id`` heade
 request's ``user`` field (a key of the caller's choosing, mapped per caller by
 :class:`agent.serve.ownership.OwnershipStore`); without one, each request starts a new thread
 whose key comes back in the ``X-Thread-Id`` response header and in ``llava_agent.thread``.
+A new key is bound to a fresh thread id before the request queues, but the thread itself is
+started by the agent with the turn's first message: a first turn that fails, or never runs
+(a full queue, a client that leaves while waiting), leaves neither a thread nor a binding.
 
 Yields the pieces of :mod:`agent.serve.completions`: the model's tokens as :class:`TextPiece` s,
-each tool call and tool result as an :class:`EventPiece` (``llava_agent`` events), and a
+each tool call and tool result as an :class:`EventPiece` (``llava_agent`` events; a tool's error
+as :func:`agent.serve.tool_text.shown_tool_text` shows it to the caller), and a
 :class:`Final` whose ``llava_agent`` field lists the calls and the generated files. Generated
 files (images, speech) are registered to the caller and offered at ``/v1/files/{id}/content``.
 
@@ -19,6 +23,7 @@ data folder, and the callers of a server with keys must not read each other's.
 from __future__ import annotations
 
 import logging
+import secrets
 import shutil
 import tempfile
 import threading
@@ -32,15 +37,13 @@ from agent.serve.completions import EventPiece, Final, Piece, TextPiece
 from agent.serve.inputs import AgentInput
 from agent.serve.ownership import FileRecord, OwnershipStore
 from agent.serve.security import LOCAL_CALLER
+from agent.serve.tool_text import shown_tool_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from agent.app.multimodal_agent import MultimodalAgent
     from agent.core.config import AppConfig
 
 logger = logging.getLogger(__name__)
-
-MAX_EVENT_CONTENT_CHARS = 4000
-"""A tool result longer than this is cut in the stream event (the model still reads all of it)."""
 
 
 def _usage_totals(handler: Any) -> tuple[int, int]:
@@ -84,8 +87,11 @@ class AgentModel:
                         self._agent = MultimodalAgent.from_config(self.config, memory=None)
             return self._agent
 
-    def thread_for(self, caller: str, key: str | None, title: str) -> tuple[str, str]:
-        """(thread id, the caller's key for it): the caller's existing thread, or a new one."""
+    def thread_for(self, caller: str, key: str | None) -> tuple[str, str]:
+        """(thread id, the caller's key for it): the caller's thread, or a fresh id bound to the key.
+
+        A fresh id names no thread yet: the agent starts the thread under it with its first turn
+        and deletes it again if that turn fails; :meth:`settle_thread` forgets the binding then."""
         agent = self.agent()
         if key:
             thread_id = self.store.thread_for(caller, key)
@@ -95,10 +101,29 @@ class AgentModel:
                 # the one caller of a keyless server resumes a thread by its id (one of the terminal chat's)
                 self.store.bind_thread(caller, key, key)
                 return key, key
-        thread_id = agent.new_thread(title[:80])
+        thread_id = self._unused_thread_id()
         key = key or thread_id
         self.store.bind_thread(caller, key, thread_id)
         return thread_id, key
+
+    def _unused_thread_id(self) -> str:
+        """An id no thread has and no caller's key is bound to (the conversation store's short form)."""
+        conversations = self.agent().conversations
+        while True:
+            thread_id = secrets.token_hex(4)
+            if not conversations.exists(thread_id) and not self.store.is_bound(thread_id):
+                return thread_id
+
+    def settle_thread(self, caller: str, key: str, thread_id: str) -> None:
+        """After a request on ``key``: forget the binding of a thread that was never started (its first
+        turn failed or never ran), keep (or bind again) the one of a thread that exists."""
+        try:
+            if not self.agent().conversations.exists(thread_id):
+                self.store.unbind_thread(thread_id)
+            elif self.store.thread_for(caller, key) is None:  # forgotten by a request on the same key that failed
+                self.store.bind_thread(caller, key, thread_id)
+        except Exception as exc:  # noqa: BLE001 - the request's own outcome is what the caller must get
+            logger.warning("could not settle thread %s after its request: %s", thread_id, exc)
 
     def _register_files(self, caller: str, artifact: Any, file_url: Callable[[FileRecord], str]) -> list[dict]:
         """Files a tool wrote into the artifacts folder, registered to ``caller``; anything else is not served."""
@@ -119,7 +144,7 @@ class AgentModel:
         from agent.app.events import ReplyEvent, TokenEvent, ToolCallEvent, ToolResultEvent
 
         agent = self.agent()
-        thread_id, key = self.thread_for(caller, thread_key, turn.text or ("video" if turn.videos else "image"))
+        thread_id, key = self.thread_for(caller, thread_key)
         logger.info("agent turn on thread %s (%d image(s), %d video(s))", thread_id, len(turn.images), len(turn.videos))
         uploads = Path(tempfile.mkdtemp(prefix="llava-serve-"))
         try:
@@ -149,9 +174,11 @@ class AgentModel:
                         all_files.extend(files)
                         began = started.pop(event.call_id, None)
                         seconds = round(time.monotonic() - began, 3) if began is not None else None
+                        content = shown_tool_text(event.content, is_error=event.is_error, caller=caller,
+                                                  config=self.config)  # fmt: skip
                         yield EventPiece({"type": "tool_result", "id": event.call_id, "name": event.name,
-                                          "is_error": event.is_error, "content": event.content[:MAX_EVENT_CONTENT_CHARS],
-                                          "files": files, "duration_s": seconds})  # fmt: skip
+                                          "is_error": event.is_error, "content": content, "files": files,
+                                          "duration_s": seconds})  # fmt: skip
                     elif isinstance(event, ReplyEvent):
                         reply = event.reply
                         prompt_tokens, completion_tokens = _usage_totals(usage)
@@ -174,3 +201,4 @@ class AgentModel:
                 events.close()
         finally:
             shutil.rmtree(uploads, ignore_errors=True)
+            self.settle_thread(caller, key, thread_id)

@@ -5,8 +5,9 @@
   database, the terminal chat's too; with keys, each caller sees the threads it made only.
 * ``POST /v1/agent/threads`` (``{"title"}``): a new, empty thread.
 * ``GET /v1/agent/threads/{id}``: a thread and its messages (user text, images and videos, replies,
-  tool calls and results with their files); ``PATCH`` (``{"title"}``) renames it; ``DELETE`` deletes it
-  (every turn of it, as ``llava-agent threads delete`` does).
+  tool calls and results with their files; a tool's error as
+  :func:`agent.serve.tool_text.shown_tool_text` shows it to the caller); ``PATCH`` (``{"title"}``)
+  renames it; ``DELETE`` deletes it (every turn of it, as ``llava-agent threads delete`` does).
 * ``GET /v1/agent/tools``: the tools the agent can call, with their argument schemas, and whether
   it takes uploaded videos (``videos``: ``accepted`` and ``max_bytes``; :mod:`agent.serve.uploads`).
 * ``GET /v1/agent/memories`` and ``DELETE /v1/agent/memories/{id}``: long-term memory, on a
@@ -33,6 +34,7 @@ from agent.serve.artifact_files import served_files
 from agent.serve.ownership import FileRecord
 from agent.serve.protocol import APIError
 from agent.serve.security import LOCAL_CALLER
+from agent.serve.tool_text import shown_tool_text
 from agent.serve.uploads import history_video, video_uploads_offered
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -133,8 +135,9 @@ def history_items(
         elif isinstance(message, ToolMessage):
             is_error = message.status == "error"
             files = [] if is_error else served_files(caller, message.artifact, state.config, state.store, file_url)
+            content = shown_tool_text(message.text, is_error=is_error, caller=caller, config=state.config)
             items.append({"role": "tool", "id": message.tool_call_id, "name": message.name or "",
-                          "is_error": is_error, "content": message.text[:4000], "files": files})  # fmt: skip
+                          "is_error": is_error, "content": content, "files": files})  # fmt: skip
     return items
 
 

@@ -14,8 +14,8 @@ Routes:
 * ``GET /``: the chat page (:mod:`agent.serve.web_page`), unless ``serve.ui`` is off.
 
 Every ``/v1/`` route needs an API key (a dependency checked before the body is read). The
-completion itself is :mod:`agent.serve.completion_route`; each request's id, headers and access
-log line are :mod:`agent.serve.request_context`.
+completion itself is :mod:`agent.serve.completion_route`; each request's id, headers, access
+log line and the answer to an unexpected failure are :mod:`agent.serve.request_context`.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ from agent.serve.completion_route import THREAD_HEADER, complete, model_not_foun
 from agent.serve.completions import ChatCompletions
 from agent.serve.inputs import ImagePolicy
 from agent.serve.ownership import FileRecord, OwnershipStore
-from agent.serve.protocol import APIError, error_for
+from agent.serve.protocol import APIError
 from agent.serve.queue import FairQueue
-from agent.serve.request_context import REQUEST_ID, RequestContext
+from agent.serve.request_context import RequestContext
 from agent.serve.security import ApiKeys, bearer_token
 from agent.serve.uploads import add_upload_routes, served_folders
 from agent.serve.web_page import add_page_routes
@@ -123,6 +123,8 @@ def create_app(
             allow_remote=settings.allow_remote_images,
             max_pixels=settings.max_image_pixels,
             max_images=settings.max_images,
+            # callers with keys never name files of the data folder (theirs arrive by file id): it is everyone's
+            private_dirs=(config.data_dir, config.artifacts_dir) if keys.required else (),
         ),
     )
     state.queue.start = partial(start_jobs, state)
@@ -279,10 +281,4 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return respond(APIError(400, f"invalid request: {exc.errors()[0].get('msg', exc)}"))
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        error = error_for(exc, REQUEST_ID.get())
-        if error.status >= 500:
-            logger.error("request failed: %s", exc, exc_info=exc)
-        return respond(error)
+    # any other exception is answered by RequestContext, which still knows the request's id

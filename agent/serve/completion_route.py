@@ -7,7 +7,8 @@ reply, made in a worker thread alone or as part of a batch. A streaming response
 first piece of the reply exists, so errors found while starting (a prompt over the context, a
 tool call that cannot fit) still get their status code; later errors arrive as an
 ``{"error": ...}`` event. A client that disconnects, at any point, cancels its job; the queue
-turn passes on once the job's whole group has really stopped.
+turn passes on once the job's whole group has really stopped. An agent request that never gets
+its turn (429, 503, a client gone while waiting) forgets the thread id it bound for a new key.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ async def complete(state: ServerState, request: Request, caller: str, file_url: 
     headers: dict[str, str] = {}
     loop = asyncio.get_running_loop()
     batch_key = None
+    settle: Any = None
     if is_agent:
         if body.tools or (body.response_format or {}).get("type", "text") != "text":
             raise APIError(400, f"the {settings.agent_model} model runs its own tools and answers in text; send tools "
@@ -102,8 +104,8 @@ async def complete(state: ServerState, request: Request, caller: str, file_url: 
         assert agent is not None
         if turn.file_ids:  # the caller's uploaded videos, checked and attached before the turn queues
             turn.videos = await asyncio.to_thread(attach_videos, state, agent.agent(), caller, turn.file_ids)
-        title = turn.text or ("video" if turn.videos else "image")
-        _, thread_key = await asyncio.to_thread(agent.thread_for, caller, thread_key, title)
+        thread_id, thread_key = await asyncio.to_thread(agent.thread_for, caller, thread_key)
+        settle = partial(agent.settle_thread, caller, thread_key, thread_id)  # when the turn never runs
         headers[THREAD_HEADER] = thread_key
         job = Job(loop, deadline, produce=lambda time_left: agent.produce(
             caller, thread_key, turn, cancel=job.cancel, file_url=partial(file_url, base)), stop_at_deadline=True)
@@ -121,13 +123,17 @@ async def complete(state: ServerState, request: Request, caller: str, file_url: 
     job.watcher = watcher
     try:
         joined = await _wait_for_turn(state, f"{caller}:{body.user or ''}", job, batch_key, watcher)
-    except BaseException:
+    except BaseException as exc:
         job.cancel.set()  # granted at the last moment: the started work ends at once
         watcher.stop()
+        if settle is not None and isinstance(exc, Exception):  # refused (429, 503); not when shutting down
+            await asyncio.to_thread(settle)
         raise
     if not joined:  # the client left while waiting
         watcher.stop()
         state.counters["cancelled"] += 1
+        if settle is not None:
+            await asyncio.to_thread(settle)
         return JSONResponse({"error": {"message": "client disconnected", "type": "cancelled"}}, status_code=499)
     pieces = job_pieces(job)
     writer = CompletionWriter(body.model)

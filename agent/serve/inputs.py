@@ -5,7 +5,11 @@ Images come as ``image_url`` parts of user messages. Allowed sources:
 * ``data:`` URLs (base64): always; decoded here, before the request queues, so a bad or
   oversized image is refused at once;
 * local paths and ``file://`` URLs: only inside the allowed folders (``tools.allowed_dirs``),
-  resolved with symlinks followed before the check (:func:`agent.core.files.resolve_allowed_path`);
+  resolved with symlinks followed before the check (:func:`agent.core.files.resolve_allowed_path`),
+  and never inside the policy's private folders (on a server with API keys, the data folder: what
+  a caller uploads reaches the agent by file id, and what is there belongs to every caller); the
+  checked file is decoded from a descriptor opened beneath its allowed folder
+  (:func:`agent.core.files.open_allowed_image`), and refusals quote the text the client sent;
 * ``http(s)://`` URLs: only when ``serve.allow_remote_images`` is on.
 
 Every image is decoded with the pixel limit of the server and the number of images per request
@@ -19,14 +23,13 @@ the plain chat model sees only text and images.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from agent.core.errors import ImageError, InputError, PathNotAllowedError
-from agent.core.files import check_readable_file
+from agent.core.files import check_readable_file, open_allowed_image, resolve_allowed_path
 from agent.core.images import ImageLocation, load_image
 from agent.serve.protocol import APIError
 
@@ -44,6 +47,12 @@ class ImagePolicy:
     allow_remote: bool
     max_pixels: int
     max_images: int
+    private_dirs: tuple[Path, ...] = ()
+    """Folders no image is read from by path, even inside an allowed folder."""
+
+    def is_private(self, resolved: Path) -> bool:
+        folders = (Path(folder).expanduser().resolve(strict=False) for folder in self.private_dirs)
+        return any(resolved == folder or resolved.is_relative_to(folder) for folder in folders)
 
 
 @dataclass
@@ -87,17 +96,27 @@ def decode_image(url: Any, location: ImageLocation, policy: ImagePolicy) -> Deco
     if scheme not in ("", "file"):
         raise APIError(400, f"{where}: image URL scheme {scheme!r} is not supported; send a data URL", param="messages")
     raw = unquote(urlparse(text).path) if scheme == "file" else text
+    not_allowed = APIError(400, f"{where}: the image path {raw[:120]!r} is outside the folders this server reads "
+                           "images from; send the image as a data URL", param="messages",
+                           code="path_not_allowed")  # fmt: skip
     try:
+        if policy.is_private(resolve_allowed_path(raw, policy.allowed_dirs)):
+            raise not_allowed  # as any other folder, before the file is even looked at: no file there is confirmed
         resolved = check_readable_file(raw, policy.allowed_dirs)
     except PathNotAllowedError:  # the folders themselves are not the client's business
-        raise APIError(400, f"{where}: the image path {raw[:120]!r} is outside the folders this server reads images "
-                       "from; send the image as a data URL", param="messages", code="path_not_allowed") from None
+        raise not_allowed from None
     except ImageError:
         raise
     except InputError:
         raise APIError(400, f"{where}: the image path {raw[:120]!r} is not an existing file on the server; send the "
                        "image as a data URL", param="messages", code="invalid_image") from None
-    return DecodedImage(load_image(os.fspath(resolved), location=location, max_pixels=policy.max_pixels), resolved)
+    try:  # a refusal names the text the client sent, never where it resolved to
+        image = open_allowed_image(resolved, policy.allowed_dirs, policy.max_pixels, label=raw[:120])
+    except PathNotAllowedError:  # a folder on the way was swapped for a link since the check
+        raise not_allowed from None
+    except InputError as exc:
+        raise ImageError(f"{where}: {exc}") from None
+    return DecodedImage(image, resolved)
 
 
 def _text_of(content: Any, index: int, role: str) -> str:

@@ -76,8 +76,14 @@ class OwnershipStore:
             ).fetchall()
         return [(row[0], row[1]) for row in rows]
 
+    def is_bound(self, thread_id: str) -> bool:
+        """Whether any caller's key is bound to ``thread_id``."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM threads WHERE thread_id = ? LIMIT 1", (thread_id,)).fetchone()
+        return row is not None
+
     def unbind_thread(self, thread_id: str) -> None:
-        """Forget every key of a deleted thread (whoever held one)."""
+        """Forget every key bound to ``thread_id``: a deleted thread, or one never started (whoever held one)."""
         with self._lock:
             self._db.execute("DELETE FROM threads WHERE thread_id = ?", (thread_id,))
 

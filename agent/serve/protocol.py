@@ -26,12 +26,15 @@ from agent.core.errors import (
     PathNotAllowedError,
     QuantizationError,
 )
+from agent.core.files import without_server_paths
 
 MAX_STOP_SEQUENCES = 4
 MAX_USER_CHARS = 256
 MAX_TOOLS = 32
 MAX_SCHEMA_BYTES = 32_000
 """Tool and response schemas are compiled into a token automaton (seconds of CPU for a big one), so their size is capped."""
+MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
+"""The seeds the random number generator takes (a signed or unsigned 64-bit number), as ``ChatLlava.seed``."""
 JSON_MODE_SCHEMA = {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean", "null"]}}
 """What ``{"type": "json_object"}`` writes: a flat object. Any-depth JSON compiles into an automaton too large to
 build per request (33 s at a 512-token vocabulary); nested output takes a ``json_schema``."""
@@ -76,8 +79,8 @@ def error_for(exc: BaseException, request_id: str = "") -> APIError:
         return exc
     if isinstance(exc, ContextLengthError):
         return APIError(400, str(exc), code="context_length_exceeded", param="messages")
-    if isinstance(exc, PathNotAllowedError):
-        return APIError(400, str(exc), code="path_not_allowed", param="messages")
+    if isinstance(exc, PathNotAllowedError):  # the folders and where the path led are not the caller's business
+        return APIError(400, without_server_paths(str(exc)), code="path_not_allowed", param="messages")
     if isinstance(exc, ImageError):
         return APIError(400, str(exc), code="invalid_image", param="messages")
     if isinstance(exc, GenerationTimeoutError):
@@ -89,8 +92,9 @@ def error_for(exc: BaseException, request_id: str = "") -> APIError:
         return APIError(400, str(exc))
     if isinstance(exc, OutputParserException):
         return APIError(500, f"the model's reply could not be parsed (request {request_id})", type="server_error",
-                        code="unparsable_reply")  # fmt: skip
-    return APIError(500, f"internal error (request {request_id}); the server log has the details", type="server_error")
+                        code="unparsable_reply", headers=no_retry)  # fmt: skip
+    return APIError(500, f"internal error (request {request_id}); the server log has the details", type="server_error",
+                    headers=no_retry)  # fmt: skip
 
 
 # ----- the request ----------------------------------------------------------------------------
@@ -185,6 +189,9 @@ def _refuse_unsupported(request: ChatCompletionRequest) -> None:
     if request.logit_bias:
         raise APIError(400, "logit_bias is not supported by this server; leave it out", param="logit_bias",
                        code="unsupported_value")  # fmt: skip
+    if request.seed is not None and not MIN_SEED <= request.seed <= MAX_SEED:
+        raise APIError(400, f"seed {str(request.seed)[:40]} is out of range; send a whole number from {MIN_SEED} "
+                       f"to {MAX_SEED}", param="seed", code="invalid_value")  # fmt: skip
     stops = request.stop_sequences
     if stops is not None:
         if len(stops) > MAX_STOP_SEQUENCES or not all(isinstance(s, str) and s for s in stops):

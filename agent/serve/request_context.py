@@ -3,8 +3,12 @@
 :class:`RequestContext` is the ASGI middleware: it keeps the client's ``X-Request-Id`` when it is
 sane (else makes one), sets it in :data:`REQUEST_ID` for the request's log lines
 (:class:`RequestIdFilter` adds it to every record), answers it in the ``X-Request-Id`` header with
-``nosniff`` and ``no-store``, and logs one access line per request. :class:`DisconnectWatcher`
-notices a client that goes away while its reply is being made.
+``nosniff`` and ``no-store``, and logs one access line per request. An exception no route handled
+is answered here too, while the id is still set: the error of
+:func:`agent.serve.protocol.error_for` (a 500 says only the request id, and ``x-should-retry:
+false`` keeps the official clients from running an agent turn, tools and all, again), with the
+same headers, and one log line with the traceback. :class:`DisconnectWatcher` notices a client
+that goes away while its reply is being made.
 """
 
 from __future__ import annotations
@@ -21,7 +25,11 @@ from typing import Any
 
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 
+from agent.serve.protocol import error_for
+
+logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("agent.serve.access")
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("llava_serve_request_id", default="-")
@@ -73,6 +81,15 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            if status[0]:  # the response has begun: the client can only see it end early
+                logger.error("request failed after its response began: %s", exc, exc_info=exc)
+                raise
+            error = error_for(exc, request_id)
+            if error.status >= 500:
+                logger.error("request failed: %s", exc, exc_info=exc)
+            response = JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+            await response(scope, receive, send_with_headers)
         finally:
             client = scope.get("client") or ("-", 0)
             # the path is the client's text: quoted (%r), so it cannot forge log lines

@@ -122,7 +122,7 @@ def servers(tmp_path_factory, tiny_llava_qwen2):
     root = tmp_path_factory.mktemp("web")
     sd = build_stable_diffusion(root / "sd")
     local = _config(root / "local", tiny_llava_qwen2, f'enabled = ["generate_image"]\nimage_model = "{sd}"\nimage_steps = 1\nimage_max_steps = 2\nimage_max_side = 128',
-                    'tool_choice = "generate_image"', 96)  # fmt: skip
+                    'tool_choice = "generate_image"', 64)  # fmt: skip
     hit = root / "local" / "images" / "hit.png"
     hit.write_bytes(png_bytes((64, 64), (20, 120, 220)))
     hostile_thread = _seed_hostile_thread(local, hit)

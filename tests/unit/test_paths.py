@@ -1,10 +1,12 @@
-"""Allowed-folder checks, image loading limits and never-overwriting artifact writes."""
+"""Allowed-folder checks (and what their refusals tell others), image loading limits, artifact writes and names."""
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -14,9 +16,11 @@ from PIL import Image
 from agent.core.errors import ImageError, InputError, PathNotAllowedError, ToolError
 from agent.core.files import (
     check_readable_file,
+    open_beneath,
     read_allowed_image,
     resolve_allowed_path,
     slugify,
+    without_server_paths,
     write_new_artifact,
 )
 from agent.core.images import open_image_file
@@ -153,3 +157,53 @@ def test_failed_artifact_write_leaves_nothing(tmp_path):
 @pytest.mark.parametrize(("text", "slug"), [("A Red Cat!", "a-red-cat"), ("???", "untitled"), ("x" * 99, "x" * 40)])
 def test_slugify(text, slug):
     assert slugify(text) == slug
+
+
+# ----- what a refusal tells someone other than the person at this machine ---------------------
+
+
+@pytest.fixture
+def folders(tmp_path) -> dict[str, Path]:
+    images, data, outside = tmp_path / "images", tmp_path / "data", tmp_path / "outside (private)"
+    for folder in (images, data, outside):
+        folder.mkdir()
+    Image.new("RGB", (5, 5), "red").save(outside / "secret.png")
+    (images / "escape.png").symlink_to(outside / "secret.png")
+    return {"images": images, "data": data, "outside": outside}
+
+
+def _refusal(check, *args) -> str:
+    with pytest.raises(InputError) as caught:
+        check(*args)
+    return str(caught.value)
+
+
+def test_path_refusals_lose_folders_and_resolved_paths_for_others_only(folders, monkeypatch):
+    images, outside = folders["images"], folders["outside"]
+    allowed = [images, folders["data"]]
+    monkeypatch.chdir(images)  # paths as a caller gives them: relative, naming no folder of the server
+    refusals = [
+        _refusal(resolve_allowed_path, "escape.png", allowed),  # a link out: where it leads
+        _refusal(resolve_allowed_path, "../../etc/passwd", allowed),
+        _refusal(check_readable_file, "nope.png", allowed),
+        _refusal(open_beneath, outside / "secret.png", allowed, "secret.png"),
+    ]
+    for full in refusals:  # the person at this machine is told everything, as before
+        assert str(images) in full and "one of the allowed folders" in full
+    assert str(outside / "secret.png") in refusals[0] and "tools.allowed_dirs" in refusals[0]
+    for full in refusals:
+        shown = without_server_paths(full)
+        assert str(images) not in shown and str(folders["data"]) not in shown and str(outside) not in shown
+        assert "resolves to" not in shown and "tools.allowed_dirs" not in shown
+    assert without_server_paths(refusals[0]) == (
+        "path 'escape.png' is outside the allowed folders; use a path under one of the allowed folders"
+    )  # the path that was given stays: it is the caller's own text
+    assert without_server_paths(refusals[1]).startswith("path '../../etc/passwd' is outside the allowed folders;")
+
+
+def test_artifact_names_are_readable_and_cannot_be_guessed(tmp_path):
+    paths = [write_new_artifact(tmp_path, "My secret boat", ".png", lambda f: f.write(b"png")) for _ in range(3)]
+    stamp = time.strftime("%Y%m%d")
+    for path in paths:
+        assert re.fullmatch(rf"{stamp}-\d{{6}}-my-secret-boat-[0-9a-f]{{16}}\.png", path.name), path.name
+    assert len({path.name.rsplit("-", 1)[1] for path in paths}) == 3  # a fresh random part each time

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
@@ -176,3 +177,47 @@ def test_an_upload_that_is_not_a_video_by_name_or_type_is_refused(filename, cont
     with pytest.raises(APIError, match="not a video by its name or type") as refused:
         upload_name(filename, content_type)
     assert refused.value.status == 400 and refused.value.code == "invalid_video"
+
+
+@pytest.fixture
+def data_folder(folders):
+    """The server's data folder, inside an allowed folder as by default, with a generated picture."""
+    data = folders["allowed"] / "data"
+    (data / "artifacts").mkdir(parents=True)
+    Image.new("RGB", (5, 5), "green").save(data / "artifacts" / "made.png")
+    (folders["allowed"] / "notes.png").write_text("not a picture")
+    return data
+
+
+def _image_message(url: str) -> list[dict]:
+    return [{"role": "user", "content": [image_part(url)]}]
+
+
+def test_a_non_image_file_is_refused_naming_the_path_sent(folders, data_folder):
+    policy = ImagePolicy(allowed_dirs=[folders["allowed"]], allow_remote=False, max_pixels=10_000, max_images=2)
+    sent = str(folders["allowed"] / "sub" / ".." / "notes.png")  # resolves elsewhere than it reads
+    (folders["allowed"] / "sub").mkdir()
+    for url in (sent, "file://" + sent):
+        with pytest.raises(APIError) as caught:
+            to_langchain_messages(_image_message(url), policy)
+        assert caught.value.code == "invalid_image" and repr(sent) in caught.value.message
+        assert str(folders["allowed"] / "notes.png") not in caught.value.message
+        assert caught.value.message.startswith("message 0, block 0: ")
+
+
+def test_keyed_callers_name_no_file_of_the_data_folder(folders, data_folder):
+    data = data_folder
+    keyless = ImagePolicy(allowed_dirs=[folders["allowed"]], allow_remote=False, max_pixels=10_000, max_images=2)
+    keyed = ImagePolicy(allowed_dirs=keyless.allowed_dirs, allow_remote=False, max_pixels=10_000, max_images=2,
+                        private_dirs=(data,))  # fmt: skip
+    made = data / "artifacts" / "made.png"
+    assert to_langchain_messages(_image_message(str(made)), keyless)[0].content[0]["image"].size == (5, 5)
+    assert to_langchain_messages(_image_message(str(folders["allowed"] / "ok.png")), keyed)[0].content[0]["image"]
+    messages = set()
+    around = folders["allowed"] / "x" / ".." / "data"
+    for path in (made, data / "artifacts" / "guessed.png", data / "serve.sqlite", around):
+        with pytest.raises(APIError) as caught:
+            to_langchain_messages(_image_message(path.as_uri() if path.exists() else str(path)), keyed)
+        assert caught.value.code == "path_not_allowed"
+        messages.add(re.sub(r"'[^']*'", "'P'", caught.value.message))
+    assert len(messages) == 1  # an existing file and a missing one are refused alike: nothing is confirmed

@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
-from agent.core.errors import ConfigError, ContextLengthError, ImageError, InputError, ModelNotFoundError
+from agent.core.config import load_config
+from agent.core.errors import (
+    ConfigError,
+    ContextLengthError,
+    ImageError,
+    InputError,
+    ModelNotFoundError,
+    PathNotAllowedError,
+)
+from agent.core.files import resolve_allowed_path
 from agent.serve.protocol import (
+    MAX_SEED,
+    MIN_SEED,
     APIError,
     CompletionWriter,
     assistant_message,
@@ -28,6 +40,7 @@ from agent.serve.security import (
     is_loopback,
     read_key_file,
 )
+from agent.serve.tool_text import FOLDER_PLACEHOLDER, MAX_SHOWN_CHARS, shown_tool_text
 
 KEY_A = "a" * 24
 KEY_B = "b-" + "x" * 30
@@ -144,6 +157,93 @@ def test_library_errors_map_to_status_codes(exc, status, code):
     assert set(error.body()["error"]) == {"message", "type", "param", "code"}
     if status == 500:
         assert "secret" not in error.message and "req_1" in error.message
+
+
+# ----- what remote callers are told: tool errors, internal errors, seeds ------------------------
+
+
+REMOTE_CALLER = caller_name("remote-key-" + "r" * 20)
+
+
+@pytest.fixture
+def folders(tmp_path) -> dict[str, Path]:
+    images, data, outside = tmp_path / "images", tmp_path / "data", tmp_path / "outside (private)"
+    for folder in (images, data, outside):
+        folder.mkdir()
+    (outside / "secret.png").write_bytes(b"png")
+    (images / "escape.png").symlink_to(outside / "secret.png")
+    return {"images": images, "data": data, "outside": outside}
+
+
+def _refusal(path: Path, allowed: list[Path]) -> str:
+    with pytest.raises(PathNotAllowedError) as caught:
+        resolve_allowed_path(path, allowed)
+    return str(caught.value)
+
+
+def test_tool_errors_shown_to_a_remote_caller_name_no_server_folder(folders):
+    config = load_config({"data_dir": str(folders["data"]), "tools": {"allowed_dirs": [str(folders["images"])]}},
+                         environ={})  # fmt: skip
+    refusal = _refusal(folders["images"] / "escape.png", config.allowed_dirs)
+    error = (f"Error running caption_image with arguments {{}}: {refusal} Please try again or use another tool. "
+             f"(could not write into {config.artifacts_dir})")  # fmt: skip
+    assert shown_tool_text(error, is_error=True, caller=LOCAL_CALLER, config=config) == error
+    shown = shown_tool_text(error, is_error=True, caller=REMOTE_CALLER, config=config)
+    for private in (folders["images"], folders["data"], folders["outside"], config.artifacts_dir):
+        assert str(private) not in shown
+    assert "resolves to" not in shown and f"into {FOLDER_PLACEHOLDER})" in shown
+    assert "outside the allowed folders" in shown and "Please try again" in shown  # still says what to do
+    found = f"1 hit: {folders['images'] / 'ok.png'}"  # a tool's own result is not an error: shown as it is
+    assert shown_tool_text(found, is_error=False, caller=REMOTE_CALLER, config=config) == found
+    # cut after the folders are taken out: a cut never leaves the start of a folder's name behind
+    long = "x" * (MAX_SHOWN_CHARS - 10) + str(folders["data"])
+    cut = shown_tool_text(long, is_error=True, caller=REMOTE_CALLER, config=config)
+    assert len(cut) == MAX_SHOWN_CHARS and cut.endswith(FOLDER_PLACEHOLDER[:10])
+    assert len(shown_tool_text("y" * 9000, is_error=True, caller=REMOTE_CALLER, config=config)) == MAX_SHOWN_CHARS
+
+
+@pytest.mark.parametrize("seed", [MIN_SEED - 1, MAX_SEED + 1, 2**200])
+def test_a_seed_the_generator_cannot_take_is_a_400_naming_its_range(seed):
+    with pytest.raises(APIError) as caught:
+        parse_request(f'{{"model": "m", "messages": [{{"role": "user", "content": "hi"}}], "seed": {seed}}}'.encode())
+    assert (caught.value.status, caught.value.param, caught.value.code) == (400, "seed", "invalid_value")
+    assert str(MIN_SEED) in caught.value.message and str(MAX_SEED) in caught.value.message
+
+
+@pytest.mark.parametrize("seed", [MIN_SEED, -1, 0, MAX_SEED])
+def test_every_seed_the_generator_takes_is_accepted(seed):
+    import torch
+
+    body = f'{{"model": "m", "messages": [{{"role": "user", "content": "hi"}}], "seed": {seed}}}'.encode()
+    assert parse_request(body).seed == seed
+    torch.Generator().manual_seed(seed)  # the bounds are the generator's own
+
+
+def test_the_chat_model_takes_only_seeds_the_generator_takes():
+    from pydantic import ValidationError
+
+    from agent.llava.chat_model import ChatLlava
+
+    assert ChatLlava(seed=MAX_SEED).seed == MAX_SEED and ChatLlava(seed=MIN_SEED).seed == MIN_SEED
+    for seed in (MAX_SEED + 1, MIN_SEED - 1):  # the chat model's own option, for the Python API
+        with pytest.raises(ValidationError, match="seed"):
+            ChatLlava(seed=seed)
+
+
+def test_an_internal_error_tells_clients_not_to_retry():
+    from langchain_core.exceptions import OutputParserException
+
+    for exc in (RuntimeError("boom"), OutputParserException("bad")):
+        error = error_for(exc, "req_7")
+        assert error.status == 500 and error.headers == {"x-should-retry": "false"} and "req_7" in error.message
+
+
+def test_a_path_refusal_answered_by_the_api_names_no_folder(folders):
+    refusal = PathNotAllowedError(_refusal(folders["images"] / "escape.png", [folders["images"]]))
+    error = error_for(refusal, "req_8")
+    assert error.code == "path_not_allowed" and str(folders["images"]) in error.message.split(" is outside")[0]
+    assert str(folders["outside"]) not in error.message and "resolves to" not in error.message
+    assert error.message.endswith("use a path under one of the allowed folders")
 
 
 # ----- keys -------------------------------------------------------------------------------------
