@@ -25,7 +25,7 @@ _ERRORS = (
 _EVENTS = ("AgentEvent", "AgentReply", "ReplyEvent", "TokenEvent", "ToolCallEvent", "ToolResultEvent")
 _EXPORTS = {
     "ChatLlava": "agent.llava.chat_model",
-    "GenerationTimeoutError": "agent.llava.chat_model",
+    "GenerationTimeoutError": "agent.llava.reply_chunk",
     "MultimodalAgent": "agent.app.multimodal_agent",
     "GenerationStopped": "agent.app.multimodal_agent",
     "AppConfig": "agent.core.config",
@@ -59,7 +59,8 @@ if TYPE_CHECKING:  # pragma: no cover
         StoreError,
         ToolError,
     )
-    from agent.llava.chat_model import ChatLlava, GenerationTimeoutError
+    from agent.llava.chat_model import ChatLlava
+    from agent.llava.reply_chunk import GenerationTimeoutError
 
 __all__ = [
     "AgentEvent", "AgentReply", "AppConfig", "ChatLlava", "ConfigError", "ContextLengthError", "DatasetError",

@@ -6,7 +6,7 @@ from agent.core.lazy import lazy_exports
 
 _EXPORTS = {
     "ChatLlava": "agent.llava.chat_model",
-    "GenerationTimeoutError": "agent.llava.chat_model",
+    "GenerationTimeoutError": "agent.llava.reply_chunk",
     "render_prompt": "agent.llava.prompting",
     "image_capacity": "agent.llava.prompting",
     "messages_to_turns": "agent.llava.messages",

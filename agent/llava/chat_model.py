@@ -15,13 +15,11 @@ model writes is valid JSON for its tool's schema; free text still streams token 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models.chat_models import BaseChatModel, generate_from_stream
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
@@ -46,21 +44,19 @@ from agent.core.config import (
     Temperature,
     TopP,
 )
-from agent.core.errors import ContextLengthError, InputError, LlavaAgentError
+from agent.core.errors import ContextLengthError, InputError
 from agent.decoding.constraint import ToolCallConstraint, json_output_constraint
 from agent.decoding.tool_protocol import (
     TOOL_CALL_OPEN,
     TOOL_RESPONSE_CLOSE,
     TOOL_RESPONSE_OPEN,
-    ToolCallParseError,
-    first_call_position,
     normalise_tool_choice,
-    parse_tool_calls,
 )
 from agent.llava.decode_setup import DecodeSettings
 from agent.llava.loading import LoadedModel, ModelSpec, load_model, resolve_spec, use_model
 from agent.llava.messages import messages_to_turns, tool_schemas
 from agent.llava.prompting import image_capacity, render_prompt
+from agent.llava.reply_chunk import final_chunk
 from agent.llava.streaming import stream_generate
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,10 +66,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from langchain_core.runnables import Runnable
 
 logger = logging.getLogger(__name__)
-
-
-class GenerationTimeoutError(LlavaAgentError, TimeoutError):
-    """Generation hit ``timeout`` in the middle of a tool call, so no valid call can be returned."""
 
 
 class ChatLlava(BaseChatModel):
@@ -472,68 +464,17 @@ class ChatLlava(BaseChatModel):
         structured: bool = False,
         time_to_first_token: float | None = None,
     ) -> ChatGenerationChunk:
-        tool_call_chunks: list[dict[str, Any]] = []
-        finish_reason = result.finish_reason
-        text = result.text
-        if structured and finish_reason == "timeout":
-            raise GenerationTimeoutError(
-                f"generation ran past timeout={self.timeout}s before the JSON output was complete "
-                f"({result.text!r:.200}); raise the timeout or lower max_new_tokens"
-            )
-        if finish_reason == "cancelled":  # the caller walked away: what was said, never half a call
-            text = result.text if result.mode == "text" else emitted
-        elif result.mode == "tool_call" and not structured:
-            if finish_reason == "timeout":
-                raise GenerationTimeoutError(
-                    f"generation ran past timeout={self.timeout}s in the middle of a tool call "
-                    f"({result.text!r:.200}); raise the timeout or lower max_new_tokens"
-                )
-            try:
-                _, calls = parse_tool_calls(result.text)
-            except ToolCallParseError as exc:
-                raise OutputParserException(str(exc), llm_output=exc.llm_output) from exc
-            text = result.text[: first_call_position(result.text)].rstrip() if calls else result.text
-            tool_call_chunks = [
-                {
-                    "type": "tool_call_chunk",
-                    "name": call["name"],
-                    "args": json.dumps(call["args"], ensure_ascii=False),
-                    "id": call["id"],
-                    "index": index,
-                }
-                for index, call in enumerate(calls)
-            ]
-            if calls:
-                finish_reason = "tool_calls"
-        # the text not streamed yet (held back while it might have been a call or a stop)
-        remaining = text[len(emitted) :] if text.startswith(emitted) else ""
-        if finish_reason == "timeout":
-            logger.warning(
-                "Generation stopped by timeout=%ss after %d tokens", self.timeout, result.output_tokens
-            )
-        message = AIMessageChunk(
-            content=remaining,
-            tool_call_chunks=tool_call_chunks,
-            usage_metadata={
-                "input_tokens": prompt_tokens,
-                "output_tokens": result.output_tokens,
-                "total_tokens": prompt_tokens + result.output_tokens,
-            },
-            response_metadata={
-                "finish_reason": finish_reason,
-                "model_name": self.spec.model,
-                **({"decode": result.decode} if result.decode is not None else {}),
-                **(
-                    {"time_to_first_token": round(time_to_first_token, 4)}
-                    if time_to_first_token is not None
-                    else {}
-                ),
-            },
-            chunk_position="last",
+        chunk = final_chunk(
+            result,
+            emitted,
+            prompt_tokens,
+            model_name=self.spec.model,
+            timeout=self.timeout,
+            structured=structured,
+            time_to_first_token=time_to_first_token,
         )
-        chunk = ChatGenerationChunk(message=message, generation_info={"finish_reason": finish_reason})
-        if run_manager and remaining:
-            run_manager.on_llm_new_token(remaining, chunk=chunk)
+        if run_manager and chunk.message.content:
+            run_manager.on_llm_new_token(chunk.message.content, chunk=chunk)
         return chunk
 
     def _decode_settings(self, kwargs: dict[str, Any]) -> DecodeSettings | None:

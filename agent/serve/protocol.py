@@ -72,7 +72,7 @@ def error_for(exc: BaseException, request_id: str = "") -> APIError:
     """The API error a library exception becomes (an unexpected one is a 500 that reveals nothing)."""
     from langchain_core.exceptions import OutputParserException
 
-    from agent.llava.chat_model import GenerationTimeoutError
+    from agent.llava.reply_chunk import GenerationTimeoutError
 
     no_retry = {"x-should-retry": "false"}  # the official clients retry 5xx unless told not to
     if isinstance(exc, APIError):
