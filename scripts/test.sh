@@ -34,4 +34,7 @@ lint-imports  # the layer contracts in pyproject.toml: dependencies point one wa
 # adapter trained once, all cached in ~/.cache/llava-agent-tests (LLAVA_TEST_CACHE). Built
 # here, outside pytest's per-test time limit; a failure stops the run instead of skipping tests.
 python -c "import sys; sys.path.insert(0, '.'); from tests.real_model import smollm2_llava_path, smollm2_tool_adapter_path; print(smollm2_tool_adapter_path(smollm2_llava_path()))"
-python -m pytest "$@"
+# Two workers (PYTEST_WORKERS; 0 runs in this process), each taking whole test modules, so a module's
+# shared fixtures (a server, a browser, a trained adapter) are built once: most tests wait on a
+# subprocess, a server or the browser as often as they compute.
+python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadscope "$@"

@@ -143,7 +143,7 @@ def test_terminal_chat_routes_a_request_to_its_tool(smollm2_llava, tool_adapter,
     env = {**os.environ, "LLAVA_AGENT_DATA_DIR": str(tmp_path / "data"), "PROMPT_TOOLKIT_NO_CPR": "1",
            "TERM": "xterm", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
     chat = pexpect.spawn(sys.executable, ["-m", "agent.cli", "--config", str(config), "chat"], cwd=str(root),
-                         env=env, encoding="utf-8", timeout=120, dimensions=(50, 200))
+                         env=env, encoding="utf-8", timeout=240, dimensions=(50, 200))
     chat.expect("you>")
     chat.sendline("read this aloud: dinner is ready")
     chat.expect(r"\[tool\] (\w+) (\{[^\r\n]*\})")  # the prompt redraws "you>" as it echoes the line

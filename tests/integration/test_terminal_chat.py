@@ -33,7 +33,7 @@ def spawn_chat(config: Path, data_dir: Path) -> pexpect.spawn:
     # A shell that starts a job in the background (`cmd &`) makes it ignore SIGINT, and the chat would
     # inherit that and never see Ctrl-C: the child gets the default disposition, as in a terminal.
     child = pexpect.spawn(sys.executable, ["-m", "agent.cli.main", "--config", str(config), "chat"], cwd=str(ROOT),
-                          env=env, encoding="utf-8", timeout=90, dimensions=(50, 200),
+                          env=env, encoding="utf-8", timeout=180, dimensions=(50, 200),
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return child
 
