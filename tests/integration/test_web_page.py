@@ -34,7 +34,7 @@ import pytest
 from PIL import Image
 
 from tests.serve_process import free_port, start_server, wait_until_ready
-from tests.tiny_models import endless_copy
+from tests.tiny_models import build_tiny_llava, endless_copy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -121,12 +121,16 @@ def servers(tmp_path_factory, tiny_llava_qwen2):
 
     root = tmp_path_factory.mktemp("web")
     sd = build_stable_diffusion(root / "sd")
-    local = _config(root / "local", tiny_llava_qwen2, f'enabled = ["generate_image"]\nimage_model = "{sd}"\nimage_steps = 1\nimage_max_steps = 2\nimage_max_side = 128',
-                    'tool_choice = "generate_image"', 64)  # fmt: skip
+    # the agent's prompt (system, tool schemas, a pasted image, then the tool's result with its
+    # path) nearly fills the fixtures' 2,048 positions, and temporary paths differ in length from
+    # run to run: these agents get a checkpoint with room to spare
+    roomy = build_tiny_llava(root / "llava-tiny-qwen2-4k", "qwen2", context=4096)
+    local = _config(root / "local", roomy, f'enabled = ["generate_image"]\nimage_model = "{sd}"\nimage_steps = 1\nimage_max_steps = 2\nimage_max_side = 128',
+                    'tool_choice = "generate_image"', 96)  # fmt: skip
     hit = root / "local" / "images" / "hit.png"
     hit.write_bytes(png_bytes((64, 64), (20, 120, 220)))
     hostile_thread = _seed_hostile_thread(local, hit)
-    keyed = _config(root / "keyed", tiny_llava_qwen2, 'enabled = ["speak"]\nspeak_voices = ["en", "fr"]',
+    keyed = _config(root / "keyed", roomy, 'enabled = ["speak"]\nspeak_voices = ["en", "fr"]',
                     'tool_choice = "speak"', 96)  # fmt: skip
     # no tools, and a copy of the model that never ends by itself: the reply runs its 1200 tokens
     # (the random model would end it early for some prompts), so Stop always has a reply to stop
