@@ -41,7 +41,8 @@ class ScriptedChatModel(BaseChatModel):
 
     def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, **kwargs: Any):
         schemas = [convert_to_openai_tool(t) for t in tools]
-        self.bound.append({"tools": [s["function"]["name"] for s in schemas], "tool_choice": tool_choice})
+        self.bound.append({"tools": [s["function"]["name"] for s in schemas], "tool_choice": tool_choice,
+                           "tool_prior": kwargs.get("tool_prior")})
         return self.bind(tools=schemas, tool_choice=tool_choice, **kwargs)
 
     def _next_reply(self, messages: list[BaseMessage]) -> AIMessage:

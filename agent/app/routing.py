@@ -26,7 +26,9 @@ examples (about 1,200 embedded requests) and cached in ``<data_dir>/routing/``.
 a routed request is answered with a call of that tool (``tool_choice`` = the tool: constrained
 decoding makes the model fill the arguments from the request); a request the router is sure needs
 no tool is answered in words (``tool_choice = "none"``); otherwise, with ``agent.routing =
-"hybrid"`` the model decides as usual, with ``"semantic"`` it answers in words. ``"model"`` (no middleware) leaves every decision to the model.
+"hybrid"`` the model decides, with the router's probabilities as a second expert beside its own
+(``agent.routing_prior``, :mod:`agent.decoding.decision_prior`; chat models that do not take a
+``tool_prior`` decide alone), and with ``"semantic"`` it answers in words. ``"model"`` (no middleware) leaves every decision to the model.
 
 Threshold, margin and the no-tool threshold are calibrated
 (:func:`agent.app.routing_calibration.calibrate`) on requests synthesised from the tools'
@@ -53,6 +55,7 @@ from langchain.agents.middleware import AgentMiddleware
 from agent.core import defaults
 from agent.core.config import ROUTING_MODES
 from agent.core.errors import InputError
+from agent.decoding.decision_prior import NO_CALL
 
 if TYPE_CHECKING:
     import numpy as np
@@ -63,7 +66,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-NO_TOOL = "(none)"
+NO_TOOL = NO_CALL
+"""The label of requests that need no tool (and the prior's key for answering in words)."""
 DEFAULT_THRESHOLD = defaults.ROUTING_THRESHOLD
 DEFAULT_MARGIN = defaults.ROUTING_MARGIN
 DEFAULT_NO_TOOL_THRESHOLD = defaults.ROUTING_NO_TOOL_THRESHOLD
@@ -339,12 +343,17 @@ def _last_user_text(messages: Sequence[Any]) -> str | None:
 class SemanticRoutingMiddleware(AgentMiddleware):
     """Applies :class:`SemanticRouter` to the first model call of each turn (see the module docstring)."""
 
-    def __init__(self, router: SemanticRouter | Callable[[], SemanticRouter], mode: str = "hybrid") -> None:
+    def __init__(self, router: SemanticRouter | Callable[[], SemanticRouter], mode: str = "hybrid",
+                 prior_weight: float = 0.0) -> None:
         super().__init__()
         if mode not in ("semantic", "hybrid"):
             raise InputError(f"semantic routing mode must be 'semantic' or 'hybrid', got {mode!r}")
+        if prior_weight < 0:
+            raise InputError(f"agent.routing_prior must be at least 0, got {prior_weight}")
         self._router = router
         self.mode = mode
+        self.prior_weight = prior_weight
+        """Hybrid, unsure: weight of the router's probabilities as a prior on the model's decision (0: none)."""
         self.decisions: list[RoutingDecision] = []
         """Every decision made, newest last (kept for inspection and timing; capped)."""
         self.unavailable: str | None = None
@@ -390,6 +399,12 @@ class SemanticRoutingMiddleware(AgentMiddleware):
             return request.override(tool_choice=decision.tool)
         if self.mode == "semantic" or decision.no_tool:
             return request.override(tool_choice="none")
+        if self.prior_weight > 0 and getattr(request.model, "accepts_tool_prior", False):
+            # the model decides, with the router's view as a second expert (agent.decoding.decision_prior)
+            bound = {*names, NO_TOOL}
+            prior = {"probabilities": {k: v for k, v in decision.scores.items() if k in bound},
+                     "weight": self.prior_weight}
+            return request.override(model_settings={**request.model_settings, "tool_prior": prior})
         return request
 
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]) -> Any:
@@ -447,7 +462,7 @@ def routing_middleware(config: Any, tools: Sequence[BaseTool], embedder: TextEmb
             cache_dir=config.data_dir.expanduser() / "routing",
         )
 
-    return SemanticRoutingMiddleware(build, mode)
+    return SemanticRoutingMiddleware(build, mode, prior_weight=config.agent.routing_prior)
 
 
 def median_ms(decisions: Sequence[RoutingDecision], cpu: bool = False) -> float:

@@ -236,6 +236,7 @@ def evaluate_routing(
         "model": _model_label(model, run_config),
         "adapter": adapter or run_config.model.adapter,
         "routing": run_config.agent.routing,
+        **({"routing_prior": run_config.agent.routing_prior} if run_config.agent.routing == "hybrid" else {}),
         "temperature": temperature,
     }
     spec = getattr(chat_model, "spec", None)  # ChatLlava: the precision "auto" resolved to on this machine

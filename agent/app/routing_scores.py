@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.core.errors import DatasetError
+from agent.decoding.decision_prior import NO_CALL
 
-NO_TOOL = "(none)"
+NO_TOOL = NO_CALL
 ATTACHED = "{attached}"
 HELD_OUT_SET = "routing_heldout.jsonl"
 SHIPPED_SETS = {"held-out": HELD_OUT_SET, "held-out-2": "routing_heldout_2.jsonl"}

@@ -278,6 +278,12 @@ class AgentSection(_Section):
         defaults.ROUTING_NO_TOOL_THRESHOLD, ge=0.0, le=1.0,
         description="Least probability of 'no tool' for a plain answer without the model deciding (calibrated; 1.0: never).",
     )
+    routing_prior: float = Field(
+        defaults.ROUTING_PRIOR_WEIGHT, ge=0.0, le=4.0,
+        description="In hybrid mode, on a turn the router leaves to the model: the weight of the router's probabilities "
+        "beside the model's own when it decides between words and each tool (a product of experts; 0: the model alone). "
+        "Used with ChatLlava. See agent.decoding.decision_prior.",
+    )
     ground_arguments: bool = Field(
         True,
         description="Snap arguments a tool's examples copy from the request (a path, the words to speak) to the "

@@ -44,6 +44,9 @@ ROUTING_THRESHOLD = 0.35
 ROUTING_MARGIN = 0.20
 ROUTING_NO_TOOL_THRESHOLD = 0.70
 """Calibrated on the built-in tools with ``python bench/bench_routing.py`` (never on the held-out set)."""
+ROUTING_PRIOR_WEIGHT = 1.0
+"""In ``hybrid`` mode, the router's probabilities as an equal expert beside the model's on a turn it
+leaves to the model (agent.decoding.decision_prior; 0: the model alone). Fixed beforehand, not tuned."""
 
 # -- the tool-use adapter recipe (agent.app.tool_adapter, llava-agent finetune tools) -------------
 TOOL_ADAPTER_ROWS = 1600

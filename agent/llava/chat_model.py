@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from langchain_core.language_models.chat_models import BaseChatModel, generate_from_stream
 from langchain_core.messages import AIMessageChunk, BaseMessage
@@ -46,6 +46,8 @@ from agent.core.config import (
 )
 from agent.core.errors import ContextLengthError, InputError
 from agent.decoding.constraint import ToolCallConstraint, json_output_constraint
+from agent.decoding.decision_prior import decision_prior
+from agent.decoding.token_index import token_vocabulary
 from agent.decoding.tool_protocol import (
     TOOL_CALL_OPEN,
     TOOL_RESPONSE_CLOSE,
@@ -88,7 +90,16 @@ class ChatLlava(BaseChatModel):
     ``(input_ids, scores) -> scores``, as ``model.generate`` takes them) runs at every step of
     either decoder, before the tool-call or JSON constraint; ``input_ids`` holds the prompt and
     every token so far.
+
+    The call option ``tool_prior`` (``{tool name or "(none)": probability}``, or
+    ``{"probabilities": {...}, "weight": w}``) is another judge's view of the reply's first
+    decision -- answer in words, or call which tool -- combined with the model's own as a
+    product of experts (:mod:`agent.decoding.decision_prior`); semantic routing passes it in
+    ``hybrid`` mode when it is not sure enough to decide alone.
     """
+
+    accepts_tool_prior: ClassVar[bool] = True
+    """Takes the ``tool_prior`` call option (other chat models would send it on to their API)."""
 
     model_config = ConfigDict(populate_by_name=True, protected_namespaces=())
 
@@ -367,6 +378,7 @@ class ChatLlava(BaseChatModel):
         response_format = kwargs.pop("response_format", None)
         cancel_event = kwargs.pop("cancel_event", None)  # a threading.Event: set it to end generation early
         logits_processor = list(kwargs.pop("logits_processor", None) or ())
+        tool_prior = kwargs.pop("tool_prior", None)  # see agent.decoding.decision_prior
         if response_format is not None and tools:
             raise InputError("response_format and tools cannot be combined in one call; use one or the other")
         decode_settings = self._decode_settings(kwargs)
@@ -414,6 +426,10 @@ class ChatLlava(BaseChatModel):
                         f"max_new_tokens is {options['max_new_tokens']}; raise max_new_tokens"
                     )
                 constraint_processor = constraint.logits_processor(options["max_new_tokens"])
+                prior = decision_prior(token_vocabulary(loaded.tokenizer), [s["function"]["name"] for s in tools],
+                                       tool_prior, prompt_tokens, tool_choice)
+                if prior is not None:
+                    logits_processor.append(prior)
                 hold_back.append(TOOL_CALL_OPEN)
                 # A small model may echo the framing of the tool result it just read: an opening
                 # "<tool_response>" is dropped, and the reply ends where it would start another one.

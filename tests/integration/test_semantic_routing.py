@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
 from langchain_core.messages import AIMessage
 
@@ -114,6 +116,35 @@ def test_hybrid_leaves_a_question_to_the_model_when_the_router_is_not_sure(tmp_p
     agent.chat("What is the capital of Peru?")
     assert middleware.decisions[-1].tool is None and not middleware.decisions[-1].no_tool
     assert model.bound[-1]["tool_choice"] in (None, "auto")
+
+
+class _PriorTakingModel(ScriptedChatModel):
+    accepts_tool_prior: ClassVar[bool] = True
+
+
+def test_hybrid_gives_an_unsure_turn_the_routers_view_as_a_prior(tmp_path, router):
+    unsure = SemanticRouter(router.tools, router.embedder, cache_dir=router.cache_dir, requests=FIT_REQUESTS,
+                            threshold=1.0, no_tool_threshold=1.0)
+    config = load_config({"data_dir": str(tmp_path), "agent": {"routing": "model"}}, environ={})
+    model = _PriorTakingModel(replies=["ok"])
+    middleware = SemanticRoutingMiddleware(unsure, "hybrid", prior_weight=0.5)
+    agent = MultimodalAgent(model, unsure.tools, config=config, middleware=[middleware])
+    agent.chat("please read this out loud: the kettle has boiled")
+    prior = model.bound[0]["tool_prior"]
+    assert model.bound[0]["tool_choice"] in (None, "auto") and prior["weight"] == 0.5
+    assert prior["probabilities"] == middleware.decisions[-1].scores  # every bound tool and (none)
+    assert max(prior["probabilities"], key=prior["probabilities"].get) == "speak"
+    # a chat model that does not take the option never gets it (it would reach a remote API)
+    agent, plain, plain_routing = _agent(tmp_path / "plain", "hybrid", unsure, "ok")
+    plain_routing.prior_weight = 0.5
+    agent.chat("please read this out loud: the kettle has boiled")
+    assert plain.bound[0]["tool_prior"] is None
+    # weight 0: the model alone
+    model = _PriorTakingModel(replies=["ok"])
+    agent = MultimodalAgent(model, unsure.tools, config=config,
+                            middleware=[SemanticRoutingMiddleware(unsure, "hybrid", prior_weight=0.0)])
+    agent.chat("please read this out loud: the kettle has boiled")
+    assert model.bound[0]["tool_prior"] is None
 
 
 def test_a_routed_request_runs_its_tool_once_when_the_model_repeats_the_call(tmp_path, router):
