@@ -117,8 +117,7 @@ class DecisionPrior:
         if not reply.startswith(NAME_HEAD):
             return {}  # in words, or the call's opener is still being written
         typed = reply[len(NAME_HEAD):]
-        possible = {name + _AFTER_NAME: p for name, p in self._names.items()
-                    if name.startswith(typed) and len(typed) <= len(name)}
+        possible = {name + _AFTER_NAME: p for name, p in self._names.items() if name.startswith(typed)}
         if len(possible) < 2:
             return {}  # the name is written (or decided): nothing left to weigh
         total = math.log(sum(possible.values()))
