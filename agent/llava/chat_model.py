@@ -45,20 +45,13 @@ from agent.core.config import (
     TopP,
 )
 from agent.core.errors import ContextLengthError, InputError
-from agent.decoding.constraint import ToolCallConstraint, json_output_constraint
-from agent.decoding.decision_prior import decision_prior
-from agent.decoding.token_index import token_vocabulary
-from agent.decoding.tool_protocol import (
-    TOOL_CALL_OPEN,
-    TOOL_RESPONSE_CLOSE,
-    TOOL_RESPONSE_OPEN,
-    normalise_tool_choice,
-)
+from agent.decoding.tool_protocol import normalise_tool_choice
 from agent.llava.decode_setup import DecodeSettings
 from agent.llava.loading import LoadedModel, ModelSpec, load_model, resolve_spec, use_model
 from agent.llava.messages import messages_to_turns, tool_schemas
 from agent.llava.prompting import image_capacity, render_prompt
 from agent.llava.reply_chunk import final_chunk
+from agent.llava.reply_constraint import reply_constraint
 from agent.llava.streaming import stream_generate
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -404,36 +397,16 @@ class ChatLlava(BaseChatModel):
             limit = loaded.context_length
             if limit is not None and prompt_tokens + options["max_new_tokens"] > limit:
                 raise ContextLengthError.counted(prompt_tokens, options["max_new_tokens"], limit)
-            constraint_processor = None
-            hold_back: list[str] = []
-            if response_format is not None:  # the whole reply is JSON valid for the schema
-                constraint = json_output_constraint(
-                    loaded.tokenizer,
-                    response_format,
-                    eos_token_ids=loaded.model.generation_config.eos_token_id,
-                )
-                constraint_processor = constraint.logits_processor(options["max_new_tokens"])
-            elif use_tools:
-                constraint = ToolCallConstraint.build(
-                    loaded.tokenizer,
-                    tools,
-                    tool_choice or "auto",
-                    eos_token_ids=loaded.model.generation_config.eos_token_id,
-                )
-                if constraint.required_new_tokens > options["max_new_tokens"]:
-                    raise InputError(
-                        f"a call of the bound tools needs at least {constraint.required_new_tokens} new tokens but "
-                        f"max_new_tokens is {options['max_new_tokens']}; raise max_new_tokens"
-                    )
-                constraint_processor = constraint.logits_processor(options["max_new_tokens"])
-                prior = decision_prior(token_vocabulary(loaded.tokenizer), [s["function"]["name"] for s in tools],
-                                       tool_prior, prompt_tokens, tool_choice)
-                if prior is not None:
-                    logits_processor.append(prior)
-                hold_back.append(TOOL_CALL_OPEN)
-                # A small model may echo the framing of the tool result it just read: an opening
-                # "<tool_response>" is dropped, and the reply ends where it would start another one.
-                stops += [s for s in (TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE) if s not in stops]
+            shaped = reply_constraint(
+                loaded,
+                tools=tools if use_tools else None,
+                tool_choice=tool_choice,
+                response_format=response_format,
+                tool_prior=tool_prior,
+                prompt_tokens=prompt_tokens,
+                max_new_tokens=options["max_new_tokens"],
+                stops=stops,
+            )
 
             emitted: list[str] = []
             result = None
@@ -441,14 +414,14 @@ class ChatLlava(BaseChatModel):
                 loaded,
                 inputs,
                 options=options,
-                stops=stops,
+                stops=shaped.stops,
                 timeout=self.timeout,
-                constraint_processor=constraint_processor,
-                hold_back=hold_back,
+                constraint_processor=shaped.processor,
+                hold_back=shaped.hold_back,
                 decode_settings=decode_settings,
                 cancel=cancel_event,
-                logits_processor=logits_processor,
-                drop_leading=(TOOL_RESPONSE_OPEN,) if use_tools else (),
+                logits_processor=[*logits_processor, *shaped.logits_processors],
+                drop_leading=shaped.drop_leading,
             ):
                 if isinstance(event, str):
                     emitted.append(event)
