@@ -161,7 +161,9 @@ def test_a_copys_candidates_are_the_best_tokens_the_mask_leaves(precision):
         best_allowed = allowed[exact[0, allowed].argmax()]
         assert int(logits.argmax()) == int(best_allowed)
         assert torch.isinf(logits[0, ranked[:40]]).all()
-        assert torch.equal(logits[0, best_allowed], exact[0, best_allowed])  # the model's own logit
+        # the model's own logit, not the copy's (which is off by up to 15%): recomputed for a few rows,
+        # so equal up to the order a matmul sums in, which depends on its shape and thread count
+        torch.testing.assert_close(logits[0, best_allowed], exact[0, best_allowed], rtol=1e-5, atol=1e-6)
 
 
 def test_sampler_greedy_top_k_and_top_p():
